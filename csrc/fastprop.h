@@ -1,0 +1,86 @@
+/* fastprop C kernels: public declarations.
+ *
+ * Pure C11, no Python headers. Arrays are row-major (C order), batch-major:
+ * x is (B, in), a weight is (out, in). Every kernel exists for float (_f32)
+ * and double (_f64), generated from one source (see template.h). Kernels never
+ * allocate: callers hand them every buffer. They return FP_OK or a negative
+ * error code, never abort. Sizes are int64_t; GEMM dimensions must fit in the
+ * BLAS's 32-bit int, which the kernels check (FP_ERR_SIZE). */
+#ifndef FASTPROP_H
+#define FASTPROP_H
+
+#include <stdint.h>
+
+enum {
+    FP_OK = 0,
+    FP_ERR_ARG = -1,      /* negative size, NULL required buffer, bad parameter */
+    FP_ERR_SIZE = -2,     /* a dimension does not fit the BLAS's int */
+    FP_ERR_NOBLAS = -3,   /* fp_set_blas was never called */
+    FP_ERR_LABEL = -4,    /* a class label outside [0, C) */
+    FP_ERR_ACT = -5,      /* unknown activation, or the buffer it needs is missing */
+};
+
+/* Activations, in the order of the Python names in fastprop/_kernels.pyx. */
+enum {
+    FP_IDENTITY = 0, FP_RELU, FP_LEAKY_RELU, FP_ABS, FP_SIGMOID, FP_TANH,
+    FP_SOFTPLUS, FP_COS, FP_GELU, FP_SILU, FP_N_ACTIVATIONS
+};
+
+/* Parameters of the parametrised activations (PyTorch's defaults: 0.01, 1, 20). */
+typedef struct {
+    double negative_slope;   /* leaky_relu */
+    double beta, threshold;  /* softplus */
+} fp_act_params;
+
+/* Fortran BLAS gemm, as scipy.linalg.cython_blas exports it. */
+typedef void (*fp_sgemm_fn)(char *ta, char *tb, int *m, int *n, int *k, float *alpha,
+                            float *a, int *lda, float *b, int *ldb, float *beta,
+                            float *c, int *ldc);
+typedef void (*fp_dgemm_fn)(char *ta, char *tb, int *m, int *n, int *k, double *alpha,
+                            double *a, int *lda, double *b, int *ldb, double *beta,
+                            double *c, int *ldc);
+void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
+
+/* Declarations for one precision: R is the element type, S the suffix. */
+#define FP_DECLARE(R, S)                                                              \
+    /* C = alpha op(A) op(B) + beta C, row-major; op is a transpose when t is 'T'. */ \
+    int gemm_##S(char ta, char tb, int64_t m, int64_t n, int64_t k, R alpha,          \
+                 const R *a, const R *b, R beta, R *c);                               \
+    int dense_forward_##S(R *y, R *preact, const R *x, const R *w, const R *b,        \
+                          int64_t batch, int64_t in, int64_t out, int act,            \
+                          const fp_act_params *p);                                    \
+    int dense_backward_##S(R *dx, R *dw, R *db, const R *g, const R *x, const R *w,   \
+                           int64_t batch, int64_t in, int64_t out, int accumulate);   \
+    int activation_forward_##S(R *y, const R *x, int64_t n, int act,                  \
+                               const fp_act_params *p);                               \
+    int activation_backward_##S(R *dx, const R *g, const R *x, const R *y, int64_t n, \
+                                int act, const fp_act_params *p);                     \
+    int prelu_forward_##S(R *y, const R *x, const R *w, int64_t batch,                \
+                          int64_t channels, int64_t n_w);                             \
+    int prelu_backward_##S(R *dx, R *dw, const R *g, const R *x, const R *w,          \
+                           int64_t batch, int64_t channels, int64_t n_w,              \
+                           int accumulate);                                           \
+    int softmax_forward_##S(R *p, const R *z, int64_t batch, int64_t classes,         \
+                            int log_space);                                           \
+    int softmax_xent_forward_backward_##S(double *loss, R *dz, const R *z,            \
+                                          const int64_t *labels, const R *target,     \
+                                          int64_t batch, int64_t classes);            \
+    int sigmoid_bce_forward_backward_##S(double *loss, R *dz, const R *z,             \
+                                         const R *target, int64_t n);                 \
+    int mse_forward_backward_##S(double *loss, R *dp, const R *pred, const R *target, \
+                                 int64_t n);                                          \
+    int sgd_step_##S(R *param, const R *grad, R *buf, int64_t n, double lr,           \
+                     double momentum, double dampening, int nesterov,                 \
+                     double weight_decay, int first_step);                            \
+    int adam_step_##S(R *param, const R *grad, R *m, R *v, int64_t n, double lr,      \
+                      double beta1, double beta2, double eps, double weight_decay,    \
+                      int decoupled, int64_t step);
+
+FP_DECLARE(float, f32)
+FP_DECLARE(double, f64)
+#undef FP_DECLARE
+
+/* First label outside [0, classes), or -1 when all are valid. */
+int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes);
+
+#endif

@@ -1,0 +1,66 @@
+# C declarations of csrc/fastprop.h, for the bindings in _kernels.pyx.
+from libc.stdint cimport int64_t
+
+cdef extern from "fastprop.h" nogil:
+    enum:
+        FP_OK
+        FP_ERR_ARG
+        FP_ERR_SIZE
+        FP_ERR_NOBLAS
+        FP_ERR_LABEL
+        FP_ERR_ACT
+
+    ctypedef struct fp_act_params:
+        double negative_slope
+        double beta
+        double threshold
+
+    ctypedef void (*fp_sgemm_fn)(char*, char*, int*, int*, int*, float*, float*, int*,
+                                 float*, int*, float*, float*, int*)
+    ctypedef void (*fp_dgemm_fn)(char*, char*, int*, int*, int*, double*, double*, int*,
+                                 double*, int*, double*, double*, int*)
+    void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm)
+    int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes)
+
+    int gemm_f32(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float *a, const float *b, float beta, float *c)
+    int gemm_f64(char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha,
+                 const double *a, const double *b, double beta, double *c)
+    int dense_forward_f32(float *y, float *preact, const float *x, const float *w, const float *b,
+                          int64_t batch, int64_t n_in, int64_t n_out, int act, const fp_act_params *p)
+    int dense_forward_f64(double *y, double *preact, const double *x, const double *w, const double *b,
+                          int64_t batch, int64_t n_in, int64_t n_out, int act, const fp_act_params *p)
+    int dense_backward_f32(float *dx, float *dw, float *db, const float *g, const float *x,
+                           const float *w, int64_t batch, int64_t n_in, int64_t n_out, int accumulate)
+    int dense_backward_f64(double *dx, double *dw, double *db, const double *g, const double *x,
+                           const double *w, int64_t batch, int64_t n_in, int64_t n_out, int accumulate)
+    int activation_forward_f32(float *y, const float *x, int64_t n, int act, const fp_act_params *p)
+    int activation_forward_f64(double *y, const double *x, int64_t n, int act, const fp_act_params *p)
+    int activation_backward_f32(float *dx, const float *g, const float *x, const float *y, int64_t n,
+                                int act, const fp_act_params *p)
+    int activation_backward_f64(double *dx, const double *g, const double *x, const double *y, int64_t n,
+                                int act, const fp_act_params *p)
+    int prelu_forward_f32(float *y, const float *x, const float *w, int64_t batch, int64_t channels, int64_t n_w)
+    int prelu_forward_f64(double *y, const double *x, const double *w, int64_t batch, int64_t channels, int64_t n_w)
+    int prelu_backward_f32(float *dx, float *dw, const float *g, const float *x, const float *w,
+                           int64_t batch, int64_t channels, int64_t n_w, int accumulate)
+    int prelu_backward_f64(double *dx, double *dw, const double *g, const double *x, const double *w,
+                           int64_t batch, int64_t channels, int64_t n_w, int accumulate)
+    int softmax_forward_f32(float *p, const float *z, int64_t batch, int64_t classes, int log_space)
+    int softmax_forward_f64(double *p, const double *z, int64_t batch, int64_t classes, int log_space)
+    int softmax_xent_forward_backward_f32(double *loss, float *dz, const float *z, const int64_t *labels,
+                                          const float *target, int64_t batch, int64_t classes)
+    int softmax_xent_forward_backward_f64(double *loss, double *dz, const double *z, const int64_t *labels,
+                                          const double *target, int64_t batch, int64_t classes)
+    int sigmoid_bce_forward_backward_f32(double *loss, float *dz, const float *z, const float *target, int64_t n)
+    int sigmoid_bce_forward_backward_f64(double *loss, double *dz, const double *z, const double *target, int64_t n)
+    int mse_forward_backward_f32(double *loss, float *dp, const float *pred, const float *target, int64_t n)
+    int mse_forward_backward_f64(double *loss, double *dp, const double *pred, const double *target, int64_t n)
+    int sgd_step_f32(float *param, const float *grad, float *buf, int64_t n, double lr, double momentum,
+                     double dampening, int nesterov, double weight_decay, int first_step)
+    int sgd_step_f64(double *param, const double *grad, double *buf, int64_t n, double lr, double momentum,
+                     double dampening, int nesterov, double weight_decay, int first_step)
+    int adam_step_f32(float *param, const float *grad, float *m, float *v, int64_t n, double lr,
+                      double beta1, double beta2, double eps, double weight_decay, int decoupled, int64_t step)
+    int adam_step_f64(double *param, const double *grad, double *m, double *v, int64_t n, double lr,
+                      double beta1, double beta2, double eps, double weight_decay, int decoupled, int64_t step)

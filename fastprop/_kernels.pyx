@@ -1,0 +1,641 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Bindings: check every array, release the GIL, call the C kernels.
+
+The only place where C meets Python. Read-only inputs that are not C-contiguous
+are copied; output buffers (``out=``, ``grad_*=``, optimizer state) are written
+in place, so they must already be C-contiguous, writeable, of the right dtype
+and shape, and must not overlap the inputs (an exact alias is allowed where the
+kernel is elementwise). Any violation raises ``TypeError``/``ValueError`` naming
+the argument before anything is written.
+"""
+import numpy as np
+cimport numpy as cnp
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+from libc.stdint cimport int64_t, uintptr_t
+
+cnp.import_array()
+
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "abs", "sigmoid", "tanh",
+               "softplus", "cos", "gelu", "silu")
+# activations whose derivative follows from the saved output y (leaky_relu too, when its slope > 0)
+FROM_OUTPUT = ("identity", "relu", "sigmoid", "tanh")
+_ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
+
+
+def _load_blas():
+    """Hand SciPy's BLAS gemm to the C side as function pointers."""
+    from scipy.linalg import cython_blas
+    s = cython_blas.__pyx_capi__["sgemm"]
+    d = cython_blas.__pyx_capi__["dgemm"]
+    fp_set_blas(<fp_sgemm_fn>PyCapsule_GetPointer(s, PyCapsule_GetName(s)),
+                <fp_dgemm_fn>PyCapsule_GetPointer(d, PyCapsule_GetName(d)))
+
+
+_load_blas()
+
+
+# ---------------------------------------------------------------- checks
+
+cdef inline bint _f32(cnp.ndarray a):
+    return cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+
+
+cdef inline void* _ptr(a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef object _floats(object a, str name, int ndim, object like=None,
+                         str like_name=None):
+    """A read-only float input, C-contiguous (copied when it is not)."""
+    if not isinstance(a, np.ndarray):
+        if a is None:
+            raise TypeError(f"{name} must be a float32 or float64 array, got None")
+        try:
+            a = np.asarray(a, dtype=None if like is None else like.dtype)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a float32 or float64 array: {e}") from None
+    arr = a
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if like is not None and t != cnp.PyArray_TYPE(like):
+        raise TypeError(f"{name} has dtype {arr.dtype} but {like_name} has dtype "
+                        f"{like.dtype}: one call uses one dtype (cast with .astype)")
+    if ndim >= 0 and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+cdef object _target(object t, str name, object like, str like_name):
+    """A loss target of like's shape: any real dtype, cast to like's dtype."""
+    arr = np.asarray(t)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real-valued array, got dtype {arr.dtype}")
+    if arr.shape != like.shape:
+        raise ValueError(f"{name} has shape {arr.shape}, expected {like.shape} "
+                         f"(the shape of {like_name})")
+    return np.ascontiguousarray(arr, dtype=like.dtype)
+
+
+cdef object _out(object o, str name, tuple shape, object like, bint zero=False):
+    """An output buffer: allocated when None, else checked to be written in place."""
+    if o is None:
+        return np.zeros(shape, like.dtype) if zero else np.empty(shape, like.dtype)
+    if not isinstance(o, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(o).__name__}")
+    arr = o
+    if cnp.PyArray_TYPE(arr) != cnp.PyArray_TYPE(like):
+        raise TypeError(f"{name} must have dtype {like.dtype}, got {arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"{name} must be C-contiguous: it is written in place")
+    if not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name} is read-only: it is written in place")
+    return arr
+
+
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    cdef uintptr_t a0 = <uintptr_t>cnp.PyArray_DATA(a), b0 = <uintptr_t>cnp.PyArray_DATA(b)
+    cdef uintptr_t a1 = a0 + <uintptr_t>cnp.PyArray_NBYTES(a)
+    cdef uintptr_t b1 = b0 + <uintptr_t>cnp.PyArray_NBYTES(b)
+    return a0 < b1 and b0 < a1
+
+
+cdef _separate(cnp.ndarray out, str name, tuple others, bint alias_ok=False):
+    """out must not overlap the arrays of `others` ((array, name) pairs, None skipped);
+    an exact alias (same memory, same size) is allowed for elementwise kernels."""
+    for pair in others:
+        if pair is None or pair[0] is None:
+            continue
+        other = <cnp.ndarray>pair[0]
+        if not _overlap(out, other):
+            continue
+        if alias_ok and cnp.PyArray_DATA(out) == cnp.PyArray_DATA(other) and \
+                cnp.PyArray_NBYTES(out) == cnp.PyArray_NBYTES(other):
+            continue
+        raise ValueError(f"{name} overlaps {pair[1]} in memory; "
+                         f"pass a separate buffer" + ("" if not alias_ok else
+                                                      " or exactly the same array"))
+
+
+cdef int _act(object activation) except -1:
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be a string, got {type(activation).__name__}")
+    code = _ACT_CODE.get(activation)
+    if code is None:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    return code
+
+
+cdef fp_act_params _params(double negative_slope, double beta, double threshold) except *:
+    if beta == 0 or beta != beta:
+        raise ValueError(f"softplus beta must be a nonzero number, got {beta}")
+    cdef fp_act_params p
+    p.negative_slope = negative_slope
+    p.beta = beta
+    p.threshold = threshold
+    return p
+
+
+cdef int _check(int rc, str where) except -1:
+    if rc == FP_OK:
+        return 0
+    if rc == FP_ERR_SIZE:
+        raise ValueError(f"{where}: a dimension exceeds the BLAS's 32-bit int limit")
+    if rc == FP_ERR_NOBLAS:
+        raise RuntimeError(f"{where}: no BLAS was loaded")
+    if rc == FP_ERR_LABEL:
+        raise ValueError(f"{where}: a label is outside [0, classes)")
+    if rc == FP_ERR_ACT:
+        raise ValueError(f"{where}: unknown activation or missing input for its derivative")
+    raise ValueError(f"{where}: invalid arguments (error {rc})")
+
+
+# ---------------------------------------------------------------- GEMM
+
+def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+    """``out = alpha * op(a) @ op(b) + beta * out`` through the BLAS (row-major).
+
+    a : (m, k), or (k, m) with trans_a; b : (k, n), or (n, k) with trans_b;
+    out : (m, n), read when beta != 0 (it must then be given).
+    """
+    A = _floats(a, "a", 2)
+    Bm = _floats(b, "b", 2, A, "a")
+    cdef int64_t m = A.shape[1] if trans_a else A.shape[0]
+    cdef int64_t k = A.shape[0] if trans_a else A.shape[1]
+    cdef int64_t kb = Bm.shape[1] if trans_b else Bm.shape[0]
+    cdef int64_t n = Bm.shape[0] if trans_b else Bm.shape[1]
+    if k != kb:
+        raise ValueError(f"inner dimensions differ: op(a) is ({m}, {k}), op(b) is ({kb}, {n})")
+    if beta != 0 and out is None:
+        raise ValueError("beta != 0 reads out, so out must be given")
+    C = _out(out, "out", (m, n), A)
+    _separate(C, "out", ((A, "a"), (Bm, "b")))
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    cdef double al = alpha, be = beta
+    cdef int rc
+    cdef void *p_A = _ptr(A), *p_Bm = _ptr(Bm), *p_C = _ptr(C)
+    if _f32(A):
+        with nogil:
+            rc = gemm_f32(ta, tb, m, n, k, <float>al, <float*>p_A, <float*>p_Bm,
+                          <float>be, <float*>p_C)
+    else:
+        with nogil:
+            rc = gemm_f64(ta, tb, m, n, k, al, <double*>p_A, <double*>p_Bm, be,
+                          <double*>p_C)
+    _check(rc, "gemm")
+    return C
+
+
+# ---------------------------------------------------------------- dense
+
+def dense_forward(x, weight, bias=None, activation="identity", *, out=None, preact_out=None,
+                  double negative_slope=0.01, double beta=1.0, double threshold=20.0):
+    """``y = f(x @ weight.T + bias)``: one GEMM, then bias and activation fused in one pass.
+
+    x : (B, in); weight : (out, in); bias : (out,) or None; returns y : (B, out).
+    preact_out : (B, out), receives ``x @ weight.T + bias`` when given.
+    """
+    X = _floats(x, "x", 2)
+    W = _floats(weight, "weight", 2, X, "x")
+    cdef int64_t batch = X.shape[0], n_in = X.shape[1], n_out = W.shape[0]
+    if W.shape[1] != n_in:
+        raise ValueError(f"weight has shape {W.shape}, expected (out_features, {n_in}) "
+                         f"for x of shape {X.shape}")
+    b = None
+    if bias is not None:
+        b = _floats(bias, "bias", 1, X, "x")
+        if b.shape[0] != n_out:
+            raise ValueError(f"bias has shape {b.shape}, expected ({n_out},)")
+    cdef int act = _act(activation)
+    cdef fp_act_params p = _params(negative_slope, beta, threshold)
+    Y = _out(out, "out", (batch, n_out), X)
+    _separate(Y, "out", ((X, "x"), (W, "weight"), (b, "bias")))
+    Z = None
+    if preact_out is not None:
+        Z = _out(preact_out, "preact_out", (batch, n_out), X)
+        _separate(Z, "preact_out", ((X, "x"), (W, "weight"), (b, "bias"), (Y, "out")))
+    cdef int rc
+    cdef void *p_Y = _ptr(Y), *p_Z = _ptr(Z), *p_X = _ptr(X), *p_W = _ptr(W), *p_b = _ptr(b)
+    if _f32(X):
+        with nogil:
+            rc = dense_forward_f32(<float*>p_Y, <float*>p_Z, <float*>p_X,
+                                   <float*>p_W, <float*>p_b, batch, n_in, n_out, act, &p)
+    else:
+        with nogil:
+            rc = dense_forward_f64(<double*>p_Y, <double*>p_Z, <double*>p_X,
+                                   <double*>p_W, <double*>p_b, batch, n_in, n_out, act, &p)
+    _check(rc, "dense_forward")
+    return Y
+
+
+def dense_backward(grad_out, x, weight, *, bias=True, input_grad=True, grad_input=None,
+                   grad_weight=None, grad_bias=None, accumulate=False):
+    """Vector–Jacobian products of ``x @ weight.T + bias``.
+
+    grad_weight (+)= grad_out.T @ x, grad_bias (+)= grad_out.sum(0),
+    grad_input (+)= grad_out @ weight (None when input_grad is False).
+    grad_out : (B, out); x : (B, in); weight : (out, in).
+    accumulate=True adds into the given buffers instead of overwriting them.
+    Returns (grad_input, grad_weight, grad_bias).
+    """
+    G = _floats(grad_out, "grad_out", 2)
+    X = _floats(x, "x", 2, G, "grad_out")
+    W = _floats(weight, "weight", 2, G, "grad_out")
+    cdef int64_t batch = G.shape[0], n_out = G.shape[1], n_in = X.shape[1]
+    if X.shape[0] != batch:
+        raise ValueError(f"x has {X.shape[0]} rows but grad_out has {batch}")
+    if W.shape != (n_out, n_in):
+        raise ValueError(f"weight has shape {W.shape}, expected ({n_out}, {n_in}) "
+                         f"for grad_out {G.shape} and x {X.shape}")
+    cdef bint acc = bool(accumulate)
+    inputs = ((G, "grad_out"), (X, "x"), (W, "weight"))
+    dW = _out(grad_weight, "grad_weight", (n_out, n_in), G, acc)
+    _separate(dW, "grad_weight", inputs)
+    db = None
+    if bias:
+        db = _out(grad_bias, "grad_bias", (n_out,), G, acc)
+        _separate(db, "grad_bias", inputs + ((dW, "grad_weight"),))
+    dX = None
+    if input_grad:
+        dX = _out(grad_input, "grad_input", (batch, n_in), G, acc)
+        _separate(dX, "grad_input", inputs + ((dW, "grad_weight"), (db, "grad_bias")))
+    cdef int rc
+    cdef void *p_dX = _ptr(dX), *p_dW = _ptr(dW), *p_db = _ptr(db), *p_G = _ptr(G), *p_X = _ptr(X), *p_W = _ptr(W)
+    if _f32(G):
+        with nogil:
+            rc = dense_backward_f32(<float*>p_dX, <float*>p_dW, <float*>p_db,
+                                    <float*>p_G, <float*>p_X, <float*>p_W,
+                                    batch, n_in, n_out, acc)
+    else:
+        with nogil:
+            rc = dense_backward_f64(<double*>p_dX, <double*>p_dW, <double*>p_db,
+                                    <double*>p_G, <double*>p_X, <double*>p_W,
+                                    batch, n_in, n_out, acc)
+    _check(rc, "dense_backward")
+    return dX, dW, db
+
+
+# ---------------------------------------------------------------- activations
+
+def activation_forward(x, activation, *, out=None, double negative_slope=0.01,
+                       double beta=1.0, double threshold=20.0):
+    """``y = f(x)`` elementwise, any shape; out=x works in place."""
+    X = _floats(x, "x", -1)
+    cdef int act = _act(activation)
+    cdef fp_act_params p = _params(negative_slope, beta, threshold)
+    Y = _out(out, "out", X.shape, X)
+    _separate(Y, "out", ((X, "x"),), True)
+    cdef int64_t n = X.size
+    cdef int rc
+    cdef void *p_Y = _ptr(Y), *p_X = _ptr(X)
+    if _f32(X):
+        with nogil:
+            rc = activation_forward_f32(<float*>p_Y, <float*>p_X, n, act, &p)
+    else:
+        with nogil:
+            rc = activation_forward_f64(<double*>p_Y, <double*>p_X, n, act, &p)
+    _check(rc, "activation_forward")
+    return Y
+
+
+def activation_backward(grad, activation, *, x=None, y=None, out=None,
+                        double negative_slope=0.01, double beta=1.0, double threshold=20.0):
+    """``grad ⊙ f′`` in one pass; out=grad works in place.
+
+    relu, leaky_relu (slope > 0), sigmoid, tanh and identity need only y, the saved
+    output; the others need x, the input.
+    """
+    G = _floats(grad, "grad", -1)
+    cdef int act = _act(activation)
+    cdef fp_act_params p = _params(negative_slope, beta, threshold)
+    X = None if x is None else _floats(x, "x", -1, G, "grad")
+    Y = None if y is None else _floats(y, "y", -1, G, "grad")
+    for arr, name in ((X, "x"), (Y, "y")):
+        if arr is not None and arr.shape != G.shape:
+            raise ValueError(f"{name} has shape {arr.shape}, expected {G.shape} (grad's)")
+    from_output = activation in FROM_OUTPUT or (activation == "leaky_relu" and negative_slope > 0)
+    if X is None and not (from_output and Y is not None) and activation != "identity":
+        need = "x (the input) or y (the output)" if from_output else "x (the input)"
+        raise ValueError(f"the backward of {activation!r} needs {need}")
+    D = _out(out, "out", G.shape, G)
+    _separate(D, "out", ((G, "grad"), (X, "x"), (Y, "y")), True)
+    cdef int64_t n = G.size
+    cdef int rc
+    cdef void *p_D = _ptr(D), *p_G = _ptr(G), *p_X = _ptr(X), *p_Y = _ptr(Y)
+    if _f32(G):
+        with nogil:
+            rc = activation_backward_f32(<float*>p_D, <float*>p_G, <float*>p_X,
+                                         <float*>p_Y, n, act, &p)
+    else:
+        with nogil:
+            rc = activation_backward_f64(<double*>p_D, <double*>p_G, <double*>p_X,
+                                         <double*>p_Y, n, act, &p)
+    _check(rc, "activation_backward")
+    return D
+
+
+cdef tuple _prelu_shapes(object X, object W):
+    if W.shape[0] != 1 and W.shape[0] != X.shape[1]:
+        raise ValueError(f"weight has shape {W.shape}, expected (1,) or ({X.shape[1]},) "
+                         f"for x of shape {X.shape}")
+    return X.shape[0], X.shape[1], W.shape[0]
+
+
+def prelu_forward(x, weight, *, out=None):
+    """``y = x if x > 0 else weight[c] * x``; x : (B, C), weight : (1,) or (C,)."""
+    X = _floats(x, "x", 2)
+    W = _floats(weight, "weight", 1, X, "x")
+    cdef int64_t batch, channels, n_w
+    batch, channels, n_w = _prelu_shapes(X, W)
+    Y = _out(out, "out", X.shape, X)
+    _separate(Y, "out", ((X, "x"),), True)
+    _separate(Y, "out", ((W, "weight"),))
+    cdef int rc
+    cdef void *p_Y = _ptr(Y), *p_X = _ptr(X), *p_W = _ptr(W)
+    if _f32(X):
+        with nogil:
+            rc = prelu_forward_f32(<float*>p_Y, <float*>p_X, <float*>p_W,
+                                   batch, channels, n_w)
+    else:
+        with nogil:
+            rc = prelu_forward_f64(<double*>p_Y, <double*>p_X, <double*>p_W,
+                                   batch, channels, n_w)
+    _check(rc, "prelu_forward")
+    return Y
+
+
+def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=False):
+    """grad_input = grad if x > 0 else weight[c]*grad; grad_weight[c] (+)= Σ_{x≤0} grad·x.
+
+    Returns (grad_input, grad_weight); out=grad works in place.
+    """
+    G = _floats(grad, "grad", 2)
+    X = _floats(x, "x", 2, G, "grad")
+    W = _floats(weight, "weight", 1, G, "grad")
+    if X.shape != G.shape:
+        raise ValueError(f"x has shape {X.shape}, expected {G.shape} (grad's)")
+    cdef int64_t batch, channels, n_w
+    batch, channels, n_w = _prelu_shapes(X, W)
+    cdef bint acc = bool(accumulate)
+    dW = _out(grad_weight, "grad_weight", W.shape, G, acc)
+    _separate(dW, "grad_weight", ((G, "grad"), (X, "x"), (W, "weight")))
+    D = _out(out, "out", G.shape, G)
+    _separate(D, "out", ((G, "grad"), (X, "x")), True)
+    _separate(D, "out", ((W, "weight"), (dW, "grad_weight")))
+    cdef int rc
+    cdef void *p_D = _ptr(D), *p_dW = _ptr(dW), *p_G = _ptr(G), *p_X = _ptr(X), *p_W = _ptr(W)
+    if _f32(G):
+        with nogil:
+            rc = prelu_backward_f32(<float*>p_D, <float*>p_dW, <float*>p_G,
+                                    <float*>p_X, <float*>p_W, batch, channels, n_w, acc)
+    else:
+        with nogil:
+            rc = prelu_backward_f64(<double*>p_D, <double*>p_dW, <double*>p_G,
+                                    <double*>p_X, <double*>p_W, batch, channels, n_w, acc)
+    _check(rc, "prelu_backward")
+    return D, dW
+
+
+# ---------------------------------------------------------------- softmax and losses
+
+cdef _softmax(logits, out, bint log_space, str where):
+    Z = _floats(logits, "logits", 2)
+    if Z.shape[1] < 1:
+        raise ValueError(f"logits must have at least one class, got shape {Z.shape}")
+    P = _out(out, "out", Z.shape, Z)
+    _separate(P, "out", ((Z, "logits"),), True)
+    cdef int64_t batch = Z.shape[0], classes = Z.shape[1]
+    cdef int rc
+    cdef void *p_P = _ptr(P), *p_Z = _ptr(Z)
+    if _f32(Z):
+        with nogil:
+            rc = softmax_forward_f32(<float*>p_P, <float*>p_Z, batch, classes, log_space)
+    else:
+        with nogil:
+            rc = softmax_forward_f64(<double*>p_P, <double*>p_Z, batch, classes, log_space)
+    _check(rc, where)
+    return P
+
+
+def softmax(logits, *, out=None):
+    """Row-wise softmax of (B, C) logits, shifted by the row maximum."""
+    return _softmax(logits, out, False, "softmax")
+
+
+def log_softmax(logits, *, out=None):
+    """Row-wise log-softmax of (B, C) logits (log-sum-exp)."""
+    return _softmax(logits, out, True, "log_softmax")
+
+
+cdef object _loss_grad(grad_out, bint compute_grad, object Z, str zname, tuple others):
+    if not compute_grad:
+        return None
+    D = _out(grad_out, "grad_out", Z.shape, Z)
+    _separate(D, "grad_out", ((Z, zname),), True)
+    _separate(D, "grad_out", others)
+    return D
+
+
+def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
+    """Softmax + cross-entropy, value and gradient in one pass.
+
+    logits : (B, C); target : integer labels (B,) in [0, C) or soft targets (B, C).
+    loss = mean_i [logsumexp(z_i) − Σ_j t_ij z_ij]; grad = (softmax(z) Σ_j t_ij − t) / B.
+    Returns (loss as float, grad or None); grad_out=logits works in place.
+    """
+    Z = _floats(logits, "logits", 2)
+    cdef int64_t batch = Z.shape[0], classes = Z.shape[1]
+    if batch < 1 or classes < 1:
+        raise ValueError(f"logits must have at least one row and one class, got shape {Z.shape}")
+    T = np.asarray(target)
+    labels = None
+    soft = None
+    cdef int64_t bad
+    if T.ndim == 1:
+        if T.dtype.kind not in "iu":
+            raise TypeError(f"target of shape {T.shape} must hold integer class labels, got "
+                            f"dtype {T.dtype} (soft targets have shape ({batch}, {classes}))")
+        if T.shape[0] != batch:
+            raise ValueError(f"target has {T.shape[0]} labels but logits has {batch} rows")
+        if T.dtype.kind == "u" and T.dtype.itemsize == 8 and T.size and T.max() > classes:
+            raise ValueError(f"target holds label {T.max()} outside [0, {classes})")
+        labels = np.ascontiguousarray(T, dtype=np.int64)
+        bad = fp_first_bad_label(<int64_t*>_ptr(labels), batch, classes)
+        if bad >= 0:
+            raise ValueError(f"target[{bad}] = {labels[bad]} is not a class label in [0, {classes})")
+    elif T.ndim == 2:
+        soft = _target(T, "target", Z, "logits")
+    else:
+        raise ValueError(f"target must be labels ({batch},) or soft targets ({batch}, {classes}), "
+                         f"got shape {T.shape}")
+    D = _loss_grad(grad_out, compute_grad, Z, "logits", ((soft, "target"), (labels, "target")))
+    cdef double loss = 0
+    cdef int rc
+    cdef void *p_D = _ptr(D), *p_Z = _ptr(Z), *p_labels = _ptr(labels), *p_soft = _ptr(soft)
+    if _f32(Z):
+        with nogil:
+            rc = softmax_xent_forward_backward_f32(&loss, <float*>p_D, <float*>p_Z,
+                                                   <int64_t*>p_labels, <float*>p_soft,
+                                                   batch, classes)
+    else:
+        with nogil:
+            rc = softmax_xent_forward_backward_f64(&loss, <double*>p_D, <double*>p_Z,
+                                                   <int64_t*>p_labels, <double*>p_soft,
+                                                   batch, classes)
+    _check(rc, "softmax_cross_entropy")
+    return loss, D
+
+
+def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
+    """Sigmoid + binary cross-entropy from logits, value and gradient in one pass.
+
+    loss = mean(max(z, 0) − z·y + log1p(exp(−|z|))); grad = (σ(z) − y) / n.
+    target has the shape of logits (any real dtype, cast to the logits' dtype).
+    """
+    Z = _floats(logits, "logits", -1)
+    if Z.size < 1:
+        raise ValueError("logits is empty: the loss is a mean over its elements")
+    T = _target(target, "target", Z, "logits")
+    D = _loss_grad(grad_out, compute_grad, Z, "logits", ((T, "target"),))
+    cdef double loss = 0
+    cdef int64_t n = Z.size
+    cdef int rc
+    cdef void *p_D = _ptr(D), *p_Z = _ptr(Z), *p_T = _ptr(T)
+    if _f32(Z):
+        with nogil:
+            rc = sigmoid_bce_forward_backward_f32(&loss, <float*>p_D, <float*>p_Z,
+                                                  <float*>p_T, n)
+    else:
+        with nogil:
+            rc = sigmoid_bce_forward_backward_f64(&loss, <double*>p_D, <double*>p_Z,
+                                                  <double*>p_T, n)
+    _check(rc, "sigmoid_bce")
+    return loss, D
+
+
+def mse(pred, target, *, grad_out=None, compute_grad=True):
+    """Mean squared error: loss = mean((pred − target)²); grad = 2 (pred − target) / n."""
+    P = _floats(pred, "pred", -1)
+    if P.size < 1:
+        raise ValueError("pred is empty: the loss is a mean over its elements")
+    T = _target(target, "target", P, "pred")
+    D = _loss_grad(grad_out, compute_grad, P, "pred", ((T, "target"),))
+    cdef double loss = 0
+    cdef int64_t n = P.size
+    cdef int rc
+    cdef void *p_D = _ptr(D), *p_P = _ptr(P), *p_T = _ptr(T)
+    if _f32(P):
+        with nogil:
+            rc = mse_forward_backward_f32(&loss, <float*>p_D, <float*>p_P,
+                                          <float*>p_T, n)
+    else:
+        with nogil:
+            rc = mse_forward_backward_f64(&loss, <double*>p_D, <double*>p_P,
+                                          <double*>p_T, n)
+    _check(rc, "mse")
+    return loss, D
+
+
+# ---------------------------------------------------------------- optimizers
+
+cdef object _state(object a, str name, object param):
+    """An in-place optimizer buffer shaped like param."""
+    if a is None:
+        raise TypeError(f"{name} must be an array shaped like param, got None")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    return _out(a, name, param.shape, param)
+
+
+cdef object _param(object param):
+    if not isinstance(param, np.ndarray):
+        raise TypeError(f"param must be a numpy array, got {type(param).__name__}")
+    P = param
+    if cnp.PyArray_TYPE(P) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(P) != cnp.NPY_FLOAT64:
+        raise TypeError(f"param must have dtype float32 or float64, got {P.dtype}")
+    return _out(P, "param", P.shape, P)
+
+
+cdef _nonneg(double v, str name):
+    if not v >= 0 or v == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+
+
+def sgd_step(param, grad, *, lr, momentum_buffer=None, double momentum=0.0,
+             double dampening=0.0, nesterov=False, double weight_decay=0.0, first_step=False):
+    """One SGD update in place, as torch.optim.SGD.
+
+    g = grad + weight_decay·param; with momentum: buf = g on the first step, else
+    momentum·buf + (1 − dampening)·g; g = g + momentum·buf (Nesterov) or buf; param −= lr·g.
+    """
+    P = _param(param)
+    G = _floats(grad, "grad", P.ndim, P, "param")
+    if G.shape != P.shape:
+        raise ValueError(f"grad has shape {G.shape}, expected {P.shape} (param's)")
+    cdef double lr_ = lr
+    _nonneg(lr_, "lr")
+    _nonneg(momentum, "momentum")
+    _nonneg(weight_decay, "weight_decay")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD)")
+    Bf = None
+    if momentum != 0:
+        Bf = _state(momentum_buffer, "momentum_buffer", P)
+        _separate(Bf, "momentum_buffer", ((P, "param"), (G, "grad")))
+    _separate(P, "param", ((G, "grad"),))
+    cdef int64_t n = P.size
+    cdef int nest = bool(nesterov), first = bool(first_step)
+    cdef int rc
+    cdef void *p_P = _ptr(P), *p_G = _ptr(G), *p_Bf = _ptr(Bf)
+    if _f32(P):
+        with nogil:
+            rc = sgd_step_f32(<float*>p_P, <float*>p_G, <float*>p_Bf, n, lr_,
+                              momentum, dampening, nest, weight_decay, first)
+    else:
+        with nogil:
+            rc = sgd_step_f64(<double*>p_P, <double*>p_G, <double*>p_Bf, n, lr_,
+                              momentum, dampening, nest, weight_decay, first)
+    _check(rc, "sgd_step")
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, double lr=1e-3, double beta1=0.9,
+              double beta2=0.999, double eps=1e-8, double weight_decay=0.0, decoupled=False):
+    """One Adam (decoupled=False) or AdamW (decoupled=True) update in place, as torch.optim.
+
+    step is the 1-based count of this update (for the bias corrections).
+    """
+    P = _param(param)
+    G = _floats(grad, "grad", P.ndim, P, "param")
+    if G.shape != P.shape:
+        raise ValueError(f"grad has shape {G.shape}, expected {P.shape} (param's)")
+    M = _state(exp_avg, "exp_avg", P)
+    V = _state(exp_avg_sq, "exp_avg_sq", P)
+    for arr, name in ((P, "param"), (M, "exp_avg"), (V, "exp_avg_sq")):
+        _separate(arr, name, ((G, "grad"),) + tuple(
+            (o, on) for o, on in ((P, "param"), (M, "exp_avg"), (V, "exp_avg_sq")) if o is not arr))
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    _nonneg(lr, "lr")
+    _nonneg(eps, "eps")
+    _nonneg(weight_decay, "weight_decay")
+    for v, name in ((beta1, "beta1"), (beta2, "beta2")):
+        if not 0 <= v < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {v}")
+    cdef int64_t n = P.size, t = step
+    cdef int dec = bool(decoupled)
+    cdef int rc
+    cdef void *p_P = _ptr(P), *p_G = _ptr(G), *p_M = _ptr(M), *p_V = _ptr(V)
+    if _f32(P):
+        with nogil:
+            rc = adam_step_f32(<float*>p_P, <float*>p_G, <float*>p_M, <float*>p_V,
+                               n, lr, beta1, beta2, eps, weight_decay, dec, t)
+    else:
+        with nogil:
+            rc = adam_step_f64(<double*>p_P, <double*>p_G, <double*>p_M,
+                               <double*>p_V, n, lr, beta1, beta2, eps, weight_decay, dec, t)
+    _check(rc, "adam_step")

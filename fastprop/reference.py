@@ -1,0 +1,494 @@
+"""Plain NumPy reference implementation of the fastprop operations ("the maths").
+
+Every function of ``fastprop.ops`` (see ``docs/ops_spec.md``) is implemented here
+with the same name and arguments, using only vectorised NumPy (and
+``scipy.special.erf`` for the exact GELU).  It is the test oracle for the C kernels
+and the baseline for the benchmarks.
+
+Conventions: arrays are batch-major, ``x`` is (B, in), ``weight`` is (out, in)
+(PyTorch convention) and ``bias`` is (out,).  Results keep the dtype of the inputs
+(float32 stays float32, float64 stays float64); loss values are Python floats.
+When a buffer argument (``out=``, ``grad_out=``, ``grad_weight=``, ...) is given,
+the result is written into it and that buffer is returned; ``accumulate=True``
+adds into the buffer instead.  ``sgd_step`` and ``adam_step`` work in place.
+
+The module also contains a small fully-connected network written with these
+formulas (``mlp_forward`` / ``mlp_backward``, after algorithms 6.3 and 6.4 of
+Goodfellow, Bengio and Courville, *Deep Learning*) and ``NumpyMLPTrainer``, an
+MLP training step written the way a careful NumPy user would (preallocated
+buffers, ``out=`` everywhere), used as the benchmark baseline.
+"""
+
+import math
+
+import numpy as np
+from scipy.special import erf
+
+__all__ = [
+    "ACTIVATIONS",
+    "dense_forward",
+    "dense_backward",
+    "activation_forward",
+    "activation_backward",
+    "prelu_forward",
+    "prelu_backward",
+    "softmax",
+    "log_softmax",
+    "softmax_cross_entropy",
+    "sigmoid_bce",
+    "mse",
+    "sgd_step",
+    "adam_step",
+    "mlp_forward",
+    "mlp_backward",
+    "NumpyMLPTrainer",
+]
+
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "abs", "sigmoid", "tanh",
+               "softplus", "cos", "gelu", "silu")
+
+# Python floats (not NumPy float64 scalars) so that float32 arrays stay float32.
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _into(buf, value, accumulate=False):
+    """Return ``value``, or write (or add, if ``accumulate``) it into ``buf`` and return ``buf``."""
+    if buf is None:
+        return value
+    if accumulate:
+        buf += value
+    else:
+        buf[...] = value
+    return buf
+
+
+def _sigmoid(z):
+    """Logistic function 1 / (1 + exp(-z)) that never overflows."""
+    e = np.exp(-np.abs(z))  # in (0, 1]
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _log1p_exp(z):
+    """log(1 + exp(z)) computed without overflow."""
+    return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+
+
+# --------------------------------------------------------------------------- activations
+
+def activation_forward(x, activation, *, out=None, negative_slope=0.01, beta=1.0,
+                       threshold=20.0):
+    """Apply the named elementwise activation f to ``x``."""
+    x = np.asarray(x)
+    if activation == "identity":
+        y = x.copy()
+    elif activation == "relu":
+        y = np.maximum(x, 0)
+    elif activation == "leaky_relu":
+        y = np.where(x > 0, x, negative_slope * x)
+    elif activation == "abs":
+        y = np.abs(x)
+    elif activation == "sigmoid":
+        y = _sigmoid(x)
+    elif activation == "tanh":
+        y = np.tanh(x)
+    elif activation == "softplus":
+        bx = beta * x
+        y = np.where(bx > threshold, x, _log1p_exp(bx) / beta)
+    elif activation == "cos":
+        y = np.cos(x)
+    elif activation == "gelu":
+        y = 0.5 * x * (1 + erf(x * _INV_SQRT2))
+    elif activation == "silu":
+        y = x * _sigmoid(x)
+    else:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    return _into(out, y)
+
+
+def _derivative(activation, x, y, negative_slope, beta, threshold):
+    """f'(x) of the named activation, from the saved output y where that suffices."""
+    def need_x():
+        if x is None:
+            raise ValueError(f"activation_backward({activation!r}) needs x")
+        return np.asarray(x)
+
+    if activation == "identity":
+        return None  # f' = 1
+    if activation == "relu":
+        return (np.asarray(y) if y is not None else need_x()) > 0
+    if activation == "leaky_relu":
+        if y is not None and negative_slope > 0:
+            positive = np.asarray(y) > 0  # same sign as x when the slope is positive
+        else:
+            positive = need_x() > 0
+        return positive, negative_slope
+    if activation in ("sigmoid", "tanh"):
+        if y is None:
+            y = activation_forward(need_x(), activation)
+        y = np.asarray(y)
+        return y * (1 - y) if activation == "sigmoid" else 1 - y * y
+    if activation == "abs":
+        return np.sign(need_x())
+    if activation == "softplus":
+        bx = beta * need_x()
+        d = _sigmoid(bx)
+        d[bx > threshold] = 1  # linear region
+        return d
+    if activation == "cos":
+        return -np.sin(need_x())
+    if activation == "gelu":
+        x = need_x()
+        cdf = 0.5 * (1 + erf(x * _INV_SQRT2))
+        pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+        return cdf + x * pdf
+    if activation == "silu":
+        x = need_x()
+        s = _sigmoid(x)
+        return s * (1 + x * (1 - s))
+    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+
+
+def activation_backward(grad, activation, *, x=None, y=None, out=None, negative_slope=0.01,
+                        beta=1.0, threshold=20.0):
+    """Return grad * f'(x); relu, leaky_relu (slope > 0), sigmoid, tanh, identity need only y."""
+    grad = np.asarray(grad)
+    d = _derivative(activation, x, y, negative_slope, beta, threshold)
+    if d is None:
+        result = grad.copy()
+    elif activation == "leaky_relu":
+        positive, slope = d
+        result = np.where(positive, grad, slope * grad)
+    elif activation == "relu":
+        result = np.where(d, grad, 0)
+    else:
+        result = grad * d
+    return _into(out, result)
+
+
+# --------------------------------------------------------------------------- dense layer
+
+def dense_forward(x, weight, bias=None, activation="identity", *, out=None, preact_out=None,
+                  negative_slope=0.01, beta=1.0, threshold=20.0):
+    """y = f(x @ weight.T + bias); the pre-activation is stored in ``preact_out`` if given."""
+    a = x @ weight.T
+    if bias is not None:
+        a += bias
+    if preact_out is not None:
+        preact_out[...] = a
+    return activation_forward(a, activation, out=out, negative_slope=negative_slope,
+                              beta=beta, threshold=threshold)
+
+
+def dense_backward(grad_out, x, weight, *, bias=True, input_grad=True, grad_input=None,
+                   grad_weight=None, grad_bias=None, accumulate=False):
+    """Gradients of a linear layer: (grad_out @ weight, grad_out.T @ x, grad_out.sum(0))."""
+    gw = _into(grad_weight, grad_out.T @ x, accumulate)
+    gb = _into(grad_bias, grad_out.sum(axis=0), accumulate) if bias else None
+    gi = _into(grad_input, grad_out @ weight, accumulate) if input_grad else None
+    return gi, gw, gb
+
+
+# --------------------------------------------------------------------------- PReLU
+
+def _per_channel(weight, x):
+    """View ``weight`` ((1,) or (C,)) so that it broadcasts along axis 1 of ``x``."""
+    weight = np.asarray(weight)
+    if weight.size == 1:
+        return weight.reshape(())
+    if x.ndim < 2 or weight.size != x.shape[1]:
+        raise ValueError(f"prelu weight of size {weight.size} does not match input {x.shape}")
+    return weight.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def prelu_forward(x, weight, *, out=None):
+    """y = x where x > 0, else weight[c] * x (c = channel = axis 1)."""
+    x = np.asarray(x)
+    return _into(out, np.where(x > 0, x, _per_channel(weight, x) * x))
+
+
+def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=False):
+    """Return (grad_input, grad_weight) of PReLU; grad_weight[c] = sum over x <= 0 of grad * x."""
+    grad, x = np.asarray(grad), np.asarray(x)
+    weight = np.asarray(weight)
+    positive = x > 0
+    gi = np.where(positive, grad, _per_channel(weight, x) * grad)
+    contrib = np.where(positive, 0, grad * x)
+    if weight.size == 1:
+        gw = contrib.sum().reshape(weight.shape)
+    else:
+        gw = contrib.sum(axis=tuple(i for i in range(x.ndim) if i != 1)).reshape(weight.shape)
+    return _into(out, gi), _into(grad_weight, gw, accumulate)
+
+
+# --------------------------------------------------------------------------- softmax and losses
+
+def softmax(logits, *, out=None):
+    """Row-wise softmax, shifted by the row max."""
+    z = np.asarray(logits)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return _into(out, e / e.sum(axis=-1, keepdims=True))
+
+
+def log_softmax(logits, *, out=None):
+    """Row-wise log-softmax: z - logsumexp(z)."""
+    z = np.asarray(logits)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return _into(out, shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
+
+
+def _targets_as_matrix(z, target):
+    """Integer labels (B,) as one-hot rows, or soft targets (B, C) in the dtype of ``z``."""
+    target = np.asarray(target)
+    if np.issubdtype(target.dtype, np.integer):
+        if target.shape != z.shape[:1]:
+            raise ValueError(f"labels of shape {target.shape} do not match logits {z.shape}")
+        if target.size and (target.min() < 0 or target.max() >= z.shape[1]):
+            raise ValueError(f"labels must lie in [0, {z.shape[1]})")
+        t = np.zeros_like(z)
+        t[np.arange(z.shape[0]), target] = 1
+        return t
+    if target.shape != z.shape:
+        raise ValueError(f"soft targets of shape {target.shape} do not match logits {z.shape}")
+    return target.astype(z.dtype, copy=False)
+
+
+def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
+    """loss = mean_i[-t_i . log_softmax(z_i)]; grad = (softmax(z) * sum_j t_ij - t) / B.
+
+    ``target`` is integer labels (B,) or soft targets (B, C).  When the rows of ``t`` sum
+    to 1 (always for labels) the loss is mean_i[logsumexp(z_i) - t_i . z_i].
+    """
+    z = np.asarray(logits)
+    if z.ndim != 2:
+        raise ValueError(f"logits must be (B, C), got shape {z.shape}")
+    t = _targets_as_matrix(z, target)
+    batch = z.shape[0]
+    shifted = z - z.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    sum_e = e.sum(axis=1, keepdims=True)
+    t_sum = t.sum(axis=1, keepdims=True)
+    # -t . log_softmax(z) = sum(t) * log(sum e) - t . shifted  (the row max cancels)
+    per_row = t_sum * np.log(sum_e) - (t * shifted).sum(axis=1, keepdims=True)
+    loss = float(np.mean(per_row))
+    if not compute_grad:
+        return loss, None
+    grad = (e / sum_e * t_sum - t) / batch
+    return loss, _into(grad_out, grad)
+
+
+def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
+    """Mean binary cross-entropy on logits: max(z,0) - z*y + log1p(exp(-|z|)); grad = (sigmoid(z) - y) / n."""
+    z = np.asarray(logits)
+    y = np.asarray(target).astype(z.dtype, copy=False)
+    if y.shape != z.shape:
+        raise ValueError(f"target of shape {y.shape} does not match logits {z.shape}")
+    loss = float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+    if not compute_grad:
+        return loss, None
+    return loss, _into(grad_out, (_sigmoid(z) - y) / z.size)
+
+
+def mse(pred, target, *, grad_out=None, compute_grad=True):
+    """loss = mean((pred - target)**2); grad = 2 * (pred - target) / n."""
+    pred = np.asarray(pred)
+    diff = pred - np.asarray(target).astype(pred.dtype, copy=False)
+    loss = float(np.mean(diff * diff))
+    if not compute_grad:
+        return loss, None
+    return loss, _into(grad_out, 2 * diff / diff.size)
+
+
+# --------------------------------------------------------------------------- optimisers
+
+def sgd_step(param, grad, *, lr, momentum_buffer=None, momentum=0.0, dampening=0.0,
+             nesterov=False, weight_decay=0.0, first_step=False):
+    """One in-place step of torch.optim.SGD (momentum, dampening, Nesterov, weight decay)."""
+    g = grad + weight_decay * param if weight_decay else grad
+    if momentum:
+        if momentum_buffer is None:
+            raise ValueError("sgd_step with momentum needs momentum_buffer")
+        buf = momentum_buffer
+        if first_step:
+            buf[...] = g
+        else:
+            buf *= momentum
+            buf += (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    param -= lr * g
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, decoupled=False):
+    """One in-place step of torch.optim.Adam (or AdamW when ``decoupled``); ``step`` counts from 1."""
+    if step < 1:
+        raise ValueError(f"step is 1-based, got {step}")
+    g = grad
+    if weight_decay:
+        if decoupled:
+            param *= 1 - lr * weight_decay
+        else:
+            g = grad + weight_decay * param
+    exp_avg *= beta1
+    exp_avg += (1 - beta1) * g
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    denom = np.sqrt(exp_avg_sq) / math.sqrt(bias_correction2) + eps
+    param -= (lr / bias_correction1) * exp_avg / denom
+
+
+# --------------------------------------------------------------------------- MLP (Goodfellow 6.3 / 6.4)
+
+def mlp_forward(x, weights, biases, activation="relu", **act_params):
+    """Forward pass of an MLP (hidden layers use ``activation``, the last layer is linear).
+
+    Returns ``(out, cache)``; ``weights[i]`` is (out_i, in_i) and ``biases`` may be None.
+    """
+    n_layers = len(weights)
+    if biases is None:
+        biases = [None] * n_layers
+    h = np.asarray(x)
+    inputs, preacts = [], []
+    for k, (w, b) in enumerate(zip(weights, biases)):
+        inputs.append(h)
+        a = h @ w.T if b is None else h @ w.T + b   # a(k) = b(k) + W(k) h(k-1)
+        preacts.append(a)
+        h = activation_forward(a, activation, **act_params) if k < n_layers - 1 else a
+    cache = {"inputs": inputs, "preacts": preacts, "outputs": inputs[1:] + [h],
+             "activation": activation, "act_params": dict(act_params),
+             "has_bias": [b is not None for b in biases]}
+    return h, cache
+
+
+def mlp_backward(grad_out, cache, weights, **act_params):
+    """Back-propagate ``grad_out`` (dJ/d out) through the MLP of ``mlp_forward``.
+
+    Returns ``(grad_x, grad_weights, grad_biases)``; ``act_params`` default to those of the
+    forward pass.
+    """
+    params = {**cache["act_params"], **act_params}
+    n_layers = len(weights)
+    grad_weights, grad_biases = [None] * n_layers, [None] * n_layers
+    g = np.asarray(grad_out)
+    for k in reversed(range(n_layers)):
+        if k < n_layers - 1:  # g <- g * f'(a(k)); the output layer is linear
+            g = activation_backward(g, cache["activation"], x=cache["preacts"][k],
+                                    y=cache["outputs"][k], **params)
+        grad_weights[k] = g.T @ cache["inputs"][k]      # grad W(k) = g h(k-1)^T
+        if cache["has_bias"][k]:
+            grad_biases[k] = g.sum(axis=0)              # grad b(k) = g
+        g = g @ weights[k]                              # g <- W(k)^T g
+    return g, grad_weights, grad_biases
+
+
+class NumpyMLPTrainer:
+    """SGD-with-momentum training of a ReLU MLP with softmax cross-entropy, in careful NumPy.
+
+    All activation, gradient and optimiser buffers are allocated once for ``batch_size``;
+    ``step`` then works with ``out=`` arguments and in-place ufuncs.
+    """
+
+    def __init__(self, sizes, batch_size, lr=0.01, momentum=0.9, dtype=np.float32, seed=0):
+        """Create He-uniform weights, zero biases and every buffer for ``batch_size`` rows."""
+        if len(sizes) < 2:
+            raise ValueError("sizes needs at least an input and an output size")
+        self.sizes = list(sizes)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.weights, self.biases = [], []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = math.sqrt(6.0 / fan_in)  # He (Kaiming) uniform for ReLU
+            self.weights.append(rng.uniform(-bound, bound, (fan_out, fan_in)).astype(self.dtype))
+            self.biases.append(np.zeros(fan_out, dtype=self.dtype))
+        B = self.batch_size
+        self._acts = [np.empty((B, n), self.dtype) for n in sizes[1:]]    # h(k); last = logits
+        self._grads = [np.empty((B, n), self.dtype) for n in sizes[1:]]   # dJ/da(k)
+        self._masks = [np.empty((B, n), bool) for n in sizes[1:-1]]       # h(k) <= 0
+        self.grad_weights = [np.empty_like(w) for w in self.weights]
+        self.grad_biases = [np.empty_like(b) for b in self.biases]
+        self._buf_weights = [np.zeros_like(w) for w in self.weights]
+        self._buf_biases = [np.zeros_like(b) for b in self.biases]
+        self._row_max = np.empty((B, 1), self.dtype)
+        self._row_sum = np.empty((B, 1), self.dtype)
+        self._rows = np.arange(B)
+        self._steps = 0
+
+    def params(self):
+        """The parameters as [W0, b0, W1, b1, ...] (the live arrays)."""
+        return [p for wb in zip(self.weights, self.biases) for p in wb]
+
+    def step(self, x, labels):
+        """One forward / backward / SGD-momentum step on a batch; returns the mean loss."""
+        x = np.asarray(x, dtype=self.dtype)
+        labels = np.asarray(labels)
+        if x.shape != (self.batch_size, self.sizes[0]) or labels.shape != (self.batch_size,):
+            raise ValueError(f"expected x of shape {(self.batch_size, self.sizes[0])} and "
+                             f"labels of shape {(self.batch_size,)}")
+        n_layers = len(self.weights)
+
+        # forward: h(k) = relu(h(k-1) @ W(k).T + b(k)), the last layer is linear
+        h = x
+        for k in range(n_layers):
+            a = self._acts[k]
+            np.matmul(h, self.weights[k].T, out=a)
+            np.add(a, self.biases[k], out=a)
+            if k < n_layers - 1:
+                np.maximum(a, 0, out=a)
+            h = a
+
+        # softmax cross-entropy; g = dJ/dlogits = (softmax - onehot) / B
+        logits, g = self._acts[-1], self._grads[-1]
+        np.max(logits, axis=1, keepdims=True, out=self._row_max)
+        np.subtract(logits, self._row_max, out=g)
+        picked = g[self._rows, labels]                 # shifted logit of the true class
+        np.exp(g, out=g)
+        np.sum(g, axis=1, keepdims=True, out=self._row_sum)
+        np.divide(g, self._row_sum, out=g)
+        np.log(self._row_sum, out=self._row_sum)
+        loss = float(self._row_sum.mean() - picked.mean())
+        g[self._rows, labels] -= 1
+        np.divide(g, self.batch_size, out=g)
+
+        # backward, from the output to the first layer (no gradient wrt x)
+        for k in reversed(range(n_layers)):
+            g = self._grads[k]
+            h_in = x if k == 0 else self._acts[k - 1]
+            np.matmul(g.T, h_in, out=self.grad_weights[k])
+            np.sum(g, axis=0, out=self.grad_biases[k])
+            if k > 0:
+                g_below = self._grads[k - 1]
+                np.matmul(g, self.weights[k], out=g_below)
+                # relu'(a) = (a > 0), read from h = relu(a): zero g where the unit was off
+                inactive = np.less_equal(self._acts[k - 1], 0, out=self._masks[k - 1])
+                np.copyto(g_below, 0, where=inactive)
+
+        # SGD with momentum (torch semantics: the first step sets buf = g)
+        first = self._steps == 0
+        for p, grad, buf in zip(self.params(), self._all_grads(), self._all_bufs()):
+            if self.momentum:
+                if first:
+                    np.copyto(buf, grad)
+                else:
+                    np.multiply(buf, self.momentum, out=buf)
+                    np.add(buf, grad, out=buf)
+                np.multiply(buf, self.lr, out=grad)      # grad is free now: reuse it
+            else:
+                np.multiply(grad, self.lr, out=grad)
+            np.subtract(p, grad, out=p)
+        self._steps += 1
+        return loss
+
+    def _all_grads(self):
+        """Gradients in the order of ``params()``."""
+        return [g for gg in zip(self.grad_weights, self.grad_biases) for g in gg]
+
+    def _all_bufs(self):
+        """Momentum buffers in the order of ``params()``."""
+        return [b for bb in zip(self._buf_weights, self._buf_biases) for b in bb]

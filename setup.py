@@ -1,0 +1,35 @@
+"""Builds fastprop._kernels from csrc/*.c and fastprop/_kernels.pyx.
+
+Default flags are portable (-O3, no -march=native); FASTPROP_NATIVE=1 adds
+-march=native for a local build tuned to this machine; FASTPROP_SANITIZE=1
+builds with AddressSanitizer and UBSan for the memory-safety job.
+"""
+import glob
+import os
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+compile_args = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+link_args = []
+if os.environ.get("FASTPROP_NATIVE") == "1":
+    compile_args.append("-march=native")
+if os.environ.get("FASTPROP_SANITIZE") == "1":
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    compile_args = [a for a in compile_args if a != "-O3"] + ["-O1"] + san
+    link_args += san
+
+# template.h includes the family files back, so compile only the families themselves
+sources = ["fastprop/_kernels.pyx"] + sorted(glob.glob("csrc/*.c"))
+
+ext = Extension(
+    "fastprop._kernels",
+    sources=sources,
+    include_dirs=["csrc", np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
+)
+
+setup(ext_modules=cythonize([ext], language_level=3))
