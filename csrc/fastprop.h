@@ -32,6 +32,21 @@ typedef struct {
     double beta, threshold;  /* softplus */
 } fp_act_params;
 
+/* Loss kinds of the fused training step. */
+enum { FP_LOSS_SOFTMAX_XENT = 0, FP_LOSS_SIGMOID_BCE, FP_LOSS_MSE };
+
+/* One block of a feed-forward chain: y = f(x wᵀ + b). Buffers are (batch, out);
+ * preact is kept only for activations whose derivative needs the input (NULL otherwise).
+ * Pointers are to float or double, as the network's precision. */
+typedef struct {
+    int64_t in, out;
+    int act;
+    fp_act_params p;
+    const void *w, *b;   /* b may be NULL */
+    void *dw, *db;       /* gradients, overwritten by the backward; db NULL without bias */
+    void *y, *preact;
+} fp_dense_block;
+
 /* Fortran BLAS gemm, as scipy.linalg.cython_blas exports it. */
 typedef void (*fp_sgemm_fn)(char *ta, char *tb, int *m, int *n, int *k, float *alpha,
                             float *a, int *lda, float *b, int *ldb, float *beta,
@@ -74,7 +89,13 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
                      double weight_decay, int first_step);                            \
     int adam_step_##S(R *param, const R *grad, R *m, R *v, int64_t n, double lr,      \
                       double beta1, double beta2, double eps, double weight_decay,    \
-                      int decoupled, int64_t step);
+                      int decoupled, int64_t step);                                   \
+    /* forward through the blocks, loss value and gradient, backward (no ∇x of the input) */ \
+    int network_forward_##S(const fp_dense_block *blocks, int n_blocks, const R *x,      \
+                            int64_t batch);                                               \
+    int network_train_##S(double *loss, const fp_dense_block *blocks, int n_blocks,      \
+                          const R *x, int64_t batch, int loss_kind,                       \
+                          const int64_t *labels, const R *target, R *g0, R *g1);
 
 FP_DECLARE(float, f32)
 FP_DECLARE(double, f64)

@@ -1,5 +1,18 @@
 """fastprop: exact back-propagation for multilayer perceptrons, fused C kernels on the CPU."""
-from . import ops, reference
+from . import datasets, ops, reference
+from .io import gradcheck, load, save
+from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
+from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, Module, Parameter, PReLU, ReLU,
+                 Sequential, Sigmoid, SiLU, Softplus, Tanh)
+from .optim import SGD, Adam, AdamW
+from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference"]
+__all__ = [
+    "ops", "reference", "datasets",
+    "Parameter", "Module", "Linear", "Sequential", "Identity", "ReLU", "LeakyReLU", "PReLU",
+    "Abs", "Sigmoid", "Tanh", "Softplus", "Cos", "GELU", "SiLU",
+    "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "SGD", "Adam", "AdamW",
+    "TrainStep", "fit", "History", "predict", "predict_proba", "evaluate",
+    "save", "load", "gradcheck",
+]

@@ -15,6 +15,23 @@ cdef extern from "fastprop.h" nogil:
         double beta
         double threshold
 
+    enum:
+        FP_LOSS_SOFTMAX_XENT
+        FP_LOSS_SIGMOID_BCE
+        FP_LOSS_MSE
+
+    ctypedef struct fp_dense_block:
+        int64_t in_ "in"
+        int64_t out
+        int act
+        fp_act_params p
+        const void *w
+        const void *b
+        void *dw
+        void *db
+        void *y
+        void *preact
+
     ctypedef void (*fp_sgemm_fn)(char*, char*, int*, int*, int*, float*, float*, int*,
                                  float*, int*, float*, float*, int*)
     ctypedef void (*fp_dgemm_fn)(char*, char*, int*, int*, int*, double*, double*, int*,
@@ -64,3 +81,11 @@ cdef extern from "fastprop.h" nogil:
                       double beta1, double beta2, double eps, double weight_decay, int decoupled, int64_t step)
     int adam_step_f64(double *param, const double *grad, double *m, double *v, int64_t n, double lr,
                       double beta1, double beta2, double eps, double weight_decay, int decoupled, int64_t step)
+    int network_forward_f32(const fp_dense_block *blocks, int n_blocks, const float *x, int64_t batch)
+    int network_forward_f64(const fp_dense_block *blocks, int n_blocks, const double *x, int64_t batch)
+    int network_train_f32(double *loss, const fp_dense_block *blocks, int n_blocks, const float *x,
+                          int64_t batch, int loss_kind, const int64_t *labels, const float *target,
+                          float *g0, float *g1)
+    int network_train_f64(double *loss, const fp_dense_block *blocks, int n_blocks, const double *x,
+                          int64_t batch, int loss_kind, const int64_t *labels, const double *target,
+                          double *g0, double *g1)

@@ -68,15 +68,15 @@ cdef object _floats(object a, str name, int ndim, object like=None,
     return arr
 
 
-cdef object _target(object t, str name, object like, str like_name):
-    """A loss target of like's shape: any real dtype, cast to like's dtype."""
+cdef object _target(object t, str name, tuple shape, object dtype, str like_name):
+    """A loss target of the given shape: any real dtype, cast to dtype."""
     arr = np.asarray(t)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real-valued array, got dtype {arr.dtype}")
-    if arr.shape != like.shape:
-        raise ValueError(f"{name} has shape {arr.shape}, expected {like.shape} "
+    if arr.shape != shape:
+        raise ValueError(f"{name} has shape {arr.shape}, expected {shape} "
                          f"(the shape of {like_name})")
-    return np.ascontiguousarray(arr, dtype=like.dtype)
+    return np.ascontiguousarray(arr, dtype=dtype)
 
 
 cdef object _out(object o, str name, tuple shape, object like, bint zero=False):
@@ -469,7 +469,7 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
         if bad >= 0:
             raise ValueError(f"target[{bad}] = {labels[bad]} is not a class label in [0, {classes})")
     elif T.ndim == 2:
-        soft = _target(T, "target", Z, "logits")
+        soft = _target(T, "target", Z.shape, Z.dtype, "logits")
     else:
         raise ValueError(f"target must be labels ({batch},) or soft targets ({batch}, {classes}), "
                          f"got shape {T.shape}")
@@ -500,7 +500,7 @@ def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
     Z = _floats(logits, "logits", -1)
     if Z.size < 1:
         raise ValueError("logits is empty: the loss is a mean over its elements")
-    T = _target(target, "target", Z, "logits")
+    T = _target(target, "target", Z.shape, Z.dtype, "logits")
     D = _loss_grad(grad_out, compute_grad, Z, "logits", ((T, "target"),))
     cdef double loss = 0
     cdef int64_t n = Z.size
@@ -523,7 +523,7 @@ def mse(pred, target, *, grad_out=None, compute_grad=True):
     P = _floats(pred, "pred", -1)
     if P.size < 1:
         raise ValueError("pred is empty: the loss is a mean over its elements")
-    T = _target(target, "target", P, "pred")
+    T = _target(target, "target", P.shape, P.dtype, "pred")
     D = _loss_grad(grad_out, compute_grad, P, "pred", ((T, "target"),))
     cdef double loss = 0
     cdef int64_t n = P.size
@@ -639,3 +639,174 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, double lr=1e-3, double 
             rc = adam_step_f64(<double*>p_P, <double*>p_G, <double*>p_M,
                                <double*>p_V, n, lr, beta1, beta2, eps, weight_decay, dec, t)
     _check(rc, "adam_step")
+
+
+# ---------------------------------------------------------------- the fused training step
+
+from libc.stdlib cimport calloc, free
+
+LOSSES = ("softmax_cross_entropy", "sigmoid_bce", "mse")
+
+
+cdef class Network:
+    """The layer loop of a chain of dense blocks ``y = f(x Wᵀ + b)`` in C.
+
+    blocks: a list of (weight, bias or None, grad_weight, grad_bias or None, activation,
+    {negative_slope, beta, threshold}). The arrays are views into a model's flat
+    buffers and are kept alive here; gradients are overwritten by ``train``.
+    Workspaces (outputs, kept pre-activations, two gradient buffers) are allocated
+    once per batch size.
+    """
+    cdef fp_dense_block *blocks
+    cdef int n
+    cdef readonly object dtype
+    cdef readonly int64_t n_in, n_out, batch
+    cdef int64_t width
+    cdef list arrays, ys, preacts
+    cdef object g0, g1
+
+    def __cinit__(self):
+        self.blocks = NULL
+
+    def __init__(self, list blocks):
+        if not blocks:
+            raise ValueError("a Network needs at least one dense block")
+        self.n = len(blocks)
+        self.blocks = <fp_dense_block*>calloc(self.n, sizeof(fp_dense_block))
+        if self.blocks == NULL:
+            raise MemoryError()
+        self.arrays = []
+        self.dtype = np.asarray(blocks[0][0]).dtype
+        self.width = 0
+        cdef fp_dense_block *k
+        for i, (w, b, dw, db, activation, params) in enumerate(blocks):
+            W = _out(w, f"block {i} weight", np.shape(w), np.empty(0, self.dtype))
+            if W.ndim != 2:
+                raise ValueError(f"block {i} weight must be 2-D, got shape {W.shape}")
+            dW = _out(dw, f"block {i} grad_weight", W.shape, W)
+            k = &self.blocks[i]
+            k.in_ = W.shape[1]
+            k.out = W.shape[0]
+            if i > 0 and k.in_ != self.blocks[i - 1].out:
+                raise ValueError(f"block {i} takes {k.in_} features but block {i - 1} "
+                                 f"gives {self.blocks[i - 1].out}")
+            k.act = _act(activation)
+            k.p = _params(params.get("negative_slope", 0.01), params.get("beta", 1.0),
+                          params.get("threshold", 20.0))
+            k.w = _ptr(W)
+            k.dw = _ptr(dW)
+            self.arrays += [W, dW]
+            if b is not None:
+                B = _out(b, f"block {i} bias", (k.out,), W)
+                dB = _out(db, f"block {i} grad_bias", (k.out,), W)
+                k.b = _ptr(B)
+                k.db = _ptr(dB)
+                self.arrays += [B, dB]
+            self.width = max(self.width, k.out, k.in_)
+        self.n_in = self.blocks[0].in_
+        self.n_out = self.blocks[self.n - 1].out
+        self.batch = -1
+
+    def __dealloc__(self):
+        free(self.blocks)
+
+    cdef _workspace(self, int64_t batch):
+        """Outputs, kept pre-activations and the gradient ping-pong pair for this batch size."""
+        if batch == self.batch:
+            return
+        self.ys, self.preacts = [], []
+        cdef fp_dense_block *k
+        for i in range(self.n):
+            k = &self.blocks[i]
+            y = np.empty((batch, k.out), self.dtype)
+            needs_x = ACTIVATIONS[k.act] not in FROM_OUTPUT and not (
+                ACTIVATIONS[k.act] == "leaky_relu" and k.p.negative_slope > 0)
+            z = np.empty((batch, k.out), self.dtype) if needs_x else None
+            k.y = _ptr(y)
+            k.preact = _ptr(z)
+            self.ys.append(y)
+            self.preacts.append(z)
+        self.g0 = np.empty(batch * self.width, self.dtype)
+        self.g1 = np.empty(batch * self.width, self.dtype)
+        self.batch = batch
+
+    cdef _input(self, x):
+        X = _floats(x, "x", 2)
+        if X.dtype != self.dtype:
+            raise TypeError(f"x has dtype {X.dtype}, expected {self.dtype} (the network's)")
+        if X.shape[1] != self.n_in:
+            raise ValueError(f"x has shape {X.shape}, expected (batch, {self.n_in})")
+        return X
+
+    @property
+    def output(self):
+        """The last block's output of the latest forward (a view of the workspace)."""
+        return None if self.batch < 0 else self.ys[self.n - 1]
+
+    def forward(self, x):
+        """Runs the chain on x (batch, n_in); returns the output workspace (batch, n_out)."""
+        X = self._input(x)
+        cdef int64_t batch = X.shape[0]
+        self._workspace(batch)
+        cdef void *px = _ptr(X)
+        cdef int rc
+        if _f32(X):
+            with nogil:
+                rc = network_forward_f32(self.blocks, self.n, <float*>px, batch)
+        else:
+            with nogil:
+                rc = network_forward_f64(self.blocks, self.n, <double*>px, batch)
+        _check(rc, "Network.forward")
+        return self.ys[self.n - 1]
+
+    def train(self, x, target, str loss):
+        """Forward, the loss and its gradient, and the backward; overwrites every gradient.
+
+        target: integer labels (batch,) or soft targets (batch, n_out) for
+        softmax_cross_entropy; an array shaped like the output for sigmoid_bce and mse.
+        Returns the loss. Nothing is written when an argument is invalid.
+        """
+        X = self._input(x)
+        cdef int64_t batch = X.shape[0]
+        if batch < 1:
+            raise ValueError("x must have at least one row: the loss is a mean")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+        cdef int kind = LOSSES.index(loss)
+        out_shape = (batch, self.n_out)
+        labels = None
+        T = None
+        cdef int64_t bad
+        t = np.asarray(target)
+        if kind == FP_LOSS_SOFTMAX_XENT and t.ndim == 1:
+            if t.dtype.kind not in "iu":
+                raise TypeError(f"labels must be integers, got dtype {t.dtype}")
+            if t.shape[0] != batch:
+                raise ValueError(f"got {t.shape[0]} labels for {batch} rows of x")
+            labels = np.ascontiguousarray(t, dtype=np.int64)
+            if t.dtype.kind == "u" and labels.size and t.max() >= self.n_out:
+                bad = int(np.argmax(t >= self.n_out))
+            else:
+                bad = fp_first_bad_label(<int64_t*>_ptr(labels), batch, self.n_out)
+            if bad >= 0:
+                raise ValueError(f"label {t[bad]} at index {bad} is outside [0, {self.n_out})")
+        else:
+            T = _target(t, "target", out_shape, self.dtype, "the network's output")
+        self._workspace(batch)
+        cdef double value = 0
+        cdef void *px = _ptr(X)
+        cdef void *pl = _ptr(labels)
+        cdef void *pt = _ptr(T)
+        cdef void *g0 = _ptr(self.g0)
+        cdef void *g1 = _ptr(self.g1)
+        cdef int rc
+        if _f32(X):
+            with nogil:
+                rc = network_train_f32(&value, self.blocks, self.n, <float*>px, batch, kind,
+                                       <int64_t*>pl, <float*>pt, <float*>g0, <float*>g1)
+        else:
+            with nogil:
+                rc = network_train_f64(&value, self.blocks, self.n, <double*>px, batch, kind,
+                                       <int64_t*>pl, <double*>pt, <double*>g0, <double*>g1)
+        _check(rc, "Network.train")
+        return value

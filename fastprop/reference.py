@@ -108,63 +108,53 @@ def activation_forward(x, activation, *, out=None, negative_slope=0.01, beta=1.0
     return _into(out, y)
 
 
-def _derivative(activation, x, y, negative_slope, beta, threshold):
-    """f'(x) of the named activation, from the saved output y where that suffices."""
-    def need_x():
-        if x is None:
-            raise ValueError(f"activation_backward({activation!r}) needs x")
-        return np.asarray(x)
-
-    if activation == "identity":
-        return None  # f' = 1
-    if activation == "relu":
-        return (np.asarray(y) if y is not None else need_x()) > 0
-    if activation == "leaky_relu":
-        if y is not None and negative_slope > 0:
-            positive = np.asarray(y) > 0  # same sign as x when the slope is positive
-        else:
-            positive = need_x() > 0
-        return positive, negative_slope
-    if activation in ("sigmoid", "tanh"):
-        if y is None:
-            y = activation_forward(need_x(), activation)
-        y = np.asarray(y)
-        return y * (1 - y) if activation == "sigmoid" else 1 - y * y
-    if activation == "abs":
-        return np.sign(need_x())
-    if activation == "softplus":
-        bx = beta * need_x()
-        d = _sigmoid(bx)
-        d[bx > threshold] = 1  # linear region
-        return d
-    if activation == "cos":
-        return -np.sin(need_x())
-    if activation == "gelu":
-        x = need_x()
-        cdf = 0.5 * (1 + erf(x * _INV_SQRT2))
-        pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
-        return cdf + x * pdf
-    if activation == "silu":
-        x = need_x()
-        s = _sigmoid(x)
-        return s * (1 + x * (1 - s))
-    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
-
-
 def activation_backward(grad, activation, *, x=None, y=None, out=None, negative_slope=0.01,
                         beta=1.0, threshold=20.0):
     """Return grad * f'(x); relu, leaky_relu (slope > 0), sigmoid, tanh, identity need only y."""
     grad = np.asarray(grad)
-    d = _derivative(activation, x, y, negative_slope, beta, threshold)
-    if d is None:
+    x = None if x is None else np.asarray(x)
+    y = None if y is None else np.asarray(y)
+
+    def need_x():
+        if x is None:
+            raise ValueError(f"activation_backward({activation!r}) needs x")
+        return x
+
+    if activation == "identity":                       # f' = 1
         result = grad.copy()
-    elif activation == "leaky_relu":
-        positive, slope = d
-        result = np.where(positive, grad, slope * grad)
-    elif activation == "relu":
-        result = np.where(d, grad, 0)
-    else:
+    elif activation == "relu":                         # f' = [x > 0] = [y > 0]
+        positive = (y if y is not None else need_x()) > 0
+        result = np.where(positive, grad, 0)
+    elif activation == "leaky_relu":                   # f' = 1 if x > 0 else slope
+        use_y = y is not None and negative_slope > 0   # then y has the sign of x
+        positive = (y if use_y else need_x()) > 0
+        result = np.where(positive, grad, negative_slope * grad)
+    elif activation == "sigmoid":                      # f' = y (1 - y)
+        s = y if y is not None else _sigmoid(need_x())
+        result = grad * (s * (1 - s))
+    elif activation == "tanh":                         # f' = 1 - y^2
+        t = y if y is not None else np.tanh(need_x())
+        result = grad * (1 - t * t)
+    elif activation == "abs":                          # f' = sign(x), 0 at 0
+        result = grad * np.sign(need_x())
+    elif activation == "softplus":                     # f' = sigmoid(beta x), 1 where linear
+        bx = beta * need_x()
+        d = _sigmoid(bx)
+        d[bx > threshold] = 1
         result = grad * d
+    elif activation == "cos":                          # f' = -sin(x)
+        result = grad * -np.sin(need_x())
+    elif activation == "gelu":                         # f' = Phi(x) + x phi(x)
+        x = need_x()
+        cdf = 0.5 * (1 + erf(x * _INV_SQRT2))
+        pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
+        result = grad * (cdf + x * pdf)
+    elif activation == "silu":                         # f' = s (1 + x (1 - s)), s = sigmoid(x)
+        x = need_x()
+        s = _sigmoid(x)
+        result = grad * (s * (1 + x * (1 - s)))
+    else:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
     return _into(out, result)
 
 
@@ -280,7 +270,7 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
 
 
 def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
-    """Mean binary cross-entropy on logits: max(z,0) - z*y + log1p(exp(-|z|)); grad = (sigmoid(z) - y) / n."""
+    """Mean BCE on logits, max(z,0) - z*y + log1p(exp(-|z|)); grad = (sigmoid(z) - y) / n."""
     z = np.asarray(logits)
     y = np.asarray(target).astype(z.dtype, copy=False)
     if y.shape != z.shape:
@@ -322,7 +312,7 @@ def sgd_step(param, grad, *, lr, momentum_buffer=None, momentum=0.0, dampening=0
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
               eps=1e-8, weight_decay=0.0, decoupled=False):
-    """One in-place step of torch.optim.Adam (or AdamW when ``decoupled``); ``step`` counts from 1."""
+    """One in-place step of torch.optim.Adam (AdamW if ``decoupled``); ``step`` counts from 1."""
     if step < 1:
         raise ValueError(f"step is 1-based, got {step}")
     g = grad
@@ -341,7 +331,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
     param -= (lr / bias_correction1) * exp_avg / denom
 
 
-# --------------------------------------------------------------------------- MLP (Goodfellow 6.3 / 6.4)
+# ------------------------------------------------------------- MLP (Goodfellow 6.3 / 6.4)
 
 def mlp_forward(x, weights, biases, activation="relu", **act_params):
     """Forward pass of an MLP (hidden layers use ``activation``, the last layer is linear).
@@ -411,8 +401,8 @@ class NumpyMLPTrainer:
         self._acts = [np.empty((B, n), self.dtype) for n in sizes[1:]]    # h(k); last = logits
         self._grads = [np.empty((B, n), self.dtype) for n in sizes[1:]]   # dJ/da(k)
         self._masks = [np.empty((B, n), bool) for n in sizes[1:-1]]       # h(k) <= 0
-        self.grad_weights = [np.empty_like(w) for w in self.weights]
-        self.grad_biases = [np.empty_like(b) for b in self.biases]
+        self._grad_weights = [np.empty_like(w) for w in self.weights]
+        self._grad_biases = [np.empty_like(b) for b in self.biases]
         self._buf_weights = [np.zeros_like(w) for w in self.weights]
         self._buf_biases = [np.zeros_like(b) for b in self.biases]
         self._row_max = np.empty((B, 1), self.dtype)
@@ -431,6 +421,8 @@ class NumpyMLPTrainer:
         if x.shape != (self.batch_size, self.sizes[0]) or labels.shape != (self.batch_size,):
             raise ValueError(f"expected x of shape {(self.batch_size, self.sizes[0])} and "
                              f"labels of shape {(self.batch_size,)}")
+        if labels.min() < 0 or labels.max() >= self.sizes[-1]:
+            raise ValueError(f"labels must lie in [0, {self.sizes[-1]})")
         n_layers = len(self.weights)
 
         # forward: h(k) = relu(h(k-1) @ W(k).T + b(k)), the last layer is linear
@@ -460,8 +452,8 @@ class NumpyMLPTrainer:
         for k in reversed(range(n_layers)):
             g = self._grads[k]
             h_in = x if k == 0 else self._acts[k - 1]
-            np.matmul(g.T, h_in, out=self.grad_weights[k])
-            np.sum(g, axis=0, out=self.grad_biases[k])
+            np.matmul(g.T, h_in, out=self._grad_weights[k])
+            np.sum(g, axis=0, out=self._grad_biases[k])
             if k > 0:
                 g_below = self._grads[k - 1]
                 np.matmul(g, self.weights[k], out=g_below)
@@ -487,7 +479,7 @@ class NumpyMLPTrainer:
 
     def _all_grads(self):
         """Gradients in the order of ``params()``."""
-        return [g for gg in zip(self.grad_weights, self.grad_biases) for g in gg]
+        return [g for gg in zip(self._grad_weights, self._grad_biases) for g in gg]
 
     def _all_bufs(self):
         """Momentum buffers in the order of ``params()``."""

@@ -1,0 +1,516 @@
+"""Modules: Parameter, Module, Linear, the activations, PReLU, Sequential.
+
+A model owns ONE contiguous parameter buffer and ONE gradient buffer; every
+``Parameter.data`` / ``.grad`` is a view into them, so an optimizer update is one
+C call over the flat buffer. Workspaces for activations and gradients are
+allocated once per batch size and reused. ``forward``/``backward`` return fresh
+arrays (a later call never changes what an earlier one returned); the internal
+``_forward``/``_backward`` pass workspaces along the chain.
+"""
+import numpy as np
+
+from . import _kernels, ops
+
+__all__ = ["Parameter", "Module", "Linear", "Sequential", "Identity", "ReLU", "LeakyReLU",
+           "PReLU", "Abs", "Sigmoid", "Tanh", "Softplus", "Cos", "GELU", "SiLU"]
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def as_dtype(dtype):
+    """float32 or float64 as np.dtype; anything else is a TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt.type not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def as_input(x, dtype, name="x"):
+    """x as a C-contiguous array of dtype: real floating input is cast, anything else refused."""
+    arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+    if arr.dtype != dtype or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    return arr
+
+
+class Parameter:
+    """A learnable array: ``data`` and ``grad`` are views into the model's flat buffers.
+
+    Assigning ``p.data = value`` copies into the view (the shape must match), so the
+    model and its optimizer keep seeing the same memory.
+    """
+
+    def __init__(self, data):
+        data = np.array(data, dtype=as_dtype(np.asarray(data).dtype), copy=True, order="C")
+        self._data = data
+        self._grad = np.zeros_like(data)
+        self._flat = None      # (data buffer, grad buffer) the views belong to
+        self._offset = 0
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        value = np.asarray(value)
+        if value.shape != self._data.shape:
+            raise ValueError(f"cannot assign shape {value.shape} to a parameter of shape "
+                             f"{self._data.shape}")
+        self._data[...] = value
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        value = np.asarray(value)
+        if value.shape != self._grad.shape:
+            raise ValueError(f"cannot assign shape {value.shape} to a gradient of shape "
+                             f"{self._grad.shape}")
+        self._grad[...] = value
+
+    shape = property(lambda self: self._data.shape)
+    size = property(lambda self: self._data.size)
+    dtype = property(lambda self: self._data.dtype)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+    def __getstate__(self):
+        return {"data": self._data.copy(), "grad": self._grad.copy()}
+
+    def __setstate__(self, state):
+        self._data, self._grad = state["data"], state["grad"]
+        self._flat, self._offset = None, 0
+
+
+def flatten_parameters(params):
+    """Moves params into one new data buffer and one grad buffer; each becomes a view."""
+    if not params:
+        return None
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) > 1:
+        raise TypeError(f"one model has one dtype, got parameters of {sorted(map(str, dtypes))}")
+    dtype = dtypes.pop()
+    total = sum(p.size for p in params)
+    data, grad = np.empty(total, dtype), np.empty(total, dtype)
+    flat = (data, grad)
+    offset = 0
+    for p in params:
+        n = p.size
+        data[offset:offset + n] = p._data.reshape(-1)
+        grad[offset:offset + n] = p._grad.reshape(-1)
+        p._data = data[offset:offset + n].reshape(p.shape)
+        p._grad = grad[offset:offset + n].reshape(p.shape)
+        p._flat, p._offset = flat, offset
+        offset += n
+    return data, grad
+
+
+def flat_runs(params):
+    """Groups params into runs that are consecutive in one flat buffer.
+
+    Returns a list of (data view, grad view), one per run: one run for a model's
+    ``parameters()``, so an optimizer touches all of them in one C call.
+    """
+    runs = []
+    start = None
+    for i, p in enumerate(params):
+        if start is not None:
+            q = params[i - 1]
+            if p._flat is not None and p._flat is params[start]._flat and \
+                    p._offset == q._offset + q.size:
+                continue
+            runs.append((start, i))
+        start = i
+    if start is not None:
+        runs.append((start, len(params)))
+    out = []
+    for a, b in runs:
+        first, last = params[a], params[b - 1]
+        if first._flat is None:  # a lone parameter that is its own buffer
+            out.append((first._data.reshape(-1), first._grad.reshape(-1)))
+        else:
+            lo, hi = first._offset, last._offset + last.size
+            out.append((first._flat[0][lo:hi], first._flat[1][lo:hi]))
+    return out
+
+
+class Module:
+    """Base class: ``y = m(x)``, ``gx = m.backward(gy)`` (accumulating into every ``.grad``)."""
+
+    def __init__(self):
+        self._params = {}     # name -> Parameter, in definition order
+        self._children = {}   # name -> Module
+        self._ready = False   # a forward has run since the last backward-invalidating event
+
+    # -------------------------------------------------------------- the public pass
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        """Returns f(x) as a new array of the model's dtype; x is (batch, in_features)."""
+        x = self._check_input(x)
+        return self._forward(x).copy()
+
+    def backward(self, grad_output):
+        """Returns ∂J/∂x for ∂J/∂y = grad_output and ADDS ∂J/∂θ into every ``.grad``."""
+        if not self._ready:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        out = self._output_like()
+        g = as_input(grad_output, out.dtype, "grad_output")
+        if g.shape != out.shape:
+            raise ValueError(f"grad_output has shape {g.shape}, expected {out.shape} "
+                             f"(the shape of the last forward's output)")
+        return self._backward(g.copy(), True).copy()
+
+    def _check_input(self, x):
+        dtype = self.dtype or (np.asarray(x).dtype if np.asarray(x).dtype.kind == "f" else np.float32)
+        x = as_input(x, dtype)
+        if x.ndim != 2:
+            raise ValueError(f"x must be 2-D (batch, features), got shape {x.shape}")
+        n_in = self.in_features
+        if n_in is not None and x.shape[1] != n_in:
+            raise ValueError(f"x has {x.shape[1]} features, expected {n_in}")
+        return x
+
+    # -------------------------------------------------------------- what subclasses define
+    in_features = None   # None: any width
+
+    def _forward(self, x):
+        """f(x) into a workspace; saves what the backward needs. x is checked and contiguous."""
+        raise NotImplementedError
+
+    def _backward(self, g, need_input_grad):
+        """∂J/∂x from ∂J/∂y = g (g is scratch and may be overwritten); adds into .grad."""
+        raise NotImplementedError
+
+    def _output_like(self):
+        """The last forward's output (its shape and dtype)."""
+        raise NotImplementedError
+
+    def _config(self):
+        """The constructor arguments, as JSON-able values (for save/load)."""
+        return {}
+
+    # -------------------------------------------------------------- parameters
+    def named_parameters(self, prefix=""):
+        out = [(prefix + name, p) for name, p in self._params.items()]
+        for cname, child in self._children.items():
+            out += child.named_parameters(prefix + cname + ".")
+        return out
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        for _, grad in flat_runs(self.parameters()):
+            grad.fill(0)
+
+    @property
+    def dtype(self):
+        params = self.parameters()
+        return params[0].dtype if params else None
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    def state_dict(self):
+        """{name: copy of the parameter's data}."""
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copies arrays into the parameters; checks every name and shape before writing any."""
+        own = dict(self.named_parameters())
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+        arrays = {}
+        for name, p in own.items():
+            a = np.asarray(state[name])
+            if a.shape != p.shape:
+                raise ValueError(f"{name}: shape {a.shape} in state_dict, expected {p.shape}")
+            if a.dtype.kind not in "fiu":
+                raise TypeError(f"{name}: dtype {a.dtype} in state_dict is not a real number type")
+            arrays[name] = a
+        for name, p in own.items():
+            p.data[...] = arrays[name]
+
+    # -------------------------------------------------------------- copies and printing
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_ready"] = False
+        for key in self._workspace_keys:
+            state[key] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        flatten_parameters(self.parameters())  # own flat buffers again
+
+    _workspace_keys = ()
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v}" for k, v in self._config().items() if k != "dtype")
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class Linear(Module):
+    """``y = x Wᵀ + b`` with W of shape (out_features, in_features), as torch.nn.Linear.
+
+    init: "he_uniform" (default), "he_normal", "xavier_uniform", "xavier_normal",
+    "lecun_normal"; bias_init: a constant (0.1 is a common choice before ReLU);
+    rng: a numpy Generator or an int seed.
+    """
+    INITS = ("he_uniform", "he_normal", "xavier_uniform", "xavier_normal", "lecun_normal")
+    _workspace_keys = ("_x", "_y", "_gx")
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32,
+                 init="he_uniform", bias_init=0.0, rng=None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if init not in self.INITS:
+            raise ValueError(f"unknown init {init!r}; expected one of {self.INITS}")
+        dtype = as_dtype(dtype)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.bias_enabled, self.init, self.bias_init = bool(bias), init, float(bias_init)
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        fan_in, fan_out = self.in_features, self.out_features
+        if init == "he_uniform":
+            w = rng.uniform(-1, 1, (fan_out, fan_in)) * np.sqrt(6.0 / fan_in)
+        elif init == "he_normal":
+            w = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)
+        elif init == "xavier_uniform":
+            w = rng.uniform(-1, 1, (fan_out, fan_in)) * np.sqrt(6.0 / (fan_in + fan_out))
+        elif init == "xavier_normal":
+            w = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / (fan_in + fan_out))
+        else:
+            w = rng.standard_normal((fan_out, fan_in)) * np.sqrt(1.0 / fan_in)
+        self._params["weight"] = Parameter(w.astype(dtype))
+        if self.bias_enabled:
+            self._params["bias"] = Parameter(np.full(fan_out, self.bias_init, dtype))
+        self._x = self._y = self._gx = None
+        flatten_parameters(self.parameters())
+
+    weight = property(lambda self: self._params["weight"])
+    bias = property(lambda self: self._params.get("bias"))
+
+    def _forward(self, x):
+        if self._y is None or self._y.shape[0] != x.shape[0]:
+            self._y = np.empty((x.shape[0], self.out_features), self.dtype)
+        b = self.bias.data if self.bias_enabled else None
+        ops.dense_forward(x, self.weight.data, b, out=self._y)
+        self._x, self._ready = x, True
+        return self._y
+
+    def _backward(self, g, need_input_grad):
+        gx = None
+        if need_input_grad:
+            if self._gx is None or self._gx.shape[0] != g.shape[0]:
+                self._gx = np.empty((g.shape[0], self.in_features), self.dtype)
+            gx = self._gx
+        ops.dense_backward(g, self._x, self.weight.data, bias=self.bias_enabled,
+                           input_grad=need_input_grad, grad_input=gx,
+                           grad_weight=self.weight.grad,
+                           grad_bias=self.bias.grad if self.bias_enabled else None,
+                           accumulate=True)
+        return gx
+
+    def _output_like(self):
+        return self._y
+
+    def _config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias_enabled, "dtype": str(self.dtype)}
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, " \
+               f"bias={self.bias_enabled}"
+
+
+class Activation(Module):
+    """An elementwise activation: a C forward and a fused backward ``g ⊙ f′``, in place on g."""
+    name = "identity"
+    _workspace_keys = ("_x", "_y")
+
+    def __init__(self, **params):
+        super().__init__()
+        self.params = params
+        self._x = self._y = None
+        # the derivative from the output alone: the input need not be kept
+        self.from_output = self.name in _kernels.FROM_OUTPUT or (
+            self.name == "leaky_relu" and params.get("negative_slope", 0.01) > 0)
+
+    def _forward(self, x):
+        if self._y is None or self._y.shape != x.shape or self._y.dtype != x.dtype:
+            self._y = np.empty_like(x)
+        ops.activation_forward(x, self.name, out=self._y, **self.params)
+        self._x, self._ready = (None if self.from_output else x), True
+        return self._y
+
+    def _backward(self, g, need_input_grad):
+        return ops.activation_backward(g, self.name, x=self._x, y=self._y, out=g, **self.params)
+
+    def _output_like(self):
+        return self._y
+
+    def _config(self):
+        return dict(self.params)
+
+
+def _activation(cls_name, act, doc, **defaults):
+    """An Activation subclass with PyTorch's parameter names and defaults."""
+    def __init__(self, **kw):
+        unknown = set(kw) - set(defaults)
+        if unknown:
+            raise TypeError(f"{cls_name}() got unexpected arguments {sorted(unknown)}")
+        params = {k: float(kw.get(k, v)) for k, v in defaults.items()}
+        if act == "softplus" and params["beta"] == 0:
+            raise ValueError("Softplus beta must be nonzero")
+        Activation.__init__(self, **params)
+    return type(cls_name, (Activation,), {"name": act, "__init__": __init__, "__doc__": doc})
+
+
+Identity = _activation("Identity", "identity", "y = x.")
+ReLU = _activation("ReLU", "relu", "y = max(x, 0); relu′(0) = 0.")
+LeakyReLU = _activation("LeakyReLU", "leaky_relu", "y = x if x > 0 else negative_slope·x.",
+                        negative_slope=0.01)
+Abs = _activation("Abs", "abs", "y = |x|; abs′(0) = 0.")
+Sigmoid = _activation("Sigmoid", "sigmoid", "y = 1 / (1 + exp(−x)).")
+Tanh = _activation("Tanh", "tanh", "y = tanh(x).")
+Softplus = _activation("Softplus", "softplus",
+                       "y = log(1 + exp(βx))/β, and x where βx > threshold.", beta=1.0,
+                       threshold=20.0)
+Cos = _activation("Cos", "cos", "y = cos(x).")
+GELU = _activation("GELU", "gelu", "y = x Φ(x) (the exact erf form).")
+SiLU = _activation("SiLU", "silu", "y = x σ(x).")
+
+
+class PReLU(Module):
+    """``y = x if x > 0 else a·x`` with a learnable slope a: one, or one per feature."""
+    _workspace_keys = ("_x", "_y")
+
+    def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+        super().__init__()
+        if isinstance(num_parameters, bool) or not isinstance(num_parameters, (int, np.integer)) \
+                or num_parameters < 1:
+            raise ValueError(f"num_parameters must be a positive integer, got {num_parameters!r}")
+        self.num_parameters, self.init = int(num_parameters), float(init)
+        self._params["weight"] = Parameter(np.full(self.num_parameters, self.init, as_dtype(dtype)))
+        self._x = self._y = None
+        flatten_parameters(self.parameters())
+
+    weight = property(lambda self: self._params["weight"])
+
+    @property
+    def in_features(self):
+        return None if self.num_parameters == 1 else self.num_parameters
+
+    def _forward(self, x):
+        if self._y is None or self._y.shape != x.shape:
+            self._y = np.empty_like(x)
+        ops.prelu_forward(x, self.weight.data, out=self._y)
+        self._x, self._ready = x, True
+        return self._y
+
+    def _backward(self, g, need_input_grad):
+        gx, _ = ops.prelu_backward(g, self._x, self.weight.data, out=g,
+                                   grad_weight=self.weight.grad, accumulate=True)
+        return gx
+
+    def _output_like(self):
+        return self._y
+
+    def _config(self):
+        return {"num_parameters": self.num_parameters, "init": self.init, "dtype": str(self.dtype)}
+
+
+class Sequential(Module):
+    """Modules applied in order; the chain owns one flat parameter buffer."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+            modules = tuple(modules[0])
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential takes Modules; argument {i} is {type(m).__name__}")
+            if any(m is other for other in modules[:i]):
+                raise ValueError(f"module {i} appears twice: a Sequential layer keeps its own "
+                                 f"activations, so share weights through a new module instead")
+            self._children[str(i)] = m
+        self.layers = list(modules)
+        widths = [(i, m) for i, m in enumerate(modules) if m.in_features is not None]
+        for (i, a), (j, b) in zip(widths, widths[1:]):
+            out_a = getattr(a, "out_features", None)
+            if out_a is not None and out_a != b.in_features:
+                raise ValueError(f"layer {i} gives {out_a} features but layer {j} takes "
+                                 f"{b.in_features}")
+        flatten_parameters(self.parameters())
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    @property
+    def in_features(self):
+        for m in self.layers:
+            if m.in_features is not None:
+                return m.in_features
+            if not isinstance(m, Activation):
+                return None
+        return None
+
+    @property
+    def out_features(self):
+        for m in reversed(self.layers):
+            n = getattr(m, "out_features", None)
+            if n is not None:
+                return n
+            if not isinstance(m, Activation):
+                return None
+        return None
+
+    def _forward(self, x):
+        for m in self.layers:
+            x = m._forward(x)
+        self._ready = True
+        return x
+
+    def _backward(self, g, need_input_grad):
+        for i in range(len(self.layers) - 1, -1, -1):
+            if not self.layers[i]._ready:
+                raise RuntimeError(f"layer {i} has no saved forward: run forward first")
+            g = self.layers[i]._backward(g, need_input_grad or i > 0)
+        return g
+
+    def _output_like(self):
+        return self.layers[-1]._output_like() if self.layers else None
+
+    def forward(self, x):
+        if not self.layers:
+            return np.array(x, copy=True)
+        return super().forward(x)
+
+    def __repr__(self):
+        lines = [f"  ({i}): {m!r}".replace("\n", "\n  ") for i, m in enumerate(self.layers)]
+        n = self.num_parameters()
+        dtype = f", {self.dtype}" if self.dtype is not None else ""
+        return "Sequential(\n" + "\n".join(lines) + f"\n)  # {n:,} parameters{dtype}"

@@ -1,0 +1,281 @@
+"""Training: TrainStep (one C call chain per step), fit with progress, History, predict, evaluate."""
+import sys
+import time
+
+import numpy as np
+
+from . import _kernels, ops
+from .losses import MSE, Loss, SigmoidBCE, SoftmaxCrossEntropy
+from .nn import Activation, Linear, Module, Sequential, as_input
+from .optim import Optimizer
+
+__all__ = ["TrainStep", "fit", "History", "predict", "predict_proba", "evaluate"]
+
+
+def _chain_blocks(model, loss):
+    """The dense blocks of a Sequential of Linear (+ one activation each), or None."""
+    if not isinstance(model, Sequential) or type(loss) not in (SoftmaxCrossEntropy, SigmoidBCE, MSE):
+        return None
+    layers = list(model.layers)
+    blocks, i = [], 0
+    while i < len(layers):
+        lin = layers[i]
+        if type(lin) is not Linear:
+            return None
+        act, params = "identity", {}
+        if i + 1 < len(layers) and isinstance(layers[i + 1], Activation):
+            act, params = layers[i + 1].name, layers[i + 1].params
+            i += 1
+        i += 1
+        bias = lin.bias
+        blocks.append((lin.weight.data, None if bias is None else bias.data, lin.weight.grad,
+                       None if bias is None else bias.grad, act, params))
+    return blocks or None
+
+
+class TrainStep:
+    """``J = step(x, y)``: forward, loss, backward and the optimizer update.
+
+    For a Sequential of Linear layers each followed by at most one activation, with
+    one of fastprop's losses, the whole forward/loss/backward is ONE C call (the layer
+    loop is in C, the first layer's ∇x is skipped, gradients are overwritten rather
+    than zeroed and accumulated), then the optimizer is one more. Other models take
+    the modular path (zero_grad, forward, loss, backward, step). Both give the same
+    parameters.
+    """
+
+    def __init__(self, model, loss, optimizer):
+        if not isinstance(model, Module):
+            raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
+        if not isinstance(loss, Loss):
+            raise TypeError(f"loss must be a fastprop loss, got {type(loss).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastprop optimizer, got {type(optimizer).__name__}")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self._compile()
+
+    def _compile(self):
+        self._params = self.model.parameters()
+        self._flats = [p._flat for p in self._params]
+        blocks = _chain_blocks(self.model, self.loss)
+        self.fused = blocks is not None
+        self._net = _kernels.Network(blocks) if self.fused else None
+        self._out = None
+
+    @property
+    def output(self):
+        """The model's output of the latest step (before the update; a workspace view)."""
+        return self._net.output if self.fused else self._out
+
+    def __call__(self, x, y):
+        if any(p._flat is not f for p, f in zip(self._params, self._flats)):
+            self._compile()  # the parameters moved to new buffers
+        model = self.model
+        if self.fused:
+            x = as_input(x, model.dtype)
+            J = self._net.train(x, y, self.loss.kernel)
+        else:
+            x = model._check_input(x)
+            out = model._forward(x)
+            J = self.loss(out, y)
+            model.zero_grad()
+            model._backward(self.loss.backward(), False)
+            self._out = out
+        self.optimizer.step()
+        return J
+
+
+class History:
+    """Per-epoch metrics of ``fit``: ``history["loss"]``, ``history.val_accuracy``, …"""
+
+    def __init__(self):
+        self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
+                        "samples_per_s": []}
+        self.epoch = []
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __getattr__(self, key):
+        try:
+            return self.__dict__["history"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __repr__(self):
+        last = {k: v[-1] for k, v in self.history.items() if v and v[-1] is not None}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+class _Progress:
+    """tqdm when installed, else one line rewritten in place on stderr."""
+
+    def __init__(self, enabled, total, epochs):
+        self.enabled, self.total, self.epochs = enabled, total, epochs
+        self.bar = None
+        self.last_print = 0.0
+        try:
+            import tqdm  # noqa: F401
+            self.tqdm = tqdm.tqdm if enabled else None
+        except ImportError:
+            self.tqdm = None
+
+    def start(self, epoch):
+        self.epoch, self.done, self.t0 = epoch, 0, time.perf_counter()
+        if self.enabled and self.tqdm:
+            self.bar = self.tqdm(total=self.total, desc=f"epoch {epoch}/{self.epochs}",
+                                 unit="sample", unit_scale=True, leave=True, file=sys.stderr)
+
+    def update(self, n, loss, acc, force=False):
+        self.done += n
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            now = time.perf_counter()
+            if force or now - self.last_print > 0.1:
+                post = {"loss": f"{loss:.4f}"}
+                if acc is not None:
+                    post["acc"] = f"{100 * acc:.1f}%"
+                self.bar.set_postfix(post, refresh=False)
+                self.last_print = now
+            return
+        now = time.perf_counter()
+        if force or now - self.last_print > 0.1:
+            rate = self.done / max(now - self.t0, 1e-9)
+            frac = self.done / self.total
+            bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
+            acc_s = "" if acc is None else f" acc {100 * acc:5.1f}%"
+            sys.stderr.write(f"\repoch {self.epoch}/{self.epochs} [{bar}] loss {loss:.4f}{acc_s} "
+                             f"{rate:,.0f} samples/s")
+            sys.stderr.flush()
+            self.last_print = now
+
+    def end(self, val=None):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            if val:
+                self.bar.set_postfix_str(self.bar.postfix + ", " + val if self.bar.postfix else val)
+            self.bar.close()
+            self.bar = None
+        else:
+            sys.stderr.write((" " + val if val else "") + "\n")
+            sys.stderr.flush()
+
+
+def _batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _dataset(model, X, y, name="X"):
+    X = as_input(X, model.dtype or np.float32, name)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
+    y = np.asarray(y)
+    if y.ndim == 0 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"{name} has {X.shape[0]} samples but its targets have shape {y.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return X, np.ascontiguousarray(y)
+
+
+def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, seed=0,
+        validation_data=None, progress=True, stop_on_nonfinite=True):
+    """Trains model on (X, y) with minibatches; returns a History of per-epoch metrics.
+
+    Each step is a ``TrainStep`` (the fused C path where the model allows it). The data
+    is shuffled once per epoch into preallocated buffers (seeded by ``seed``), so the
+    batches are contiguous views and a step allocates nothing. With
+    ``stop_on_nonfinite`` (default) a NaN or infinite loss stops training with a
+    FloatingPointError that says where, instead of training on garbage.
+    """
+    X, y = _dataset(model, X, y)
+    batch_size = _batch_size(batch_size)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        Xv, yv = _dataset(model, *validation_data, name="X_val")
+    step = TrainStep(model, loss, optimizer)
+    rng = np.random.default_rng(seed)
+    n = X.shape[0]
+    Xs, ys = np.empty_like(X), np.empty_like(y)
+    history = History()
+    bar = _Progress(bool(progress), n, epochs)
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        np.take(X, order, axis=0, out=Xs)
+        np.take(y, order, axis=0, out=ys)
+        bar.start(epoch)
+        total_loss, correct, seen, has_acc = 0.0, 0.0, 0, False
+        t0 = time.perf_counter()
+        for a in range(0, n, batch_size):
+            b = min(a + batch_size, n)
+            J = step(Xs[a:b], ys[a:b])
+            if stop_on_nonfinite and not np.isfinite(J):
+                bar.end()
+                raise FloatingPointError(
+                    f"the loss became {J} at epoch {epoch}, samples {a}:{b}; the training "
+                    f"diverged (try a lower learning rate), or pass stop_on_nonfinite=False")
+            acc = loss.accuracy(step.output, ys[a:b])
+            total_loss += J * (b - a)
+            seen += b - a
+            if acc is not None:
+                correct, has_acc = correct + acc * (b - a), True
+            bar.update(b - a, total_loss / seen, correct / seen if has_acc else None, force=b == n)
+        elapsed = time.perf_counter() - t0
+        epoch_acc = correct / max(seen, 1) if has_acc else None
+        history.history["loss"].append(total_loss / max(seen, 1))
+        history.history["accuracy"].append(epoch_acc)
+        history.history["samples_per_s"].append(seen / max(elapsed, 1e-12))
+        val = None
+        if validation_data is not None:
+            scores = evaluate(model, Xv, yv, loss)
+            history.history["val_loss"].append(scores["loss"])
+            history.history["val_accuracy"].append(scores["accuracy"])
+            val = f"val_loss {scores['loss']:.4f}" + (
+                "" if scores["accuracy"] is None else f" val_acc {100 * scores['accuracy']:.1f}%")
+        history.epoch.append(epoch)
+        bar.end(val)
+    return history
+
+
+def predict(model, X, batch_size=4096):
+    """The model's outputs for X (samples, features), computed in chunks; a new array."""
+    X = as_input(X, model.dtype or np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
+    batch_size = _batch_size(batch_size)
+    chunks = [model.forward(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
+    if not chunks:
+        raise ValueError("X has no samples")
+    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def predict_proba(model, X, batch_size=4096):
+    """Class probabilities: softmax of the outputs, or sigmoid for a single output column."""
+    out = predict(model, X, batch_size)
+    if out.shape[1] == 1:
+        return ops.activation_forward(out, "sigmoid", out=out)
+    return ops.softmax(out, out=out)
+
+
+def evaluate(model, X, y, loss, batch_size=4096):
+    """{"loss": mean loss, "accuracy": fraction correct (None for MSE)} over (X, y)."""
+    X, y = _dataset(model, X, y)
+    batch_size = _batch_size(batch_size)
+    total, correct, n = 0.0, 0.0, X.shape[0]
+    has_acc = True
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
+        out = model._forward(model._check_input(X[a:b]))
+        total += loss(out, y[a:b]) * (b - a)
+        acc = loss.accuracy(out, y[a:b])
+        has_acc = acc is not None
+        if has_acc:
+            correct += acc * (b - a)
+    return {"loss": total / n, "accuracy": correct / n if has_acc else None}
