@@ -29,14 +29,16 @@ int F(dense_forward)(R *y, R *preact, const R *x, const R *w, const R *b,
 }
 
 // g is (batch, out): dw (+)= gᵀ x, db (+)= Σ_rows g, dx (+)= g w; dw, db, dx may be NULL (skipped)
+// accumulate adds into dw and db, accumulate_dx into dx (a graph node's gradient sums its consumers)
 int F(dense_backward)(R *dx, R *dw, R *db, const R *g, const R *x, const R *w,
-                      int64_t batch, int64_t in, int64_t out, int accumulate)
+                      int64_t batch, int64_t in, int64_t out, int accumulate, int accumulate_dx)
 {
     if (!g || (dw && !x) || (dx && !w) || batch < 0 || in < 0 || out < 0) return FP_ERR_ARG;
     R beta = accumulate ? 1 : 0;
     int rc;
     if (dw && (rc = F(gemm)('T', 'N', out, in, batch, 1, g, x, beta, dw))) return rc;
-    if (dx && (rc = F(gemm)('N', 'N', batch, in, out, 1, g, w, beta, dx))) return rc;
+    if (dx && (rc = F(gemm)('N', 'N', batch, in, out, 1, g, w, accumulate_dx ? 1 : 0, dx)))
+        return rc;
     if (db) {
         if (!accumulate)
             for (int64_t j = 0; j < out; j++) db[j] = 0;

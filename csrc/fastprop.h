@@ -65,7 +65,8 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
                           int64_t batch, int64_t in, int64_t out, int act,            \
                           const fp_act_params *p);                                    \
     int dense_backward_##S(R *dx, R *dw, R *db, const R *g, const R *x, const R *w,   \
-                           int64_t batch, int64_t in, int64_t out, int accumulate);   \
+                           int64_t batch, int64_t in, int64_t out, int accumulate,    \
+                           int accumulate_dx);   \
     int activation_forward_##S(R *y, const R *x, int64_t n, int act,                  \
                                const fp_act_params *p);                               \
     int activation_backward_##S(R *dx, const R *g, const R *x, const R *y, int64_t n, \

@@ -60,7 +60,7 @@ int F(network_train)(double *loss, const fp_dense_block *blocks, int n_blocks, c
         }
         const R *h = i > 0 ? (const R *)blocks[i - 1].y : x;
         rc = F(dense_backward)(i > 0 ? other : NULL, (R *)k->dw, (R *)k->db, g, h,
-                               (const R *)k->w, batch, k->in, k->out, 0);
+                               (const R *)k->w, batch, k->in, k->out, 0, 0);
         if (rc) return rc;
         R *t = g; g = other; other = t;
     }

@@ -48,9 +48,11 @@ cdef extern from "fastprop.h" nogil:
     int dense_forward_f64(double *y, double *preact, const double *x, const double *w, const double *b,
                           int64_t batch, int64_t n_in, int64_t n_out, int act, const fp_act_params *p)
     int dense_backward_f32(float *dx, float *dw, float *db, const float *g, const float *x,
-                           const float *w, int64_t batch, int64_t n_in, int64_t n_out, int accumulate)
+                           const float *w, int64_t batch, int64_t n_in, int64_t n_out, int accumulate,
+                           int accumulate_dx)
     int dense_backward_f64(double *dx, double *dw, double *db, const double *g, const double *x,
-                           const double *w, int64_t batch, int64_t n_in, int64_t n_out, int accumulate)
+                           const double *w, int64_t batch, int64_t n_in, int64_t n_out, int accumulate,
+                           int accumulate_dx)
     int activation_forward_f32(float *y, const float *x, int64_t n, int act, const fp_act_params *p)
     int activation_forward_f64(double *y, const double *x, int64_t n, int act, const fp_act_params *p)
     int activation_backward_f32(float *dx, const float *g, const float *x, const float *y, int64_t n,

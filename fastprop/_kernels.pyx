@@ -178,7 +178,9 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
     cdef char tb = b'T' if trans_b else b'N'
     cdef double al = alpha, be = beta
     cdef int rc
-    cdef void *p_A = _ptr(A), *p_Bm = _ptr(Bm), *p_C = _ptr(C)
+    cdef void *p_A = _ptr(A)
+    cdef void *p_Bm = _ptr(Bm)
+    cdef void *p_C = _ptr(C)
     if _f32(A):
         with nogil:
             rc = gemm_f32(ta, tb, m, n, k, <float>al, <float*>p_A, <float*>p_Bm,
@@ -220,7 +222,11 @@ def dense_forward(x, weight, bias=None, activation="identity", *, out=None, prea
         Z = _out(preact_out, "preact_out", (batch, n_out), X)
         _separate(Z, "preact_out", ((X, "x"), (W, "weight"), (b, "bias"), (Y, "out")))
     cdef int rc
-    cdef void *p_Y = _ptr(Y), *p_Z = _ptr(Z), *p_X = _ptr(X), *p_W = _ptr(W), *p_b = _ptr(b)
+    cdef void *p_Y = _ptr(Y)
+    cdef void *p_Z = _ptr(Z)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_W = _ptr(W)
+    cdef void *p_b = _ptr(b)
     if _f32(X):
         with nogil:
             rc = dense_forward_f32(<float*>p_Y, <float*>p_Z, <float*>p_X,
@@ -234,13 +240,14 @@ def dense_forward(x, weight, bias=None, activation="identity", *, out=None, prea
 
 
 def dense_backward(grad_out, x, weight, *, bias=True, input_grad=True, grad_input=None,
-                   grad_weight=None, grad_bias=None, accumulate=False):
+                   grad_weight=None, grad_bias=None, accumulate=False, accumulate_input=None):
     """Vector–Jacobian products of ``x @ weight.T + bias``.
 
     grad_weight (+)= grad_out.T @ x, grad_bias (+)= grad_out.sum(0),
     grad_input (+)= grad_out @ weight (None when input_grad is False).
     grad_out : (B, out); x : (B, in); weight : (out, in).
-    accumulate=True adds into the given buffers instead of overwriting them.
+    accumulate=True adds into grad_weight and grad_bias instead of overwriting them;
+    accumulate_input does the same for grad_input (default: as accumulate).
     Returns (grad_input, grad_weight, grad_bias).
     """
     G = _floats(grad_out, "grad_out", 2)
@@ -253,6 +260,7 @@ def dense_backward(grad_out, x, weight, *, bias=True, input_grad=True, grad_inpu
         raise ValueError(f"weight has shape {W.shape}, expected ({n_out}, {n_in}) "
                          f"for grad_out {G.shape} and x {X.shape}")
     cdef bint acc = bool(accumulate)
+    cdef bint acc_x = acc if accumulate_input is None else bool(accumulate_input)
     inputs = ((G, "grad_out"), (X, "x"), (W, "weight"))
     dW = _out(grad_weight, "grad_weight", (n_out, n_in), G, acc)
     _separate(dW, "grad_weight", inputs)
@@ -262,20 +270,25 @@ def dense_backward(grad_out, x, weight, *, bias=True, input_grad=True, grad_inpu
         _separate(db, "grad_bias", inputs + ((dW, "grad_weight"),))
     dX = None
     if input_grad:
-        dX = _out(grad_input, "grad_input", (batch, n_in), G, acc)
+        dX = _out(grad_input, "grad_input", (batch, n_in), G, acc_x)
         _separate(dX, "grad_input", inputs + ((dW, "grad_weight"), (db, "grad_bias")))
     cdef int rc
-    cdef void *p_dX = _ptr(dX), *p_dW = _ptr(dW), *p_db = _ptr(db), *p_G = _ptr(G), *p_X = _ptr(X), *p_W = _ptr(W)
+    cdef void *p_dX = _ptr(dX)
+    cdef void *p_dW = _ptr(dW)
+    cdef void *p_db = _ptr(db)
+    cdef void *p_G = _ptr(G)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_W = _ptr(W)
     if _f32(G):
         with nogil:
             rc = dense_backward_f32(<float*>p_dX, <float*>p_dW, <float*>p_db,
                                     <float*>p_G, <float*>p_X, <float*>p_W,
-                                    batch, n_in, n_out, acc)
+                                    batch, n_in, n_out, acc, acc_x)
     else:
         with nogil:
             rc = dense_backward_f64(<double*>p_dX, <double*>p_dW, <double*>p_db,
                                     <double*>p_G, <double*>p_X, <double*>p_W,
-                                    batch, n_in, n_out, acc)
+                                    batch, n_in, n_out, acc, acc_x)
     _check(rc, "dense_backward")
     return dX, dW, db
 
@@ -292,7 +305,8 @@ def activation_forward(x, activation, *, out=None, double negative_slope=0.01,
     _separate(Y, "out", ((X, "x"),), True)
     cdef int64_t n = X.size
     cdef int rc
-    cdef void *p_Y = _ptr(Y), *p_X = _ptr(X)
+    cdef void *p_Y = _ptr(Y)
+    cdef void *p_X = _ptr(X)
     if _f32(X):
         with nogil:
             rc = activation_forward_f32(<float*>p_Y, <float*>p_X, n, act, &p)
@@ -326,7 +340,10 @@ def activation_backward(grad, activation, *, x=None, y=None, out=None,
     _separate(D, "out", ((G, "grad"), (X, "x"), (Y, "y")), True)
     cdef int64_t n = G.size
     cdef int rc
-    cdef void *p_D = _ptr(D), *p_G = _ptr(G), *p_X = _ptr(X), *p_Y = _ptr(Y)
+    cdef void *p_D = _ptr(D)
+    cdef void *p_G = _ptr(G)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_Y = _ptr(Y)
     if _f32(G):
         with nogil:
             rc = activation_backward_f32(<float*>p_D, <float*>p_G, <float*>p_X,
@@ -356,7 +373,9 @@ def prelu_forward(x, weight, *, out=None):
     _separate(Y, "out", ((X, "x"),), True)
     _separate(Y, "out", ((W, "weight"),))
     cdef int rc
-    cdef void *p_Y = _ptr(Y), *p_X = _ptr(X), *p_W = _ptr(W)
+    cdef void *p_Y = _ptr(Y)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_W = _ptr(W)
     if _f32(X):
         with nogil:
             rc = prelu_forward_f32(<float*>p_Y, <float*>p_X, <float*>p_W,
@@ -388,7 +407,11 @@ def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=Fa
     _separate(D, "out", ((G, "grad"), (X, "x")), True)
     _separate(D, "out", ((W, "weight"), (dW, "grad_weight")))
     cdef int rc
-    cdef void *p_D = _ptr(D), *p_dW = _ptr(dW), *p_G = _ptr(G), *p_X = _ptr(X), *p_W = _ptr(W)
+    cdef void *p_D = _ptr(D)
+    cdef void *p_dW = _ptr(dW)
+    cdef void *p_G = _ptr(G)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_W = _ptr(W)
     if _f32(G):
         with nogil:
             rc = prelu_backward_f32(<float*>p_D, <float*>p_dW, <float*>p_G,
@@ -411,7 +434,8 @@ cdef _softmax(logits, out, bint log_space, str where):
     _separate(P, "out", ((Z, "logits"),), True)
     cdef int64_t batch = Z.shape[0], classes = Z.shape[1]
     cdef int rc
-    cdef void *p_P = _ptr(P), *p_Z = _ptr(Z)
+    cdef void *p_P = _ptr(P)
+    cdef void *p_Z = _ptr(Z)
     if _f32(Z):
         with nogil:
             rc = softmax_forward_f32(<float*>p_P, <float*>p_Z, batch, classes, log_space)
@@ -476,7 +500,10 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
     D = _loss_grad(grad_out, compute_grad, Z, "logits", ((soft, "target"), (labels, "target")))
     cdef double loss = 0
     cdef int rc
-    cdef void *p_D = _ptr(D), *p_Z = _ptr(Z), *p_labels = _ptr(labels), *p_soft = _ptr(soft)
+    cdef void *p_D = _ptr(D)
+    cdef void *p_Z = _ptr(Z)
+    cdef void *p_labels = _ptr(labels)
+    cdef void *p_soft = _ptr(soft)
     if _f32(Z):
         with nogil:
             rc = softmax_xent_forward_backward_f32(&loss, <float*>p_D, <float*>p_Z,
@@ -505,7 +532,9 @@ def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
     cdef double loss = 0
     cdef int64_t n = Z.size
     cdef int rc
-    cdef void *p_D = _ptr(D), *p_Z = _ptr(Z), *p_T = _ptr(T)
+    cdef void *p_D = _ptr(D)
+    cdef void *p_Z = _ptr(Z)
+    cdef void *p_T = _ptr(T)
     if _f32(Z):
         with nogil:
             rc = sigmoid_bce_forward_backward_f32(&loss, <float*>p_D, <float*>p_Z,
@@ -528,7 +557,9 @@ def mse(pred, target, *, grad_out=None, compute_grad=True):
     cdef double loss = 0
     cdef int64_t n = P.size
     cdef int rc
-    cdef void *p_D = _ptr(D), *p_P = _ptr(P), *p_T = _ptr(T)
+    cdef void *p_D = _ptr(D)
+    cdef void *p_P = _ptr(P)
+    cdef void *p_T = _ptr(T)
     if _f32(P):
         with nogil:
             rc = mse_forward_backward_f32(&loss, <float*>p_D, <float*>p_P,
@@ -591,7 +622,9 @@ def sgd_step(param, grad, *, lr, momentum_buffer=None, double momentum=0.0,
     cdef int64_t n = P.size
     cdef int nest = bool(nesterov), first = bool(first_step)
     cdef int rc
-    cdef void *p_P = _ptr(P), *p_G = _ptr(G), *p_Bf = _ptr(Bf)
+    cdef void *p_P = _ptr(P)
+    cdef void *p_G = _ptr(G)
+    cdef void *p_Bf = _ptr(Bf)
     if _f32(P):
         with nogil:
             rc = sgd_step_f32(<float*>p_P, <float*>p_G, <float*>p_Bf, n, lr_,
@@ -629,7 +662,10 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, double lr=1e-3, double 
     cdef int64_t n = P.size, t = step
     cdef int dec = bool(decoupled)
     cdef int rc
-    cdef void *p_P = _ptr(P), *p_G = _ptr(G), *p_M = _ptr(M), *p_V = _ptr(V)
+    cdef void *p_P = _ptr(P)
+    cdef void *p_G = _ptr(G)
+    cdef void *p_M = _ptr(M)
+    cdef void *p_V = _ptr(V)
     if _f32(P):
         with nogil:
             rc = adam_step_f32(<float*>p_P, <float*>p_G, <float*>p_M, <float*>p_V,

@@ -325,7 +325,7 @@ class Linear(Module):
                            input_grad=need_input_grad, grad_input=gx,
                            grad_weight=self.weight.grad,
                            grad_bias=self.bias.grad if self.bias_enabled else None,
-                           accumulate=True)
+                           accumulate=True, accumulate_input=False)
         return gx
 
     def _output_like(self):

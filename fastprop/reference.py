@@ -173,11 +173,12 @@ def dense_forward(x, weight, bias=None, activation="identity", *, out=None, prea
 
 
 def dense_backward(grad_out, x, weight, *, bias=True, input_grad=True, grad_input=None,
-                   grad_weight=None, grad_bias=None, accumulate=False):
+                   grad_weight=None, grad_bias=None, accumulate=False, accumulate_input=None):
     """Gradients of a linear layer: (grad_out @ weight, grad_out.T @ x, grad_out.sum(0))."""
+    acc_x = accumulate if accumulate_input is None else accumulate_input
     gw = _into(grad_weight, grad_out.T @ x, accumulate)
     gb = _into(grad_bias, grad_out.sum(axis=0), accumulate) if bias else None
-    gi = _into(grad_input, grad_out @ weight, accumulate) if input_grad else None
+    gi = _into(grad_input, grad_out @ weight, acc_x) if input_grad else None
     return gi, gw, gb
 
 

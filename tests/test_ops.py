@@ -124,6 +124,11 @@ def test_dense_backward_accumulates_and_skips(rng, dtype):
     assert_close(gw, gw0 + rdw, dtype)
     assert_close(gb, gb0 + rdb, dtype)
     assert_close(gx, gx0 + rdx, dtype)
+    # parameters accumulate while the input gradient is overwritten (a Linear inside a model)
+    gx = gx0.copy()
+    ops.dense_backward(g, x, w, grad_weight=gw, grad_input=gx, accumulate=True, accumulate_input=False)
+    assert_close(gx, rdx, dtype)
+    assert_close(gw, gw0 + 2 * rdw, dtype)
     # overwrite (the default), no input gradient, no bias gradient
     dx, dw2, db = ops.dense_backward(g, x, w, grad_weight=gw, bias=False, input_grad=False)
     assert dx is None and db is None and dw2 is gw
