@@ -183,14 +183,15 @@ def _dataset(model, X, y, name="X"):
 
 
 def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, seed=0,
-        validation_data=None, progress=True, stop_on_nonfinite=True):
+        validation_data=None, progress=True, stop_on_nonfinite=True, drop_last=False):
     """Trains model on (X, y) with minibatches; returns a History of per-epoch metrics.
 
     Each step is a ``TrainStep`` (the fused C path where the model allows it). The data
     is shuffled once per epoch into preallocated buffers (seeded by ``seed``), so the
     batches are contiguous views and a step allocates nothing. With
     ``stop_on_nonfinite`` (default) a NaN or infinite loss stops training with a
-    FloatingPointError that says where, instead of training on garbage.
+    FloatingPointError that says where, instead of training on garbage. ``drop_last``
+    skips the last partial batch of each epoch (as torch's DataLoader).
     """
     X, y = _dataset(model, X, y)
     batch_size = _batch_size(batch_size)
@@ -203,9 +204,10 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     step = TrainStep(model, loss, optimizer)
     rng = np.random.default_rng(seed)
     n = X.shape[0]
+    n_used = n - n % batch_size if drop_last and n >= batch_size else n
     Xs, ys = np.empty_like(X), np.empty_like(y)
     history = History()
-    bar = _Progress(bool(progress), n, epochs)
+    bar = _Progress(bool(progress), n_used, epochs)
     for epoch in range(1, epochs + 1):
         order = rng.permutation(n) if shuffle else np.arange(n)
         np.take(X, order, axis=0, out=Xs)
@@ -213,8 +215,8 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         bar.start(epoch)
         total_loss, correct, seen, has_acc = 0.0, 0.0, 0, False
         t0 = time.perf_counter()
-        for a in range(0, n, batch_size):
-            b = min(a + batch_size, n)
+        for a in range(0, n_used, batch_size):
+            b = min(a + batch_size, n_used)
             J = step(Xs[a:b], ys[a:b])
             if stop_on_nonfinite and not np.isfinite(J):
                 bar.end()
@@ -226,7 +228,7 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
             seen += b - a
             if acc is not None:
                 correct, has_acc = correct + acc * (b - a), True
-            bar.update(b - a, total_loss / seen, correct / seen if has_acc else None, force=b == n)
+            bar.update(b - a, total_loss / seen, correct / seen if has_acc else None, force=b == n_used)
         elapsed = time.perf_counter() - t0
         epoch_acc = correct / max(seen, 1) if has_acc else None
         history.history["loss"].append(total_loss / max(seen, 1))

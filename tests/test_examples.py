@@ -1,0 +1,47 @@
+"""The examples and the demo do what the README says."""
+import importlib.util
+import pathlib
+
+import numpy as np
+
+import fastprop as fp
+from fastprop import demo
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_xor_book_network_is_exact():
+    xor = load_example("xor")
+    X, y = fp.datasets.xor(np.float64)
+    assert np.array_equal(xor.book_network()(X).ravel(), y.astype(np.float64))
+
+
+def test_xor_is_learned_from_random_weights():
+    xor = load_example("xor")
+    model, seed, J = xor.learn_xor()
+    X, y = fp.datasets.xor(np.float64)
+    assert J < 1e-6
+    assert np.array_equal(np.round(model(X).ravel()), y)
+
+
+def test_demo_reaches_95_percent_and_matches_the_reference(capsys):
+    result = demo.run(epochs=20, progress=False)
+    printed = capsys.readouterr()
+    assert result["accuracy"] >= 0.95
+    # same weights, same batches: the two implementations agree to float32 rounding
+    assert abs(result["accuracy"] - result["reference_accuracy"]) <= 0.01
+    assert "test accuracy" in printed.out and "NumPy reference" in printed.out
+    assert printed.err == ""
+
+
+def test_command_line_demo_exit_code(capsys):
+    from fastprop.__main__ import main
+    assert main(["demo", "--epochs", "20", "--no-progress"]) == 0
+    assert "fastprop is" in capsys.readouterr().out
