@@ -846,3 +846,64 @@ cdef class Network:
                                        <int64_t*>pl, <double*>pt, <double*>g0, <double*>g1)
         _check(rc, "Network.train")
         return value
+
+
+cdef class FlatUpdate:
+    """An optimizer's update over one flat run: the arrays are checked once here and
+    kept alive, so each step is one GIL-free C call with no per-step checks.
+
+    kind "sgd" takes state (momentum_buffer or None); "adam" takes (exp_avg, exp_avg_sq).
+    """
+    cdef object param, grad, s1, s2
+    cdef void *pp
+    cdef void *pg
+    cdef void *p1
+    cdef void *p2
+    cdef int64_t n
+    cdef bint f32
+
+    def __init__(self, param, grad, state1=None, state2=None):
+        P = _param(param)
+        if not cnp.PyArray_IS_C_CONTIGUOUS(P):
+            raise ValueError("param must be C-contiguous")
+        G = _out(grad, "grad", P.shape, P)
+        _separate(G, "grad", ((P, "param"),))
+        self.param, self.grad = P, G
+        self.s1 = None if state1 is None else _state(state1, "state", P)
+        self.s2 = None if state2 is None else _state(state2, "state", P)
+        for s in (self.s1, self.s2):
+            if s is not None:
+                _separate(s, "state", ((P, "param"), (G, "grad")))
+        self.pp, self.pg, self.p1, self.p2 = _ptr(P), _ptr(G), _ptr(self.s1), _ptr(self.s2)
+        self.n = P.size
+        self.f32 = _f32(P)
+
+    def sgd(self, double lr, double momentum, double dampening, bint nesterov,
+            double weight_decay, bint first_step):
+        if momentum != 0 and self.p1 == NULL:
+            raise ValueError("momentum needs a momentum buffer")
+        cdef int rc
+        with nogil:
+            if self.f32:
+                rc = sgd_step_f32(<float*>self.pp, <float*>self.pg, <float*>self.p1, self.n, lr,
+                                  momentum, dampening, nesterov, weight_decay, first_step)
+            else:
+                rc = sgd_step_f64(<double*>self.pp, <double*>self.pg, <double*>self.p1, self.n, lr,
+                                  momentum, dampening, nesterov, weight_decay, first_step)
+        _check(rc, "sgd")
+
+    def adam(self, int64_t step, double lr, double beta1, double beta2, double eps,
+             double weight_decay, bint decoupled):
+        if self.p1 == NULL or self.p2 == NULL:
+            raise ValueError("adam needs exp_avg and exp_avg_sq buffers")
+        cdef int rc
+        with nogil:
+            if self.f32:
+                rc = adam_step_f32(<float*>self.pp, <float*>self.pg, <float*>self.p1,
+                                   <float*>self.p2, self.n, lr, beta1, beta2, eps,
+                                   weight_decay, decoupled, step)
+            else:
+                rc = adam_step_f64(<double*>self.pp, <double*>self.pg, <double*>self.p1,
+                                   <double*>self.p2, self.n, lr, beta1, beta2, eps,
+                                   weight_decay, decoupled, step)
+        _check(rc, "adam")

@@ -91,10 +91,20 @@ class Parameter:
         self._flat, self._offset = None, 0
 
 
+_flattens = 0   # how many times parameters were moved: a cheap staleness check for holders
+
+
+def flatten_count():
+    """Increases whenever some parameters move to new buffers (see flatten_parameters)."""
+    return _flattens
+
+
 def flatten_parameters(params):
     """Moves params into one new data buffer and one grad buffer; each becomes a view."""
+    global _flattens
     if not params:
         return None
+    _flattens += 1
     dtypes = {p.dtype for p in params}
     if len(dtypes) > 1:
         raise TypeError(f"one model has one dtype, got parameters of {sorted(map(str, dtypes))}")
@@ -216,6 +226,7 @@ class Module:
 
     @property
     def dtype(self):
+        """The parameters' dtype (None for a module without parameters)."""
         params = self.parameters()
         return params[0].dtype if params else None
 
@@ -306,6 +317,7 @@ class Linear(Module):
 
     weight = property(lambda self: self._params["weight"])
     bias = property(lambda self: self._params.get("bias"))
+    dtype = property(lambda self: self._params["weight"].dtype)
 
     def _forward(self, x):
         if self._y is None or self._y.shape[0] != x.shape[0]:
@@ -459,6 +471,9 @@ class Sequential(Module):
                 raise ValueError(f"layer {i} gives {out_a} features but layer {j} takes "
                                  f"{b.in_features}")
         flatten_parameters(self.parameters())
+        self._dtype = self.parameters()[0].dtype if self.parameters() else None
+
+    dtype = property(lambda self: self._dtype)
 
     def __getitem__(self, i):
         return self.layers[i]

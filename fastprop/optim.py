@@ -5,8 +5,8 @@ decay; Adam with L2 weight decay; AdamW with decoupled weight decay).
 """
 import numpy as np
 
-from . import ops
-from .nn import Parameter, flat_runs
+from ._kernels import FlatUpdate
+from .nn import Parameter, flat_runs, flatten_count
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -39,13 +39,17 @@ class Optimizer:
         self.step_count = 0
         self._runs = flat_runs(params)
         self._buffers = [p._flat for p in params]
+        self._flattens = flatten_count()
 
     def _current_runs(self):
-        """The flat runs, recomputed if a parameter was moved to a new buffer."""
+        """The flat runs; an error if a parameter was moved to a new buffer since."""
+        if self._flattens == flatten_count():
+            return self._runs
         if any(p._flat is not f for p, f in zip(self.params, self._buffers)):
             raise RuntimeError("the model's parameters were moved to new buffers after the "
                                "optimizer was created (e.g. by nesting the model in another "
                                "Sequential); create the optimizer after building the model")
+        self._flattens = flatten_count()
         return self._runs
 
     def zero_grad(self):
@@ -69,14 +73,15 @@ class SGD(Optimizer):
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening = 0")
         self.momentum_buffers = [np.zeros_like(d) for d, _ in self._runs] if self.momentum else []
+        self._updates = [FlatUpdate(d, g, self.momentum_buffers[i] if self.momentum else None)
+                         for i, (d, g) in enumerate(self._runs)]
 
     def step(self):
-        runs = self._current_runs()
-        for i, (data, grad) in enumerate(runs):
-            ops.sgd_step(data, grad, lr=self.lr, momentum=self.momentum,
-                         momentum_buffer=self.momentum_buffers[i] if self.momentum else None,
-                         dampening=self.dampening, nesterov=self.nesterov,
-                         weight_decay=self.weight_decay, first_step=self.step_count == 0)
+        self._current_runs()
+        first = self.step_count == 0
+        for update in self._updates:
+            update.sgd(self.lr, self.momentum, self.dampening, self.nesterov, self.weight_decay,
+                       first)
         self.step_count += 1
 
     def state_arrays(self):
@@ -97,14 +102,15 @@ class Adam(Optimizer):
         self.weight_decay = _check_number("weight_decay", weight_decay)
         self.exp_avg = [np.zeros_like(d) for d, _ in self._runs]
         self.exp_avg_sq = [np.zeros_like(d) for d, _ in self._runs]
+        self._updates = [FlatUpdate(d, g, m, v) for (d, g), m, v in
+                         zip(self._runs, self.exp_avg, self.exp_avg_sq)]
 
     def step(self):
-        runs = self._current_runs()
+        self._current_runs()
         t = self.step_count + 1
-        for i, (data, grad) in enumerate(runs):
-            ops.adam_step(data, grad, self.exp_avg[i], self.exp_avg_sq[i], step=t, lr=self.lr,
-                          beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-                          weight_decay=self.weight_decay, decoupled=self.decoupled)
+        for update in self._updates:
+            update.adam(t, self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                        self.decoupled)
         self.step_count = t
 
     def state_arrays(self):

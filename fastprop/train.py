@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _kernels, ops
 from .losses import MSE, Loss, SigmoidBCE, SoftmaxCrossEntropy
-from .nn import Activation, Linear, Module, Sequential, as_input
+from .nn import Activation, Linear, Module, Sequential, as_input, flatten_count
 from .optim import Optimizer
 
 __all__ = ["TrainStep", "fit", "History", "predict", "predict_proba", "evaluate"]
@@ -57,6 +57,7 @@ class TrainStep:
     def _compile(self):
         self._params = self.model.parameters()
         self._flats = [p._flat for p in self._params]
+        self._flattens = flatten_count()
         blocks = _chain_blocks(self.model, self.loss)
         self.fused = blocks is not None
         self._net = _kernels.Network(blocks) if self.fused else None
@@ -68,11 +69,13 @@ class TrainStep:
         return self._net.output if self.fused else self._out
 
     def __call__(self, x, y):
-        if any(p._flat is not f for p, f in zip(self._params, self._flats)):
-            self._compile()  # the parameters moved to new buffers
+        if self._flattens != flatten_count():
+            if any(p._flat is not f for p, f in zip(self._params, self._flats)):
+                self._compile()  # the parameters moved to new buffers
+            self._flattens = flatten_count()
         model = self.model
         if self.fused:
-            x = as_input(x, model.dtype)
+            x = as_input(x, self._net.dtype)
             J = self._net.train(x, y, self.loss.kernel)
         else:
             x = model._check_input(x)
