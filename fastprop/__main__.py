@@ -12,12 +12,26 @@ def main(argv=None):
     demo.add_argument("--lr", type=float, default=0.05)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
+    bench = sub.add_parser("bench", help="time the training step against the NumPy reference")
+    bench.add_argument("--workloads", nargs="*", default=None,
+                       help="tiny small medium large deep (default: all)")
+    bench.add_argument("--scaling", action="store_true",
+                       help="sweep width and depth: step time against the number of weights")
+    bench.add_argument("--csv", default="scaling.csv", help="with --scaling: the CSV to write")
+    bench.add_argument("--png", default="scaling.png", help="with --scaling: the plot to write")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from . import demo as demo_module
         result = demo_module.run(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                  seed=args.seed, progress=not args.no_progress)
         return 0 if result["accuracy"] >= 0.95 else 1
+    if args.command == "bench":
+        from . import bench as bench_module
+        if args.scaling:
+            bench_module.scaling(csv_path=args.csv, png_path=args.png)
+        else:
+            bench_module.step_table(args.workloads)
+        return 0
     return 2
 
 

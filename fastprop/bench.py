@@ -1,0 +1,226 @@
+"""Benchmarks: ``python -m fastprop bench`` (the training-step table) and ``--scaling``.
+
+Every speed is a median over repeated runs and is quoted as a ratio against the
+NumPy reference (``reference.NumpyMLPTrainer``, buffers reused, in-place ufuncs,
+``@`` for the GEMMs) measured in the same run.
+"""
+import csv
+import os
+import platform
+import time
+
+import numpy as np
+
+from . import ops, reference
+from .losses import SoftmaxCrossEntropy
+from .nn import Linear, ReLU, Sequential
+from .optim import SGD
+from .train import TrainStep
+
+# name: (layer sizes, batch)
+WORKLOADS = {
+    "tiny": ([64, 64, 64, 10], 32),
+    "small": ([784, 256, 256, 10], 128),
+    "medium": ([1024, 1024, 1024, 1024, 10], 256),
+    "large": ([4096, 4096, 4096, 10], 512),
+    "deep": ([128] + [128] * 16 + [10], 64),
+}
+
+
+def edges(sizes):
+    """E, the number of weights (connections) of the MLP."""
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def step_flops(sizes, batch):
+    """The training step's GEMM FLOPs: 2BE forward, 4BE backward, minus the first layer's ∇x."""
+    return 6 * batch * edges(sizes) - 2 * batch * sizes[0] * sizes[1]
+
+
+def median_time(fn, min_time=0.2, max_reps=1000, min_reps=3):
+    """Median wall time of fn() over repeats filling about min_time seconds."""
+    fn()  # warm-up: workspaces, caches, BLAS threads
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def mlp(sizes, dtype=np.float32, seed=0):
+    """A fastprop ReLU MLP (linear output) with He-uniform weights."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [Linear(a, b, dtype=dtype, rng=seed + i), ReLU()]
+    return Sequential(*layers[:-1])
+
+
+class StepSetup:
+    """One workload three ways from the same weights: TrainStep, the modular path, NumPy."""
+
+    def __init__(self, sizes, batch, lr=1e-3, momentum=0.9, dtype=np.float32, seed=0):
+        rng = np.random.default_rng(seed)
+        self.sizes, self.batch = sizes, batch
+        self.x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+        self.y = rng.integers(0, sizes[-1], batch)
+        self.model = mlp(sizes, dtype, seed)
+        self.modular_model = mlp(sizes, dtype, seed)
+        self.loss = SoftmaxCrossEntropy()
+        self.modular_loss = SoftmaxCrossEntropy()
+        self.train_step = TrainStep(self.model, self.loss,
+                                    SGD(self.model.parameters(), lr=lr, momentum=momentum))
+        self.modular_opt = SGD(self.modular_model.parameters(), lr=lr, momentum=momentum)
+        self.reference = reference.NumpyMLPTrainer(sizes, batch, lr=lr, momentum=momentum,
+                                                   dtype=dtype, seed=seed)
+        for k, lin in enumerate(self.model.layers[::2]):
+            self.reference.weights[k][...] = lin.weight.data
+            self.reference.biases[k][...] = lin.bias.data
+
+    def fused(self):
+        return self.train_step(self.x, self.y)
+
+    def modular(self):
+        out = self.modular_model(self.x)
+        J = self.modular_loss(out, self.y)
+        self.modular_opt.zero_grad()
+        self.modular_model.backward(self.modular_loss.backward())
+        self.modular_opt.step()
+        return J
+
+    def numpy(self):
+        return self.reference.step(self.x, self.y)
+
+
+def gemm_ceiling(m=512, n=4096, k=4096, dtype=np.float32, min_time=0.5):
+    """The machine's GEMM GFLOP/s through the BLAS fastprop uses (a large square-ish sgemm)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype)
+    c = np.empty((m, n), dtype)
+    t = median_time(lambda: ops.gemm(a, b, trans_b=True, out=c), min_time=min_time)
+    return 2 * m * n * k / t / 1e9
+
+
+def machine():
+    """A one-line description of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, " \
+           f"Python {platform.python_version()}, NumPy {np.__version__}"
+
+
+def step_table(names=None, min_time=0.3, out=print):
+    """Median step times of TrainStep, the modular path and the NumPy reference per workload."""
+    names = list(WORKLOADS) if names is None else names
+    ceiling = gemm_ceiling()
+    out(f"machine: {machine()}")
+    out(f"sgemm ceiling (512x4096x4096 through SciPy's BLAS): {ceiling:.1f} GFLOP/s")
+    out(f"{'workload':8s} {'TrainStep us':>13s} {'modular us':>11s} {'NumPy us':>10s} "
+        f"{'speed-up':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    rows = []
+    for name in names:
+        sizes, batch = WORKLOADS[name]
+        setup = StepSetup(sizes, batch)
+        t = {kind: median_time(getattr(setup, kind), min_time) for kind in ("fused", "modular", "numpy")}
+        gflops = step_flops(sizes, batch) / t["fused"] / 1e9
+        row = {"workload": name, "sizes": "-".join(map(str, sizes)), "batch": batch,
+               "trainstep_us": 1e6 * t["fused"], "modular_us": 1e6 * t["modular"],
+               "numpy_us": 1e6 * t["numpy"], "speedup": t["numpy"] / t["fused"],
+               "gflops": gflops, "fraction_of_peak": gflops / ceiling}
+        rows.append(row)
+        out(f"{name:8s} {row['trainstep_us']:13.1f} {row['modular_us']:11.1f} "
+            f"{row['numpy_us']:10.1f} {row['speedup']:8.2f}x {gflops:8.1f} "
+            f"{100 * row['fraction_of_peak']:7.1f}%")
+        del setup
+    return rows, ceiling
+
+
+# ---------------------------------------------------------------- O(edges) scaling
+
+def _forward_backward_times(sizes, batch, min_time):
+    """(step, forward, backward, NumPy step) seconds for one MLP shape."""
+    setup = StepSetup(sizes, batch)
+    net = setup.train_step._net
+    t_step = median_time(setup.fused, min_time)
+    t_fwd = median_time(lambda: net.forward(setup.x), min_time)
+    t_train = median_time(lambda: net.train(setup.x, setup.y, "softmax_cross_entropy"), min_time)
+    t_ref = median_time(setup.numpy, min_time)
+    return t_step, t_fwd, max(t_train - t_fwd, 0.0), t_ref
+
+
+def scaling(widths=(64, 128, 256, 512, 1024, 2048), depths=(1, 2, 4, 8, 16, 32), width_depth=4,
+            depth_width=256, batch=128, classes=10, min_time=0.2, csv_path="scaling.csv",
+            png_path="scaling.png", out=print):
+    """Training-step time against the number of weights E, sweeping width and depth.
+
+    Writes a CSV and (with matplotlib) a PNG; prints the least-squares fit
+    time ≈ α·B·E + β with R², and the backward/forward time ratio per point.
+    """
+    shapes = [("width", w, [w] * (width_depth + 1) + [classes]) for w in widths]
+    shapes += [("depth", d, [depth_width] * (d + 1) + [classes]) for d in depths]
+    rows = []
+    out(f"{'sweep':6s} {'value':>6s} {'E':>10s} {'fastprop us':>12s} {'NumPy us':>10s} "
+        f"{'speed-up':>9s} {'bwd/fwd':>8s}")
+    for sweep, value, sizes in shapes:
+        t_step, t_fwd, t_bwd, t_ref = _forward_backward_times(sizes, batch, min_time)
+        row = {"sweep": sweep, "value": value, "sizes": "-".join(map(str, sizes)), "batch": batch,
+               "edges": edges(sizes), "fastprop_s": t_step, "numpy_s": t_ref,
+               "forward_s": t_fwd, "backward_s": t_bwd, "bwd_over_fwd": t_bwd / t_fwd}
+        rows.append(row)
+        out(f"{sweep:6s} {value:6d} {row['edges']:10d} {1e6 * t_step:12.1f} {1e6 * t_ref:10.1f} "
+            f"{t_ref / t_step:8.2f}x {row['bwd_over_fwd']:8.2f}")
+    fits = {}
+    for impl in ("fastprop", "numpy"):
+        be = np.array([batch * r["edges"] for r in rows], dtype=np.float64)
+        t = np.array([r[f"{impl}_s"] for r in rows])
+        A = np.stack([be, np.ones_like(be)], axis=1)
+        (alpha, beta), *_ = np.linalg.lstsq(A, t, rcond=None)
+        pred = A @ np.array([alpha, beta])
+        r2 = 1 - np.sum((t - pred) ** 2) / np.sum((t - t.mean()) ** 2)
+        fits[impl] = (alpha, beta, r2)
+        out(f"{impl:8s} time ≈ {alpha * 1e12:.3f} ps · B·E + {beta * 1e6:.1f} us   (R² = {r2:.4f}; "
+            f"{2 * 3 / alpha / 1e9:.1f} GFLOP/s per 6 flops/edge/sample)")
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        out(f"wrote {csv_path}")
+    if png_path:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            out("matplotlib is not installed (pip install matplotlib): no plot written")
+        else:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for impl, color in (("fastprop", "tab:blue"), ("numpy", "tab:orange")):
+                for sweep, marker in (("width", "o"), ("depth", "s")):
+                    pts = [r for r in rows if r["sweep"] == sweep]
+                    ax.loglog([r["edges"] for r in pts], [1e6 * r[f"{impl}_s"] for r in pts],
+                              marker=marker, color=color, linestyle="none",
+                              label=f"{'NumPy reference' if impl == 'numpy' else 'fastprop'} ({sweep} sweep)")
+                alpha, beta, r2 = fits[impl]
+                e = np.logspace(np.log10(min(r["edges"] for r in rows)),
+                                np.log10(max(r["edges"] for r in rows)), 100)
+                ax.loglog(e, 1e6 * (alpha * batch * e + beta), color=color, alpha=0.5,
+                          label=f"fit α·B·E + β (R² = {r2:.3f})")
+            ax.set_xlabel("weights E (edges of the network)")
+            ax.set_ylabel(f"training-step time, µs (batch {batch}, float32)")
+            ax.set_title("A training step costs O(edges)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(png_path, dpi=110)
+            out(f"wrote {png_path}")
+    return rows, fits
