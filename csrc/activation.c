@@ -35,10 +35,16 @@ int F(activation_forward)(R *y, const R *x, int64_t n, int act, const fp_act_par
         if (y != x) for (int64_t i = 0; i < n; i++) y[i] = x[i];
         break;
     case FP_RELU:  /* x < 0 ? 0 : x keeps NaN, as torch.relu does */
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] < 0 ? 0 : x[i];
+        for (int64_t i = 0; i < n; i++) {
+            R xi = x[i];
+            y[i] = xi < 0 ? 0 : xi;
+        }
         break;
     case FP_LEAKY_RELU:
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : x[i] * slope;
+        for (int64_t i = 0; i < n; i++) {
+            R xi = x[i];
+            y[i] = xi > 0 ? xi : xi * slope;
+        }
         break;
     case FP_ABS:
         for (int64_t i = 0; i < n; i++) y[i] = FABS(x[i]);
@@ -87,13 +93,22 @@ int F(activation_backward)(R *dx, const R *g, const R *x, const R *y, int64_t n,
         if (dx != g) for (int64_t i = 0; i < n; i++) dx[i] = g[i];
         break;
     case FP_RELU:  /* relu′(0) = 0 */
-        for (int64_t i = 0; i < n; i++) dx[i] = s[i] > 0 ? g[i] : 0;
+        for (int64_t i = 0; i < n; i++) {
+            R gi = g[i];  /* loaded unconditionally: the select becomes a vector blend */
+            dx[i] = s[i] > 0 ? gi : 0;
+        }
         break;
     case FP_LEAKY_RELU:
-        for (int64_t i = 0; i < n; i++) dx[i] = s[i] > 0 ? g[i] : g[i] * slope;
+        for (int64_t i = 0; i < n; i++) {
+            R gi = g[i];
+            dx[i] = s[i] > 0 ? gi : gi * slope;
+        }
         break;
     case FP_ABS:  /* sign(x), 0 at 0 */
-        for (int64_t i = 0; i < n; i++) dx[i] = s[i] > 0 ? g[i] : (s[i] < 0 ? -g[i] : 0);
+        for (int64_t i = 0; i < n; i++) {
+            R gi = g[i], si = s[i];
+            dx[i] = si > 0 ? gi : (si < 0 ? -gi : 0);
+        }
         break;
     case FP_SIGMOID:
         if (s == y)
@@ -115,8 +130,11 @@ int F(activation_backward)(R *dx, const R *g, const R *x, const R *y, int64_t n,
         break;
     case FP_SOFTPLUS:  /* σ(βx), and 1 above the threshold */
         if (!(beta != 0)) return FP_ERR_ARG;
-        for (int64_t i = 0; i < n; i++)
-            dx[i] = beta * s[i] > threshold ? g[i] : g[i] * F(sigmoid_of)(beta * s[i]);
+        for (int64_t i = 0; i < n; i++) {
+            R gi = g[i], bx = beta * s[i];
+            R d = gi * F(sigmoid_of)(bx);
+            dx[i] = bx > threshold ? gi : d;
+        }
         break;
     case FP_COS:
         for (int64_t i = 0; i < n; i++) dx[i] = -g[i] * SIN(s[i]);
@@ -150,7 +168,7 @@ int F(prelu_forward)(R *y, const R *x, const R *w, int64_t batch, int64_t channe
     for (int64_t i = 0; i < batch; i++)
         for (int64_t c = 0; c < channels; c++) {
             R xi = x[i * channels + c], a = w[n_w == 1 ? 0 : c];
-            y[i * channels + c] = xi > 0 ? xi : a * xi;
+            y[i * channels + c] = xi > 0 ? xi : a * xi;  /* both loaded: a blend */
         }
     return FP_OK;
 }
@@ -174,7 +192,8 @@ int F(prelu_backward)(R *dx, R *dw, const R *g, const R *x, const R *w, int64_t 
         for (int64_t i = 0; i < batch; i++)
             for (int64_t c = 0; c < channels; c++) {
                 int64_t k = i * channels + c;
-                dx[k] = x[k] > 0 ? g[k] : w[n_w == 1 ? 0 : c] * g[k];
+                R gk = g[k], a = w[n_w == 1 ? 0 : c];
+                dx[k] = x[k] > 0 ? gk : a * gk;
             }
     return FP_OK;
 }

@@ -1,0 +1,36 @@
+"""The benchmark helpers compute what they claim (their timings are not asserted)."""
+import numpy as np
+
+from fastprop import bench
+
+
+def test_edges_and_flops():
+    assert bench.edges([64, 64, 64, 10]) == 64 * 64 * 2 + 640
+    # 2BE forward + 4BE backward, minus the first layer's input gradient (2·B·in·out)
+    assert bench.step_flops([3, 4, 2], 5) == 6 * 5 * (12 + 8) - 2 * 5 * 12
+
+
+def test_step_setup_starts_all_three_from_the_same_weights():
+    s = bench.StepSetup([8, 6, 3], 4)
+    losses = [s.fused(), s.modular(), s.numpy()]
+    assert np.allclose(losses, losses[0], rtol=1e-5)
+    # and after one step they still agree (same update rule)
+    losses = [s.fused(), s.modular(), s.numpy()]
+    assert np.allclose(losses, losses[0], rtol=1e-4)
+
+
+def test_scaling_writes_csv_and_fits(tmp_path):
+    csv_path = tmp_path / "s.csv"
+    rows, fits = bench.scaling(widths=(16, 32), depths=(1, 2), width_depth=1, depth_width=16,
+                               batch=8, min_time=0.01, csv_path=str(csv_path), png_path=None,
+                               out=lambda *a: None)
+    assert len(rows) == 4 and csv_path.read_text().count("\n") == 5
+    assert set(fits) == {"fastprop", "numpy"}
+    assert all(r["edges"] == bench.edges(list(map(int, r["sizes"].split("-")))) for r in rows)
+
+
+def test_bench_command_runs_one_workload(capsys):
+    from fastprop.__main__ import main
+    assert main(["bench", "--workloads", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "sgemm ceiling" in out and "tiny" in out
