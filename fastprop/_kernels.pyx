@@ -700,6 +700,7 @@ cdef class Network:
     cdef int64_t width
     cdef list arrays, ys, preacts
     cdef object g0, g1
+    cdef dict spaces
 
     def __cinit__(self):
         self.blocks = NULL
@@ -742,28 +743,36 @@ cdef class Network:
         self.n_in = self.blocks[0].in_
         self.n_out = self.blocks[self.n - 1].out
         self.batch = -1
+        self.spaces = {}
 
     def __dealloc__(self):
         free(self.blocks)
 
     cdef _workspace(self, int64_t batch):
-        """Outputs, kept pre-activations and the gradient ping-pong pair for this batch size."""
+        """Outputs, kept pre-activations and the gradient ping-pong pair for this batch size.
+
+        The two most recent batch sizes keep their buffers (an epoch's last partial batch
+        does not reallocate the full-size ones)."""
         if batch == self.batch:
             return
-        self.ys, self.preacts = [], []
+        if batch not in self.spaces:
+            ys, preacts = [], []
+            for i in range(self.n):
+                act = ACTIVATIONS[self.blocks[i].act]
+                needs_x = act not in FROM_OUTPUT and not (
+                    act == "leaky_relu" and self.blocks[i].p.negative_slope > 0)
+                ys.append(np.empty((batch, self.blocks[i].out), self.dtype))
+                preacts.append(np.empty((batch, self.blocks[i].out), self.dtype) if needs_x else None)
+            if len(self.spaces) >= 2:
+                del self.spaces[next(iter(self.spaces))]
+            self.spaces[batch] = (ys, preacts, np.empty(batch * self.width, self.dtype),
+                                  np.empty(batch * self.width, self.dtype))
+        self.ys, self.preacts, self.g0, self.g1 = self.spaces[batch]
         cdef fp_dense_block *k
         for i in range(self.n):
             k = &self.blocks[i]
-            y = np.empty((batch, k.out), self.dtype)
-            needs_x = ACTIVATIONS[k.act] not in FROM_OUTPUT and not (
-                ACTIVATIONS[k.act] == "leaky_relu" and k.p.negative_slope > 0)
-            z = np.empty((batch, k.out), self.dtype) if needs_x else None
-            k.y = _ptr(y)
-            k.preact = _ptr(z)
-            self.ys.append(y)
-            self.preacts.append(z)
-        self.g0 = np.empty(batch * self.width, self.dtype)
-        self.g1 = np.empty(batch * self.width, self.dtype)
+            k.y = _ptr(self.ys[i])
+            k.preact = _ptr(self.preacts[i])
         self.batch = batch
 
     cdef _input(self, x):

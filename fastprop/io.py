@@ -55,6 +55,7 @@ def save(model, path):
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; keep the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -62,6 +63,37 @@ def save(model, path):
         except OSError:
             pass
         raise
+
+
+def _file_mode(path):
+    """The existing file's permissions, or what open() would give a new file (0666 & ~umask)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _parameter_shapes(arch, prefix=""):
+    """{name: shape} that architecture data declares, checked before anything is built."""
+    kind, args = arch.get("type"), arch.get("args", {})
+    if kind == "Sequential":
+        shapes = {}
+        for i, a in enumerate(arch.get("layers", [])):
+            if not isinstance(a, dict):
+                raise ValueError(f"layer {i} is not a module description")
+            shapes.update(_parameter_shapes(a, f"{prefix}{i}."))
+        return shapes
+    if kind == "Linear":
+        n_in, n_out = int(args["in_features"]), int(args["out_features"])
+        shapes = {prefix + "weight": (n_out, n_in)}
+        if args.get("bias", True):
+            shapes[prefix + "bias"] = (n_out,)
+        return shapes
+    if kind == "PReLU":
+        return {prefix + "weight": (int(args.get("num_parameters", 1)),)}
+    return {}
 
 
 def load(path):
@@ -79,6 +111,14 @@ def load(path):
             raise ValueError("not a fastprop model")
         if meta.get("version") != VERSION:
             raise ValueError(f"format version {meta.get('version')} (this fastprop reads {VERSION})")
+        declared = _parameter_shapes(meta["model"])
+        if set(declared) != set(params):
+            raise ValueError(f"parameters {sorted(params)} do not match the architecture's "
+                             f"{sorted(declared)}")
+        for name, shape in declared.items():
+            if params[name].shape != shape:
+                raise ValueError(f"{name} has shape {params[name].shape}, the architecture "
+                                 f"declares {shape}")
         model = build(meta["model"])
         model.load_state_dict(params)
     except Exception as e:  # a truncated zip can fail in zipfile, zlib, numpy or json

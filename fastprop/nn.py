@@ -160,6 +160,7 @@ class Module:
         self._params = {}     # name -> Parameter, in definition order
         self._children = {}   # name -> Module
         self._ready = False   # a forward has run since the last backward-invalidating event
+        self._xin = None      # the public forward's copy of its input (kept for backward)
 
     # -------------------------------------------------------------- the public pass
     def __call__(self, x):
@@ -167,8 +168,13 @@ class Module:
 
     def forward(self, x):
         """Returns f(x) as a new array of the model's dtype; x is (batch, in_features)."""
-        x = self._check_input(x)
-        return self._forward(x).copy()
+        xc = self._check_input(x)
+        if xc is x:  # the caller's own array: keep a copy, so changing x cannot change backward
+            if self._xin is None or self._xin.shape != xc.shape or self._xin.dtype != xc.dtype:
+                self._xin = np.empty_like(xc)
+            np.copyto(self._xin, xc)
+            xc = self._xin
+        return self._forward(xc).copy()
 
     def backward(self, grad_output):
         """Returns ∂J/∂x for ∂J/∂y = grad_output and ADDS ∂J/∂θ into every ``.grad``."""
@@ -192,7 +198,9 @@ class Module:
         return x
 
     # -------------------------------------------------------------- what subclasses define
-    in_features = None   # None: any width
+    in_features = None        # None: any width
+    out_features = None       # None: not fixed by this module
+    width_preserving = False  # the output has the input's width (activations)
 
     def _forward(self, x):
         """f(x) into a workspace; saves what the backward needs. x is checked and contiguous."""
@@ -219,6 +227,13 @@ class Module:
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        """This module and every module inside it, depth first."""
+        out = [self]
+        for child in self._children.values():
+            out += child.modules()
+        return out
 
     def zero_grad(self):
         for _, grad in flat_runs(self.parameters()):
@@ -259,13 +274,18 @@ class Module:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_ready"] = False
+        state["_xin"] = None
         for key in self._workspace_keys:
             state[key] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        flatten_parameters(self.parameters())  # own flat buffers again
+        params = self.parameters()
+        # a deep copy or an unpickled model gets its own flat buffers again; a shallow
+        # copy shares the original's parameters (as in PyTorch) and must not move them
+        if any(p._flat is None for p in params) or len(flat_runs(params)) > 1:
+            flatten_parameters(params)
 
     _workspace_keys = ()
 
@@ -355,6 +375,7 @@ class Linear(Module):
 class Activation(Module):
     """An elementwise activation: a C forward and a fused backward ``g ⊙ f′``, in place on g."""
     name = "identity"
+    width_preserving = True
     _workspace_keys = ("_x", "_y")
 
     def __init__(self, **params):
@@ -425,10 +446,13 @@ class PReLU(Module):
         flatten_parameters(self.parameters())
 
     weight = property(lambda self: self._params["weight"])
+    width_preserving = True
 
     @property
     def in_features(self):
         return None if self.num_parameters == 1 else self.num_parameters
+
+    out_features = in_features
 
     def _forward(self, x):
         if self._y is None or self._y.shape != x.shape:
@@ -456,20 +480,30 @@ class Sequential(Module):
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])
+        seen = set()
         for i, m in enumerate(modules):
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential takes Modules; argument {i} is {type(m).__name__}")
-            if any(m is other for other in modules[:i]):
-                raise ValueError(f"module {i} appears twice: a Sequential layer keeps its own "
-                                 f"activations, so share weights through a new module instead")
+            for sub in m.modules():
+                if id(sub) in seen:
+                    raise ValueError(f"layer {i} uses a {type(sub).__name__} that appears earlier "
+                                     f"in the model: a layer keeps its own activations, so each "
+                                     f"place needs its own module")
+                seen.add(id(sub))
             self._children[str(i)] = m
         self.layers = list(modules)
-        widths = [(i, m) for i, m in enumerate(modules) if m.in_features is not None]
-        for (i, a), (j, b) in zip(widths, widths[1:]):
-            out_a = getattr(a, "out_features", None)
-            if out_a is not None and out_a != b.in_features:
-                raise ValueError(f"layer {i} gives {out_a} features but layer {j} takes "
-                                 f"{b.in_features}")
+        # follow the width through the chain: every fixed input width must match
+        width, source = None, None
+        for i, m in enumerate(modules):
+            n_in = m.in_features
+            if n_in is not None and width is not None and n_in != width:
+                raise ValueError(f"layer {i} ({type(m).__name__}) takes {n_in} features but "
+                                 f"layer {source} gives {width}")
+            if m.out_features is not None:
+                width, source = m.out_features, i
+            elif not m.width_preserving:
+                width, source = None, None
+        self._out_features = width
         flatten_parameters(self.parameters())
         self._dtype = self.parameters()[0].dtype if self.parameters() else None
 
@@ -489,19 +523,15 @@ class Sequential(Module):
         for m in self.layers:
             if m.in_features is not None:
                 return m.in_features
-            if not isinstance(m, Activation):
+            if not m.width_preserving:
                 return None
         return None
 
+    out_features = property(lambda self: self._out_features)
+
     @property
-    def out_features(self):
-        for m in reversed(self.layers):
-            n = getattr(m, "out_features", None)
-            if n is not None:
-                return n
-            if not isinstance(m, Activation):
-                return None
-        return None
+    def width_preserving(self):
+        return all(m.width_preserving for m in self.layers)
 
     def _forward(self, x):
         for m in self.layers:
