@@ -17,6 +17,8 @@ def main(argv=None):
                        help="tiny small medium large deep (default: all)")
     bench.add_argument("--scaling", action="store_true",
                        help="sweep width and depth: step time against the number of weights")
+    bench.add_argument("--memory", action="store_true",
+                       help="also report each workload's peak memory per step")
     bench.add_argument("--csv", default="scaling.csv", help="with --scaling: the CSV to write")
     bench.add_argument("--png", default="scaling.png", help="with --scaling: the plot to write")
     args = parser.parse_args(argv)
@@ -31,6 +33,8 @@ def main(argv=None):
             bench_module.scaling(csv_path=args.csv, png_path=args.png)
         else:
             bench_module.step_table(args.workloads)
+            if args.memory:
+                bench_module.memory_table(args.workloads)
         return 0
     return 2
 

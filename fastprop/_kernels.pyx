@@ -739,7 +739,7 @@ cdef class Network:
                 k.b = _ptr(B)
                 k.db = _ptr(dB)
                 self.arrays += [B, dB]
-            self.width = max(self.width, k.out, k.in_)
+            self.width = max(self.width, k.out)  # ∇x of block 0 is never formed
         self.n_in = self.blocks[0].in_
         self.n_out = self.blocks[self.n - 1].out
         self.batch = -1

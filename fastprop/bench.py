@@ -144,6 +144,62 @@ def step_table(names=None, min_time=0.3, out=print):
     return rows, ceiling
 
 
+# ---------------------------------------------------------------- memory
+
+def memory_bound(sizes, batch, itemsize=4, optimizer_buffers=1):
+    """Parameters + gradients + optimizer state + saved activations (B·Σ widths) +
+    one gradient ping-pong pair (2·B·max width; the input's gradient is never formed), in bytes."""
+    n_params = edges(sizes) + sum(sizes[1:])
+    return itemsize * ((2 + optimizer_buffers) * n_params + batch * sum(sizes[1:])
+                       + 2 * batch * max(sizes[1:]))
+
+
+def step_memory(sizes, batch, dtype=np.float32):
+    """Peak bytes live during one training step (after a warm-up step), fastprop and NumPy.
+
+    Everything the implementation holds counts: parameters, gradients, optimizer state,
+    workspaces, and whatever a step allocates on top.
+    """
+    import gc
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], batch)
+    peaks = {}
+    for impl in ("fastprop", "numpy"):
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        if impl == "fastprop":
+            model = mlp(sizes, dtype)
+            step = TrainStep(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=1e-3, momentum=0.9))
+            run = lambda: step(x, y)  # noqa: E731
+        else:
+            trainer = reference.NumpyMLPTrainer(sizes, batch, lr=1e-3, momentum=0.9, dtype=dtype)
+            run = lambda: trainer.step(x, y)  # noqa: E731
+        run()
+        tracemalloc.reset_peak()
+        run()
+        peaks[impl] = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+        del run
+        model = step = trainer = None  # noqa: F841
+    return peaks["fastprop"], peaks["numpy"], memory_bound(sizes, batch, np.dtype(dtype).itemsize)
+
+
+def memory_table(names=None, out=print):
+    """Peak memory of a step per workload, against the bound and the NumPy reference."""
+    names = list(WORKLOADS) if names is None else names
+    out(f"{'workload':8s} {'fastprop MB':>12s} {'bound MB':>9s} {'NumPy MB':>9s}")
+    rows = []
+    for name in names:
+        fast, numpy_peak, bound = step_memory(*WORKLOADS[name])
+        rows.append({"workload": name, "fastprop_bytes": fast, "bound_bytes": bound,
+                     "numpy_bytes": numpy_peak})
+        out(f"{name:8s} {fast / 1e6:12.2f} {bound / 1e6:9.2f} {numpy_peak / 1e6:9.2f}")
+    return rows
+
+
 # ---------------------------------------------------------------- O(edges) scaling
 
 def _forward_backward_times(sizes, batch, min_time):

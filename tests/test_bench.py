@@ -34,3 +34,12 @@ def test_bench_command_runs_one_workload(capsys):
     assert main(["bench", "--workloads", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "sgemm ceiling" in out and "tiny" in out
+
+
+def test_step_memory_stays_within_the_bound():
+    """Parameters + gradients + momentum + saved activations + one gradient pair, plus the
+    Python objects around them: nothing activation-sized beyond that."""
+    for sizes, batch in ([64, 64, 64, 10], 32), ([784, 256, 256, 10], 128), ([128] * 9 + [10], 64):
+        fast, numpy_peak, bound = bench.step_memory(sizes, batch)
+        assert bound <= fast <= bound + 64 * 1024, (sizes, fast, bound)
+        assert numpy_peak > 0
