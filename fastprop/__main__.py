@@ -17,6 +17,8 @@ def main(argv=None):
                        help="tiny small medium large deep (default: all)")
     bench.add_argument("--scaling", action="store_true",
                        help="sweep width and depth: step time against the number of weights")
+    bench.add_argument("--kernels", action="store_true",
+                       help="fastprop.ops against fastprop.reference, one line per kernel family")
     bench.add_argument("--memory", action="store_true",
                        help="also report each workload's peak memory per step")
     bench.add_argument("--csv", default="scaling.csv", help="with --scaling: the CSV to write")
@@ -31,6 +33,8 @@ def main(argv=None):
         from . import bench as bench_module
         if args.scaling:
             bench_module.scaling(csv_path=args.csv, png_path=args.png)
+        elif args.kernels:
+            bench_module.kernel_table()
         else:
             bench_module.step_table(args.workloads)
             if args.memory:

@@ -144,6 +144,59 @@ def step_table(names=None, min_time=0.3, out=print):
     return rows, ceiling
 
 
+# ---------------------------------------------------------------- kernels
+
+def kernel_table(batch=128, n_in=784, n_out=256, classes=10, min_time=0.2, out=print):
+    """fastprop.ops against fastprop.reference, one line per kernel family, at one mid size."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    x = rng.standard_normal((batch, n_in)).astype(f32)
+    w = (0.05 * rng.standard_normal((n_out, n_in))).astype(f32)
+    b = rng.standard_normal(n_out).astype(f32)
+    g = rng.standard_normal((batch, n_out)).astype(f32)
+    y = np.empty((batch, n_out), f32)
+    gw, gb, gx, ga = np.empty_like(w), np.empty_like(b), np.empty_like(x), np.empty_like(g)
+    h = ops.dense_forward(x, w, b, "tanh")
+    z = (3 * rng.standard_normal((batch, classes))).astype(f32)
+    labels = rng.integers(0, classes, batch)
+    gz = np.empty_like(z)
+    p, m1, m2 = w.copy(), np.zeros_like(w), np.zeros_like(w)
+    cases = [
+        ("dense forward + relu", f"{batch}x{n_in}->{n_out}",
+         lambda: ops.dense_forward(x, w, b, "relu", out=y),
+         lambda: reference.dense_forward(x, w, b, "relu", out=y)),
+        ("dense backward", f"{batch}x{n_in}->{n_out}",
+         lambda: ops.dense_backward(g, x, w, grad_weight=gw, grad_bias=gb, grad_input=gx),
+         lambda: reference.dense_backward(g, x, w, grad_weight=gw, grad_bias=gb, grad_input=gx)),
+        ("activation backward relu", f"{batch}x{n_out}",
+         lambda: ops.activation_backward(g, "relu", y=h, out=ga),
+         lambda: reference.activation_backward(g, "relu", y=h, out=ga)),
+        ("activation backward tanh", f"{batch}x{n_out}",
+         lambda: ops.activation_backward(g, "tanh", y=h, out=ga),
+         lambda: reference.activation_backward(g, "tanh", y=h, out=ga)),
+        ("activation backward gelu", f"{batch}x{n_out}",
+         lambda: ops.activation_backward(g, "gelu", x=h, out=ga),
+         lambda: reference.activation_backward(g, "gelu", x=h, out=ga)),
+        ("softmax cross-entropy", f"{batch}x{classes}",
+         lambda: ops.softmax_cross_entropy(z, labels, grad_out=gz),
+         lambda: reference.softmax_cross_entropy(z, labels, grad_out=gz)),
+        ("sgd momentum step", f"{w.size:,} params",
+         lambda: ops.sgd_step(p, gw, lr=1e-3, momentum=0.9, momentum_buffer=m1),
+         lambda: reference.sgd_step(p, gw, lr=1e-3, momentum=0.9, momentum_buffer=m1)),
+        ("adam step", f"{w.size:,} params",
+         lambda: ops.adam_step(p, gw, m1, m2, step=10, lr=1e-3),
+         lambda: reference.adam_step(p, gw, m1, m2, step=10, lr=1e-3)),
+    ]
+    out(f"{'kernel':26s} {'shape':>16s} {'fastprop us':>12s} {'reference us':>13s} {'ratio':>7s}")
+    rows = []
+    for name, shape, fast, ref in cases:
+        tf, tr = median_time(fast, min_time), median_time(ref, min_time)
+        rows.append({"kernel": name, "shape": shape, "fastprop_us": 1e6 * tf,
+                     "reference_us": 1e6 * tr, "ratio": tr / tf})
+        out(f"{name:26s} {shape:>16s} {1e6 * tf:12.1f} {1e6 * tr:13.1f} {tr / tf:6.2f}x")
+    return rows
+
+
 # ---------------------------------------------------------------- memory
 
 def memory_bound(sizes, batch, itemsize=4, optimizer_buffers=1):

@@ -43,3 +43,11 @@ def test_step_memory_stays_within_the_bound():
         fast, numpy_peak, bound = bench.step_memory(sizes, batch)
         assert bound <= fast <= bound + 64 * 1024, (sizes, fast, bound)
         assert numpy_peak > 0
+
+
+def test_kernel_table_covers_every_family():
+    rows = bench.kernel_table(batch=4, n_in=6, n_out=5, classes=3, min_time=0.0, out=lambda *a: None)
+    names = " ".join(r["kernel"] for r in rows)
+    for family in ("dense forward", "dense backward", "activation backward", "softmax", "sgd", "adam"):
+        assert family in names
+    assert all(r["fastprop_us"] > 0 and r["reference_us"] > 0 for r in rows)
