@@ -7,6 +7,8 @@ allocated once per batch size and reused. ``forward``/``backward`` return fresh
 arrays (a later call never changes what an earlier one returned); the internal
 ``_forward``/``_backward`` pass workspaces along the chain.
 """
+import threading
+
 import numpy as np
 
 from . import _kernels, ops
@@ -161,6 +163,7 @@ class Module:
         self._children = {}   # name -> Module
         self._ready = False   # a forward has run since the last backward-invalidating event
         self._xin = None      # the public forward's copy of its input (kept for backward)
+        self._busy = threading.Lock()  # one thread at a time: workspaces are shared state
 
     # -------------------------------------------------------------- the public pass
     def __call__(self, x):
@@ -168,6 +171,15 @@ class Module:
 
     def forward(self, x):
         """Returns f(x) as a new array of the model's dtype; x is (batch, in_features)."""
+        with self.exclusive():
+            return self._public_forward(x)
+
+    def exclusive(self):
+        """A guard for one call: a second thread using this model meanwhile gets a clear
+        RuntimeError instead of overwriting the first one's workspaces."""
+        return _Exclusive(self)
+
+    def _public_forward(self, x):
         xc = self._check_input(x)
         if xc is x:  # the caller's own array: keep a copy, so changing x cannot change backward
             if self._xin is None or self._xin.shape != xc.shape or self._xin.dtype != xc.dtype:
@@ -178,6 +190,10 @@ class Module:
 
     def backward(self, grad_output):
         """Returns ∂J/∂x for ∂J/∂y = grad_output and ADDS ∂J/∂θ into every ``.grad``."""
+        with self.exclusive():
+            return self._public_backward(grad_output)
+
+    def _public_backward(self, grad_output):
         if not self._ready:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         out = self._output_like()
@@ -275,12 +291,14 @@ class Module:
         state = self.__dict__.copy()
         state["_ready"] = False
         state["_xin"] = None
+        state["_busy"] = None
         for key in self._workspace_keys:
             state[key] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._busy = threading.Lock()
         params = self.parameters()
         # a deep copy or an unpickled model gets its own flat buffers again; a shallow
         # copy shares the original's parameters (as in PyTorch) and must not move them
@@ -294,6 +312,23 @@ class Module:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class _Exclusive:
+    """Holds a module's lock for one call, without waiting for it."""
+    __slots__ = ("module",)
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        if not self.module._busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"this {type(self.module).__name__} is in use by another thread: one model must "
+                f"not be used from two threads at once (give each thread its own copy.deepcopy)")
+
+    def __exit__(self, *exc):
+        self.module._busy.release()
 
 
 class Linear(Module):

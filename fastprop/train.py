@@ -69,6 +69,10 @@ class TrainStep:
         return self._net.output if self.fused else self._out
 
     def __call__(self, x, y):
+        with self.model.exclusive():
+            return self._step(x, y)
+
+    def _step(self, x, y):
         if self._flattens != flatten_count():
             if any(p._flat is not f for p, f in zip(self._params, self._flats)):
                 self._compile()  # the parameters moved to new buffers
@@ -273,6 +277,11 @@ def evaluate(model, X, y, loss, batch_size=4096):
     """{"loss": mean loss, "accuracy": fraction correct (None for MSE)} over (X, y)."""
     X, y = _dataset(model, X, y)
     batch_size = _batch_size(batch_size)
+    with model.exclusive():
+        return _evaluate(model, X, y, loss, batch_size)
+
+
+def _evaluate(model, X, y, loss, batch_size):
     total, correct, n = 0.0, 0.0, X.shape[0]
     has_acc = True
     for a in range(0, n, batch_size):
