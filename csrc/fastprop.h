@@ -11,6 +11,28 @@
 
 #include <stdint.h>
 
+/* FP_SIMD marks the elementwise kernels: gcc compiles each three times, for AVX-512
+ * (x86-64-v4), AVX2 (x86-64-v3) and baseline x86-64, and the dynamic loader picks the
+ * widest the CPU has (an ifunc, resolved once at load time). So a portable wheel, built
+ * without -march, still runs 8- or 16-float vectors. The clones compute the same bits:
+ * the loops are elementwise and their reductions keep a fixed order, and with -std=c11
+ * gcc does not contract a·b + c into an FMA in any of them. ifunc needs glibc on x86-64
+ * Linux (musl has none); elsewhere FP_SIMD is empty and the baseline build is all there is.
+ * -DFP_NO_CLONES builds the baseline alone (the C tests run it: an AVX2 machine never would). */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__has_attribute) && \
+    !defined(FP_NO_CLONES)
+#if __has_attribute(target_clones)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define FP_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else  /* older gcc and clang dispatch on single features */
+#define FP_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#endif
+#ifndef FP_SIMD
+#define FP_SIMD
+#endif
+
 enum {
     FP_OK = 0,
     FP_ERR_ARG = -1,      /* negative size, NULL required buffer, bad parameter */

@@ -16,23 +16,70 @@ int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes)
 #include "template.h"
 #else
 
+/* Reductions run in FP_LANES partial sums (fastmath.h), so these loops vectorize too. */
+
+// max_j a_j for n ≥ 1, in FP_LANES running maxima
+FP_INLINE R F(max_of)(const R *a, int64_t n)
+{
+    R acc[FP_LANES], m = a[0];
+    for (int l = 0; l < FP_LANES; l++) acc[l] = m;
+    int64_t j = 0;
+    for (; j + FP_LANES <= n; j += FP_LANES)
+#pragma GCC unroll 1
+        for (int l = 0; l < FP_LANES; l++) {
+            R v = a[j + l];
+            acc[l] = v > acc[l] ? v : acc[l];
+        }
+    for (; j < n; j++) m = a[j] > m ? a[j] : m;
+    for (int l = 0; l < FP_LANES; l++) m = acc[l] > m ? acc[l] : m;
+    return m;
+}
+
+// Σ_j a_j, in FP_LANES partial sums
+FP_INLINE R F(sum_of)(const R *a, int64_t n)
+{
+    R acc[FP_LANES] = {0}, s = 0;
+    int64_t j = 0;
+    for (; j + FP_LANES <= n; j += FP_LANES)
+        for (int l = 0; l < FP_LANES; l++) acc[l] += a[j + l];
+    for (; j < n; j++) s += a[j];
+    for (int l = 0; l < FP_LANES; l++) s += acc[l];
+    return s;
+}
+
+// Σ_j exp(z_j − m), nothing stored; the same order of additions as F(sum_of), so the same sum
+FP_INLINE R F(sum_exp)(const R *z, R m, int64_t n)
+{
+    R acc[FP_LANES] = {0}, s = 0;
+    int64_t j = 0;
+    for (; j + FP_LANES <= n; j += FP_LANES)
+        for (int l = 0; l < FP_LANES; l++) acc[l] += EXP(z[j + l] - m);
+    for (; j < n; j++) s += EXP(z[j] - m);
+    for (int l = 0; l < FP_LANES; l++) s += acc[l];
+    return s;
+}
+
+// e_j = exp(z_j − m) (e may alias z) and Σ_j e_j
+FP_INLINE R F(exp_into)(R *e, const R *z, R m, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++) e[j] = EXP(z[j] - m);
+    return F(sum_of)(e, n);
+}
+
 // z and p are (batch, classes): p = softmax(z) row-wise (or log-softmax), shifted by the row max
-int F(softmax_forward)(R *p, const R *z, int64_t batch, int64_t classes, int log_space)
+FP_SIMD int F(softmax_forward)(R *p, const R *z, int64_t batch, int64_t classes, int log_space)
 {
     if (!p || !z || batch < 0 || classes < 1) return FP_ERR_ARG;
     for (int64_t i = 0; i < batch; i++) {
         const R *zi = z + i * classes;
         R *pi = p + i * classes;
-        R m = zi[0];
-        for (int64_t j = 1; j < classes; j++) m = zi[j] > m ? zi[j] : m;
-        R s = 0;
-        for (int64_t j = 0; j < classes; j++) s += EXP(zi[j] - m);
+        R m = F(max_of)(zi, classes);
         if (log_space) {
-            R lse = m + LOG(s);
+            R lse = m + LOG(F(sum_exp)(zi, m, classes));
             for (int64_t j = 0; j < classes; j++) pi[j] = zi[j] - lse;
         } else {
-            R inv = 1 / s;
-            for (int64_t j = 0; j < classes; j++) pi[j] = EXP(zi[j] - m) * inv;
+            R inv = 1 / F(exp_into)(pi, zi, m, classes);
+            for (int64_t j = 0; j < classes; j++) pi[j] *= inv;
         }
     }
     return FP_OK;
@@ -40,8 +87,9 @@ int F(softmax_forward)(R *p, const R *z, int64_t batch, int64_t classes, int log
 
 // J = mean_i [logsumexp(z_i) − Σ_j t_ij z_ij],  dz = (softmax(z) Σ_j t_ij − t) / batch
 // Targets are integer labels (labels, t = one-hot) or soft targets (target, (batch, classes)).
-int F(softmax_xent_forward_backward)(double *loss, R *dz, const R *z, const int64_t *labels,
-                                     const R *target, int64_t batch, int64_t classes)
+FP_SIMD int F(softmax_xent_forward_backward)(double *loss, R *dz, const R *z,
+                                             const int64_t *labels, const R *target,
+                                             int64_t batch, int64_t classes)
 {
     if (!loss || !z || batch < 1 || classes < 1 || !labels == !target) return FP_ERR_ARG;
     if (labels && fp_first_bad_label(labels, batch, classes) >= 0) return FP_ERR_LABEL;
@@ -51,21 +99,24 @@ int F(softmax_xent_forward_backward)(double *loss, R *dz, const R *z, const int6
         const R *zi = z + i * classes;
         const R *ti = target ? target + i * classes : NULL;
         R *di = dz ? dz + i * classes : NULL;
-        R m = zi[0];
-        for (int64_t j = 1; j < classes; j++) m = zi[j] > m ? zi[j] : m;
+        R m = F(max_of)(zi, classes);
         /* Σ t_j (z_j − m) and the target mass, read before dz (which may alias z) is written */
         R tz, tsum;
         if (ti) {
+            R acc_tz[FP_LANES] = {0}, acc_t[FP_LANES] = {0};
+            int64_t j = 0;
             tz = 0, tsum = 0;
-            for (int64_t j = 0; j < classes; j++) tz += ti[j] * (zi[j] - m), tsum += ti[j];
+            for (; j + FP_LANES <= classes; j += FP_LANES)
+                for (int l = 0; l < FP_LANES; l++) {
+                    R t = ti[j + l];
+                    acc_tz[l] += t * (zi[j + l] - m), acc_t[l] += t;
+                }
+            for (; j < classes; j++) tz += ti[j] * (zi[j] - m), tsum += ti[j];
+            for (int l = 0; l < FP_LANES; l++) tz += acc_tz[l], tsum += acc_t[l];
         } else {
             tz = zi[labels[i]] - m, tsum = 1;
         }
-        R s = 0;
-        if (di)
-            for (int64_t j = 0; j < classes; j++) di[j] = EXP(zi[j] - m), s += di[j];
-        else
-            for (int64_t j = 0; j < classes; j++) s += EXP(zi[j] - m);
+        R s = di ? F(exp_into)(di, zi, m, classes) : F(sum_exp)(zi, m, classes);
         total += (double)LOG(s) * (double)tsum - (double)tz;
         if (di) {
             R scale = tsum / s * inv_batch;
@@ -81,37 +132,46 @@ int F(softmax_xent_forward_backward)(double *loss, R *dz, const R *z, const int6
 }
 
 // J = mean(max(z, 0) − z y + log1p(exp(−|z|))),  dz = (σ(z) − y) / n
-int F(sigmoid_bce_forward_backward)(double *loss, R *dz, const R *z, const R *target,
-                                    int64_t n)
+FP_SIMD int F(sigmoid_bce_forward_backward)(double *loss, R *dz, const R *z, const R *target,
+                                            int64_t n)
 {
     if (!loss || !z || !target || n < 1) return FP_ERR_ARG;
     R inv_n = (R)(1.0 / (double)n);
-    double total = 0;
-    for (int64_t i = 0; i < n; i++) {
-        R zi = z[i], yi = target[i];
-        R e = EXP(-FABS(zi));
-        total += (double)((zi > 0 ? zi : 0) - zi * yi + LOG1P(e));
-        if (dz) {
-            R r = 1 / (1 + e);
-            R sig = zi >= 0 ? r : e * r;
-            dz[i] = (sig - yi) * inv_n;
+    double acc[FP_LANES] = {0}, total = 0;
+    R scratch[FP_LANES];  /* where the gradient goes when dz is NULL */
+    /* in blocks of FP_LANES elements, element l of each block summed into acc[l] */
+    for (int64_t i = 0; i < n; i += FP_LANES) {
+        int len = n - i < FP_LANES ? (int)(n - i) : FP_LANES;
+        R *d = dz ? dz + i : scratch;
+        for (int l = 0; l < len; l++) {
+            R zl = z[i + l], yl = target[i + l];
+            acc[l] += (double)((zl > 0 ? zl : 0) - zl * yl + LOG1P01(EXP(-FABS(zl))));
+            d[l] = (SIGMOID(zl) - yl) * inv_n;  /* SIGMOID's exp(−|z|) is the one above: computed once */
         }
     }
+    for (int l = 0; l < FP_LANES; l++) total += acc[l];
     *loss = total / (double)n;
     return FP_OK;
 }
 
 // J = mean((p − t)²),  dp = 2 (p − t) / n
-int F(mse_forward_backward)(double *loss, R *dp, const R *pred, const R *target, int64_t n)
+FP_SIMD int F(mse_forward_backward)(double *loss, R *dp, const R *pred, const R *target,
+                                    int64_t n)
 {
     if (!loss || !pred || !target || n < 1) return FP_ERR_ARG;
     R two_over_n = (R)(2.0 / (double)n);
-    double total = 0;
-    for (int64_t i = 0; i < n; i++) {
-        R d = pred[i] - target[i];
-        total += (double)d * (double)d;
-        if (dp) dp[i] = two_over_n * d;
+    double acc[FP_LANES] = {0}, total = 0;
+    R scratch[FP_LANES];
+    for (int64_t i = 0; i < n; i += FP_LANES) {  /* in blocks, as the BCE above */
+        int len = n - i < FP_LANES ? (int)(n - i) : FP_LANES;
+        R *d = dp ? dp + i : scratch;
+        for (int l = 0; l < len; l++) {
+            R dl = pred[i + l] - target[i + l];
+            acc[l] += (double)dl * (double)dl;
+            d[l] = two_over_n * dl;
+        }
     }
+    for (int l = 0; l < FP_LANES; l++) total += acc[l];
     *loss = total / (double)n;
     return FP_OK;
 }

@@ -5,7 +5,7 @@
 #else
 
 // SGD: g = ∇ + λθ; buf = μ buf + (1 − τ) g (buf = g on the first step); g = g + μ buf (Nesterov) or buf; θ −= ε g
-int F(sgd_step)(R *param, const R *grad, R *buf, int64_t n, double lr, double momentum,
+FP_SIMD int F(sgd_step)(R *param, const R *grad, R *buf, int64_t n, double lr, double momentum,
                 double dampening, int nesterov, double weight_decay, int first_step)
 {
     if (!param || !grad || n < 0 || (momentum != 0 && !buf)) return FP_ERR_ARG;
@@ -25,7 +25,7 @@ int F(sgd_step)(R *param, const R *grad, R *buf, int64_t n, double lr, double mo
 
 // Adam: m = β₁m + (1−β₁)g; v = β₂v + (1−β₂)g²; θ −= (ε/(1−β₁ᵗ)) m / (√v/√(1−β₂ᵗ) + δ)
 // with g = ∇ + λθ (Adam) or θ *= 1 − ελ first (AdamW, decoupled)
-int F(adam_step)(R *param, const R *grad, R *m, R *v, int64_t n, double lr, double beta1,
+FP_SIMD int F(adam_step)(R *param, const R *grad, R *m, R *v, int64_t n, double lr, double beta1,
                  double beta2, double eps, double weight_decay, int decoupled, int64_t step)
 {
     if (!param || !grad || !m || !v || n < 0 || step < 1) return FP_ERR_ARG;

@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <float.h>
 #include "../fastprop.h"
+#include "../fastmath.h"
 
 static int failures = 0, checks = 0;
 #define CHECK(cond, ...) do { checks++; if (!(cond)) { failures++; printf("FAIL %s:%d: ", __FILE__, __LINE__); \
@@ -141,9 +143,286 @@ static void test_losses_and_network(void)
     CHECK(fabs(sum_db1) < 1e-6, "the output bias gradient sums to 0 (softmax rows), got %g", sum_db1);
 }
 
+/* ---------------------------------------------------------------- fastmath accuracy */
+
+/* The float result f against the double reference ref (libm on the same float input).
+ * Where ref is a normal float the error is measured in ulps of ref (as a float) and relatively;
+ * below FLT_MIN (flushed or subnormal) only the absolute error counts; NaN must give NaN,
+ * an infinite or overflowing ref must give a float at least FLT_MAX in size, of its sign. */
+typedef struct {
+    const char *name;
+    double bound;           /* the relative error allowed */
+    double max_ulp, max_rel, at;
+    long n, bad;
+} fm_stats;
+
+static double ulp_of(double ref)
+{
+    float r = fabsf((float)ref);
+    return (double)nextafterf(r, INFINITY) - (double)r;
+}
+
+static void fm_check(fm_stats *st, float x, float f, double ref)
+{
+    int ok;
+    st->n++;
+    if (isnan(ref)) {
+        ok = isnan(f);
+    } else if (fabs(ref) >= FLT_MAX) {
+        ok = fabsf(f) >= FLT_MAX * (1 - st->bound) && (f > 0) == (ref > 0);
+    } else if (fabs(ref) < FLT_MIN) {
+        ok = fabs(f - ref) <= FLT_MIN;  /* the brief's bound is 1e-30; flushing stays below 1.2e-38 */
+    } else {
+        double err = fabs((double)f - ref), rel = err / fabs(ref), ulp = err / ulp_of(ref);
+        if (ulp > st->max_ulp) st->max_ulp = ulp, st->at = x;
+        if (rel > st->max_rel) st->max_rel = rel;
+        ok = rel <= st->bound;
+    }
+    if (!ok && st->bad++ < 3) printf("  %s(%.9g) = %.9g, expected %.17g\n", st->name, x, f, ref);
+}
+
+/* the points of every sweep: dense over [lo, hi], dense in log scale near 0, and the special values */
+static long fm_points(float *x, long cap, double lo, double hi)
+{
+    long n = 0;
+    for (long i = 0; i < 1000000 && n < cap; i++) x[n++] = (float)(lo + (hi - lo) * i / 999999.0);
+    for (long i = 0; i < 200000 && n < cap; i++) {  /* ±10^[-45, 0] */
+        float v = (float)pow(10.0, -45.0 + 45.0 * i / 199999.0);
+        if (v >= lo && v <= hi) x[n++] = v;
+        if (-v >= lo && -v <= hi) x[n++] = -v;
+    }
+    const float special[] = {0.0f, -0.0f, FLT_MIN, -FLT_MIN, 1e-45f, -1e-45f, 1e-30f, -1e-30f,
+                             1e-7f, -1e-7f, 1e38f, -1e38f, FLT_MAX, -FLT_MAX, INFINITY, -INFINITY, NAN};
+    for (size_t i = 0; i < sizeof special / sizeof *special && n < cap; i++)
+        if (isnan(special[i]) || (special[i] >= lo && special[i] <= hi)) x[n++] = special[i];
+    /* NaNs with a payload, negative, signalling: fp_expf adds to the exponent bits, NaN must stay NaN */
+    const uint32_t nans[] = {0x7fc00001u, 0xffc12345u, 0x7f800001u, 0xff800fffu, 0x7fffffffu};
+    for (size_t i = 0; i < sizeof nans / sizeof *nans && n < cap; i++) x[n++] = fp_from_bits(nans[i]);
+    return n;
+}
+
+static double ref_sigmoid(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
+static double ref_phi(double x) { return 0.5 * erfc(-x / sqrt(2.0)); }
+static double ref_gauss(double x) { return exp(-0.5 * x * x); }
+static double ref_log1p01(double u) { return log1p(u); }
+
+static void fm_report(fm_stats *st)
+{
+    printf("  %-12s %8ld points: max %.2f ulp, max relative %.2e (%s %.3g)%s\n", st->name, st->n,
+           st->max_ulp, st->max_rel, "at x =", st->at, st->bad ? "  FAILED" : "");
+    CHECK(st->bad == 0, "%s: %ld points beyond relative error %g", st->name, st->bad, st->bound);
+}
+
+/* each fastmath function over a million points against double libm */
+static void test_fastmath(void)
+{
+    enum { CAP = 1500000 };
+    float *x = malloc(CAP * sizeof *x);
+    if (!x) { CHECK(0, "out of memory"); return; }
+    printf("fastmath against double libm:\n");
+    struct { const char *name; double (*ref)(double); double lo, hi; } fns[] = {
+        {"fp_expf", exp, -100, 100},
+        {"fp_log1pf01", ref_log1p01, 0, 1},
+        {"fp_sigmoidf", ref_sigmoid, -100, 100},
+        {"fp_tanhf", tanh, -100, 100},
+        {"fp_phif", ref_phi, -100, 100},
+        {"fp_gaussf", ref_gauss, -100, 100},
+        {"fp_sinf", sin, -100, 100},
+        {"fp_cosf", cos, -100, 100},
+        {"fp_sinf", sin, -FP_TRIG_MAX, FP_TRIG_MAX},  /* the whole range of the fast reduction */
+        {"fp_cosf", cos, -FP_TRIG_MAX, FP_TRIG_MAX},
+    };
+    for (size_t k = 0; k < sizeof fns / sizeof *fns; k++) {
+        fm_stats st = {fns[k].name, 1e-6, 0, 0, 0, 0, 0};
+        long n = fm_points(x, CAP, fns[k].lo, fns[k].hi);
+        for (long i = 0; i < n; i++) {
+            float v = x[i], f;
+            switch (k) {  /* direct calls: the functions are inline, not addressable as one */
+            case 0: f = fp_expf(v); break;
+            case 1: f = fp_log1pf01(v); break;
+            case 2: f = fp_sigmoidf(v); break;
+            case 3: f = fp_tanhf(v); break;
+            case 4: f = fp_phif(v); break;
+            case 5: f = fp_gaussf(v); break;
+            case 6: case 8: f = fp_sinf(v); break;
+            default: f = fp_cosf(v); break;
+            }
+            fm_check(&st, v, f, fns[k].ref((double)v));
+        }
+        /* exp: also every float of the under- and overflow boundaries */
+        if (k == 0)
+            for (float v = -88.5f; v <= -86.0f; v = nextafterf(v, INFINITY)) fm_check(&st, v, fp_expf(v), exp(v));
+        if (k == 0)
+            for (float v = 88.0f; v <= 89.0f; v = nextafterf(v, INFINITY)) fm_check(&st, v, fp_expf(v), exp(v));
+        fm_report(&st);
+    }
+    free(x);
+}
+
+/* ---------------------------------------------------------------- float kernels against double */
+
+static int same_bits(float a, float b) { return fp_bits(a) == fp_bits(b) || (isnan(a) && isnan(b)); }
+
+/* max over i of |a_i − b_i| / (rel |b_i| + floor_i): within 1 passes; NaN and inf must match.
+ * Prints the largest relative error where |b_i| ≥ 1e-30, the tolerance used, and the worst ratio. */
+static int within(const char *what, const float *a, const double *b, int64_t n, double rel,
+                  double floor, const float *floor_scale)
+{
+    double worst = 0, max_rel = 0;
+    int64_t at = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (isnan(b[i]) || isnan(a[i]) || isinf(b[i]) || isinf(a[i])) {
+            int same = isnan(b[i]) ? isnan(a[i]) : a[i] == b[i];
+            if (!same) { worst = INFINITY, at = i; break; }
+            continue;
+        }
+        double err = fabs((double)a[i] - b[i]);
+        if (fabs(b[i]) >= 1e-30 && err / fabs(b[i]) > max_rel) max_rel = err / fabs(b[i]);
+        /* 1e-30: where the true value is below FLT_MIN, float may flush it to 0 */
+        double tol = rel * fabs(b[i]) + floor * (floor_scale ? fabsf(floor_scale[i]) : 1) + 1e-30;
+        if (err / tol > worst) worst = err / tol, at = i;
+    }
+    printf("  %-34s max relative %.2e (tolerance %.0e%s), worst %.2f of it\n", what, max_rel, rel,
+           floor ? " + floor" : "", worst);
+    CHECK(worst <= 1, "%s: error %.3g of the tolerance at %lld (%.9g vs %.17g)", what, worst,
+          (long long)at, at >= 0 ? a[at] : 0.0, at >= 0 ? b[at] : 0.0);
+    return worst <= 1;
+}
+
+/* Every activation and loss in float (vectorized, fastmath.h) against double (libm) over a dense
+ * sweep with the special values; lengths are odd, so the vector loops' tails run too. And bitwise
+ * against the scalar fastmath functions: the vector loop must compute exactly what scalar code does. */
+static void test_float_kernels(void)
+{
+    enum { N = 200003 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y), *g = malloc(N * sizeof *g);
+    float *dx = malloc(N * sizeof *dx), *t = malloc(N * sizeof *t);
+    double *xd = malloc(N * sizeof *xd), *yd = malloc(N * sizeof *yd), *gd = malloc(N * sizeof *gd);
+    double *dxd = malloc(N * sizeof *dxd), *td = malloc(N * sizeof *td);
+    if (!x || !y || !g || !dx || !t || !xd || !yd || !gd || !dxd || !td) { CHECK(0, "out of memory"); return; }
+    const float special[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-45f, INFINITY, -INFINITY, NAN,
+                             88.8f, -88.8f, 100, -100, 20, 20.000002f, 19.999998f, 1e30f, -1e30f};
+    int n_special = (int)(sizeof special / sizeof *special);
+    for (int64_t i = 0; i < N; i++) {
+        x[i] = i < n_special ? special[i] : (float)(-40 + 80.0 * (double)i / (N - 1));
+        g[i] = (float)rnd();
+        xd[i] = x[i], gd[i] = g[i];
+    }
+    fp_act_params p = {0.01, 1.0, 20.0};
+    printf("float kernels against double:\n");
+    const char *names[FP_N_ACTIVATIONS] = {"identity", "relu", "leaky_relu", "abs", "sigmoid", "tanh",
+                                           "softplus", "cos", "gelu", "silu"};
+    char what[64];
+    for (int act = 0; act < FP_N_ACTIVATIONS; act++) {
+        CHECK(activation_forward_f32(y, x, N, act, &p) == FP_OK, "forward %d", act);
+        activation_forward_f64(yd, xd, N, act, &p);
+        snprintf(what, sizeof what, "%s forward", names[act]);
+        within(what, y, yd, N, 2e-6, 0, NULL);
+        /* the backward from x (y NULL): f′ is computed, not read off y */
+        CHECK(activation_backward_f32(dx, g, x, NULL, N, act, &p) == FP_OK, "backward %d", act);
+        activation_backward_f64(dxd, gd, xd, NULL, N, act, &p);
+        snprintf(what, sizeof what, "%s backward (from x)", names[act]);
+        /* gelu′ = Φ + xφ and silu′ = σ(1 + x(1 − σ)) cancel near their roots (x ≈ −0.75, −1.28):
+         * an absolute floor there */
+        within(what, dx, dxd, N, 2e-6, act == FP_GELU || act == FP_SILU ? 1e-7 : 0, g);
+        /* in place gives the same bits */
+        memcpy(t, x, N * sizeof *t);
+        activation_forward_f32(t, t, N, act, &p);
+        int same = 1;
+        for (int64_t i = 0; i < N; i++) same &= same_bits(t[i], y[i]);
+        CHECK(same, "%s forward in place differs", names[act]);
+        memcpy(t, g, N * sizeof *t);
+        activation_backward_f32(t, t, x, NULL, N, act, &p);
+        same = 1;
+        for (int64_t i = 0; i < N; i++) same &= same_bits(t[i], dx[i]);
+        CHECK(same, "%s backward in place differs", names[act]);
+    }
+    /* vector loops against the scalar functions, bit for bit */
+    for (int act = FP_SIGMOID; act < FP_N_ACTIVATIONS; act++) {
+        if (act == FP_SOFTPLUS || act == FP_COS) continue;
+        activation_forward_f32(y, x, N, act, &p);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < N; i++) {
+            float v = x[i];
+            float f = act == FP_SIGMOID ? fp_sigmoidf(v) : act == FP_TANH ? fp_tanhf(v)
+                    : act == FP_GELU ? v * fp_phif(v) : v * fp_sigmoidf(v);
+            bad += !same_bits(f, y[i]);
+        }
+        CHECK(bad == 0, "%s: %lld vector results differ from the scalar function", names[act], (long long)bad);
+    }
+
+    /* losses: rows of an odd width, soft targets, BCE and MSE over odd lengths */
+    enum { B = 37, C = 1003 };
+    int64_t labels[B];
+    double l32, l64, l32_nograd;
+    for (int i = 0; i < B * C; i++) x[i] = (float)(8 * rnd()), xd[i] = x[i];
+    for (int i = 0; i < B; i++) labels[i] = rand() % C;
+    CHECK(softmax_xent_forward_backward_f32(&l32, dx, x, labels, NULL, B, C) == FP_OK, "xent f32");
+    softmax_xent_forward_backward_f64(&l64, dxd, xd, labels, NULL, B, C);
+    softmax_xent_forward_backward_f32(&l32_nograd, NULL, x, labels, NULL, B, C);
+    CHECK(fabs(l32 - l64) <= 1e-5 * fabs(l64), "xent loss %.9g vs %.17g", l32, l64);
+    CHECK(l32 == l32_nograd, "xent loss without the gradient %.9g vs %.9g", l32_nograd, l32);
+    within("xent gradient", dx, dxd, B * C, 1e-5, 1e-7 / B, NULL);
+    memcpy(t, x, B * C * sizeof *t);
+    softmax_xent_forward_backward_f32(&l32_nograd, t, t, labels, NULL, B, C);  /* in place */
+    int same = l32_nograd == l32;
+    for (int i = 0; i < B * C; i++) same &= same_bits(t[i], dx[i]);
+    CHECK(same, "xent in place differs");
+    for (int i = 0; i < B; i++) {  /* soft targets: positive, each row summing to 1 */
+        double row = 0;
+        for (int j = 0; j < C; j++) td[i * C + j] = fabs(rnd()), row += td[i * C + j];
+        for (int j = 0; j < C; j++) t[i * C + j] = (float)(td[i * C + j] / row), td[i * C + j] = t[i * C + j];
+    }
+    softmax_xent_forward_backward_f32(&l32, dx, x, NULL, t, B, C);
+    softmax_xent_forward_backward_f64(&l64, dxd, xd, NULL, td, B, C);
+    CHECK(fabs(l32 - l64) <= 1e-5 * fabs(l64), "soft xent loss %.9g vs %.17g", l32, l64);
+    within("soft xent gradient", dx, dxd, B * C, 1e-5, 1e-7 / B, NULL);
+    for (int log_space = 0; log_space < 2; log_space++) {
+        softmax_forward_f32(y, x, B, C, log_space);
+        softmax_forward_f64(yd, xd, B, C, log_space);
+        within(log_space ? "log_softmax" : "softmax", y, yd, B * C, 1e-5, 1e-7, NULL);
+    }
+    enum { M = 100003 };
+    for (int i = 0; i < M; i++) {
+        x[i] = i < n_special ? special[i] : (float)(30 * rnd());
+        if (isnan(x[i]) || isinf(x[i])) x[i] = 0;  /* the loss must stay finite */
+        t[i] = (float)fabs(rnd()), xd[i] = x[i], td[i] = t[i];
+    }
+    sigmoid_bce_forward_backward_f32(&l32, dx, x, t, M);
+    sigmoid_bce_forward_backward_f64(&l64, dxd, xd, td, M);
+    sigmoid_bce_forward_backward_f32(&l32_nograd, NULL, x, t, M);
+    CHECK(fabs(l32 - l64) <= 1e-6 * fabs(l64), "bce loss %.9g vs %.17g", l32, l64);
+    CHECK(l32 == l32_nograd, "bce loss without the gradient %.9g vs %.9g", l32_nograd, l32);
+    within("bce gradient", dx, dxd, M, 2e-6, 1e-7 / M, NULL);
+    mse_forward_backward_f32(&l32, dx, x, t, M);
+    mse_forward_backward_f64(&l64, dxd, xd, td, M);
+    CHECK(fabs(l32 - l64) <= 1e-6 * fabs(l64), "mse loss %.9g vs %.17g", l32, l64);
+    within("mse gradient", dx, dxd, M, 1e-6, 0, NULL);
+
+    /* prelu, one slope and one per channel */
+    enum { PB = 33, PC = 37 };
+    float w[PC], dw[PC];
+    double wd[PC], dwd[PC];
+    for (int c = 0; c < PC; c++) w[c] = (float)(0.5 * rnd()), wd[c] = w[c];
+    for (int i = 0; i < PB * PC; i++) x[i] = (float)rnd(), xd[i] = x[i];
+    for (int n_w = 1; n_w <= PC; n_w += PC - 1) {
+        prelu_forward_f32(y, x, w, PB, PC, n_w);
+        prelu_forward_f64(yd, xd, wd, PB, PC, n_w);
+        printf("  prelu with %d slope%s:\n", n_w, n_w > 1 ? "s" : "");
+        within("prelu forward", y, yd, PB * PC, 1e-6, 0, NULL);
+        prelu_backward_f32(dx, dw, g, x, w, PB, PC, n_w, 0);
+        prelu_backward_f64(dxd, dwd, gd, xd, wd, PB, PC, n_w, 0);
+        within("prelu backward dx", dx, dxd, PB * PC, 1e-6, 0, NULL);
+        within("prelu backward dw", dw, dwd, n_w, 1e-5, 1e-6, NULL);
+    }
+    free(x), free(y), free(g), free(dx), free(t), free(xd), free(yd), free(gd), free(dxd), free(td);
+}
+
 int main(void)
 {
     fp_set_blas(naive_sgemm, naive_dgemm);
+    test_fastmath();
+    test_float_kernels();
     test_dense();
     test_activations();
     test_losses_and_network();
