@@ -1,9 +1,12 @@
 /* GEMM through the BLAS handed over at import (scipy.linalg.cython_blas).
- * Row-major C = A B is column-major C^T = B^T A^T: swap the operands. */
+ * Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
+ * Small products skip the BLAS: small_gemm.c computes them when they are under its
+ * threshold, where a BLAS call costs more in overhead than in arithmetic. */
 #ifndef R
 #include <limits.h>
 #include <stddef.h>
 #include "fastprop.h"
+#include "small_gemm.h"
 
 static fp_sgemm_fn blas_sgemm;
 static fp_dgemm_fn blas_dgemm;
@@ -33,6 +36,7 @@ int F(gemm)(char ta, char tb, int64_t m, int64_t n, int64_t k, R alpha,
         for (int64_t i = 0; i < m * n; i++) c[i] = beta == 0 ? 0 : beta * c[i];
         return FP_OK;
     }
+    if (F(small_gemm)(ta, tb, m, n, k, alpha, a, b, beta, c)) return FP_OK;
     int M = (int)m, N = (int)n, K = (int)k;
     int lda = ta == 'N' ? K : M;     /* row length of A as stored */
     int ldb = tb == 'N' ? N : K;
