@@ -23,7 +23,7 @@ FP_INLINE int F(trig_in_range)(const R *x, int64_t n)
 FP_INLINE R F(softplus_of)(R x, R beta, R threshold)
 {
     R bx = beta * x;
-    R sp = ((bx > 0 ? bx : 0) + LOG1P01(EXP(-FABS(bx)))) / beta;
+    R sp = ((bx > 0 ? bx : 0) + LOG1P01(EXPN(-FABS(bx)))) / beta;
     return SELECT(bx > threshold, x, sp);
 }
 

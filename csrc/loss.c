@@ -53,8 +53,8 @@ FP_INLINE R F(sum_exp)(const R *z, R m, int64_t n)
     R acc[FP_LANES] = {0}, s = 0;
     int64_t j = 0;
     for (; j + FP_LANES <= n; j += FP_LANES)
-        for (int l = 0; l < FP_LANES; l++) acc[l] += EXP(z[j + l] - m);
-    for (; j < n; j++) s += EXP(z[j] - m);
+        for (int l = 0; l < FP_LANES; l++) acc[l] += EXPN(z[j + l] - m);
+    for (; j < n; j++) s += EXPN(z[j] - m);
     for (int l = 0; l < FP_LANES; l++) s += acc[l];
     return s;
 }
@@ -62,7 +62,7 @@ FP_INLINE R F(sum_exp)(const R *z, R m, int64_t n)
 // e_j = exp(z_j − m) (e may alias z) and Σ_j e_j
 FP_INLINE R F(exp_into)(R *e, const R *z, R m, int64_t n)
 {
-    for (int64_t j = 0; j < n; j++) e[j] = EXP(z[j] - m);
+    for (int64_t j = 0; j < n; j++) e[j] = EXPN(z[j] - m);
     return F(sum_of)(e, n);
 }
 
@@ -145,7 +145,7 @@ FP_SIMD int F(sigmoid_bce_forward_backward)(double *loss, R *dz, const R *z, con
         R *d = dz ? dz + i : scratch;
         for (int l = 0; l < len; l++) {
             R zl = z[i + l], yl = target[i + l];
-            acc[l] += (double)((zl > 0 ? zl : 0) - zl * yl + LOG1P01(EXP(-FABS(zl))));
+            acc[l] += (double)((zl > 0 ? zl : 0) - zl * yl + LOG1P01(EXPN(-FABS(zl))));
             d[l] = (SIGMOID(zl) - yl) * inv_n;  /* SIGMOID's exp(−|z|) is the one above: computed once */
         }
     }

@@ -218,7 +218,9 @@ int F(small_gemm)(char ta, char tb, int64_t m, int64_t n, int64_t k, R alpha, co
     int64_t max = fp_small_gemm_max_mnk;
     if ((ta != 'N' && !ta_t) || (tb != 'N' && !tb_t) || (ta_t && tb_t))
         return 0;  /* TT, or a transpose code only the BLAS knows */
-    if (m > max || n > max || m * n > max / k)  /* m, n ≤ INT_MAX: m·n does not overflow */
+    if (m < 1 || n < 1 || k < 1 || m > INT32_MAX || n > INT32_MAX)
+        return 0;  /* gemm_* has done these; for direct callers */
+    if (m > max || n > max || m * n > max / k)  /* m·n < 2^62 does not overflow */
         return 0;
     if (alpha == 0) {  /* as the BLAS: A and B are not read */
         for (int64_t i = 0; i < m * n; i++) c[i] = beta == 0 ? 0 : beta * c[i];
@@ -254,18 +256,29 @@ SG_INLINE V G(load)(const R *p)
 SG_INLINE void G(tile)(const int MR_, const int TA, int64_t k, const R *a, int64_t lda,
                        const R *panel, int64_t ldp, R *c, int64_t ldc, int nr, R alpha, R beta)
 {
+    // alpha and beta pass through memory, read after the k loop: else gcc may hoist their
+    // broadcasts out of all the loops and keep them in 2 of the 16 vector registers the
+    // loop needs, spilling an operand of B instead (seen with Python's -fwrapv build)
+    volatile R alpha_v = alpha, beta_v = beta;
     V acc0[SG_MR], acc1[SG_MR];
     for (int r = 0; r < MR_; r++) acc0[r] = acc1[r] = (V){0};
+    // pointers stepped along k, not indices p·ld: Python builds with -fwrapv, under which
+    // gcc does not strength-reduce the signed index arithmetic (20% slower)
+    const R *ap = a, *bp = panel;
     for (int64_t p = 0; p < k; p++) {
-        V b0 = G(load)(panel + p * ldp), b1 = G(load)(panel + p * ldp + VL);
+        V b0 = G(load)(bp), b1 = G(load)(bp + VL);
         for (int r = 0; r < MR_; r++) {
-            R ar = TA ? a[p * lda + r] : a[r * lda + p];  /* op(A)[i0 + r, p] */
+            R ar = TA ? ap[r] : ap[r * lda];  /* op(A)[i0 + r, p] */
             acc0[r] += ar * b0;
             acc1[r] += ar * b1;
         }
+        ap += TA ? lda : 1;
+        bp += ldp;
     }
     // C = alpha·acc (+ beta·C); a partial tile goes through a buffer written by whole
     // vectors and read back by elements, so the loads are forwarded from the stores
+    alpha = alpha_v;
+    beta = beta_v;
     if (nr == NR)
         for (int r = 0; r < MR_; r++) {
             R *cr = c + r * ldc;

@@ -5,8 +5,9 @@
 #include <stdint.h>
 
 /* C (m, n) = alpha op(A) op(B) + beta C, as gemm_*, when ta tb is NN, NT or TN and
- * m·n·k ≤ fp_small_gemm_max_mnk: returns 1. Otherwise returns 0 and touches nothing
- * (the caller uses the BLAS). m, n, k ≥ 1 and each fits an int. */
+ * 1 ≤ m·n·k ≤ fp_small_gemm_max_mnk: returns 1. Otherwise returns 0 and touches nothing
+ * (the caller uses the BLAS). Row-major, contiguous: A is (m, k) or (k, m) for 'T', B is
+ * (k, n) or (n, k), C is (m, n); beta == 0 does not read C, alpha == 0 neither A nor B. */
 int small_gemm_f32(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha,
                    const float *a, const float *b, float beta, float *c);
 int small_gemm_f64(char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha,

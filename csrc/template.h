@@ -6,11 +6,11 @@
  * and this header includes it back twice, once per precision.
  *
  * float takes its transcendentals from fastmath.h (branch-free, so its loops vectorize);
- * double keeps libm, the accuracy path. LOG1P01 is log1p on [0, 1] only (it is always
- * applied to exp(−|x|)). COS and SIN take |x| ≤ TRIG_MAX, COS_LIBM and SIN_LIBM any x.
- * SELECT(c, a, b) is c ? a : b without a branch, for a and b
- * that are computed (see fastmath.h); plain ternaries remain where both sides are
- * loaded values or constants. */
+ * double keeps libm, the accuracy path. Some take a restricted domain, where fastmath.h
+ * saves work: EXPN is exp of x ≤ 0 (exp(−|x|), exp(z − max z)), LOG1P01 is log1p on
+ * [0, 1] (of exp(−|x|)), COS and SIN take |x| ≤ TRIG_MAX (COS_LIBM, SIN_LIBM any x).
+ * SELECT(c, a, b) is c ? a : b without a branch, for a and b that are computed (see
+ * fastmath.h); plain ternaries remain where both sides are loaded values or constants. */
 #include <math.h>
 #include <stddef.h>
 #include "fastprop.h"
@@ -19,6 +19,7 @@
 #define R float
 #define F(name) name##_f32
 #define EXP fp_expf
+#define EXPN fp_expf_nonpos  /* exp of x ≤ 0 only */
 #define LOG logf
 #define LOG1P01 fp_log1pf01
 #define TANH fp_tanhf
@@ -37,6 +38,7 @@
 #undef R
 #undef F
 #undef EXP
+#undef EXPN
 #undef LOG
 #undef LOG1P01
 #undef TANH
@@ -55,6 +57,7 @@
 #define R double
 #define F(name) name##_f64
 #define EXP exp
+#define EXPN exp
 #define LOG log
 #define LOG1P01 log1p
 #define TANH tanh
@@ -73,6 +76,7 @@
 #undef R
 #undef F
 #undef EXP
+#undef EXPN
 #undef LOG
 #undef LOG1P01
 #undef TANH

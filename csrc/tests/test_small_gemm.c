@@ -189,7 +189,11 @@ static void test_dispatch(void)
     blas_calls = 0;
     check_shape_f32(via_gemm_f32, 'N', 'N', 128, 64, 64, "gemm f32 above");
     CHECK(blas_calls == 8, "128x64x64: %d BLAS calls, not 8", blas_calls);
-    /* k = 0 and m = 0 are handled before either path */
+    /* k = 0 and m = 0 are handled before either path; the small path alone refuses them */
+    CHECK(small_gemm_f32('N', 'N', 2, 2, 0, 1, NULL, NULL, 0, NULL) == 0, "small k = 0");
+    CHECK(small_gemm_f64('N', 'T', 0, 2, 2, 1, NULL, NULL, 0, NULL) == 0, "small m = 0");
+    CHECK(small_gemm_f32('T', 'T', 2, 2, 2, 1, NULL, NULL, 0, NULL) == 0, "small TT");
+    CHECK(small_gemm_f32('C', 'N', 2, 2, 2, 1, NULL, NULL, 0, NULL) == 0, "small 'C'");
     float c[4] = {1, 2, 3, 4}, x = 0;
     CHECK(gemm_f32('N', 'T', 2, 2, 0, 1, &x, &x, 2, c) == FP_OK && c[3] == 8, "k = 0: C = beta C");
     CHECK(gemm_f32('N', 'T', 0, 2, 3, 1, &x, &x, 0, c) == FP_OK && c[0] == 2, "m = 0: nothing");
