@@ -84,10 +84,10 @@
 /* The small path takes a product (NN, NT or TN, float or double) when m·n·k ≤
  * fp_small_gemm_max_mnk. A plain global so a benchmark can move it (0 sends every product
  * to the BLAS, INT64_MAX all but TT to the small path); it is read once per call. The
- * default, m·n·k < 2^19, is measured (Zen 3, AVX2, 2 cores, SciPy's OpenBLAS, both
- * dtypes): below it OpenBLAS runs on one thread and the small path is faster on every
- * shape tried (×1.05 to ×2.2); from 2^19 on OpenBLAS splits the product over the threads
- * and wins most shapes. */
+ * default, m·n·k < 2^19, is measured through fastprop.ops.gemm (Zen 3, AVX2, 2 cores,
+ * SciPy's OpenBLAS, both dtypes): below it OpenBLAS runs on one thread and the small path
+ * is faster on every shape tried (×1.03 to ×2.1); from 2^19 on OpenBLAS splits the
+ * product over the threads and wins every shape tried (×0.43 to ×0.89). */
 int64_t fp_small_gemm_max_mnk = FP_SMALL_GEMM ? (1 << 19) - 1 : 0;
 
 #if FP_SMALL_GEMM
@@ -262,8 +262,8 @@ SG_INLINE void G(tile)(const int MR_, const int TA, int64_t k, const R *a, int64
     volatile R alpha_v = alpha, beta_v = beta;
     V acc0[SG_MR], acc1[SG_MR];
     for (int r = 0; r < MR_; r++) acc0[r] = acc1[r] = (V){0};
-    // pointers stepped along k, not indices p·ld: Python builds with -fwrapv, under which
-    // gcc does not strength-reduce the signed index arithmetic (20% slower)
+    // pointers stepped along k rather than indices p·ld, which gcc is slower to simplify
+    // under -fwrapv (Python's build flags)
     const R *ap = a, *bp = panel;
     for (int64_t p = 0; p < k; p++) {
         V b0 = G(load)(bp), b1 = G(load)(bp + VL);
