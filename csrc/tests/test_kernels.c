@@ -12,24 +12,7 @@ static int failures = 0, checks = 0;
 #define CHECK(cond, ...) do { checks++; if (!(cond)) { failures++; printf("FAIL %s:%d: ", __FILE__, __LINE__); \
                                               printf(__VA_ARGS__); printf("\n"); } } while (0)
 
-/* Fortran gemm: C(m,n) = alpha op(A) op(B) + beta C, column-major */
-#define NAIVE_GEMM(NAME, R)                                                                   \
-    static void NAME(char *ta, char *tb, int *m, int *n, int *k, R *alpha, R *a, int *lda,   \
-                     R *b, int *ldb, R *beta, R *c, int *ldc)                                 \
-    {                                                                                         \
-        for (int j = 0; j < *n; j++)                                                          \
-            for (int i = 0; i < *m; i++) {                                                    \
-                double s = 0;                                                                 \
-                for (int p = 0; p < *k; p++) {                                                \
-                    R av = *ta == 'N' ? a[i + p * *lda] : a[p + i * *lda];                    \
-                    R bv = *tb == 'N' ? b[p + j * *ldb] : b[j + p * *ldb];                    \
-                    s += (double)av * bv;                                                     \
-                }                                                                             \
-                c[i + j * *ldc] = (R)(*alpha * s + (*beta == 0 ? 0 : *beta * c[i + j * *ldc])); \
-            }                                                                                 \
-    }
-NAIVE_GEMM(naive_sgemm, float)
-NAIVE_GEMM(naive_dgemm, double)
+#include "naive_blas.h"
 
 static double rnd(void) { return (double)rand() / RAND_MAX * 2 - 1; }
 
