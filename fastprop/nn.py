@@ -40,6 +40,14 @@ def as_input(x, dtype, name="x"):
     return arr
 
 
+def _copy_into(view, value, what):
+    """Writes value into a view of the flat buffers (the same shape only)."""
+    value = np.asarray(value)
+    if value.shape != view.shape:
+        raise ValueError(f"cannot assign shape {value.shape} to {what} of shape {view.shape}")
+    view[...] = value
+
+
 class Parameter:
     """A learnable array: ``data`` and ``grad`` are views into the model's flat buffers.
 
@@ -60,11 +68,7 @@ class Parameter:
 
     @data.setter
     def data(self, value):
-        value = np.asarray(value)
-        if value.shape != self._data.shape:
-            raise ValueError(f"cannot assign shape {value.shape} to a parameter of shape "
-                             f"{self._data.shape}")
-        self._data[...] = value
+        _copy_into(self._data, value, "a parameter")
 
     @property
     def grad(self):
@@ -72,11 +76,7 @@ class Parameter:
 
     @grad.setter
     def grad(self, value):
-        value = np.asarray(value)
-        if value.shape != self._grad.shape:
-            raise ValueError(f"cannot assign shape {value.shape} to a gradient of shape "
-                             f"{self._grad.shape}")
-        self._grad[...] = value
+        _copy_into(self._grad, value, "a gradient")
 
     shape = property(lambda self: self._data.shape)
     size = property(lambda self: self._data.size)
