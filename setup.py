@@ -1,4 +1,4 @@
-"""Builds fastprop._kernels from csrc/*.c and fastprop/_kernels.pyx.
+"""Builds fastprop._kernels from csrc/*.c and src/fastprop/_kernels.pyx.
 
 Default flags are portable (-O3, no -march=native); FASTPROP_NATIVE=1 adds
 -march=native for a local build tuned to this machine; FASTPROP_SANITIZE=1
@@ -21,7 +21,7 @@ if os.environ.get("FASTPROP_SANITIZE") == "1":
     link_args += san
 
 # template.h includes the family files back, so compile only the families themselves
-sources = ["fastprop/_kernels.pyx"] + sorted(glob.glob("csrc/*.c"))
+sources = ["src/fastprop/_kernels.pyx"] + sorted(glob.glob("csrc/*.c"))
 
 ext = Extension(
     "fastprop._kernels",

@@ -120,11 +120,17 @@ FP_SIMD int F(softmax_xent_forward_backward)(double *loss, R *dz, const R *z,
         total += (double)LOG(s) * (double)tsum - (double)tz;
         if (di) {
             R scale = tsum / s * inv_batch;
-            for (int64_t j = 0; j < classes; j++) di[j] *= scale;
-            if (ti)
+            if (ti) {
+                for (int64_t j = 0; j < classes; j++) di[j] *= scale;
                 for (int64_t j = 0; j < classes; j++) di[j] -= ti[j] * inv_batch;
-            else
-                di[labels[i]] -= inv_batch;
+            } else {
+                /* p_y − 1 as −Σ_{j≠y} p_j: no cancellation when p_y is close to 1 */
+                int64_t y = labels[i];
+                di[y] = 0;
+                R others = F(sum_of)(di, classes);
+                for (int64_t j = 0; j < classes; j++) di[j] *= scale;
+                di[y] = -others * scale;
+            }
         }
     }
     *loss = total / (double)batch;

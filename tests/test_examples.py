@@ -45,3 +45,15 @@ def test_command_line_demo_exit_code(capsys):
     from fastprop.__main__ import main
     assert main(["demo", "--epochs", "20", "--no-progress"]) == 0
     assert "fastprop is" in capsys.readouterr().out
+
+
+def test_demo_command_runs_from_the_clone():
+    """`python -m fastprop demo` as the README gives it, from the clone's root: the
+    source folder must not shadow the installed package (the src/ layout)."""
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "fastprop", "demo", "--epochs", "2", "--no-progress"],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "test accuracy" in run.stdout

@@ -417,3 +417,14 @@ def test_softmax_cross_entropy_property(batch, classes, dtype, scale, seed):
     assert np.isfinite(loss) and abs(loss - rloss) <= RTOL[dtype] * max(1.0, abs(rloss))
     assert_close(g, rg, dtype)
     assert np.allclose(g.sum(1), 0, atol=10 * RTOL[dtype] / batch)  # each row of p − y sums to 0
+
+
+@pytest.mark.parametrize("gap", [3.0, 8.0, 15.0])
+def test_softmax_cross_entropy_confident_label_gradient(gap):
+    """p_y − 1 for p_y close to 1 is computed without cancellation: every element of the
+    float32 gradient has a small relative error, including the tiny ones."""
+    z = np.array([[gap, 0.0], [0.0, gap], [gap, gap - 1.0]], np.float32)
+    labels = np.array([0, 1, 0])
+    _, g = ops.softmax_cross_entropy(z, labels)
+    _, rg = reference.softmax_cross_entropy(z.astype(np.float64), labels)
+    assert np.all(np.abs(g - rg) <= 4e-7 * np.abs(rg)), (g, rg)

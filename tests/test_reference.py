@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 try:
     from fastprop import reference as ref
 except ImportError:  # the package __init__ may import a not-yet-built C extension
-    _path = pathlib.Path(__file__).resolve().parents[1] / "fastprop" / "reference.py"
+    _path = pathlib.Path(__file__).resolve().parents[1] / "src" / "fastprop" / "reference.py"
     _spec = importlib.util.spec_from_file_location("fastprop_reference", _path)
     ref = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(ref)
