@@ -15,6 +15,7 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm)
 {
     blas_sgemm = sgemm;
     blas_dgemm = dgemm;
+    fp_small_gemm_tune();
 }
 
 static int fits_int(int64_t m, int64_t n, int64_t k)

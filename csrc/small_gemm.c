@@ -16,18 +16,18 @@
  * SG_PANEL_K. The rows of C are shared evenly between tiles (32 = 6 6 5 5 5 5), as a
  * tile of few rows has too few accumulators to hide the FMA latency.
  *
- * Vectors are gcc vector-extension variables, at two widths from one source (this file
- * includes itself once per width; see the sections below): 32 bytes (8 floats / 4
- * doubles, 12 ymm accumulators) for AVX2, 16 bytes (SSE2, NEON) otherwise. gcc compiles
- * a vector wider than the target's by splitting it, but builds each broadcast through
- * memory, 50× slower, so the width follows the ISA: the driver is compiled twice
- * (FP_SIMD_GEMM: target_clones, AVX2+FMA and baseline x86-64) and takes the 32-byte
- * kernel exactly when the loader picked the AVX2 clone. Elsewhere there is one build,
- * 16 bytes wide.
+ * Vectors are gcc vector-extension variables, at three widths from one source (this file
+ * includes itself once per width; see the sections below): 64 bytes (16 floats / 8 doubles,
+ * 12 zmm accumulators) for AVX-512, 32 bytes (12 ymm accumulators) for AVX2, 16 bytes
+ * (SSE2, NEON) otherwise. gcc compiles a vector wider than the target's by splitting it,
+ * but builds each broadcast through memory, 50× slower, so the width follows the ISA: the
+ * driver is compiled three times (FP_SIMD_GEMM: target_clones, AVX-512, AVX2+FMA and
+ * baseline x86-64) and takes the kernel of the clone the loader picked. Elsewhere there is
+ * one build, 16 bytes wide.
  *
  * Rounding: each C element is alpha·(Σ_p a_ip b_pj) [+ beta·c_ij], summed over p in order.
- * This file contracts a·b + c into an FMA where the ISA has one (the AVX2 clone), so the
- * AVX2 and baseline builds differ in the last bits, as the BLAS's kernels do.
+ * This file contracts a·b + c into an FMA where the ISA has one (the AVX-512 and AVX2 clones), so the
+ * AVX-512, AVX2 and baseline builds differ in the last bits, as the BLAS's kernels do.
  *
  * alpha, beta as the BLAS: beta == 0 never reads C (it may hold NaN), alpha == 0 reads
  * neither A nor B (C = beta C). */
@@ -64,22 +64,31 @@
     !defined(SG_NO_CLONES) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #if !defined(__clang__) && __GNUC__ >= 12
-#define FP_SIMD_GEMM __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FP_SIMD_GEMM \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define SG_WIDEST_CPU() __builtin_cpu_supports("x86-64-v4")
 #define SG_WIDE_CPU() __builtin_cpu_supports("x86-64-v3")
 #else  /* older gcc and clang know single features only */
-#define FP_SIMD_GEMM __attribute__((target_clones("avx2", "default")))
+#define FP_SIMD_GEMM __attribute__((target_clones("avx512f", "avx2", "default")))
+#define SG_WIDEST_CPU() __builtin_cpu_supports("avx512f")
 #define SG_WIDE_CPU() __builtin_cpu_supports("avx2")
 #endif
 #endif
 #endif
+/* SG_NO_AVX512 keeps the AVX2 kernel on an AVX-512 machine (make test runs it that way too) */
+#if defined(SG_NO_AVX512) && defined(SG_WIDEST_CPU)
+#undef SG_WIDEST_CPU
+#define SG_WIDEST_CPU() 0
+#endif
 #ifndef FP_SIMD_GEMM
 #define FP_SIMD_GEMM
+#define SG_WIDEST_CPU() 0
 #define SG_WIDE_CPU() 0
 #endif
 
 #define SG_MR 6        /* rows of a tile: 6 × 2 accumulators + 2 B vectors + 1 broadcast ≤ 16 */
 #define SG_PANEL_K 256 /* k is done in chunks of this: a packed panel is ≤ PANEL_K × NR */
-#define SG_BUF_BYTES (SG_PANEL_K * 64)  /* the packed panel, NR ≤ 64 bytes wide: 16 KB */
+#define SG_BUF_BYTES (SG_PANEL_K * 128)  /* the packed panel, NR ≤ 128 bytes wide: 32 KB */
 
 /* The small path takes a product (NN, NT or TN, float or double) when m·n·k ≤
  * fp_small_gemm_max_mnk. A plain global so a benchmark can move it (0 sends every product
@@ -89,6 +98,18 @@
  * is faster on every shape tried (×1.03 to ×2.1); from 2^19 on OpenBLAS splits the
  * product over the threads and wins every shape tried (×0.43 to ×0.89). */
 int64_t fp_small_gemm_max_mnk = FP_SMALL_GEMM ? (1 << 19) - 1 : 0;
+
+/* With AVX-512 the small path runs 16-float vectors, 1.3–1.6× its AVX2 rate: measured on a
+ * 2-core Sapphire Rapids (SciPy's OpenBLAS on both threads), it beats the BLAS up to
+ * m·n·k = 2^20 on every shape of the workloads (64×128×128: 140–165 against 95–105 GFLOP/s)
+ * and loses from 2^22 on (256×128×128: 95–137 against 112–277). Called by fp_set_blas. */
+void fp_small_gemm_tune(void)
+{
+#if FP_SMALL_GEMM
+    if (fp_small_gemm_max_mnk == (1 << 19) - 1 && SG_WIDEST_CPU())
+        fp_small_gemm_max_mnk = (1 << 21) - 1;
+#endif
+}
 
 #if FP_SMALL_GEMM
 typedef float sg_f32x8 __attribute__((vector_size(32)));
@@ -140,6 +161,14 @@ SG_INLINE void sg_tr32_f32(const float *src, int64_t lds, float *dst, int64_t ld
     SG_ST(dst + 7 * ldd, o7);
 }
 
+// 16 × 16 floats: the four 8 × 8 blocks, each transposed into the mirrored place
+SG_INLINE void sg_tr64_f32(const float *src, int64_t lds, float *dst, int64_t ldd)
+{
+    for (int bi = 0; bi < 16; bi += 8)
+        for (int bj = 0; bj < 16; bj += 8)
+            sg_tr32_f32(src + bi * lds + bj, lds, dst + bj * ldd + bi, ldd);
+}
+
 // 4 × 4 floats
 SG_INLINE void sg_tr16_f32(const float *src, int64_t lds, float *dst, int64_t ldd)
 {
@@ -164,6 +193,14 @@ SG_INLINE void sg_tr32_f64(const double *src, int64_t lds, double *dst, int64_t 
     SG_ST(dst, o0); SG_ST(dst + ldd, o1); SG_ST(dst + 2 * ldd, o2); SG_ST(dst + 3 * ldd, o3);
 }
 
+// 8 × 8 doubles: the four 4 × 4 blocks, as sg_tr64_f32
+SG_INLINE void sg_tr64_f64(const double *src, int64_t lds, double *dst, int64_t ldd)
+{
+    for (int bi = 0; bi < 8; bi += 4)
+        for (int bj = 0; bj < 8; bj += 4)
+            sg_tr32_f64(src + bi * lds + bj, lds, dst + bj * ldd + bi, ldd);
+}
+
 // 2 × 2 doubles
 SG_INLINE void sg_tr16_f64(const double *src, int64_t lds, double *dst, int64_t ldd)
 {
@@ -181,6 +218,13 @@ SG_INLINE void sg_tr16_f64(const double *src, int64_t lds, double *dst, int64_t 
 /* ------------------------------------------------------------------ per precision R:
  * the kernels at both widths (this file again, with SG_VB set), the driver, the entry */
 #if FP_SMALL_GEMM
+#define SG_VB 64
+#define G(name) F(sg_##name##_x)
+#define SG_TR F(sg_tr64)
+#include "small_gemm.c"
+#undef SG_VB
+#undef G
+#undef SG_TR
 #define SG_VB 32
 #define G(name) F(sg_##name##_w)
 #define SG_TR F(sg_tr32)
@@ -201,7 +245,9 @@ FP_SIMD_GEMM static void F(sg_run)(int ta_t, int tb_t, int64_t m, int64_t n, int
                                    R alpha, const R *a, const R *b, R beta, R *c)
 {
     R buf[SG_BUF_BYTES / sizeof(R)] __attribute__((aligned(64)));
-    if (SG_WIDE_CPU())
+    if (SG_WIDEST_CPU())
+        F(sg_drive_x)(ta_t, tb_t, m, n, k, alpha, a, b, beta, c, buf);
+    else if (SG_WIDE_CPU())
         F(sg_drive_w)(ta_t, tb_t, m, n, k, alpha, a, b, beta, c, buf);
     else
         F(sg_drive_n)(ta_t, tb_t, m, n, k, alpha, a, b, beta, c, buf);

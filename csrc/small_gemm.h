@@ -16,4 +16,7 @@ int small_gemm_f64(char ta, char tb, int64_t m, int64_t n, int64_t k, double alp
 /* The size threshold; 0 sends every product to the BLAS (benchmarks and tests move it). */
 extern int64_t fp_small_gemm_max_mnk;
 
+/* Moves the default threshold to what this CPU's widest kernel measured (fp_set_blas calls it). */
+void fp_small_gemm_tune(void);
+
 #endif

@@ -132,12 +132,27 @@ def test_small_and_blas_agree(path, dtype):
             check(a, b, op, 1.0, 0.0, None, ops.gemm(a, b, trans_a=ta, trans_b=tb), dtype)
 
 
+def _has_avx512():
+    """x86-64-v4's features (what the widest clone needs), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= set(flags)
+
+
 def test_threshold_default():
-    """The default threshold keeps the training shapes of "tiny" on the small path and
-    the 2^19 products, where a threaded BLAS wins, off it."""
+    """The default threshold keeps the training shapes of "tiny" on the small path; with
+    AVX-512 also those of "deep" (64×128×128 = 2^20), and the 2^22 products, where a threaded
+    BLAS wins, off it; without AVX-512 it stops below 2^19."""
     if THRESHOLD is None:
         pytest.skip("fp_small_gemm_max_mnk is not reachable through ctypes")
-    assert 32 * 64 * 64 <= THRESHOLD.value < 2**19
+    assert 32 * 64 * 64 <= THRESHOLD.value
+    if _has_avx512():
+        assert 64 * 128 * 128 <= THRESHOLD.value < 2**22
+    else:
+        assert THRESHOLD.value < 2**19
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
