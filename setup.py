@@ -11,8 +11,8 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-compile_args = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
-link_args = []
+compile_args = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function", "-pthread"]
+link_args = ["-pthread"]
 if os.environ.get("FASTPROP_NATIVE") == "1":
     compile_args.append("-march=native")
 if os.environ.get("FASTPROP_SANITIZE") == "1":

@@ -124,6 +124,15 @@ FP_DECLARE(float, f32)
 FP_DECLARE(double, f64)
 #undef FP_DECLARE
 
+/* fp_parallel_for(n, min_piece, fn, ctx) runs fn(ctx, lo, hi) over [0, n) cut into at most
+ * fp_threads() disjoint pieces of at least min_piece elements, the first on the calling
+ * thread (parallel.c). fp_num_threads caps the pieces; 0 means the online CPU count. */
+#define FP_MAX_THREADS 8
+typedef void (*fp_range_fn)(void *ctx, int64_t lo, int64_t hi);
+extern int fp_num_threads;
+int fp_threads(void);
+void fp_parallel_for(int64_t n, int64_t min_piece, fp_range_fn fn, void *ctx);
+
 /* First label outside [0, classes), or -1 when all are valid. */
 int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes);
 

@@ -404,6 +404,49 @@ static void test_float_kernels(void)
     free(x), free(y), free(g), free(dx), free(t), free(xd), free(yd), free(gd), free(dxd), free(td);
 }
 
+/* the optimizer updates cut into pieces on threads: the same bits as one pass, every
+ * element written once (n is not a multiple of the piece size or of 64), and fp_parallel_for
+ * covers [0, n) exactly for any thread count */
+static void count_piece(void *ctx, int64_t lo, int64_t hi)
+{
+    unsigned char *hits = ctx;
+    for (int64_t i = lo; i < hi; i++) hits[i]++;
+}
+
+static void test_parallel_updates(void)
+{
+    const int64_t n = 3 * ((int64_t)1 << 19) + 77;
+    float *p1 = malloc(n * sizeof *p1), *p2 = malloc(n * sizeof *p2), *g = malloc(n * sizeof *g);
+    float *b1 = malloc(n * sizeof *b1), *b2 = malloc(n * sizeof *b2);
+    float *m1 = malloc(n * sizeof *m1), *m2 = malloc(n * sizeof *m2);
+    float *v1 = malloc(n * sizeof *v1), *v2 = malloc(n * sizeof *v2);
+    unsigned char *hits = calloc(n, 1);
+    for (int64_t i = 0; i < n; i++) {
+        p1[i] = p2[i] = (float)rnd(), g[i] = (float)rnd();
+        b1[i] = b2[i] = (float)rnd(), m1[i] = m2[i] = (float)rnd(), v1[i] = v2[i] = (float)(rnd() + 1);
+    }
+    int saved = fp_num_threads;
+    fp_num_threads = 1;
+    sgd_step_f32(p1, g, b1, n, 0.1, 0.9, 0.0, 1, 1e-4, 0);
+    adam_step_f32(p1, g, m1, v1, n, 1e-3, 0.9, 0.999, 1e-8, 1e-2, 1, 3);
+    fp_num_threads = 3;
+    sgd_step_f32(p2, g, b2, n, 0.1, 0.9, 0.0, 1, 1e-4, 0);
+    adam_step_f32(p2, g, m2, v2, n, 1e-3, 0.9, 0.999, 1e-8, 1e-2, 1, 3);
+    CHECK(!memcmp(p1, p2, n * sizeof *p1) && !memcmp(b1, b2, n * sizeof *b1) &&
+          !memcmp(m1, m2, n * sizeof *m1) && !memcmp(v1, v2, n * sizeof *v1),
+          "threaded optimizer updates differ from one pass");
+    for (int t = 1; t <= FP_MAX_THREADS; t++) {
+        fp_num_threads = t;
+        memset(hits, 0, n);
+        fp_parallel_for(n, 1000, count_piece, hits);
+        int once = 1;
+        for (int64_t i = 0; i < n; i++) once &= hits[i] == 1;
+        CHECK(once, "fp_parallel_for with %d threads: an element not visited exactly once", t);
+    }
+    fp_num_threads = saved;
+    free(p1), free(p2), free(g), free(b1), free(b2), free(m1), free(m2), free(v1), free(v2), free(hits);
+}
+
 int main(void)
 {
     fp_set_blas(naive_sgemm, naive_dgemm);
@@ -412,6 +455,7 @@ int main(void)
     test_dense();
     test_activations();
     test_losses_and_network();
+    test_parallel_updates();
     printf("c-kernels: %d passed, %d failed\n", checks - failures, failures);
     return failures != 0;
 }

@@ -1,5 +1,6 @@
 """fastprop: exact back-propagation for multilayer perceptrons, fused C kernels on the CPU."""
 from . import datasets, ops, reference
+from ._kernels import get_num_threads, set_num_threads
 from .io import gradcheck, load, save
 from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, Module, Parameter, PReLU, ReLU,
@@ -14,5 +15,5 @@ __all__ = [
     "Abs", "Sigmoid", "Tanh", "Softplus", "Cos", "GELU", "SiLU",
     "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "SGD", "Adam", "AdamW",
     "TrainStep", "fit", "History", "predict", "predict_proba", "evaluate",
-    "save", "load", "gradcheck",
+    "save", "load", "gradcheck", "set_num_threads", "get_num_threads",
 ]

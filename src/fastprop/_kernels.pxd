@@ -38,6 +38,9 @@ cdef extern from "fastprop.h" nogil:
                                  double*, int*, double*, double*, int*)
     void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm)
     int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes)
+    int fp_num_threads
+    int fp_threads()
+    int FP_MAX_THREADS
 
     int gemm_f32(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha,
                  const float *a, const float *b, float beta, float *c)

@@ -34,6 +34,35 @@ def _load_blas():
 _load_blas()
 
 
+def set_num_threads(int n):
+    """Caps the threads of fastprop's own large passes (the optimizer updates over
+    buffers of 2^20 elements and more); 0 means one per online CPU. The BLAS keeps its own
+    setting (OPENBLAS_NUM_THREADS, threadpoolctl)."""
+    global fp_num_threads
+    if n < 0 or n > FP_MAX_THREADS:
+        raise ValueError(f"n must be in [0, {FP_MAX_THREADS}], got {n}")
+    fp_num_threads = n
+
+
+def get_num_threads():
+    """The threads fastprop's own large passes use at most."""
+    return fp_threads()
+
+
+def _threads_from_env():
+    import os
+    value = os.environ.get("FASTPROP_NUM_THREADS")
+    if value:
+        try:
+            set_num_threads(int(value))
+        except ValueError:
+            raise ValueError(f"FASTPROP_NUM_THREADS must be a whole number in "
+                             f"[0, {FP_MAX_THREADS}], got {value!r}") from None
+
+
+_threads_from_env()
+
+
 # ---------------------------------------------------------------- checks
 
 cdef inline bint _f32(cnp.ndarray a):
