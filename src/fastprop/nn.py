@@ -314,6 +314,12 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+def busy_error(module):
+    return RuntimeError(
+        f"this {type(module).__name__} is in use by another thread: one model must "
+        f"not be used from two threads at once (give each thread its own copy.deepcopy)")
+
+
 class _Exclusive:
     """Holds a module's lock for one call, without waiting for it."""
     __slots__ = ("module",)
@@ -323,9 +329,7 @@ class _Exclusive:
 
     def __enter__(self):
         if not self.module._busy.acquire(blocking=False):
-            raise RuntimeError(
-                f"this {type(self.module).__name__} is in use by another thread: one model must "
-                f"not be used from two threads at once (give each thread its own copy.deepcopy)")
+            raise busy_error(self.module)
 
     def __exit__(self, *exc):
         self.module._busy.release()

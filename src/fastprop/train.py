@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _kernels, ops
 from .losses import MSE, Loss, SigmoidBCE, SoftmaxCrossEntropy
-from .nn import Activation, Linear, Module, Sequential, as_input, flatten_count
+from .nn import Activation, Linear, Module, Sequential, as_input, busy_error, flatten_count
 from .optim import Optimizer
 
 __all__ = ["TrainStep", "fit", "History", "predict", "predict_proba", "evaluate"]
@@ -69,8 +69,13 @@ class TrainStep:
         return self._net.output if self.fused else self._out
 
     def __call__(self, x, y):
-        with self.model.exclusive():
+        busy = self.model._busy  # model.exclusive(), inlined: this is the per-step path
+        if not busy.acquire(False):
+            raise busy_error(self.model)
+        try:
             return self._step(x, y)
+        finally:
+            busy.release()
 
     def _step(self, x, y):
         if self._flattens != flatten_count():
