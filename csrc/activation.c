@@ -135,9 +135,13 @@ FP_SIMD int F(activation_backward)(R *dx, const R *g, const R *x, const R *y, in
                 dx[i] = g[i] * q * (1 - q);
             }
         break;
-    case FP_TANH:  /* 1 − tanh²; from x as 4q(1 − q), q = σ(−2|x|), which does not cancel for large |x| */
+    case FP_TANH:  /* 1 − tanh²; from y as (1 − |y|)(1 + |y|): 1 − |y| is exact for |y| ≥ ½, so a
+                    * saturated output does not cancel; from x as 4q(1 − q), q = σ(−2|x|) */
         if (s == y)
-            for (int64_t i = 0; i < n; i++) dx[i] = g[i] * (1 - s[i] * s[i]);
+            for (int64_t i = 0; i < n; i++) {
+                R a = FABS(s[i]);
+                dx[i] = g[i] * ((1 - a) * (1 + a));
+            }
         else
             for (int64_t i = 0; i < n; i++) {
                 R q = SIGMOID(-2 * FABS(s[i]));

@@ -428,3 +428,20 @@ def test_softmax_cross_entropy_confident_label_gradient(gap):
     _, g = ops.softmax_cross_entropy(z, labels)
     _, rg = reference.softmax_cross_entropy(z.astype(np.float64), labels)
     assert np.all(np.abs(g - rg) <= 4e-7 * np.abs(rg)), (g, rg)
+
+
+def test_tanh_backward_from_a_saturated_output_is_accurate():
+    """1 − y² from y close to ±1 is formed as (1 − |y|)(1 + |y|), which does not cancel:
+    each element within a few float32 ulp of the float64 value on the same y."""
+    rng = np.random.default_rng(0)
+    y = (1 - rng.uniform(0.5, 1, 200) * 2.0 ** -rng.integers(1, 20, 200)).astype(np.float32)
+    y = np.concatenate([y, -y])  # 1 − y*y in float32 is off by up to ~700 ulp here
+    g = np.ones_like(y)
+    ours = ops.activation_backward(g, "tanh", y=y)
+    exact = 1 - y.astype(np.float64) ** 2
+    assert np.all(np.abs(ours - exact) <= 4 * np.finfo(np.float32).eps * exact), (ours, exact)
+
+
+def test_dense_property_saturated_tanh_case():
+    """The case hypothesis found for test_dense_property (a saturated tanh, n_out = 1)."""
+    test_dense_property.hypothesis.inner_test(1, 97, 1, np.float32, "tanh", 722208)
