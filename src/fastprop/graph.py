@@ -365,6 +365,7 @@ class Graph(Module):
         pos = {i: k for k, i in enumerate(order)}
         steps, seen = [], {}
         self._children = {}
+        self._origin = {}   # node name -> the first node of its module (where its parameters are named)
         for i in sorted(i for i in range(len(specs)) if specs[i][1] != "input"):
             name, kind, module, _ = specs[i]
             if id(module) in seen:
@@ -372,6 +373,7 @@ class Graph(Module):
             else:
                 seen[id(module)] = name
                 self._children[name] = module
+            self._origin[name] = seen[id(specs[i][2])]
             specs[i] = (name, kind, module, specs[i][3])
         for i in order:
             name, kind, what, _ = specs[i]
