@@ -255,6 +255,15 @@ def memory_table(names=None, out=print):
 
 # ---------------------------------------------------------------- O(edges) scaling
 
+def write_csv(path, rows, out=print):
+    """rows (dicts with the same keys) as a CSV file with a header."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out(f"wrote {path}")
+
+
 def _forward_backward_times(sizes, batch, min_time):
     """(step, forward, backward, NumPy step) seconds for one MLP shape."""
     setup = StepSetup(sizes, batch)
@@ -299,11 +308,7 @@ def scaling(widths=(64, 128, 256, 512, 1024, 2048), depths=(1, 2, 4, 8, 16, 32),
         out(f"{impl:8s} time ≈ {alpha * 1e12:.3f} ps · B·E + {beta * 1e6:.1f} us   (R² = {r2:.4f}; "
             f"{2 * 3 / alpha / 1e9:.1f} GFLOP/s per 6 flops/edge/sample)")
     if csv_path:
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        out(f"wrote {csv_path}")
+        write_csv(csv_path, rows, out)
     if png_path:
         try:
             import matplotlib
@@ -382,9 +387,5 @@ def residual_scaling(blocks=(1, 2, 4, 8, 16, 32), width=256, batch=128, classes=
         alpha, beta = np.polyfit(be, t, 1) if len(rows) > 1 else (t[0] / be[0], 0.0)
         out(f"{kind:14s} time ≈ {alpha * 1e12:.2f} ps · B·E + {beta * 1e6:.1f} us")
     if csv_path:
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        out(f"wrote {csv_path}")
+        write_csv(csv_path, rows, out)
     return rows
