@@ -616,3 +616,44 @@ def test_save_load_round_trip(tmp_path, rng):
     fp.save(model, tmp_path / "s.npz")
     back = fp.load(tmp_path / "s.npz")
     assert len(back.parameters()) == 2 and back._steps[-2].module.weight is back["first"].weight
+
+
+def test_graphs_as_nodes_and_a_shared_residual(rng):
+    """A Residual (itself a Graph) at two nodes: one set of weights, two sets of workspaces."""
+    block = fp.Residual(fp.Sequential(lin(4, 4, 0), fp.Tanh()))
+    g = fp.Graph()
+    x = g.input("x", 4)
+    a = g.add(block, x, name="a")
+    b = g.add(block, g.add(fp.Sigmoid(), a), name="b")
+    y = g.add(fp.Concat(), a, b)
+    model = g.build(outputs=y)
+    assert len(model.parameters()) == 2
+    assert model._steps[-2].module is not block and model._steps[-2].module.module.parameters() == \
+        block.parameters()
+    x = rng.standard_normal((3, 4))
+    check_central_differences(model, [x], rng)
+    inner = block.module
+    s = 1 / (1 + np.exp(-(x + inner(x))))
+    assert_close(model(x), np.concatenate([x + inner(x), s + inner(s)], axis=1), F64)
+
+
+def test_residual_mlp_vs_torch(rng):
+    torch = pytest.importorskip("torch")
+    model = residual_mlp(blocks=3)
+    x = rng.standard_normal((6, 5))
+    gy = rng.standard_normal((6, 3))
+    model.zero_grad()
+    model(x)
+    gx = model.backward(gy)
+    P = {name: torch.tensor(p.data.copy(), requires_grad=True) for name, p in model.named_parameters()}
+    xt = torch.tensor(x, requires_grad=True)
+
+    def layer(name, h):
+        return h @ P[name + ".weight"].T + P[name + ".bias"]
+    h = torch.tanh(layer("stem", xt))
+    for k in range(3):
+        h = h + torch.tanh(layer(f"fc{k}", h))
+    (layer("head", h) * torch.tensor(gy)).sum().backward()
+    assert_close(gx, xt.grad.numpy(), rtol=1e-12)
+    for name, p in model.named_parameters():
+        assert_close(p.grad, P[name].grad.numpy(), rtol=1e-12)
