@@ -568,6 +568,7 @@ def test_trainstep_two_inputs(rng):
     for _ in range(50):
         last = step({"x1": x1, "x2": x2}, y)
     assert last < first
+    assert fp.gradcheck(model, fp.MSE(), (x1[:4], x2[:4]), y[:4]) < 1e-5
 
 
 def test_fit_and_evaluate_a_residual_graph():

@@ -308,7 +308,7 @@ class Graph(Module):
             raise ValueError(f"node(s) {dangling} reach no output (dangling): make them outputs "
                              f"or remove them")
         self._check_sharing()
-        self._make_steps(order, ins, width, outs, consumers)
+        self._make_steps(order, ins, width, outs)
         flatten_parameters(self.parameters())
         params = self.parameters()
         self._dtype = params[0].dtype if params else None
@@ -359,7 +359,7 @@ class Graph(Module):
                                      f"whole modules only (add the module itself at both nodes)")
                 owner[id(sub)] = name
 
-    def _make_steps(self, order, ins, width, outs, consumers):
+    def _make_steps(self, order, ins, width, outs):
         """The node list in topological order and the backward's plan for the grad table."""
         specs = self._specs
         pos = {i: k for k, i in enumerate(order)}
