@@ -658,3 +658,31 @@ def test_residual_mlp_vs_torch(rng):
     assert_close(gx, xt.grad.numpy(), rtol=1e-12)
     for name, p in model.named_parameters():
         assert_close(p.grad, P[name].grad.numpy(), rtol=1e-12)
+
+
+def test_load_refuses_damaged_graph_descriptions(tmp_path):
+    import json
+    model = residual_mlp(blocks=1, dtype=F32)
+    fp.save(model, tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz") as f:
+        arch = json.loads(str(f["__architecture__"]))
+        params = {k: f[k] for k in f.files if k.startswith("param:")}
+
+    def damaged(edit):
+        a = json.loads(json.dumps(arch))
+        edit(a["model"])
+        path = tmp_path / "bad.npz"
+        np.savez(path, __architecture__=np.array(json.dumps(a)), **params)
+        return path
+
+    edits = {
+        "module index": lambda m: m["nodes"][0].update(module=99),
+        "cycle": lambda m: m["nodes"][0].update(inputs=["head"]),
+        "unknown output": lambda m: m.update(outputs=["nowhere"]),
+        "nodes not a list": lambda m: m.update(nodes={}),
+        "wrong shape": lambda m: m["modules"][0]["args"].update(out_features=9),
+    }
+    for what, edit in edits.items():
+        with pytest.raises(ValueError, match="not a readable fastprop model"):
+            fp.load(damaged(edit))
+    assert isinstance(fp.load(damaged(lambda m: None)), fp.Graph)
