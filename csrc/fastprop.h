@@ -107,6 +107,18 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
                                          const R *target, int64_t n);                 \
     int mse_forward_backward_##S(double *loss, R *dp, const R *pred, const R *target, \
                                  int64_t n);                                          \
+    int gaussian_nll_forward_backward_##S(double *loss, R *dz, const R *z,             \
+                                          const R *target, int64_t batch, int64_t k); \
+    /* graph merge nodes (merge.c): forward, and backward into the grad table */       \
+    int add_forward_##S(R *y, const R *const *xs, int k, int64_t n);                  \
+    int add_backward_##S(R *dx, const R *g, int64_t n, int accumulate);               \
+    int mul_forward_##S(R *y, const R *a, const R *b, int64_t n);                     \
+    int mul_backward_##S(R *da, R *db, const R *g, const R *a, const R *b, int64_t n, \
+                         int accumulate_a, int accumulate_b);                         \
+    int concat_forward_##S(R *y, const R *x, int64_t batch, int64_t width,            \
+                           int64_t offset, int64_t w);                                \
+    int concat_backward_##S(R *dx, const R *g, int64_t batch, int64_t width,          \
+                            int64_t offset, int64_t w, int accumulate);               \
     int sgd_step_##S(R *param, const R *grad, R *buf, int64_t n, double lr,           \
                      double momentum, double dampening, int nesterov,                 \
                      double weight_decay, int first_step);                            \

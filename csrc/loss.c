@@ -182,4 +182,39 @@ FP_SIMD int F(mse_forward_backward)(double *loss, R *dp, const R *pred, const R 
     return FP_OK;
 }
 
+// z is (batch, 2k) = [μ, s = log σ²], t is (batch, k), n = batch·k:
+// J = mean(½ s + ½ (t − μ)² e^{−s}),  dμ = −(t − μ) e^{−s} / n,  ds = ½ (1 − (t − μ)² e^{−s}) / n
+// σ² itself is never formed: r = (t − μ) e^{−s/2} is finite for every s where the loss is (e^{−s/2}
+// = 0 for s ≫ 0; r = 0 where t = μ even when e^{−s/2} overflows), and r² is squared in double.
+FP_SIMD int F(gaussian_nll_forward_backward)(double *loss, R *dz, const R *z, const R *target,
+                                             int64_t batch, int64_t k)
+{
+    if (!loss || !z || !target || batch < 1 || k < 1) return FP_ERR_ARG;
+    double n = (double)batch * (double)k;
+    R inv_n = (R)(1.0 / n), half_inv_n = (R)(0.5 / n);
+    double total = 0;
+    for (int64_t i = 0; i < batch; i++) {
+        const R *mu = z + i * 2 * k, *s = mu + k, *ti = target + i * k;
+        R *dmu = dz ? dz + i * 2 * k : NULL, *ds = dmu ? dmu + k : NULL;
+        double acc[FP_LANES] = {0};
+        for (int64_t j = 0; j < k; j += FP_LANES) {  /* in blocks, as the BCE above */
+            int len = k - j < FP_LANES ? (int)(k - j) : FP_LANES;
+            for (int l = 0; l < len; l++) {
+                R d = ti[j + l] - mu[j + l], sl = s[j + l];
+                R e = EXP((R)-0.5 * sl);
+                R r = SELECT(d == 0, (R)0, d * e);
+                double r2 = (double)r * (double)r;
+                acc[l] += 0.5 * (double)sl + 0.5 * r2;
+                if (dmu) {  /* μ and s were read above: dz may alias z */
+                    dmu[j + l] = SELECT(r == 0, (R)0, -(r * e) * inv_n);
+                    ds[j + l] = (R)((1.0 - r2) * (double)half_inv_n);
+                }
+            }
+        }
+        for (int l = 0; l < FP_LANES; l++) total += acc[l];
+    }
+    *loss = total / n;
+    return FP_OK;
+}
+
 #endif

@@ -1,6 +1,7 @@
 """The benchmark helpers compute what they claim (their timings are not asserted)."""
 import numpy as np
 
+import fastprop as fp
 from fastprop import bench
 
 
@@ -51,3 +52,24 @@ def test_kernel_table_covers_every_family():
     for family in ("dense forward", "dense backward", "activation backward", "softmax", "sgd", "adam"):
         assert family in names
     assert all(r["fastprop_us"] > 0 and r["reference_us"] > 0 for r in rows)
+
+
+def test_residual_scaling_compares_the_same_layers(tmp_path):
+    sizes = [16, 16, 16, 16, 3]
+    res, plain = bench.residual_mlp(sizes), bench.mlp(sizes)
+    assert [p.shape for p in res.parameters()] == [p.shape for p in plain.parameters()]
+    for p, q in zip(res.parameters(), plain.parameters()):   # the same seeded weights
+        assert np.array_equal(p.data, q.data)
+    x = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    # h1 = relu(L1 x), h2 = h1 + relu(L2 h1), h3 = h2 + relu(L3 h2), out = L4 h3
+    L = [m for m in plain.layers if isinstance(m, fp.Linear)]
+    h = np.maximum(L[0](x), 0)
+    for lin in L[1:3]:
+        h = h + np.maximum(lin(h), 0)
+    assert np.allclose(res(x), L[3](h), rtol=1e-5, atol=1e-6)
+    csv_path = tmp_path / "r.csv"
+    rows = bench.residual_scaling(blocks=(1, 2), width=8, batch=4, min_time=0.0,
+                                  csv_path=str(csv_path), out=lambda *a: None)
+    assert [r["blocks"] for r in rows] == [1, 2] and csv_path.read_text().count("\n") == 3
+    assert rows[1]["edges"] == bench.edges([8] * 4 + [10])
+    assert all(r[k] > 0 for r in rows for k in ("residual_s", "plain_fused_s", "plain_modular_s"))

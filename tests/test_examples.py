@@ -57,3 +57,15 @@ def test_demo_command_runs_from_the_clone():
                          cwd=root, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "test accuracy" in run.stdout
+
+
+def test_residual_example_trains_where_the_plain_mlp_stalls():
+    residual = load_example("residual")
+    plain_model, plain, plain_grad = residual.train(skip=False)
+    res_model, res, res_grad = residual.train(skip=True)
+    assert plain_grad < 1e-4 < 1 < res_grad          # the gradient vanished without the skips
+    assert plain["val_accuracy"][-1] < 0.2           # chance is 0.1
+    assert res["val_accuracy"][-1] > 0.9 and res["loss"][-1] < 0.2
+    # the same weights: without skips the models differ only in the connections
+    for p, q in zip(plain_model.parameters(), residual.build(True).parameters()):
+        assert p.shape == q.shape

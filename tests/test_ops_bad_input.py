@@ -229,3 +229,60 @@ def test_dimension_beyond_blas_int_is_rejected():
         ops.gemm(wide, np.zeros((2**31, 0), F32))
     with pytest.raises(ValueError, match="32-bit int"):
         ops.dense_forward(wide, np.zeros((0, 2**31), F32))
+
+
+# ---------------------------------------------------------------- graph merge kernels
+
+def test_merge_kernels_bad_input_names_the_argument_and_writes_nothing():
+    a, b = x_(), x_() + 1
+    out = filled((3, 4))
+    with pytest.raises(ValueError, match=r"inputs\[1\] has shape"):
+        ops.add_forward([a, b[:, :3]], out=out)
+    with pytest.raises(TypeError, match=r"inputs\[1\] has dtype float64"):
+        ops.add_forward([a, b.astype(np.float64)], out=out)
+    with pytest.raises(TypeError, match="non-empty list"):
+        ops.add_forward(a, out=out)
+    with pytest.raises(ValueError, match="out overlaps"):
+        ops.add_forward([a, out], out=out)
+    with pytest.raises(ValueError, match="b has shape"):
+        ops.mul_forward(a, b[:2], out=out)
+    with pytest.raises(ValueError, match="grad_a overlaps"):
+        ops.mul_backward(a, b, out, grad_a=out)
+    with pytest.raises(ValueError, match=r"inputs\[1\] has 2 rows"):
+        ops.concat_forward([a, b[:2]])
+    with pytest.raises(ValueError, match="widths"):
+        ops.concat_backward(a, [2, 1])
+    with pytest.raises(ValueError, match=r"outs\[0\] has shape"):
+        ops.concat_backward(a, [2, 2], outs=[out, None])
+    with pytest.raises(ValueError, match="read-only"):
+        ro = filled((3, 4))
+        ro.flags.writeable = False
+        ops.add_backward(a, out=ro)
+    assert np.all(out == 7.0)
+
+
+def test_merge_kernels_against_the_reference():
+    from fastprop import reference as ref
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        a, b, c = (rng.standard_normal((4, 5)).astype(dtype) for _ in range(3))
+        g = rng.standard_normal((4, 5)).astype(dtype)
+        assert np.array_equal(ops.add_forward([a, b, c]), ref.add_forward([a, b, c]))
+        assert np.array_equal(ops.mul_forward(a, b), ref.mul_forward(a, b))
+        acc = c.copy()
+        ops.add_backward(g, out=acc, accumulate=True)
+        assert np.array_equal(acc, c + g)
+        for x, y in zip(ops.mul_backward(g, a, b), ref.mul_backward(g, a, b)):
+            assert np.array_equal(x, y)
+        da = c.copy()   # x ⊙ x: both sides into one buffer, added to what is there
+        ops.mul_backward(g, a, a, grad_a=da, grad_b=da, accumulate_a=True, accumulate_b=True)
+        assert np.allclose(da, c + 2 * g * a, rtol=1e-6)
+        cat = ops.concat_forward([a, b[:, :2]])
+        assert np.array_equal(cat, np.concatenate([a, b[:, :2]], axis=1))
+        gc = rng.standard_normal((4, 7)).astype(dtype)
+        outs = ops.concat_backward(gc, [5, 2], needed=[False, True])
+        assert outs[0] is None and np.array_equal(outs[1], gc[:, 5:])
+        both = c.copy()   # [x, x]: both blocks added into x's one buffer
+        ops.concat_backward(np.concatenate([g, g], axis=1), [5, 5],
+                            outs=[both, both], accumulate=[False, True])
+        assert np.array_equal(both, g + g)

@@ -447,6 +447,59 @@ static void test_parallel_updates(void)
     free(p1), free(p2), free(g), free(b1), free(b2), free(m1), free(m2), free(v1), free(v2), free(hits);
 }
 
+/* the graph's merge kernels and the Gaussian output unit, against their formulas */
+static void test_merge_and_gaussian(void)
+{
+    enum { B = 3, W1 = 4, W2 = 2, N = B * W1 };
+    double a[N], b[N], c[N], g[N], y[N], da[N], db[N], x2[B * W2], cat[B * (W1 + W2)], dx2[B * W2];
+    for (int i = 0; i < N; i++) a[i] = rnd(), b[i] = rnd(), c[i] = rnd(), g[i] = rnd();
+    for (int i = 0; i < B * W2; i++) x2[i] = rnd();
+    const double *xs[3] = {a, b, c};
+    CHECK(add_forward_f64(y, xs, 3, N) == FP_OK, "add_forward");
+    for (int i = 0; i < N; i++) CHECK(y[i] == (a[i] + b[i]) + c[i], "add %d", i);
+    CHECK(add_forward_f64(y, xs, 0, N) == FP_ERR_ARG, "add of no inputs");
+    memcpy(da, a, sizeof da);
+    CHECK(add_backward_f64(da, g, N, 1) == FP_OK, "add_backward");
+    for (int i = 0; i < N; i++) CHECK(da[i] == a[i] + g[i], "accumulate %d", i);
+    CHECK(mul_forward_f64(y, a, b, N) == FP_OK, "mul_forward");
+    CHECK(mul_backward_f64(da, db, g, a, b, N, 0, 0) == FP_OK, "mul_backward");
+    for (int i = 0; i < N; i++)
+        CHECK(y[i] == a[i] * b[i] && da[i] == g[i] * b[i] && db[i] == g[i] * a[i], "mul %d", i);
+    memcpy(da, c, sizeof da);  /* x ⊙ x into one buffer: c + g x + g x */
+    CHECK(mul_backward_f64(da, da, g, a, a, N, 1, 1) == FP_OK, "mul_backward aliased");
+    for (int i = 0; i < N; i++) CHECK(fabs(da[i] - (c[i] + 2 * g[i] * a[i])) < 1e-15, "x*x %d", i);
+    CHECK(concat_forward_f64(cat, a, B, W1 + W2, 0, W1) == FP_OK, "concat a");
+    CHECK(concat_forward_f64(cat, x2, B, W1 + W2, W1, W2) == FP_OK, "concat x2");
+    CHECK(concat_forward_f64(cat, x2, B, W1 + W2, W1 + 1, W2) == FP_ERR_ARG, "concat out of range");
+    CHECK(concat_backward_f64(dx2, cat, B, W1 + W2, W1, W2, 0) == FP_OK, "concat_backward");
+    for (int i = 0; i < B * W2; i++) CHECK(dx2[i] == x2[i], "concat round trip %d", i);
+    for (int r = 0; r < B; r++)
+        for (int j = 0; j < W1; j++) CHECK(cat[r * (W1 + W2) + j] == a[r * W1 + j], "concat %d %d", r, j);
+    /* Gaussian NLL: loss and gradient against the formula, and against central differences */
+    double z[B * 2 * W2], dz[B * 2 * W2], loss, lp, lm, zz[B * 2 * W2];
+    for (int i = 0; i < B * 2 * W2; i++) z[i] = rnd();
+    CHECK(gaussian_nll_forward_backward_f64(&loss, dz, z, x2, B, W2) == FP_OK, "gaussian_nll");
+    double ref = 0;
+    for (int r = 0; r < B; r++)
+        for (int j = 0; j < W2; j++) {
+            double mu = z[r * 2 * W2 + j], s = z[r * 2 * W2 + W2 + j], d = x2[r * W2 + j];
+            ref += 0.5 * s + 0.5 * (d - mu) * (d - mu) / exp(s);
+        }
+    CHECK(fabs(loss - ref / (B * W2)) < 1e-14, "gaussian loss %g vs %g", loss, ref / (B * W2));
+    for (int i = 0; i < B * 2 * W2; i++) {
+        memcpy(zz, z, sizeof zz);
+        zz[i] += 1e-6;
+        gaussian_nll_forward_backward_f64(&lp, NULL, zz, x2, B, W2);
+        zz[i] -= 2e-6;
+        gaussian_nll_forward_backward_f64(&lm, NULL, zz, x2, B, W2);
+        double num = (lp - lm) / 2e-6;
+        CHECK(fabs(dz[i] - num) < 1e-7, "gaussian grad %d: %g vs %g", i, dz[i], num);
+    }
+    float zf[2] = {0.0f, -1000.0f}, tf[1] = {0.0f}, dzf[2];
+    CHECK(gaussian_nll_forward_backward_f32(&loss, dzf, zf, tf, 1, 1) == FP_OK, "gaussian f32");
+    CHECK(loss == -500 && dzf[0] == 0 && fabs(dzf[1] - 0.5f) < 1e-7, "t = mu with sigma^2 = e^-1000");
+}
+
 int main(void)
 {
     fp_set_blas(naive_sgemm, naive_dgemm);
@@ -456,6 +509,7 @@ int main(void)
     test_activations();
     test_losses_and_network();
     test_parallel_updates();
+    test_merge_and_gaussian();
     printf("c-kernels: %d passed, %d failed\n", checks - failures, failures);
     return failures != 0;
 }

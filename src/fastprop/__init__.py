@@ -1,19 +1,21 @@
 """fastprop: exact back-propagation for multilayer perceptrons, fused C kernels on the CPU."""
 from . import datasets, ops, reference
 from ._kernels import get_num_threads, set_num_threads
+from .graph import Add, Concat, Graph, Mul, Residual
 from .io import gradcheck, load, save
-from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
-from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, Module, Parameter, PReLU, ReLU,
-                 Sequential, Sigmoid, SiLU, Softplus, Tanh)
+from .losses import MSE, GaussianNLL, SigmoidBCE, SoftmaxCrossEntropy
+from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
+                 PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
 from .optim import SGD, Adam, AdamW
 from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
 __version__ = "0.1.0"
 __all__ = [
     "ops", "reference", "datasets",
-    "Parameter", "Module", "Linear", "Sequential", "Identity", "ReLU", "LeakyReLU", "PReLU",
+    "Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU", "PReLU",
+    "Graph", "Add", "Concat", "Mul", "Residual",
     "Abs", "Sigmoid", "Tanh", "Softplus", "Cos", "GELU", "SiLU",
-    "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "SGD", "Adam", "AdamW",
+    "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "GaussianNLL", "SGD", "Adam", "AdamW",
     "TrainStep", "fit", "History", "predict", "predict_proba", "evaluate",
     "save", "load", "gradcheck", "set_num_threads", "get_num_threads",
 ]

@@ -78,6 +78,26 @@ cdef extern from "fastprop.h" nogil:
     int sigmoid_bce_forward_backward_f64(double *loss, double *dz, const double *z, const double *target, int64_t n)
     int mse_forward_backward_f32(double *loss, float *dp, const float *pred, const float *target, int64_t n)
     int mse_forward_backward_f64(double *loss, double *dp, const double *pred, const double *target, int64_t n)
+    int gaussian_nll_forward_backward_f32(double *loss, float *dz, const float *z, const float *target,
+                                          int64_t batch, int64_t k)
+    int gaussian_nll_forward_backward_f64(double *loss, double *dz, const double *z, const double *target,
+                                          int64_t batch, int64_t k)
+    int add_forward_f32(float *y, const float *const *xs, int k, int64_t n)
+    int add_forward_f64(double *y, const double *const *xs, int k, int64_t n)
+    int add_backward_f32(float *dx, const float *g, int64_t n, int accumulate)
+    int add_backward_f64(double *dx, const double *g, int64_t n, int accumulate)
+    int mul_forward_f32(float *y, const float *a, const float *b, int64_t n)
+    int mul_forward_f64(double *y, const double *a, const double *b, int64_t n)
+    int mul_backward_f32(float *da, float *db, const float *g, const float *a, const float *b, int64_t n,
+                         int accumulate_a, int accumulate_b)
+    int mul_backward_f64(double *da, double *db, const double *g, const double *a, const double *b,
+                         int64_t n, int accumulate_a, int accumulate_b)
+    int concat_forward_f32(float *y, const float *x, int64_t batch, int64_t width, int64_t offset, int64_t w)
+    int concat_forward_f64(double *y, const double *x, int64_t batch, int64_t width, int64_t offset, int64_t w)
+    int concat_backward_f32(float *dx, const float *g, int64_t batch, int64_t width, int64_t offset, int64_t w,
+                            int accumulate)
+    int concat_backward_f64(double *dx, const double *g, int64_t batch, int64_t width, int64_t offset,
+                            int64_t w, int accumulate)
     int sgd_step_f32(float *param, const float *grad, float *buf, int64_t n, double lr, double momentum,
                      double dampening, int nesterov, double weight_decay, int first_step)
     int sgd_step_f64(double *param, const double *grad, double *buf, int64_t n, double lr, double momentum,

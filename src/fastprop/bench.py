@@ -255,6 +255,15 @@ def memory_table(names=None, out=print):
 
 # ---------------------------------------------------------------- O(edges) scaling
 
+def write_csv(path, rows, out=print):
+    """rows (dicts with the same keys) as a CSV file with a header."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out(f"wrote {path}")
+
+
 def _forward_backward_times(sizes, batch, min_time):
     """(step, forward, backward, NumPy step) seconds for one MLP shape."""
     setup = StepSetup(sizes, batch)
@@ -299,11 +308,7 @@ def scaling(widths=(64, 128, 256, 512, 1024, 2048), depths=(1, 2, 4, 8, 16, 32),
         out(f"{impl:8s} time ≈ {alpha * 1e12:.3f} ps · B·E + {beta * 1e6:.1f} us   (R² = {r2:.4f}; "
             f"{2 * 3 / alpha / 1e9:.1f} GFLOP/s per 6 flops/edge/sample)")
     if csv_path:
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        out(f"wrote {csv_path}")
+        write_csv(csv_path, rows, out)
     if png_path:
         try:
             import matplotlib
@@ -333,3 +338,54 @@ def scaling(widths=(64, 128, 256, 512, 1024, 2048), depths=(1, 2, 4, 8, 16, 32),
             fig.savefig(png_path, dpi=110)
             out(f"wrote {png_path}")
     return rows, fits
+
+
+# ---------------------------------------------------------------- residual networks (graphs)
+
+def residual_mlp(sizes, dtype=np.float32, seed=0):
+    """A Graph with the Linear layers of ``mlp(sizes)`` (equal hidden widths): the first hidden
+    layer, then ``h ← h + relu(Linear(h))`` for every further one, then the linear head."""
+    from .graph import Add, Graph
+    g = Graph()
+    h = g.input("x", sizes[0])
+    h = g.add(ReLU(), g.add(Linear(sizes[0], sizes[1], dtype=dtype, rng=seed), h))
+    for i in range(1, len(sizes) - 2):
+        r = g.add(ReLU(), g.add(Linear(sizes[i], sizes[i + 1], dtype=dtype, rng=seed + i), h))
+        h = g.add(Add(), h, r)
+    k = len(sizes) - 2
+    return g.build(outputs=g.add(Linear(sizes[k], sizes[k + 1], dtype=dtype, rng=seed + k), h))
+
+
+def residual_scaling(blocks=(1, 2, 4, 8, 16, 32), width=256, batch=128, classes=10, min_time=0.2,
+                     csv_path=None, out=print):
+    """Step time of residual MLPs (a Graph, TrainStep's modular path) against the plain MLP of
+    the same Linear layers (TrainStep's fused C path and the modular path), sweeping the
+    number of residual blocks; prints the fit time ≈ α·B·E + β of each. Returns the rows."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, width)).astype(np.float32)
+    y = rng.integers(0, classes, batch)
+    rows = []
+    out(f"{'blocks':>6s} {'E':>10s} {'residual us':>12s} {'plain fused us':>15s} "
+        f"{'plain modular us':>17s} {'res/fused':>10s}")
+    for n in blocks:
+        sizes = [width] * (n + 2) + [classes]
+        times = {}
+        # a chain nested in a Sequential takes TrainStep's modular path, as a graph does
+        for kind, model in (("residual", residual_mlp(sizes)), ("plain_fused", mlp(sizes)),
+                            ("plain_modular", Sequential(mlp(sizes)))):
+            step = TrainStep(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=1e-3, momentum=0.9))
+            times[kind] = median_time(lambda: step(x, y), min_time)
+        row = {"blocks": n, "sizes": "-".join(map(str, sizes)), "batch": batch,
+               "edges": edges(sizes), **{f"{k}_s": t for k, t in times.items()}}
+        rows.append(row)
+        out(f"{n:6d} {row['edges']:10d} {1e6 * times['residual']:12.1f} "
+            f"{1e6 * times['plain_fused']:15.1f} {1e6 * times['plain_modular']:17.1f} "
+            f"{times['residual'] / times['plain_fused']:9.2f}x")
+    be = np.array([batch * r["edges"] for r in rows], dtype=np.float64)
+    for kind in ("residual", "plain_fused", "plain_modular"):
+        t = np.array([r[f"{kind}_s"] for r in rows])
+        alpha, beta = np.polyfit(be, t, 1) if len(rows) > 1 else (t[0] / be[0], 0.0)
+        out(f"{kind:14s} time ≈ {alpha * 1e12:.2f} ps · B·E + {beta * 1e6:.1f} us")
+    if csv_path:
+        write_csv(csv_path, rows, out)
+    return rows

@@ -6,7 +6,7 @@ import tempfile
 
 import numpy as np
 
-from . import nn
+from . import graph, nn
 
 __all__ = ["save", "load", "gradcheck", "architecture", "build"]
 
@@ -14,17 +14,53 @@ FORMAT = "fastprop-model"
 VERSION = 1
 _ACTIVATIONS = ("Identity", "ReLU", "LeakyReLU", "Abs", "Sigmoid", "Tanh", "Softplus", "Cos",
                 "GELU", "SiLU")
-_BUILDABLE = {name: getattr(nn, name) for name in _ACTIVATIONS + ("Linear", "PReLU", "Sequential")}
+_BUILDABLE = {name: getattr(nn, name) for name in _ACTIVATIONS + ("Linear", "LowRankLinear", "PReLU",
+                                                                     "Sequential")}
+_BUILDABLE.update({name: getattr(graph, name) for name in ("Graph", "Residual", "Add", "Concat", "Mul")})
 
 
 def architecture(module):
-    """The module tree as JSON-able data: {"type": ..., "args": {...}, "layers": [...]}."""
+    """The module tree as JSON-able data: {"type": ..., "args": {...}, "layers": [...]}.
+
+    A Graph is {"type": "Graph", "inputs": [{"name", "width"}], "modules": [...],
+    "nodes": [{"name", "module": index into modules, "inputs": [names]}], "outputs": [names]}:
+    nodes in the order they were added, each module once (a shared module is one entry
+    that several nodes name). A Residual is {"type": "Residual", "module": ...}.
+    """
     kind = type(module).__name__
     if _BUILDABLE.get(kind) is not type(module):
         raise TypeError(f"cannot save a {kind}: save supports {sorted(_BUILDABLE)}")
     if isinstance(module, nn.Sequential):
         return {"type": kind, "layers": [architecture(m) for m in module.layers]}
+    if isinstance(module, graph.Residual):
+        return {"type": kind, "module": architecture(module.module)}
+    if isinstance(module, graph.Graph):
+        inputs, nodes, modules, index = [], [], [], {}
+        for name, kind_, what, refs in module._specs:
+            if kind_ == "input":
+                inputs.append({"name": name, "width": what})
+                continue
+            origin = module._origin[name]
+            if origin not in index:
+                index[origin] = len(modules)
+                modules.append(architecture(module._children[origin]))
+            nodes.append({"name": name, "module": index[origin], "inputs": list(refs)})
+        return {"type": kind, "inputs": inputs, "modules": modules, "nodes": nodes,
+                "outputs": module.output_names}
     return {"type": kind, "args": module._config()}
+
+
+def _graph_parts(arch):
+    """The checked fields of a Graph description."""
+    inputs, modules, nodes = arch.get("inputs"), arch.get("modules"), arch.get("nodes")
+    outputs = arch.get("outputs")
+    if not all(isinstance(v, list) for v in (inputs, modules, nodes, outputs)):
+        raise ValueError("a Graph description needs the lists inputs, modules, nodes, outputs")
+    for node in nodes:
+        if not isinstance(node, dict) or not isinstance(node.get("module"), int) or \
+                not 0 <= node["module"] < len(modules) or not isinstance(node.get("inputs"), list):
+            raise ValueError(f"bad graph node description {node!r:.200}")
+    return inputs, modules, nodes, outputs
 
 
 def build(arch, dtype=None):
@@ -34,6 +70,17 @@ def build(arch, dtype=None):
     cls = _BUILDABLE[arch["type"]]
     if cls is nn.Sequential:
         return nn.Sequential(*[build(a, dtype) for a in arch.get("layers", [])])
+    if cls is graph.Residual:
+        return graph.Residual(build(arch.get("module"), dtype))
+    if cls is graph.Graph:
+        inputs, modules, nodes, outputs = _graph_parts(arch)
+        built = [build(a, dtype) for a in modules]   # a shared module: one object, several nodes
+        g = graph.Graph()
+        for spec in inputs:
+            g.input(spec["name"], spec.get("width"))
+        for node in nodes:
+            g.add(built[node["module"]], *node["inputs"], name=node["name"])
+        return g.build(outputs=outputs)
     args = dict(arch.get("args", {}))
     if "dtype" in args and dtype is not None:
         args["dtype"] = str(np.dtype(dtype))
@@ -85,9 +132,25 @@ def _parameter_shapes(arch, prefix=""):
                 raise ValueError(f"layer {i} is not a module description")
             shapes.update(_parameter_shapes(a, f"{prefix}{i}."))
         return shapes
+    if kind == "Residual":
+        return _parameter_shapes(arch.get("module"), prefix + "module.")
+    if kind == "Graph":
+        _, modules, nodes, _ = _graph_parts(arch)
+        shapes, named = {}, set()
+        for node in nodes:   # a module's parameters are named after its first node
+            if node["module"] not in named:
+                named.add(node["module"])
+                shapes.update(_parameter_shapes(modules[node["module"]], f"{prefix}{node['name']}."))
+        return shapes
     if kind == "Linear":
         n_in, n_out = int(args["in_features"]), int(args["out_features"])
         shapes = {prefix + "weight": (n_out, n_in)}
+        if args.get("bias", True):
+            shapes[prefix + "bias"] = (n_out,)
+        return shapes
+    if kind == "LowRankLinear":
+        n_in, n_out, rank = int(args["in_features"]), int(args["out_features"]), int(args["rank"])
+        shapes = {prefix + "U": (rank, n_in), prefix + "V": (n_out, rank)}
         if args.get("bias", True):
             shapes[prefix + "bias"] = (n_out,)
         return shapes
@@ -137,7 +200,12 @@ def gradcheck(model, loss, x, y, eps=1e-6, max_checks=None, seed=0):
     m64 = build(architecture(model), np.float64)
     m64.load_state_dict(model.state_dict())
     loss = copy.deepcopy(loss)
-    x = np.asarray(x, dtype=np.float64)
+    if isinstance(x, dict):   # the named inputs of a Graph
+        x = {k: np.asarray(v, dtype=np.float64) for k, v in x.items()}
+    elif isinstance(x, (tuple, list)):
+        x = tuple(np.asarray(v, dtype=np.float64) for v in x)
+    else:
+        x = np.asarray(x, dtype=np.float64)
     m64.zero_grad()
     out = m64.forward(x)
     loss(out, y)

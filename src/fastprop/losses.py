@@ -8,7 +8,7 @@ import numpy as np
 from . import ops
 from .nn import as_input
 
-__all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBCE", "MSE"]
+__all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "GaussianNLL"]
 
 
 class Loss:
@@ -75,3 +75,18 @@ class SigmoidBCE(Loss):
 class MSE(Loss):
     """Mean over elements of (pred − target)²."""
     kernel = "mse"
+
+
+class GaussianNLL(Loss):
+    """A Gaussian output unit: the network predicts the mean and the variance of
+    p(y | x) = N(y; μ(x), σ²(x)) (*Deep Learning* §6.2.2.4).
+
+    pred is (B, 2k) = [μ, log σ²] (the log-variance keeps σ² positive with no constraint),
+    target is (B, k); J = mean over the B·k elements of ½ log σ² + ½ (y − μ)² / σ².
+    This is the negative log-likelihood without its constant ½ log 2π, and equals
+    ``torch.nn.GaussianNLLLoss()(μ, y, exp(log σ²))`` (full=False, mean reduction) wherever
+    σ² ≥ its eps (1e-6; torch clamps below, this loss does not). One C pass computes the
+    value and the gradient without forming σ², so |log σ²| in the hundreds neither
+    overflows nor divides by zero.
+    """
+    kernel = "gaussian_nll"

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _kernels, ops
 
-__all__ = ["Parameter", "Module", "Linear", "Sequential", "Identity", "ReLU", "LeakyReLU",
+__all__ = ["Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU",
            "PReLU", "Abs", "Sigmoid", "Tanh", "Softplus", "Cos", "GELU", "SiLU"]
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -409,6 +409,88 @@ class Linear(Module):
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
                f"bias={self.bias_enabled}"
+
+
+class LowRankLinear(Module):
+    """``y = x (V U)ᵀ + b``: a dense layer whose weight W = V U has rank ≤ rank.
+
+    U is (rank, in_features) and V is (out_features, rank): rank·(in + out) weights instead
+    of in·out. The forward is two GEMMs (h = x Uᵀ, then y = h Vᵀ + b, each one C call through
+    the dense kernels) and the backward two more pairs, so it costs O(batch·rank·(in + out)).
+    The initialisation gives W the variance of He's (U with variance 1/in, V with 2/rank).
+    """
+    _workspace_keys = ("_x", "_h", "_y", "_gh", "_gx")
+
+    def __init__(self, in_features, out_features, rank, bias=True, dtype=np.float32,
+                 bias_init=0.0, rng=None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features),
+                        ("rank", rank)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        dtype = as_dtype(dtype)
+        self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
+        self.bias_enabled, self.bias_init = bool(bias), float(bias_init)
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        u = rng.standard_normal((self.rank, self.in_features)) * np.sqrt(1.0 / self.in_features)
+        v = rng.standard_normal((self.out_features, self.rank)) * np.sqrt(2.0 / self.rank)
+        self._params["U"] = Parameter(u.astype(dtype))
+        self._params["V"] = Parameter(v.astype(dtype))
+        if self.bias_enabled:
+            self._params["bias"] = Parameter(np.full(self.out_features, self.bias_init, dtype))
+        self._x = self._h = self._y = self._gh = self._gx = None
+        flatten_parameters(self.parameters())
+
+    U = property(lambda self: self._params["U"])
+    V = property(lambda self: self._params["V"])
+    bias = property(lambda self: self._params.get("bias"))
+    dtype = property(lambda self: self._params["U"].dtype)
+
+    @property
+    def weight(self):
+        """W = V U, (out_features, in_features), as a new array."""
+        return self.V.data @ self.U.data
+
+    def _forward(self, x):
+        batch = x.shape[0]
+        if self._y is None or self._y.shape[0] != batch:
+            self._h = np.empty((batch, self.rank), self.dtype)
+            self._y = np.empty((batch, self.out_features), self.dtype)
+        ops.dense_forward(x, self.U.data, None, out=self._h)
+        b = self.bias.data if self.bias_enabled else None
+        ops.dense_forward(self._h, self.V.data, b, out=self._y)
+        self._x, self._ready = x, True
+        return self._y
+
+    def _backward(self, g, need_input_grad):
+        batch = g.shape[0]
+        if self._gh is None or self._gh.shape[0] != batch:
+            self._gh = np.empty((batch, self.rank), self.dtype)
+        # ∇V += gᵀ h, ∇b += Σ g, g_h = g V; then ∇U += g_hᵀ x, ∇x = g_h U
+        ops.dense_backward(g, self._h, self.V.data, bias=self.bias_enabled, grad_input=self._gh,
+                           grad_weight=self.V.grad,
+                           grad_bias=self.bias.grad if self.bias_enabled else None,
+                           accumulate=True, accumulate_input=False)
+        gx = None
+        if need_input_grad:
+            if self._gx is None or self._gx.shape[0] != batch:
+                self._gx = np.empty((batch, self.in_features), self.dtype)
+            gx = self._gx
+        ops.dense_backward(self._gh, self._x, self.U.data, bias=False, input_grad=need_input_grad,
+                           grad_input=gx, grad_weight=self.U.grad, accumulate=True,
+                           accumulate_input=False)
+        return gx
+
+    def _output_like(self):
+        return self._y
+
+    def _config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "rank": self.rank, "bias": self.bias_enabled, "dtype": str(self.dtype)}
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, " \
+               f"rank={self.rank}, bias={self.bias_enabled}"
 
 
 class Activation(Module):

@@ -37,6 +37,17 @@ __all__ = [
     "softmax_cross_entropy",
     "sigmoid_bce",
     "mse",
+    "gaussian_nll",
+    "add_forward",
+    "add_backward",
+    "mul_forward",
+    "mul_backward",
+    "concat_forward",
+    "concat_backward",
+    "low_rank_forward",
+    "low_rank_backward",
+    "graph_forward",
+    "graph_backward",
     "sgd_step",
     "adam_step",
     "mlp_forward",
@@ -290,6 +301,166 @@ def mse(pred, target, *, grad_out=None, compute_grad=True):
     if not compute_grad:
         return loss, None
     return loss, _into(grad_out, 2 * diff / diff.size)
+
+
+def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True):
+    """pred = [mu, s = log sigma^2] (B, 2k), target (B, k): loss = mean(s/2 + (t - mu)^2 e^-s / 2).
+
+    The Gaussian negative log-likelihood without its constant log(2 pi)/2 (torch's
+    GaussianNLLLoss with full=False, var = e^s); grad = [-(t - mu) e^-s, (1 - (t - mu)^2 e^-s)/2] / n.
+    """
+    z = np.asarray(pred)
+    k = z.shape[1] // 2
+    mu, s = z[:, :k], z[:, k:]
+    d = np.asarray(target).astype(z.dtype, copy=False) - mu
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.where(d == 0, 0, d * np.exp(-0.5 * s))   # (t - mu) / sigma, sigma^2 never formed
+        loss = float(np.mean(0.5 * s.astype(np.float64) + 0.5 * r.astype(np.float64) ** 2))
+        if not compute_grad:
+            return loss, None
+        n = d.size
+        grad = np.concatenate([np.where(r == 0, 0, -r * np.exp(-0.5 * s)) / n,
+                               0.5 * (1 - r * r) / n], axis=1).astype(z.dtype, copy=False)
+    return loss, _into(grad_out, grad)
+
+
+# --------------------------------------------------------------------------- graph merge nodes
+
+def add_forward(inputs, *, out=None):
+    """y = sum of the inputs (one shape)."""
+    y = np.asarray(inputs[0]).copy()
+    for x in inputs[1:]:
+        y += x
+    return _into(out, y)
+
+
+def add_backward(grad, *, out=None, accumulate=False):
+    """The gradient of each summand of a sum: grad itself (added into ``out`` with accumulate)."""
+    return _into(out, np.array(grad, copy=True), accumulate)
+
+
+def mul_forward(a, b, *, out=None):
+    """y = a * b elementwise."""
+    return _into(out, np.asarray(a) * np.asarray(b))
+
+
+def mul_backward(grad, a, b, *, grad_a=None, grad_b=None, need_a=True, need_b=True,
+                 accumulate_a=False, accumulate_b=False):
+    """(grad * b, grad * a), each written or added into its buffer when given."""
+    ga = _into(grad_a, grad * b, accumulate_a) if need_a else None
+    if need_b and grad_b is not None and grad_b is grad_a:
+        return ga, _into(ga, grad * a, True)
+    gb = _into(grad_b, grad * a, accumulate_b) if need_b else None
+    return ga, gb
+
+
+def concat_forward(inputs, *, out=None):
+    """y = the inputs side by side along the features."""
+    return _into(out, np.concatenate(inputs, axis=1))
+
+
+def concat_backward(grad, widths, *, outs=None, needed=None, accumulate=False):
+    """The column blocks of grad, one per input of the given widths."""
+    n = len(widths)
+    outs = [None] * n if outs is None else outs
+    needed = [True] * n if needed is None else needed
+    acc = accumulate if isinstance(accumulate, (list, tuple)) else [accumulate] * n
+    result, offset = [], 0
+    for i, w in enumerate(widths):
+        block = grad[:, offset:offset + w]
+        result.append(_into(outs[i], block.copy(), acc[i]) if needed[i] else None)
+        offset += w
+    return result
+
+
+# --------------------------------------------------------------------------- low-rank dense layer
+
+def low_rank_forward(x, u, v, bias=None):
+    """y = x (V U)^T + b with U (rank, in), V (out, rank): W = V U of rank <= rank."""
+    y = (x @ u.T) @ v.T
+    return y if bias is None else y + bias
+
+
+def low_rank_backward(grad_out, x, u, v, bias=True):
+    """Returns (grad_x, grad_u, grad_v, grad_bias) of low_rank_forward."""
+    h = x @ u.T
+    gh = grad_out @ v
+    return gh @ u, gh.T @ x, grad_out.T @ h, grad_out.sum(axis=0) if bias else None
+
+
+# --------------------------------------------------------------------------- computation graphs
+
+def graph_forward(nodes, inputs):
+    """Evaluates a computation graph (algorithm 6.1 of *Deep Learning*).
+
+    nodes : dicts in topological order, each {"name", "op", "inputs": [names]} with op
+    "linear" (and "weight", "bias" or None), "add", "concat", "mul", or an activation name
+    (and optional "params", its keyword arguments); inputs : {name: array}.
+    Returns {name: value} for the inputs and every node.
+    """
+    values = dict(inputs)
+    for node in nodes:
+        xs = [values[name] for name in node["inputs"]]
+        op = node["op"]
+        if op == "linear":
+            y = xs[0] @ node["weight"].T
+            if node.get("bias") is not None:
+                y = y + node["bias"]
+        elif op == "add":
+            y = add_forward(xs)
+        elif op == "concat":
+            y = concat_forward(xs)
+        elif op == "mul":
+            y = mul_forward(xs[0], xs[1])
+        else:
+            y = activation_forward(xs[0], op, **node.get("params", {}))
+        values[node["name"]] = y
+    return values
+
+
+def graph_backward(nodes, values, output_grads):
+    """Back-propagation through graph_forward's graph (algorithm 6.2): in reverse order, the
+    gradient of a node is the sum over its consumers (the grad table).
+
+    output_grads : {name: dJ/d value}. Returns (grads, param_grads): grads {name: dJ/d value}
+    for every node reached (inputs included), param_grads {key: (grad_weight, grad_bias)} for
+    the linear nodes, summed over the nodes sharing a "key" (default: the node's name).
+    """
+    table = {name: np.array(g, copy=True) for name, g in output_grads.items()}
+    param_grads = {}
+
+    def contribute(name, g):
+        table[name] = table[name] + g if name in table else g
+
+    for node in reversed(nodes):
+        g = table.get(node["name"])
+        if g is None:
+            continue
+        xs = [values[name] for name in node["inputs"]]
+        op = node["op"]
+        if op == "linear":
+            gw = g.T @ xs[0]
+            gb = g.sum(axis=0) if node.get("bias") is not None else None
+            key = node.get("key", node["name"])
+            if key in param_grads:
+                old_w, old_b = param_grads[key]
+                gw, gb = old_w + gw, None if gb is None else old_b + gb
+            param_grads[key] = (gw, gb)
+            contribute(node["inputs"][0], g @ node["weight"])
+        elif op == "add":
+            for name in node["inputs"]:
+                contribute(name, g)
+        elif op == "concat":
+            for name, gx in zip(node["inputs"], concat_backward(g, [x.shape[1] for x in xs])):
+                contribute(name, gx)
+        elif op == "mul":
+            ga, gb = mul_backward(g, xs[0], xs[1])
+            contribute(node["inputs"][0], ga)
+            contribute(node["inputs"][1], gb)
+        else:
+            contribute(node["inputs"][0], activation_backward(
+                g, op, x=xs[0], y=values[node["name"]], **node.get("params", {})))
+    return table, param_grads
 
 
 # --------------------------------------------------------------------------- optimisers

@@ -1,0 +1,663 @@
+"""Computation graphs: DAG models with skip connections, several inputs and outputs, and
+modules shared between nodes; ``Residual(module)``; the merge nodes Add, Concat and Mul.
+
+Back-propagation is algorithm 6.2 of *Deep Learning* (Goodfellow et al.): the forward pass
+visits the nodes in topological order and keeps each node's value; the backward pass visits
+them in reverse order, and the gradient of a node is the SUM over its consumers (the grad
+table), accumulated in place into one buffer per node: the first consumer the backward visits
+overwrites it, the others add into it (a C pass each, no temporaries). A node with a single
+consumer needs no buffer of its own: it takes the array its consumer hands back, as a chain
+does. Every node's module runs through its ordinary ``_forward``/``_backward``, so the cost is
+one visit per node and one accumulation per edge: O(edges).
+
+A module used at several nodes (shared weights) keeps ONE set of parameters, so each node's
+contribution lands in its one ``.grad``; each further node runs a twin of it that shares the
+parameters and has its own workspaces (a layer keeps its activations for the backward).
+"""
+import threading
+
+import numpy as np
+
+from . import ops
+from .nn import Module, as_input, flatten_parameters
+
+__all__ = ["Graph", "Node", "Merge", "Add", "Concat", "Mul", "Residual"]
+
+
+# ---------------------------------------------------------------- merge nodes
+
+class Merge(Module):
+    """A parameter-free node with several inputs (Add, Concat, Mul); it lives in a Graph.
+
+    ``_forward(xs)`` takes the list of input values; ``_backward_into(g, dests, accumulate)``
+    writes the gradient of input k into ``dests[k]`` (added into it where ``accumulate[k]``;
+    skipped where ``dests[k]`` is None), the grad table's buffers.
+    """
+    min_inputs, max_inputs = 2, None
+    _workspace_keys = ("_y", "_xs")
+
+    def __init__(self):
+        super().__init__()
+        self._y = self._xs = None
+
+    def forward(self, *xs):
+        raise TypeError(f"{type(self).__name__} is a graph node: g.add(fp.{type(self).__name__}(), a, b)")
+
+    backward = forward
+
+    def _workspace(self, shape, dtype):
+        if self._y is None or self._y.shape != shape or self._y.dtype != dtype:
+            self._y = np.empty(shape, dtype)
+        return self._y
+
+    def _output_like(self):
+        return self._y
+
+    def out_width(self, widths):
+        """The output width for these input widths (None where unknown); ValueError on a mismatch."""
+        known = {w for w in widths if w is not None}
+        if len(known) > 1:
+            raise ValueError(f"inputs of different widths {list(widths)}")
+        return known.pop() if known else None
+
+
+class Add(Merge):
+    """``y = Σ_k x_k`` over n inputs of one shape: the skip connection's merge."""
+
+    def _forward(self, xs):
+        y = ops.add_forward(xs, out=self._workspace(xs[0].shape, xs[0].dtype))
+        self._ready = True
+        return y
+
+    def _backward_into(self, g, dests, accumulate):
+        for d, acc in zip(dests, accumulate):
+            if d is not None:
+                ops.add_backward(g, out=d, accumulate=acc)
+
+
+class Mul(Merge):
+    """``y = a ⊙ b`` elementwise (two inputs of one shape): a gate."""
+    max_inputs = 2
+    min_inputs = 2
+
+    def _forward(self, xs):
+        a, b = xs
+        y = ops.mul_forward(a, b, out=self._workspace(a.shape, a.dtype))
+        self._xs, self._ready = (a, b), True
+        return y
+
+    def _backward_into(self, g, dests, accumulate):
+        a, b = self._xs
+        ops.mul_backward(g, a, b, grad_a=dests[0], grad_b=dests[1], need_a=dests[0] is not None,
+                         need_b=dests[1] is not None, accumulate_a=accumulate[0],
+                         accumulate_b=accumulate[1])
+
+
+class Concat(Merge):
+    """``y = [x_1, x_2, ...]`` along the features: (batch, Σ widths)."""
+    _workspace_keys = ("_y", "_xs", "_widths")
+
+    def _forward(self, xs):
+        self._widths = [x.shape[1] for x in xs]
+        y = ops.concat_forward(xs, out=self._workspace((xs[0].shape[0], sum(self._widths)),
+                                                       xs[0].dtype))
+        self._ready = True
+        return y
+
+    def _backward_into(self, g, dests, accumulate):
+        ops.concat_backward(g, self._widths, outs=dests, needed=[d is not None for d in dests],
+                            accumulate=list(accumulate))
+
+    def out_width(self, widths):
+        return None if any(w is None for w in widths) else sum(widths)
+
+
+# ---------------------------------------------------------------- the graph
+
+class Node:
+    """A handle on a graph node, returned by ``g.input`` and ``g.add``; pass it (or its name)
+    as another node's input."""
+    __slots__ = ("graph", "name")
+
+    def __init__(self, graph, name):
+        self.graph, self.name = graph, name
+
+    def __repr__(self):
+        return f"Node({self.name!r})"
+
+
+class _Step:
+    """One node of the built graph, in topological order."""
+    __slots__ = ("name", "kind", "module", "inputs", "width", "accumulate", "alias")
+
+    def __init__(self, name, kind, module, inputs, width):
+        self.name, self.kind, self.module, self.inputs, self.width = name, kind, module, inputs, width
+        self.accumulate = [False] * len(inputs)  # per input slot: add into the grad table's buffer
+        self.alias = [False] * len(inputs)       # per input slot: hand the array over, no buffer
+
+
+def _twin(module):
+    """The same module at another node: the same Parameter objects, its own workspaces."""
+    t = object.__new__(type(module))
+    t.__dict__.update(Module.__getstate__(module))  # workspaces and saved values reset
+    t._busy = threading.Lock()
+    t._children = {name: _twin(c) for name, c in module._children.items()}
+    if hasattr(t, "layers"):  # Sequential keeps its children in a list too
+        t.layers = list(t._children.values())
+    if isinstance(t, Graph):
+        t._retwin(module)
+    return t
+
+
+class Graph(Module):
+    """A model built from nodes of a directed acyclic computation graph.
+
+    ::
+
+        g = fp.Graph()
+        x = g.input("x", 64)
+        h = g.add(fp.Linear(64, 128), x); h = g.add(fp.ReLU(), h)
+        r = g.add(fp.Linear(128, 128), h); r = g.add(fp.ReLU(), r)
+        s = g.add(fp.Add(), h, r)                      # skip connection
+        y = g.add(fp.Linear(128, 10), s)
+        model = g.build(outputs=y)                     # model(x), model.backward(gy)
+
+    Nodes: any single-input Module, ``Add`` (n inputs), ``Concat`` (n inputs, along the
+    features), ``Mul`` (two inputs). Inputs of a node are Node handles or node names (a name
+    may refer to a node added later; ``build`` sorts the nodes topologically). Several inputs:
+    ``model(x1, x2)`` or ``model({"x1": x1, "x2": x2})``; several outputs: the forward returns
+    a tuple and ``backward`` takes one gradient per output. A module added at several nodes
+    shares its parameters. Parameters are named after the first node of their module
+    (``"fc1.weight"``), and the model owns one flat parameter buffer, as a Sequential.
+    """
+    _workspace_keys = ("_values", "_table", "_gbufs", "_gbatch")
+
+    def __init__(self):
+        super().__init__()
+        self._specs = []    # in the order added: (name, kind, module or width, input refs)
+        self._names = {}
+        self._built = False
+        self._values = self._table = self._gbufs = self._gbatch = None
+
+    # ------------------------------------------------------------ construction
+    def _new_name(self, name, module):
+        if name is None:
+            base = "input" if module is None else type(module).__name__.lower()
+            i = sum(1 for n in self._names if n.startswith(base))
+            while f"{base}{i}" in self._names:
+                i += 1
+            name = f"{base}{i}"
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"a node name must be a non-empty string without '.', got {name!r}")
+        if name in self._names:
+            raise ValueError(f"the graph already has a node named {name!r}")
+        return name
+
+    def _open(self):
+        if self._built:
+            raise RuntimeError("this graph is built: nodes cannot be added any more")
+
+    def input(self, name, width=None):
+        """An input node of ``width`` features (None: any); returns its Node."""
+        self._open()
+        if width is not None and (isinstance(width, bool) or not isinstance(width, (int, np.integer))
+                                  or width < 1):
+            raise ValueError(f"input {name!r}: width must be a positive integer or None, got {width!r}")
+        name = self._new_name(name, None)
+        self._names[name] = len(self._specs)
+        self._specs.append((name, "input", None if width is None else int(width), []))
+        return Node(self, name)
+
+    def add(self, module, *inputs, name=None):
+        """A node computing ``module`` of its inputs (Node handles or names); returns its Node."""
+        self._open()
+        if not isinstance(module, Module):
+            raise TypeError(f"a graph node takes a fastprop Module, got {type(module).__name__}")
+        if isinstance(module, Graph) and not module._built:
+            raise ValueError("a graph used as a node must be built first")
+        refs = []
+        for i, ref in enumerate(inputs):
+            if isinstance(ref, Node):
+                if ref.graph is not self:
+                    raise ValueError(f"input {i} ({ref.name!r}) is a node of another graph")
+                refs.append(ref.name)
+            elif isinstance(ref, str):
+                refs.append(ref)
+            else:
+                raise TypeError(f"input {i} must be a Node or a node name, got {type(ref).__name__}")
+        name = self._new_name(name, module)
+        self._names[name] = len(self._specs)
+        self._specs.append((name, "merge" if isinstance(module, Merge) else "module", module, refs))
+        return Node(self, name)
+
+    def build(self, outputs):
+        """Checks the graph and makes it a model; returns self.
+
+        Raises ValueError naming the nodes for: unknown input names, a wrong number of inputs,
+        cycles, width mismatches between producer and consumer (where widths are known),
+        inputs that are never used, and nodes that reach no output (dangling).
+        """
+        self._open()
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        if not outputs:
+            raise ValueError("a graph needs at least one output")
+        out_names = []
+        for ref in outputs:
+            name = ref.name if isinstance(ref, Node) else ref
+            if isinstance(ref, Node) and ref.graph is not self:
+                raise ValueError(f"output {name!r} is a node of another graph")
+            if name not in self._names:
+                raise ValueError(f"output {name!r} is not a node of this graph")
+            out_names.append(name)
+        specs = self._specs
+        n = len(specs)
+        ins = []
+        for name, kind, what, refs in specs:
+            for r in refs:
+                if r not in self._names:
+                    raise ValueError(f"node {name!r} takes {r!r}, which is not a node of this graph")
+            ins.append([self._names[r] for r in refs])
+            if kind == "module" and len(refs) != 1:
+                raise ValueError(f"node {name!r} ({type(what).__name__}) takes one input, got {len(refs)}")
+            if kind == "merge":
+                lo, hi = what.min_inputs, what.max_inputs
+                if len(refs) < lo or (hi is not None and len(refs) > hi):
+                    need = f"{lo}" if lo == hi else f"at least {lo}"
+                    raise ValueError(f"node {name!r} ({type(what).__name__}) takes {need} inputs, "
+                                     f"got {len(refs)}")
+        order = self._topological_order(ins)
+        # widths along the order: every known producer width must match its consumer
+        width = [None] * n
+        for i in order:
+            name, kind, what, refs = specs[i]
+            if kind == "input":
+                width[i] = what
+            elif kind == "module":
+                w, n_in = width[ins[i][0]], what.in_features
+                if n_in is not None and w is not None and n_in != w:
+                    raise ValueError(f"node {name!r} ({type(what).__name__}) takes {n_in} features "
+                                     f"but its input {refs[0]!r} gives {w}")
+                width[i] = what.out_features if what.out_features is not None else (
+                    w if what.width_preserving else None)
+            else:
+                try:
+                    width[i] = what.out_width([width[j] for j in ins[i]])
+                except ValueError:
+                    given = ", ".join(f"{r!r} gives {width[j]}" for r, j in zip(refs, ins[i]))
+                    raise ValueError(f"node {name!r} ({type(what).__name__}) needs inputs of one "
+                                     f"width: {given}") from None
+        # every input used, every node on a path to an output
+        consumers = [[] for _ in range(n)]
+        for i in range(n):
+            for slot, j in enumerate(ins[i]):
+                consumers[j].append((i, slot))
+        outs = [self._names[o] for o in out_names]
+        unused = [specs[i][0] for i in range(n) if specs[i][1] == "input" and not consumers[i]
+                  and i not in outs]
+        if unused:
+            raise ValueError(f"input(s) {unused} are never used: connect them or remove them")
+        live = set(outs)
+        stack = list(outs)
+        while stack:
+            for j in ins[stack.pop()]:
+                if j not in live:
+                    live.add(j)
+                    stack.append(j)
+        dangling = [specs[i][0] for i in range(n) if i not in live]
+        if dangling:
+            raise ValueError(f"node(s) {dangling} reach no output (dangling): make them outputs "
+                             f"or remove them")
+        self._check_sharing()
+        self._make_steps(order, ins, width, outs)
+        flatten_parameters(self.parameters())
+        params = self.parameters()
+        self._dtype = params[0].dtype if params else None
+        self._built = True
+        return self
+
+    def _topological_order(self, ins):
+        """Kahn's algorithm, stable in the order added; a cycle is a ValueError naming it."""
+        n = len(ins)
+        indegree = [len(set(x)) for x in ins]
+        users = [[] for _ in range(n)]
+        for i in range(n):
+            for j in set(ins[i]):
+                users[j].append(i)
+        ready = [i for i in range(n) if indegree[i] == 0]
+        order = []
+        while ready:
+            i = min(ready)
+            ready.remove(i)
+            order.append(i)
+            for u in users[i]:
+                indegree[u] -= 1
+                if indegree[u] == 0:
+                    ready.append(u)
+        if len(order) < n:
+            # walk back along inputs that are still waiting: it must come round
+            left = set(range(n)) - set(order)
+            path, i = [], min(left)
+            while i not in path:
+                path.append(i)
+                i = next(j for j in ins[i] if j in left)
+            cycle = path[path.index(i):] + [i]
+            names = " <- ".join(repr(self._specs[k][0]) for k in cycle)
+            raise ValueError(f"the graph has a cycle: {names} (each node takes the next as input)")
+        return order
+
+    def _check_sharing(self):
+        """A module may be used at several nodes, but not also inside another node's module."""
+        owner, tops = {}, set()
+        for name, kind, what, _ in self._specs:
+            if kind == "input" or id(what) in tops:
+                continue
+            tops.add(id(what))
+            for sub in what.modules():
+                if id(sub) in owner:
+                    raise ValueError(f"nodes {owner[id(sub)]!r} and {name!r} hold the same "
+                                     f"{type(sub).__name__} inside different modules: share "
+                                     f"whole modules only (add the module itself at both nodes)")
+                owner[id(sub)] = name
+
+    def _make_steps(self, order, ins, width, outs):
+        """The node list in topological order and the backward's plan for the grad table."""
+        specs = self._specs
+        pos = {i: k for k, i in enumerate(order)}
+        steps, seen = [], {}
+        self._children = {}
+        self._origin = {}   # node name -> the first node of its module (where its parameters are named)
+        for i in sorted(i for i in range(len(specs)) if specs[i][1] != "input"):
+            name, kind, module, _ = specs[i]
+            if id(module) in seen:
+                module = _twin(module)
+            else:
+                seen[id(module)] = name
+                self._children[name] = module
+            self._origin[name] = seen[id(specs[i][2])]
+            specs[i] = (name, kind, module, specs[i][3])
+        for i in order:
+            name, kind, what, _ = specs[i]
+            steps.append(_Step(name, kind, None if kind == "input" else what,
+                               [pos[j] for j in ins[i]], width[i]))
+        # the backward visits the output gradients first, then the nodes in reverse order:
+        # the first contribution to a node overwrites its buffer, the others add into it
+        contributions = [[] for _ in steps]   # per node: ("out", k) or (consumer, slot), in visit order
+        self._outputs = [pos[i] for i in outs]
+        for k, j in enumerate(self._outputs):
+            contributions[j].append(("out", k))
+        for c in range(len(steps) - 1, -1, -1):
+            for slot, j in enumerate(steps[c].inputs):
+                contributions[j].append((c, slot))
+        self._dedicated = [True] * len(steps)
+        self._output_alias = [False] * len(self._outputs)
+        self._output_accumulate = [False] * len(self._outputs)
+        for j, contribs in enumerate(contributions):
+            for rank, (c, slot) in enumerate(contribs):
+                if c == "out":
+                    self._output_accumulate[slot] = rank > 0
+                else:
+                    steps[c].accumulate[slot] = rank > 0
+            if len(contribs) != 1:
+                continue
+            c, slot = contribs[0]
+            # one contribution: the node takes its consumer's array, if that array is its own
+            if c == "out":
+                self._output_alias[slot] = True
+            elif steps[c].kind == "module":
+                steps[c].alias[slot] = True
+            elif isinstance(steps[c].module, Add) and not any(steps[c].alias):
+                steps[c].alias[slot] = True   # one input of an Add can take g itself
+            else:
+                continue
+            self._dedicated[j] = False
+        self._steps = steps
+        self._inputs = [k for k, s in enumerate(steps) if s.kind == "input"]
+        self._inputs.sort(key=lambda k: self._names[steps[k].name])
+
+    def _retwin(self, original):
+        """After _twin copied a Graph's fields: its steps run the twin's own child modules."""
+        twins = dict(self._children)
+        steps = []
+        for s in original._steps:
+            t = _Step(s.name, s.kind, None, s.inputs, s.width)
+            t.accumulate, t.alias = s.accumulate, s.alias
+            if s.kind != "input":
+                t.module = twins[s.name] if s.name in twins else _twin(s.module)
+            steps.append(t)
+        self._steps = steps
+
+    # ------------------------------------------------------------ shapes and names
+    dtype = property(lambda self: self._dtype if self._built else None)
+
+    @property
+    def input_names(self):
+        return [self._steps[k].name for k in self._inputs]
+
+    @property
+    def output_names(self):
+        return [self._steps[k].name for k in self._outputs]
+
+    @property
+    def in_features(self):
+        return self._steps[self._inputs[0]].width if self._built and len(self._inputs) == 1 else None
+
+    @property
+    def out_features(self):
+        return self._steps[self._outputs[0]].width if self._built and len(self._outputs) == 1 else None
+
+    def __getitem__(self, name):
+        """The module at the node of this name."""
+        for s in self._steps:
+            if s.name == name and s.kind != "input":
+                return s.module
+        raise KeyError(name)
+
+    # ------------------------------------------------------------ the two passes (algorithm 6.2)
+    def _forward(self, x):
+        """Visits the nodes in topological order, keeping every node's value."""
+        steps = self._steps
+        if self._values is None:
+            self._values = [None] * len(steps)
+        v = self._values
+        xs = x if len(self._inputs) > 1 else (x,)
+        for k, i in enumerate(self._inputs):
+            v[i] = xs[k]
+        for i, s in enumerate(steps):
+            if s.kind == "module":
+                v[i] = s.module._forward(v[s.inputs[0]])
+            elif s.kind == "merge":
+                v[i] = s.module._forward([v[j] for j in s.inputs])
+        self._ready = True
+        return self._pick(v, self._outputs)
+
+    def _backward(self, g, need_input_grad):
+        """Visits the nodes in reverse topological order; a node's gradient is the sum over its
+        consumers, accumulated in place into its buffer (the grad table). Returns ∂J/∂inputs
+        (None unless need_input_grad) and adds into every parameter's .grad."""
+        steps = self._steps
+        gs = g if len(self._outputs) > 1 else (g,)
+        table = self._grad_table(gs[0].shape[0], gs[0].dtype)
+        bufs = self._gbufs
+        for k, i in enumerate(self._outputs):
+            if self._output_alias[k]:
+                table[i] = gs[k]
+            else:
+                table[i] = ops.add_backward(gs[k], out=bufs[i], accumulate=self._output_accumulate[k])
+        for i in range(len(steps) - 1, -1, -1):
+            s = steps[i]
+            if s.kind == "input":
+                continue
+            gi = table[i]
+            if s.kind == "module":
+                j = s.inputs[0]
+                need = need_input_grad or steps[j].kind != "input"
+                gx = s.module._backward(gi, need)
+                if not need:
+                    continue
+                if s.alias[0]:
+                    table[j] = gx
+                else:
+                    table[j] = ops.add_backward(gx, out=bufs[j], accumulate=s.accumulate[0])
+            else:
+                dests = []
+                for slot, j in enumerate(s.inputs):
+                    if not need_input_grad and steps[j].kind == "input":
+                        dests.append(None)
+                    elif s.alias[slot]:
+                        dests.append(None)
+                        table[j] = gi
+                    else:
+                        dests.append(bufs[j])
+                        table[j] = bufs[j]
+                s.module._backward_into(gi, dests, s.accumulate)
+        if not need_input_grad:
+            return None
+        return self._pick(table, self._inputs)
+
+    def _pick(self, values, ids):
+        return values[ids[0]] if len(ids) == 1 else tuple(values[i] for i in ids)
+
+    def _grad_table(self, batch, dtype):
+        """One gradient buffer per node that sums several consumers, allocated once per batch size."""
+        n = len(self._steps)
+        if self._gbatch != (batch, dtype):
+            self._gbufs = [np.empty((batch, self._value_width(i)), dtype) if self._dedicated[i]
+                           else None for i in range(n)]
+            self._gbatch = (batch, dtype)
+        if self._table is None:
+            self._table = [None] * n
+        return self._table
+
+    def _value_width(self, i):
+        return self._values[i].shape[1]
+
+    def _output_like(self):
+        return self._pick(self._values, self._outputs) if self._values is not None else None
+
+    # ------------------------------------------------------------ the public pass
+    def __call__(self, *xs):
+        return self.forward(*xs)
+
+    def forward(self, *xs):
+        """The outputs for the inputs: ``model(x)``, ``model(x1, x2)`` or ``model({"x1": x1, ...})``;
+        one new array per output (a tuple when there are several)."""
+        if not self._built:
+            raise RuntimeError("build the graph first: g.build(outputs=...)")
+        with self.exclusive():
+            return self._public_forward(xs[0] if len(xs) == 1 else xs)
+
+    def _check_input(self, x):
+        """The inputs as checked contiguous arrays: one array, or a list for several inputs."""
+        names = self.input_names
+        if isinstance(x, dict):
+            missing, extra = sorted(set(names) - set(x)), sorted(set(x) - set(names))
+            if missing or extra:
+                raise ValueError(f"the inputs are {names}: missing {missing}, unexpected {extra}")
+            x = [x[name] for name in names]
+        elif len(names) == 1:
+            x = [x[0] if isinstance(x, (tuple, list)) and len(x) == 1 else x]
+        elif not isinstance(x, (tuple, list)) or len(x) != len(names):
+            got = len(x) if isinstance(x, (tuple, list)) else 1
+            raise ValueError(f"this graph takes {len(names)} inputs {names}, got {got}")
+        dtype = self.dtype
+        if dtype is None:
+            first = np.asarray(x[0])
+            dtype = first.dtype if first.dtype.kind == "f" else np.float32
+        out = []
+        for name, a, k in zip(names, x, self._inputs):
+            a = as_input(a, dtype, name)
+            if a.ndim != 2:
+                raise ValueError(f"input {name!r} must be 2-D (batch, features), got shape {a.shape}")
+            w = self._steps[k].width
+            if w is not None and a.shape[1] != w:
+                raise ValueError(f"input {name!r} has {a.shape[1]} features, expected {w}")
+            if out and a.shape[0] != out[0].shape[0]:
+                raise ValueError(f"input {name!r} has {a.shape[0]} rows but {names[0]!r} has "
+                                 f"{out[0].shape[0]}")
+            out.append(a)
+        return out[0] if len(out) == 1 else out
+
+    def _public_forward(self, x):
+        given = list(x.values()) if isinstance(x, dict) else (
+            list(x) if isinstance(x, (tuple, list)) else [x])
+        xs = self._check_input(x)
+        many = len(self._inputs) > 1
+        xs = list(xs) if many else [xs]
+        if self._xin is None:
+            self._xin = [None] * len(xs)
+        for k, a in enumerate(xs):  # the caller's own arrays: keep copies for the backward
+            if any(a is b for b in given):
+                keep = self._xin[k]
+                if keep is None or keep.shape != a.shape or keep.dtype != a.dtype:
+                    keep = self._xin[k] = np.empty_like(a)
+                np.copyto(keep, a)
+                xs[k] = keep
+        out = self._forward(xs if many else xs[0])
+        return tuple(o.copy() for o in out) if isinstance(out, tuple) else out.copy()
+
+    def backward(self, *grads):
+        """∂J/∂inputs (a tuple when there are several) for one gradient per output; ADDS
+        ∂J/∂θ into every ``.grad``."""
+        with self.exclusive():
+            return self._public_backward(*grads)
+
+    def _public_backward(self, *grads):
+        if not self._ready:
+            raise RuntimeError("Graph.backward called before forward")
+        outs = [self._values[i] for i in self._outputs]
+        if len(grads) == 1 and isinstance(grads[0], (tuple, list)) and len(outs) > 1:
+            grads = tuple(grads[0])
+        if len(grads) != len(outs):
+            raise ValueError(f"backward takes one gradient per output {self.output_names}, "
+                             f"got {len(grads)}")
+        gs = []
+        for name, g, o in zip(self.output_names, grads, outs):
+            g = as_input(g, o.dtype, f"gradient of {name!r}")
+            if g.shape != o.shape:
+                raise ValueError(f"the gradient of output {name!r} has shape {g.shape}, expected "
+                                 f"{o.shape} (the shape of the last forward's output)")
+            gs.append(g.copy())
+        r = self._backward(gs if len(gs) > 1 else gs[0], True)
+        return tuple(a.copy() for a in r) if isinstance(r, tuple) else r.copy()
+
+    # ------------------------------------------------------------ printing
+    def __repr__(self):
+        if not self._built:
+            return f"Graph(unbuilt, {len(self._specs)} nodes)"
+        lines = []
+        for s in self._steps:
+            if s.kind == "input":
+                lines.append(f"  {s.name}: input({s.width})")
+            else:
+                args = ", ".join(self._steps[j].name for j in s.inputs)
+                lines.append(f"  {s.name}: {s.module!r}({args})".replace("\n", "\n  "))
+        n = self.num_parameters()
+        dtype = f", {self.dtype}" if self.dtype is not None else ""
+        return ("Graph(\n" + "\n".join(lines) + f"\n  outputs: {', '.join(self.output_names)}"
+                f"\n)  # {n:,} parameters{dtype}")
+
+
+class Residual(Graph):
+    """``y = x + module(x)``: a skip connection around module, usable inside a Sequential.
+
+    module must give as many features as it takes (checked where they are known). Its
+    parameters are named ``module.weight``, …
+    """
+    width_preserving = True
+
+    def __init__(self, module):
+        super().__init__()
+        if not isinstance(module, Module):
+            raise TypeError(f"Residual takes a fastprop Module, got {type(module).__name__}")
+        n_in, n_out = module.in_features, module.out_features
+        if n_in is not None and n_out is not None and n_in != n_out:
+            raise ValueError(f"Residual needs a module whose output has its input's width: "
+                             f"{type(module).__name__} maps {n_in} features to {n_out}")
+        x = self.input("x", n_in if n_in is not None else n_out)
+        h = self.add(module, x, name="module")
+        self.build(outputs=self.add(Add(), x, h, name="add"))
+
+    module = property(lambda self: self._children["module"])
+
+    def __repr__(self):
+        return f"Residual({self.module!r})"
