@@ -59,6 +59,16 @@ cdef extern from "fastprop.h" nogil:
                                 int act, const fp_act_params *p)
     int activation_backward_f64(double *dx, const double *g, const double *x, const double *y, int64_t n,
                                 int act, const fp_act_params *p)
+    int activation_second_f32(float *d2x, const float *g, const float *x, int64_t n, int act,
+                              const fp_act_params *p)
+    int activation_second_f64(double *d2x, const double *g, const double *x, int64_t n, int act,
+                              const fp_act_params *p)
+    int activation_rbackward_f32(float *dx, float *rdx, const float *g, const float *rg,
+                                 const float *rx, const float *x, int64_t n, int act,
+                                 const fp_act_params *p)
+    int activation_rbackward_f64(double *dx, double *rdx, const double *g, const double *rg,
+                                 const double *rx, const double *x, int64_t n, int act,
+                                 const fp_act_params *p)
     int prelu_forward_f32(float *y, const float *x, const float *w, int64_t batch, int64_t channels, int64_t n_w)
     int prelu_forward_f64(double *y, const double *x, const double *w, int64_t batch, int64_t channels, int64_t n_w)
     int prelu_backward_f32(float *dx, float *dw, const float *g, const float *x, const float *w,
@@ -75,6 +85,14 @@ cdef extern from "fastprop.h" nogil:
     int sigmoid_bce_forward_backward_f64(double *loss, double *dz, const double *z, const double *target, int64_t n)
     int mse_forward_backward_f32(double *loss, float *dp, const float *pred, const float *target, int64_t n)
     int mse_forward_backward_f64(double *loss, double *dp, const double *pred, const double *target, int64_t n)
+    int softmax_xent_hvp_f32(float *hv, const float *z, const float *v, const float *target,
+                             int64_t batch, int64_t classes)
+    int softmax_xent_hvp_f64(double *hv, const double *z, const double *v, const double *target,
+                             int64_t batch, int64_t classes)
+    int sigmoid_bce_hvp_f32(float *hv, const float *z, const float *v, int64_t n)
+    int sigmoid_bce_hvp_f64(double *hv, const double *z, const double *v, int64_t n)
+    int mse_hvp_f32(float *hv, const float *v, int64_t n)
+    int mse_hvp_f64(double *hv, const double *v, int64_t n)
     int sgd_step_f32(float *param, const float *grad, float *buf, int64_t n, double lr, double momentum,
                      double dampening, int nesterov, double weight_decay, int first_step)
     int sgd_step_f64(double *param, const double *grad, double *buf, int64_t n, double lr, double momentum,
