@@ -1,5 +1,7 @@
 """fastprop: exact back-propagation for multilayer perceptrons, fused C kernels on the CPU."""
 from . import datasets, ops, reference
+from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_vector,
+                        vector_to_parameters, vector_views)
 from .io import gradcheck, load, save
 from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, Module, Parameter, PReLU, ReLU,
@@ -15,4 +17,6 @@ __all__ = [
     "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "SGD", "Adam", "AdamW",
     "TrainStep", "fit", "History", "predict", "predict_proba", "evaluate",
     "save", "load", "gradcheck",
+    "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
+    "vector_to_parameters", "vector_views",
 ]
