@@ -2,6 +2,7 @@
 from . import datasets, ops, reference
 from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_vector,
                         vector_to_parameters, vector_views)
+from .hessian_free import Closure, HessianFree
 from .io import gradcheck, load, save
 from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, Module, Parameter, PReLU, ReLU,
@@ -18,5 +19,5 @@ __all__ = [
     "TrainStep", "fit", "History", "predict", "predict_proba", "evaluate",
     "save", "load", "gradcheck",
     "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
-    "vector_to_parameters", "vector_views",
+    "vector_to_parameters", "vector_views", "HessianFree", "Closure",
 ]

@@ -101,7 +101,7 @@ def _rpass(model, loss, x, y, v, hv, gauss_newton):
     model._rbackward(g, rg, V, H, False)
 
 
-def _product(model, loss, x, y, v, batch_size, gauss_newton, out):
+def _product(model, loss, x, y, v, batch_size, gauss_newton, out, lock=True):
     params = _check(model, loss)
     dtype = params[0].dtype
     n = sum(p.size for p in params)
@@ -119,17 +119,24 @@ def _product(model, loss, x, y, v, batch_size, gauss_newton, out):
     step = rows if batch_size is None else int(batch_size)
     if step < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    with model.exclusive():
-        if step >= rows:
-            _rpass(model, loss, x, y, v, out, gauss_newton)
-            return out
-        # the loss is a mean over rows: the full batch's product is the row-weighted mean
-        part = np.zeros(n, dtype)
-        for a in range(0, rows, step):
-            b = min(a + step, rows)
-            part.fill(0)
-            _rpass(model, loss, x[a:b], y[a:b], v, part, gauss_newton)
-            out += part * dtype.type((b - a) / rows)
+    if lock:  # the caller (a closure inside a training step) may hold the model already
+        with model.exclusive():
+            return _chunks(model, loss, x, y, v, step, gauss_newton, out)
+    return _chunks(model, loss, x, y, v, step, gauss_newton, out)
+
+
+def _chunks(model, loss, x, y, v, step, gauss_newton, out):
+    rows = x.shape[0]
+    if step >= rows:
+        _rpass(model, loss, x, y, v, out, gauss_newton)
+        return out
+    # the loss is a mean over rows: the full batch's product is the row-weighted mean
+    part = np.zeros_like(out)
+    for a in range(0, rows, step):
+        b = min(a + step, rows)
+        part.fill(0)
+        _rpass(model, loss, x[a:b], y[a:b], v, part, gauss_newton)
+        out += part * out.dtype.type((b - a) / rows)
     return out
 
 
