@@ -354,4 +354,49 @@ FP_SIMD int F(prelu_backward)(R *dx, R *dw, const R *g, const R *x, const R *w, 
     return FP_OK;
 }
 
+// the R-operator of PReLU along rx (NULL: a fixed input) and the slopes' direction vw:
+// ry = (x > 0 ? rx : w_c rx) + (x > 0 ? 0 : x vw_c)
+FP_SIMD int F(prelu_rforward)(R *ry, const R *rx, const R *x, const R *w, const R *vw,
+                              int64_t batch, int64_t channels, int64_t n_w)
+{
+    if (!ry || !x || !w || !vw || batch < 0 || channels < 0) return FP_ERR_ARG;
+    if (n_w != 1 && n_w != channels) return FP_ERR_ARG;
+    int64_t step = n_w == 1 ? 0 : 1;
+    for (int64_t i = 0; i < batch; i++) {
+        const R *xi = x + i * channels, *rxi = rx ? rx + i * channels : NULL;
+        R *ri = ry + i * channels;
+        for (int64_t c = 0; c < channels; c++) {
+            R xc = xi[c], rc = rxi ? rxi[c] : 0, a = w[c * step], va = vw[c * step];
+            ri[c] = SELECT(xc > 0, rc, a * rc + xc * va);
+        }
+    }
+    return FP_OK;
+}
+
+// the R-backward of PReLU: dx = (x > 0 ? g : w_c g) (when g and dx are given);
+// rdx = x > 0 ? rg : w_c rg + vw_c g;  dw_c (+)= Σ_{x ≤ 0} (rg x + g rx).
+// g NULL drops its terms (the Gauss–Newton pass), rx NULL those of R{x}. dx may alias g,
+// rdx may alias rg.
+FP_SIMD int F(prelu_rbackward)(R *dx, R *rdx, R *dw, const R *g, const R *rg, const R *x,
+                               const R *rx, const R *w, const R *vw, int64_t batch,
+                               int64_t channels, int64_t n_w, int accumulate)
+{
+    if (!rdx || !rg || !x || !w || !vw || !dw || batch < 0 || channels < 0) return FP_ERR_ARG;
+    if (n_w != 1 && n_w != channels) return FP_ERR_ARG;
+    if (!accumulate)
+        for (int64_t c = 0; c < n_w; c++) dw[c] = 0;
+    int64_t step = n_w == 1 ? 0 : 1;
+    for (int64_t i = 0; i < batch; i++) {
+        int64_t o = i * channels;
+        for (int64_t c = 0; c < channels; c++) {
+            R xc = x[o + c], rgc = rg[o + c], gc = g ? g[o + c] : 0, rxc = rx ? rx[o + c] : 0;
+            R a = w[c * step], va = vw[c * step];
+            dw[c * step] += SELECT(xc > 0, 0, rgc * xc + gc * rxc);
+            if (dx) dx[o + c] = SELECT(xc > 0, gc, a * gc);
+            rdx[o + c] = SELECT(xc > 0, rgc, a * rgc + va * gc);
+        }
+    }
+    return FP_OK;
+}
+
 #endif

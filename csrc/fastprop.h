@@ -103,6 +103,11 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
     int prelu_backward_##S(R *dx, R *dw, const R *g, const R *x, const R *w,          \
                            int64_t batch, int64_t channels, int64_t n_w,              \
                            int accumulate);                                           \
+    int prelu_rforward_##S(R *ry, const R *rx, const R *x, const R *w, const R *vw,     \
+                           int64_t batch, int64_t channels, int64_t n_w);             \
+    int prelu_rbackward_##S(R *dx, R *rdx, R *dw, const R *g, const R *rg, const R *x,  \
+                            const R *rx, const R *w, const R *vw, int64_t batch,      \
+                            int64_t channels, int64_t n_w, int accumulate);           \
     int softmax_forward_##S(R *p, const R *z, int64_t batch, int64_t classes,         \
                             int log_space);                                           \
     int softmax_xent_forward_backward_##S(double *loss, R *dz, const R *z,            \

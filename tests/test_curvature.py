@@ -187,6 +187,48 @@ def test_hvp_of_a_nested_sequential_and_an_activation_first(rng):
     assert rel_err(fp.hvp(model, loss, x, y, v), hvp_by_differences(model, loss, x, y, v)) <= 1e-6
 
 
+@pytest.mark.parametrize("n_slopes", [1, 6])
+@pytest.mark.parametrize("kind", ["xent", "mse"])
+def test_hvp_and_gnvp_with_prelu(rng, n_slopes, kind):
+    model = fp.Sequential(fp.PReLU(dtype=np.float64, init=0.3),
+                          fp.Linear(4, 6, dtype=np.float64, rng=0),
+                          fp.PReLU(n_slopes, init=0.1, dtype=np.float64),
+                          fp.Linear(6, 3, dtype=np.float64, rng=1))
+    x = away_from_kinks(rng.standard_normal((8, 4)))
+    loss, y = make_loss(kind, rng, 8, 3)
+    v = rng.standard_normal(model.num_parameters())
+    assert rel_err(fp.hvp(model, loss, x, y, v), hvp_by_differences(model, loss, x, y, v)) <= 1e-6
+    z = model.forward(x)
+    Jo = output_jacobian(model, x)
+    H_loss = np.stack([getattr(reference, f"{loss.kernel}_hvp")(z, y, e.reshape(z.shape)).reshape(-1)
+                       for e in np.eye(z.size)], axis=1)
+    assert rel_err(hessian_by_columns(model, loss, x, y, fp.gnvp), Jo.T @ H_loss @ Jo) <= 1e-7
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_w", [1, 5])
+def test_prelu_r_kernels_match_reference(rng, dtype, n_w):
+    x, rx, g, rg = (rng.standard_normal((7, 5)).astype(dtype) for _ in range(4))
+    w, vw = rng.standard_normal(n_w).astype(dtype), rng.standard_normal(n_w).astype(dtype)
+    tol = {np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    for r in (rx, None):
+        assert_close(ops.prelu_rforward(x, w, vw, rx=r), reference.prelu_rforward(x, w, vw, rx=r),
+                     rtol=tol)
+        for gg in (g, None):
+            hw0 = rng.standard_normal(n_w).astype(dtype)
+            ours = ops.prelu_rbackward(gg, rg, x, w, vw, rx=r, hv_weight=hw0.copy(), accumulate=True)
+            want = reference.prelu_rbackward(gg, rg, x, w, vw, rx=r, hv_weight=hw0.copy(),
+                                             accumulate=True)
+            assert (ours[0] is None) == (gg is None)
+            for a, b in zip(ours, want):
+                if b is not None:
+                    assert_close(a, b, rtol=tol)
+    with pytest.raises(ValueError, match="v_weight has shape"):
+        ops.prelu_rforward(x, w, np.zeros(n_w + 1, dtype))
+    with pytest.raises(ValueError, match="rx has shape"):
+        ops.prelu_rbackward(g, rg, x, w, vw, rx=rx[:3])
+
+
 @pytest.mark.parametrize("act", ["tanh", "gelu", "relu"])
 def test_hvp_is_symmetric_and_linear(rng, act):
     model = make_model(act)
@@ -306,12 +348,17 @@ def test_hvp_float32_agrees_with_float64(rng):
     assert_close(h32, fp.hvp(m64, loss, x, y, v), rtol=1e-4)
 
 
+class Doubler(fp.nn.Activation):
+    """A user's module without an R-operator of its own."""
+    r_supported = False
+
+
 def test_hvp_refuses_what_it_does_not_support(rng):
     x = rng.standard_normal((3, 4))
     y = np.array([0, 1, 2])
-    prelu = fp.Sequential(fp.Linear(4, 3, dtype=np.float64), fp.PReLU(dtype=np.float64))
-    with pytest.raises(TypeError, match="PReLU has no R-operator"):
-        fp.hvp(prelu, fp.SoftmaxCrossEntropy(), x, y, np.zeros(prelu.num_parameters()))
+    custom = fp.Sequential(fp.Linear(4, 3, dtype=np.float64), Doubler())
+    with pytest.raises(TypeError, match="Doubler has no R-operator"):
+        fp.hvp(custom, fp.SoftmaxCrossEntropy(), x, y, np.zeros(custom.num_parameters()))
     model = make_model()
     n = model.num_parameters()
     with pytest.raises(TypeError, match="loss must be"):

@@ -154,6 +154,45 @@ static void test_loss_hvps(void)
     CHECK(mse_hvp_f64(NULL, v, N) == FP_ERR_ARG, "no output");
 }
 
+/* PReLU's R-forward and R-backward against central differences of its forward and backward
+ * along (rx, vw), with one slope and one per channel */
+static void test_prelu_r(void)
+{
+    enum { PB = 4, PC = 3, N = PB * PC };
+    double x[N], rx[N], g[N], rg[N], ry[N], dx[N], rdx[N], yp[N], ym[N], xp[N], gp[N], dp[N], dm[N];
+    double w[PC], vw[PC], wp[PC], dw[PC], dwp[PC], dwm[PC];
+    for (int i = 0; i < N; i++) {
+        x[i] = rnd(), rx[i] = rnd(), g[i] = rnd(), rg[i] = rnd();
+        if (fabs(x[i]) < 1e-3) x[i] += 0.1;
+    }
+    for (int c = 0; c < PC; c++) w[c] = rnd(), vw[c] = rnd();
+    double h = 1e-6;
+    for (int n_w = 1; n_w <= PC; n_w += PC - 1) {
+        CHECK(prelu_rforward_f64(ry, rx, x, w, vw, PB, PC, n_w) == FP_OK, "prelu_rforward");
+        for (int sign = -1; sign <= 1; sign += 2) {
+            for (int i = 0; i < N; i++) xp[i] = x[i] + sign * h * rx[i], gp[i] = g[i] + sign * h * rg[i];
+            for (int c = 0; c < n_w; c++) wp[c] = w[c] + sign * h * vw[c];
+            prelu_forward_f64(sign > 0 ? yp : ym, xp, wp, PB, PC, n_w);
+            prelu_backward_f64(sign > 0 ? dp : dm, sign > 0 ? dwp : dwm, gp, xp, wp, PB, PC, n_w, 0);
+        }
+        for (int i = 0; i < N; i++) {
+            double num = (yp[i] - ym[i]) / (2 * h);
+            CHECK(fabs(ry[i] - num) < 1e-7 * (1 + fabs(num)), "prelu R{y}[%d]: %g vs %g", i, ry[i], num);
+        }
+        CHECK(prelu_rbackward_f64(dx, rdx, dw, g, rg, x, rx, w, vw, PB, PC, n_w, 0) == FP_OK, "prelu_rbackward");
+        for (int i = 0; i < N; i++) {
+            double num = (dp[i] - dm[i]) / (2 * h);
+            CHECK(fabs(rdx[i] - num) < 1e-7 * (1 + fabs(num)), "prelu R{dx}[%d]: %g vs %g", i, rdx[i], num);
+        }
+        for (int c = 0; c < n_w; c++) {
+            double num = (dwp[c] - dwm[c]) / (2 * h);
+            CHECK(fabs(dw[c] - num) < 1e-7 * (1 + fabs(num)), "prelu R{dw}[%d]: %g vs %g", c, dw[c], num);
+        }
+    }
+    CHECK(prelu_rforward_f64(ry, rx, x, w, vw, PB, PC, 2) == FP_ERR_ARG, "slopes neither 1 nor channels");
+    CHECK(prelu_rbackward_f64(dx, rdx, NULL, g, rg, x, rx, w, vw, PB, PC, 1, 0) == FP_ERR_ARG, "no dw");
+}
+
 static void test_losses_and_network(void)
 {
     enum { B = 4, C = 3 };
@@ -482,6 +521,7 @@ int main(void)
     test_activations();
     test_second_derivatives();
     test_loss_hvps();
+    test_prelu_r();
     test_losses_and_network();
     printf("c-kernels: %d passed, %d failed\n", checks - failures, failures);
     return failures != 0;

@@ -75,6 +75,16 @@ cdef extern from "fastprop.h" nogil:
                            int64_t batch, int64_t channels, int64_t n_w, int accumulate)
     int prelu_backward_f64(double *dx, double *dw, const double *g, const double *x, const double *w,
                            int64_t batch, int64_t channels, int64_t n_w, int accumulate)
+    int prelu_rforward_f32(float *ry, const float *rx, const float *x, const float *w,
+                           const float *vw, int64_t batch, int64_t channels, int64_t n_w)
+    int prelu_rforward_f64(double *ry, const double *rx, const double *x, const double *w,
+                           const double *vw, int64_t batch, int64_t channels, int64_t n_w)
+    int prelu_rbackward_f32(float *dx, float *rdx, float *dw, const float *g, const float *rg,
+                            const float *x, const float *rx, const float *w, const float *vw,
+                            int64_t batch, int64_t channels, int64_t n_w, int accumulate)
+    int prelu_rbackward_f64(double *dx, double *rdx, double *dw, const double *g, const double *rg,
+                            const double *x, const double *rx, const double *w, const double *vw,
+                            int64_t batch, int64_t channels, int64_t n_w, int accumulate)
     int softmax_forward_f32(float *p, const float *z, int64_t batch, int64_t classes, int log_space)
     int softmax_forward_f64(double *p, const double *z, int64_t batch, int64_t classes, int log_space)
     int softmax_xent_forward_backward_f32(double *loss, float *dz, const float *z, const int64_t *labels,

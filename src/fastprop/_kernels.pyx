@@ -495,6 +495,102 @@ def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=Fa
     return D, dW
 
 
+def prelu_rforward(x, weight, v_weight, *, rx=None, out=None):
+    """The R-operator of PReLU: ``(x > 0 ? rx : weight[c]·rx) + (x > 0 ? 0 : x·v_weight[c])``.
+
+    x, rx, out : (B, C); weight, v_weight : (1,) or (C,). rx None: a fixed input (R{x} = 0).
+    """
+    X = _floats(x, "x", 2)
+    W = _floats(weight, "weight", 1, X, "x")
+    VW = _floats(v_weight, "v_weight", 1, X, "x")
+    cdef int64_t batch, channels, n_w
+    batch, channels, n_w = _prelu_shapes(X, W)
+    if VW.shape != W.shape:
+        raise ValueError(f"v_weight has shape {VW.shape}, expected {W.shape} (weight's)")
+    RX = None
+    if rx is not None:
+        RX = _floats(rx, "rx", 2, X, "x")
+        if RX.shape != X.shape:
+            raise ValueError(f"rx has shape {RX.shape}, expected {X.shape} (x's)")
+    Y = _out(out, "out", X.shape, X)
+    _separate(Y, "out", ((RX, "rx"),), True)
+    _separate(Y, "out", ((X, "x"), (W, "weight"), (VW, "v_weight")))
+    cdef int rc
+    cdef void *p_Y = _ptr(Y)
+    cdef void *p_RX = _ptr(RX)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_W = _ptr(W)
+    cdef void *p_VW = _ptr(VW)
+    if _f32(X):
+        with nogil:
+            rc = prelu_rforward_f32(<float*>p_Y, <float*>p_RX, <float*>p_X, <float*>p_W,
+                                    <float*>p_VW, batch, channels, n_w)
+    else:
+        with nogil:
+            rc = prelu_rforward_f64(<double*>p_Y, <double*>p_RX, <double*>p_X, <double*>p_W,
+                                    <double*>p_VW, batch, channels, n_w)
+    _check(rc, "prelu_rforward")
+    return Y
+
+
+def prelu_rbackward(grad, rgrad, x, weight, v_weight, *, rx=None, out=None, rout=None,
+                    hv_weight=None, accumulate=False):
+    """The R-backward of PReLU, with R{x} = rx and the slopes' direction v_weight.
+
+    out = (x > 0 ? grad : weight[c]·grad); rout = (x > 0 ? rgrad : weight[c]·rgrad +
+    v_weight[c]·grad); hv_weight[c] (+)= Σ_{x ≤ 0} (rgrad·x + grad·rx). grad None (the
+    Gauss–Newton pass) drops grad's terms and gives out None; rx None drops rx's.
+    out=grad and rout=rgrad work in place. Returns (out, rout, hv_weight).
+    """
+    RG = _floats(rgrad, "rgrad", 2)
+    X = _floats(x, "x", 2, RG, "rgrad")
+    W = _floats(weight, "weight", 1, RG, "rgrad")
+    VW = _floats(v_weight, "v_weight", 1, RG, "rgrad")
+    cdef int64_t batch, channels, n_w
+    batch, channels, n_w = _prelu_shapes(X, W)
+    if VW.shape != W.shape:
+        raise ValueError(f"v_weight has shape {VW.shape}, expected {W.shape} (weight's)")
+    G = None if grad is None else _floats(grad, "grad", 2, RG, "rgrad")
+    RX = None if rx is None else _floats(rx, "rx", 2, RG, "rgrad")
+    for arr, name in ((G, "grad"), (X, "x"), (RX, "rx")):
+        if arr is not None and arr.shape != RG.shape:
+            raise ValueError(f"{name} has shape {arr.shape}, expected {RG.shape} (rgrad's)")
+    inputs = ((X, "x"), (W, "weight"), (VW, "v_weight"), (RX, "rx"))
+    cdef bint acc = bool(accumulate)
+    dW = _out(hv_weight, "hv_weight", W.shape, RG, acc)
+    _separate(dW, "hv_weight", inputs + ((G, "grad"), (RG, "rgrad")))
+    D = None
+    if G is not None:
+        D = _out(out, "out", RG.shape, RG)
+        _separate(D, "out", ((G, "grad"),), True)
+        _separate(D, "out", inputs + ((RG, "rgrad"), (dW, "hv_weight")))
+    RD = _out(rout, "rout", RG.shape, RG)
+    _separate(RD, "rout", ((RG, "rgrad"),), True)
+    _separate(RD, "rout", inputs + ((G, "grad"), (D, "out"), (dW, "hv_weight")))
+    cdef int rc
+    cdef void *p_D = _ptr(D)
+    cdef void *p_RD = _ptr(RD)
+    cdef void *p_dW = _ptr(dW)
+    cdef void *p_G = _ptr(G)
+    cdef void *p_RG = _ptr(RG)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_RX = _ptr(RX)
+    cdef void *p_W = _ptr(W)
+    cdef void *p_VW = _ptr(VW)
+    if _f32(RG):
+        with nogil:
+            rc = prelu_rbackward_f32(<float*>p_D, <float*>p_RD, <float*>p_dW, <float*>p_G,
+                                     <float*>p_RG, <float*>p_X, <float*>p_RX, <float*>p_W,
+                                     <float*>p_VW, batch, channels, n_w, acc)
+    else:
+        with nogil:
+            rc = prelu_rbackward_f64(<double*>p_D, <double*>p_RD, <double*>p_dW, <double*>p_G,
+                                     <double*>p_RG, <double*>p_X, <double*>p_RX, <double*>p_W,
+                                     <double*>p_VW, batch, channels, n_w, acc)
+    _check(rc, "prelu_rbackward")
+    return D, RD, dW
+
+
 # ---------------------------------------------------------------- softmax and losses
 
 cdef _softmax(logits, out, bint log_space, str where):

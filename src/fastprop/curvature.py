@@ -70,7 +70,7 @@ def _check(model, loss):
     for m in model.modules():
         if not m.r_supported and not m._children:
             raise TypeError(f"{type(m).__name__} has no R-operator: Hessian–vector products "
-                            f"support Sequential models of Linear and the activations")
+                            f"support Sequential models of Linear, PReLU and the activations")
     if not isinstance(loss, Loss) or not hasattr(ops, f"{loss.kernel}_hvp"):
         raise TypeError(f"loss must be SoftmaxCrossEntropy, SigmoidBCE or MSE, got "
                         f"{type(loss).__name__}")

@@ -250,7 +250,7 @@ class Module:
         input, R{x} = 0) and the parameters by v (a dict Parameter → array of its shape).
         Keeps what _rbackward needs. ry is None when y moves with neither."""
         raise TypeError(f"{type(self).__name__} has no R-operator: Hessian–vector products "
-                        f"support Linear, the activations of fastprop.nn and Sequential")
+                        f"support Linear, the activations of fastprop.nn, PReLU and Sequential")
 
     def _rbackward(self, g, rg, v, hv, need_input_grad):
         """(gx, rgx) from g = ∂J/∂y and rg = R{g} (both scratch, may be overwritten):
@@ -591,6 +591,24 @@ class PReLU(Module):
         gx, _ = ops.prelu_backward(g, self._x, self.weight.data, out=g,
                                    grad_weight=self.weight.grad, accumulate=True)
         return gx
+
+    r_supported = True
+
+    def _rforward(self, x, rx, v):
+        # y = x > 0 ? x : a x;  R{y} = x > 0 ? R{x} : a R{x} + x v_a
+        y = ops.prelu_forward(x, self.weight.data, out=self._rbuf("y", x.shape, x.dtype))
+        ry = ops.prelu_rforward(x, self.weight.data, v[self.weight], rx=rx,
+                                out=self._rbuf("ry", x.shape, x.dtype))
+        self._rsaved = (x, rx)
+        return y, ry
+
+    def _rbackward(self, g, rg, v, hv, need_input_grad):
+        # gx = f′ g;  R{gx} = f′ R{g} + [x ≤ 0] v_a g;  Hv_a += Σ_{x ≤ 0} (R{g} x + g R{x})
+        x, rx = self._rsaved
+        gx, rgx, _ = ops.prelu_rbackward(g, rg, x, self.weight.data, v[self.weight], rx=rx,
+                                         out=g, rout=rg, hv_weight=hv[self.weight],
+                                         accumulate=True)
+        return gx, rgx
 
     def _output_like(self):
         return self._y

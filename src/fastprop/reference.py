@@ -34,6 +34,8 @@ __all__ = [
     "activation_rbackward",
     "prelu_forward",
     "prelu_backward",
+    "prelu_rforward",
+    "prelu_rbackward",
     "softmax",
     "log_softmax",
     "softmax_cross_entropy",
@@ -260,6 +262,34 @@ def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=Fa
     else:
         gw = contrib.sum(axis=tuple(i for i in range(x.ndim) if i != 1)).reshape(weight.shape)
     return _into(out, gi), _into(grad_weight, gw, accumulate)
+
+
+def prelu_rforward(x, weight, v_weight, *, rx=None, out=None):
+    """R{y} of PReLU: where x > 0, rx; elsewhere weight[c] * rx + x * v_weight[c]."""
+    x = np.asarray(x)
+    rx = np.zeros_like(x) if rx is None else np.asarray(rx)
+    a, va = _per_channel(weight, x), _per_channel(v_weight, x)
+    return _into(out, np.where(x > 0, rx, a * rx + x * va))
+
+
+def prelu_rbackward(grad, rgrad, x, weight, v_weight, *, rx=None, out=None, rout=None,
+                    hv_weight=None, accumulate=False):
+    """(grad * f'(x), rgrad * f'(x) + [x <= 0] v_weight grad, sum over x <= 0 of rgrad x + grad rx)."""
+    rgrad, x = np.asarray(rgrad), np.asarray(x)
+    g = np.zeros_like(x) if grad is None else np.asarray(grad)
+    rx = np.zeros_like(x) if rx is None else np.asarray(rx)
+    weight = np.asarray(weight)
+    a, va = _per_channel(weight, x), _per_channel(v_weight, x)
+    positive = x > 0
+    gi = np.where(positive, g, a * g)
+    rgi = np.where(positive, rgrad, a * rgrad + va * g)
+    contrib = np.where(positive, 0, rgrad * x + g * rx)
+    if weight.size == 1:
+        hw = contrib.sum().reshape(weight.shape)
+    else:
+        hw = contrib.sum(axis=0).reshape(weight.shape)
+    return (None if grad is None else _into(out, gi)), _into(rout, rgi), \
+        _into(hv_weight, hw, accumulate)
 
 
 # --------------------------------------------------------------------------- softmax and losses
