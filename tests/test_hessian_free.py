@@ -123,3 +123,16 @@ def test_hessian_free_refuses_a_plain_closure():
         opt.step(fp.Closure(other, fp.MSE(), X, y))
     with pytest.raises(ValueError, match="max_cg_iter"):
         fp.HessianFree(model.parameters(), max_cg_iter=0)
+
+
+def test_fit_with_hessian_free_reports_accuracy_from_the_step_output():
+    X, y = fp.datasets.xor()
+    X = np.repeat(X, 8, axis=0).astype(np.float64)
+    y = np.repeat(y, 8, axis=0)
+    model = fp.Sequential(fp.Linear(2, 8, dtype=np.float64, rng=0), fp.Tanh(),
+                          fp.Linear(8, 2, dtype=np.float64, rng=1))
+    history = fp.fit(model, X, y, loss=fp.SoftmaxCrossEntropy(),
+                     optimizer=fp.HessianFree(model.parameters()), epochs=10, batch_size=32,
+                     progress=False)
+    assert history["accuracy"][-1] == 1.0
+    assert history["loss"][-1] < 0.05

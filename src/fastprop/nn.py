@@ -256,8 +256,8 @@ class Module:
         """(gx, rgx) from g = ∂J/∂y and rg = R{g} (both scratch, may be overwritten):
         gx = ∂J/∂x and rgx = R{gx}; ADDS R{∂J/∂θ} into hv[p] for each parameter p.
         g None gives the Gauss–Newton product (the terms of the first-order gradient
-        dropped); gx is None then, and whenever need_input_grad is False for a
-        module with parameters."""
+        dropped) and gx None. A Linear skips both (None, None) when need_input_grad
+        is False, as its _backward does."""
         raise TypeError(f"{type(self).__name__} has no R-operator")
 
     def _rbuf(self, key, shape, dtype):
@@ -506,8 +506,8 @@ class Activation(Module):
                                  **self.params)
         ry = None
         if rx is not None:
-            ry = ops.activation_backward(rx, self.name, x=x, y=y, out=self._rbuf("ry", x.shape, x.dtype),
-                                         **self.params)
+            ry = ops.activation_backward(rx, self.name, x=x, y=y,
+                                         out=self._rbuf("ry", x.shape, x.dtype), **self.params)
         self._rsaved = (x, rx)
         return y, ry
 
