@@ -57,3 +57,15 @@ def test_demo_command_runs_from_the_clone():
                          cwd=root, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "test accuracy" in run.stdout
+
+
+def test_curvature_example_tracks_a_true_eigenpair(capsys):
+    curvature = load_example("curvature")
+    model, (Xc, yc, loss_fn), rows = curvature.track(epochs=2)
+    assert len(rows) == 2 and "top eigenvalue" in capsys.readouterr().out
+    (vals, vecs) = fp.hessian_eigs(model, loss_fn, Xc, yc, k=1, return_eigenvectors=True)
+    assert vals[0] == rows[-1][1] and vals[0] > 0
+    v = vecs[:, 0]
+    residual = fp.hvp(model, loss_fn, Xc, yc, v) - vals[0] * v
+    assert np.linalg.norm(residual) <= 1e-3 * vals[0]
+    assert 0 < vals[0] < rows[-1][2]   # the top eigenvalue is below the trace (nearly PSD here)
