@@ -185,6 +185,99 @@ FP_SIMD int F(activation_backward)(R *dx, const R *g, const R *x, const R *y, in
     return FP_OK;
 }
 
+/* f′ and f″ of one element xi into d1 and d2, for the loops below; cos is handled apart
+ * (its range check runs per block). Statements only: a macro argument holds no comma. */
+#define FP_D12_CASES(LOOP)                                                                   \
+    case FP_IDENTITY: LOOP(0, n, d1 = 1; d2 = 0); break;                                     \
+    case FP_RELU: LOOP(0, n, d1 = xi > 0 ? 1 : 0; d2 = 0); break;                            \
+    case FP_LEAKY_RELU: LOOP(0, n, d1 = xi > 0 ? 1 : slope; d2 = 0); break;                  \
+    case FP_ABS: LOOP(0, n, d1 = xi > 0 ? 1 : (xi < 0 ? -1 : 0); d2 = 0); break;             \
+    /* σ′ = q(1 − q), σ″ = σ′(1 − 2σ) = ∓q(1 − q)(1 − 2q), q = σ(−|x|): no cancellation */ \
+    case FP_SIGMOID:                                                                         \
+        LOOP(0, n, R q = SIGMOID(-FABS(xi)); d1 = q * (1 - q);                               \
+             d2 = SELECT(xi > 0, -d1, d1) * (1 - 2 * q));                                    \
+        break;                                                                               \
+    /* tanh′ = 1 − tanh² = 4q(1 − q), q = σ(−2|x|); tanh″ = −2 tanh · tanh′ */               \
+    case FP_TANH:                                                                            \
+        LOOP(0, n, R q = SIGMOID(-2 * FABS(xi)); d1 = 4 * q * (1 - q);                       \
+             d2 = -2 * TANH(xi) * d1);                                                       \
+        break;                                                                               \
+    /* softplus′ = σ(βx), softplus″ = β σ(βx)(1 − σ(βx)); 1 and 0 above the threshold */     \
+    case FP_SOFTPLUS:                                                                        \
+        if (!(beta != 0)) return FP_ERR_ARG;                                                 \
+        LOOP(0, n, R bx = beta * xi; R q = SIGMOID(-FABS(bx));                               \
+             d1 = SELECT(bx > threshold, 1, SIGMOID(bx));                                    \
+             d2 = SELECT(bx > threshold, 0, beta * q * (1 - q)));                            \
+        break;                                                                               \
+    /* cos′ = −sin, cos″ = −cos, in blocks as the forward */                                 \
+    case FP_COS:                                                                             \
+        for (int64_t b = 0; b < n; b += TRIG_BLOCK) {                                        \
+            int64_t m = n - b < TRIG_BLOCK ? n - b : TRIG_BLOCK;                             \
+            if (F(trig_in_range)(x + b, m)) {                                                \
+                LOOP(b, b + m, d1 = -SIN(xi); d2 = -COS(xi));                                \
+            } else {                                                                         \
+                LOOP(b, b + m, d1 = -SIN_LIBM(xi); d2 = -COS_LIBM(xi));                      \
+            }                                                                                \
+        }                                                                                    \
+        break;                                                                               \
+    /* gelu′ = Φ(x) + x φ(x), gelu″ = φ(x)(2 − x²) */                                        \
+    case FP_GELU:                                                                            \
+        LOOP(0, n, R pdf = inv_sqrt_2pi * GAUSS(xi); d1 = PHI(xi) + xi * pdf;                \
+             d2 = pdf * (2 - xi * xi));                                                      \
+        break;                                                                               \
+    /* silu′ = σ(1 + x(1 − σ)), silu″ = σ(1 − σ)(2 + x(1 − 2σ)) */                           \
+    case FP_SILU:                                                                            \
+        LOOP(0, n, R s = SIGMOID(xi); R q = SIGMOID(-FABS(xi)); d1 = s * (1 + xi * (1 - s)); \
+             d2 = q * (1 - q) * (2 + xi * (1 - 2 * s)));                                     \
+        break;                                                                               \
+    default:                                                                                 \
+        return FP_ERR_ACT;
+
+// d2x = g ⊙ f″(x)  (relu, leaky_relu, abs: 0 almost everywhere; see FP_D12_CASES)
+FP_SIMD int F(activation_second)(R *d2x, const R *g, const R *x, int64_t n, int act,
+                                 const fp_act_params *p)
+{
+    if (!d2x || !g || !x || n < 0) return FP_ERR_ARG;
+    R slope = p ? (R)p->negative_slope : (R)0.01;
+    R beta = p ? (R)p->beta : 1, threshold = p ? (R)p->threshold : 20;
+    const R inv_sqrt_2pi = (R)0.39894228040143267794;
+    (void)slope;
+#define FP_D2_LOOP(lo, hi, D12)                              \
+    for (int64_t i = (lo); i < (hi); i++) {                  \
+        R xi = x[i], gi = g[i], d1, d2;                      \
+        D12;                                                 \
+        (void)xi, (void)d1;                                  \
+        d2x[i] = gi * d2;                                    \
+    }
+    switch (act) { FP_D12_CASES(FP_D2_LOOP) }
+#undef FP_D2_LOOP
+    return FP_OK;
+}
+
+// the R-operator of g ⊙ f′(x) along a direction with R{x} = rx and R{g} = rg:
+// dx = g ⊙ f′(x),  rdx = rg ⊙ f′(x) + g ⊙ f″(x) ⊙ rx  (dx may alias g, rdx may alias rg)
+FP_SIMD int F(activation_rbackward)(R *dx, R *rdx, const R *g, const R *rg, const R *rx,
+                                    const R *x, int64_t n, int act, const fp_act_params *p)
+{
+    if (!dx || !rdx || !g || !rg || !rx || !x || n < 0) return FP_ERR_ARG;
+    R slope = p ? (R)p->negative_slope : (R)0.01;
+    R beta = p ? (R)p->beta : 1, threshold = p ? (R)p->threshold : 20;
+    const R inv_sqrt_2pi = (R)0.39894228040143267794;
+    (void)slope;
+#define FP_RB_LOOP(lo, hi, D12)                                          \
+    for (int64_t i = (lo); i < (hi); i++) {                              \
+        R xi = x[i], gi = g[i], rgi = rg[i], rxi = rx[i], d1, d2;        \
+        D12;                                                             \
+        (void)xi;                                                        \
+        dx[i] = gi * d1;                                                 \
+        rdx[i] = rgi * d1 + gi * d2 * rxi;                               \
+    }
+    switch (act) { FP_D12_CASES(FP_RB_LOOP) }
+#undef FP_RB_LOOP
+    return FP_OK;
+}
+#undef FP_D12_CASES
+
 // x and y are (batch, channels), w is (n_w) with n_w 1 or channels: y = x > 0 ? x : w_c x
 FP_SIMD int F(prelu_forward)(R *y, const R *x, const R *w, int64_t batch, int64_t channels,
                              int64_t n_w)
@@ -260,6 +353,51 @@ FP_SIMD int F(prelu_backward)(R *dx, R *dw, const R *g, const R *x, const R *w, 
                 R gc = gi[c], a = w[c];
                 di[c] = SELECT(xi[c] > 0, gc, a * gc);
             }
+        }
+    }
+    return FP_OK;
+}
+
+// the R-operator of PReLU along rx (NULL: a fixed input) and the slopes' direction vw:
+// ry = (x > 0 ? rx : w_c rx) + (x > 0 ? 0 : x vw_c)
+FP_SIMD int F(prelu_rforward)(R *ry, const R *rx, const R *x, const R *w, const R *vw,
+                              int64_t batch, int64_t channels, int64_t n_w)
+{
+    if (!ry || !x || !w || !vw || batch < 0 || channels < 0) return FP_ERR_ARG;
+    if (n_w != 1 && n_w != channels) return FP_ERR_ARG;
+    int64_t step = n_w == 1 ? 0 : 1;
+    for (int64_t i = 0; i < batch; i++) {
+        const R *xi = x + i * channels, *rxi = rx ? rx + i * channels : NULL;
+        R *ri = ry + i * channels;
+        for (int64_t c = 0; c < channels; c++) {
+            R xc = xi[c], rc = rxi ? rxi[c] : 0, a = w[c * step], va = vw[c * step];
+            ri[c] = SELECT(xc > 0, rc, a * rc + xc * va);
+        }
+    }
+    return FP_OK;
+}
+
+// the R-backward of PReLU: dx = (x > 0 ? g : w_c g) (when g and dx are given);
+// rdx = x > 0 ? rg : w_c rg + vw_c g;  dw_c (+)= Σ_{x ≤ 0} (rg x + g rx).
+// g NULL drops its terms (the Gauss–Newton pass), rx NULL those of R{x}. dx may alias g,
+// rdx may alias rg.
+FP_SIMD int F(prelu_rbackward)(R *dx, R *rdx, R *dw, const R *g, const R *rg, const R *x,
+                               const R *rx, const R *w, const R *vw, int64_t batch,
+                               int64_t channels, int64_t n_w, int accumulate)
+{
+    if (!rdx || !rg || !x || !w || !vw || !dw || batch < 0 || channels < 0) return FP_ERR_ARG;
+    if (n_w != 1 && n_w != channels) return FP_ERR_ARG;
+    if (!accumulate)
+        for (int64_t c = 0; c < n_w; c++) dw[c] = 0;
+    int64_t step = n_w == 1 ? 0 : 1;
+    for (int64_t i = 0; i < batch; i++) {
+        int64_t o = i * channels;
+        for (int64_t c = 0; c < channels; c++) {
+            R xc = x[o + c], rgc = rg[o + c], gc = g ? g[o + c] : 0, rxc = rx ? rx[o + c] : 0;
+            R a = w[c * step], va = vw[c * step];
+            dw[c * step] += SELECT(xc > 0, 0, rgc * xc + gc * rxc);
+            if (dx) dx[o + c] = SELECT(xc > 0, gc, a * gc);
+            rdx[o + c] = SELECT(xc > 0, rgc, a * rgc + va * gc);
         }
     }
     return FP_OK;

@@ -93,11 +93,21 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
                                const fp_act_params *p);                               \
     int activation_backward_##S(R *dx, const R *g, const R *x, const R *y, int64_t n, \
                                 int act, const fp_act_params *p);                     \
+    int activation_second_##S(R *d2x, const R *g, const R *x, int64_t n, int act,      \
+                              const fp_act_params *p);                                \
+    int activation_rbackward_##S(R *dx, R *rdx, const R *g, const R *rg, const R *rx,  \
+                                 const R *x, int64_t n, int act,                      \
+                                 const fp_act_params *p);                             \
     int prelu_forward_##S(R *y, const R *x, const R *w, int64_t batch,                \
                           int64_t channels, int64_t n_w);                             \
     int prelu_backward_##S(R *dx, R *dw, const R *g, const R *x, const R *w,          \
                            int64_t batch, int64_t channels, int64_t n_w,              \
                            int accumulate);                                           \
+    int prelu_rforward_##S(R *ry, const R *rx, const R *x, const R *w, const R *vw,     \
+                           int64_t batch, int64_t channels, int64_t n_w);             \
+    int prelu_rbackward_##S(R *dx, R *rdx, R *dw, const R *g, const R *rg, const R *x,  \
+                            const R *rx, const R *w, const R *vw, int64_t batch,      \
+                            int64_t channels, int64_t n_w, int accumulate);           \
     int softmax_forward_##S(R *p, const R *z, int64_t batch, int64_t classes,         \
                             int log_space);                                           \
     int softmax_xent_forward_backward_##S(double *loss, R *dz, const R *z,            \
@@ -119,6 +129,10 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
                            int64_t offset, int64_t w);                                \
     int concat_backward_##S(R *dx, const R *g, int64_t batch, int64_t width,          \
                             int64_t offset, int64_t w, int accumulate);               \
+    int softmax_xent_hvp_##S(R *hv, const R *z, const R *v, const R *target,           \
+                             int64_t batch, int64_t classes);                         \
+    int sigmoid_bce_hvp_##S(R *hv, const R *z, const R *v, int64_t n);                 \
+    int mse_hvp_##S(R *hv, const R *v, int64_t n);                                    \
     int sgd_step_##S(R *param, const R *grad, R *buf, int64_t n, double lr,           \
                      double momentum, double dampening, int nesterov,                 \
                      double weight_decay, int first_step);                            \

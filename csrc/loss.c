@@ -217,4 +217,52 @@ FP_SIMD int F(gaussian_nll_forward_backward)(double *loss, R *dz, const R *z, co
     return FP_OK;
 }
 
+/* Loss Hessian–vector products: hv = (∂²J/∂z²) v, the R-operator of the gradient above. */
+
+// z, v, hv are (batch, classes); hv = Σ_j t_ij (p ⊙ v − p (pᵀv)) / batch row-wise, p = softmax(z);
+// target NULL: labels (Σ_j t_ij = 1). hv must not alias z or v.
+FP_SIMD int F(softmax_xent_hvp)(R *hv, const R *z, const R *v, const R *target, int64_t batch,
+                                int64_t classes)
+{
+    if (!hv || !z || !v || batch < 1 || classes < 1) return FP_ERR_ARG;
+    R inv_batch = (R)(1.0 / (double)batch);
+    for (int64_t i = 0; i < batch; i++) {
+        const R *zi = z + i * classes, *vi = v + i * classes;
+        R *hi = hv + i * classes;
+        R m = F(max_of)(zi, classes);
+        R s = F(exp_into)(hi, zi, m, classes);  /* hi = exp(z − m), s its sum */
+        R acc[FP_LANES] = {0}, ev = 0;          /* Σ_j e_j v_j */
+        int64_t j = 0;
+        for (; j + FP_LANES <= classes; j += FP_LANES)
+            for (int l = 0; l < FP_LANES; l++) acc[l] += hi[j + l] * vi[j + l];
+        for (; j < classes; j++) ev += hi[j] * vi[j];
+        for (int l = 0; l < FP_LANES; l++) ev += acc[l];
+        R tsum = target ? F(sum_of)(target + i * classes, classes) : 1;
+        R pv = ev / s, scale = tsum / s * inv_batch;
+        for (int64_t j2 = 0; j2 < classes; j2++) hi[j2] = scale * hi[j2] * (vi[j2] - pv);
+    }
+    return FP_OK;
+}
+
+// hv = σ(z)(1 − σ(z)) v / n = q(1 − q) v / n, q = σ(−|z|) (hv may alias v)
+FP_SIMD int F(sigmoid_bce_hvp)(R *hv, const R *z, const R *v, int64_t n)
+{
+    if (!hv || !z || !v || n < 1) return FP_ERR_ARG;
+    R inv_n = (R)(1.0 / (double)n);
+    for (int64_t i = 0; i < n; i++) {
+        R q = SIGMOID(-FABS(z[i]));
+        hv[i] = q * (1 - q) * inv_n * v[i];
+    }
+    return FP_OK;
+}
+
+// hv = 2 v / n (hv may alias v)
+FP_SIMD int F(mse_hvp)(R *hv, const R *v, int64_t n)
+{
+    if (!hv || !v || n < 1) return FP_ERR_ARG;
+    R two_over_n = (R)(2.0 / (double)n);
+    for (int64_t i = 0; i < n; i++) hv[i] = two_over_n * v[i];
+    return FP_OK;
+}
+
 #endif

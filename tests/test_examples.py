@@ -69,3 +69,15 @@ def test_residual_example_trains_where_the_plain_mlp_stalls():
     # the same weights: without skips the models differ only in the connections
     for p, q in zip(plain_model.parameters(), residual.build(True).parameters()):
         assert p.shape == q.shape
+
+
+def test_curvature_example_tracks_a_true_eigenpair(capsys):
+    curvature = load_example("curvature")
+    model, (Xc, yc, loss_fn), rows = curvature.track(epochs=2)
+    assert len(rows) == 2 and "top eigenvalue" in capsys.readouterr().out
+    (vals, vecs) = fp.hessian_eigs(model, loss_fn, Xc, yc, k=1, return_eigenvectors=True)
+    assert vals[0] == rows[-1][1] and vals[0] > 0
+    v = vecs[:, 0]
+    residual = fp.hvp(model, loss_fn, Xc, yc, v) - vals[0] * v
+    assert np.linalg.norm(residual) <= 1e-3 * vals[0]
+    assert 0 < vals[0] < rows[-1][2]   # the top eigenvalue is below the trace (nearly PSD here)

@@ -85,6 +85,114 @@ static void test_activations(void)
     CHECK(activation_backward_f64(dx, g, NULL, NULL, N, FP_GELU, &p) == FP_ERR_ACT, "gelu without x");
 }
 
+/* every activation's f″ against a central difference of its fused backward, and the fused
+ * R-backward against its definition rg ⊙ f′ + g ⊙ f″ ⊙ rx */
+static void test_second_derivatives(void)
+{
+    fp_act_params p = {0.2, 1.5, 4.0};
+    enum { N = 64 };
+    double x[N], g[N], rg[N], rx[N], ones[N], d2[N], dp[N], dm[N], xp[N], dx[N], rdx[N], d1[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = 3 * rnd();
+        if (fabs(x[i]) < 1e-3) x[i] += 0.1;
+        if (fabs(1.5 * x[i] - 4.0) < 1e-3) x[i] += 0.1;
+        g[i] = rnd(), rg[i] = rnd(), rx[i] = rnd(), ones[i] = 1;
+    }
+    for (int act = 0; act < FP_N_ACTIVATIONS; act++) {
+        CHECK(activation_second_f64(d2, g, x, N, act, &p) == FP_OK, "second %d", act);
+        double h = 1e-6;
+        for (int i = 0; i < N; i++) xp[i] = x[i] + h;
+        activation_backward_f64(dp, ones, xp, NULL, N, act, &p);
+        for (int i = 0; i < N; i++) xp[i] = x[i] - h;
+        activation_backward_f64(dm, ones, xp, NULL, N, act, &p);
+        for (int i = 0; i < N; i++) {
+            double num = g[i] * (dp[i] - dm[i]) / (2 * h);
+            CHECK(fabs(d2[i] - num) < 1e-6 * (1 + fabs(num)), "f'' of act %d at %g: %g vs %g", act, x[i],
+                  d2[i], num);
+        }
+        CHECK(activation_rbackward_f64(dx, rdx, g, rg, rx, x, N, act, &p) == FP_OK, "rbackward %d", act);
+        activation_backward_f64(d1, ones, x, NULL, N, act, &p);
+        activation_second_f64(d2, ones, x, N, act, &p);
+        for (int i = 0; i < N; i++) {
+            CHECK(fabs(dx[i] - g[i] * d1[i]) <= 1e-14 * (1 + fabs(dx[i])), "rbackward dx %d", act);
+            double want = rg[i] * d1[i] + g[i] * d2[i] * rx[i];
+            CHECK(fabs(rdx[i] - want) <= 1e-14 * (1 + fabs(want)), "rbackward rdx %d", act);
+        }
+    }
+    CHECK(activation_second_f64(d2, g, NULL, N, FP_GELU, &p) == FP_ERR_ARG, "second without x");
+    CHECK(activation_rbackward_f64(dx, rdx, g, rg, rx, x, N, 99, &p) == FP_ERR_ACT, "bad activation");
+}
+
+/* each loss's Hessian–vector product against a central difference of its gradient along v */
+static void test_loss_hvps(void)
+{
+    enum { B = 3, C = 4, N = B * C };
+    double z[N], v[N], t[N], zp[N], gp[N], gm[N], hv[N], loss;
+    int64_t labels[B] = {0, 3, 2};
+    for (int i = 0; i < N; i++) z[i] = 2 * rnd(), v[i] = rnd(), t[i] = 0.5 * (rnd() + 1);
+    double h = 1e-6;
+    for (int kind = 0; kind < 4; kind++) {  /* labels, soft targets, BCE, MSE */
+        for (int sign = -1; sign <= 1; sign += 2) {
+            for (int i = 0; i < N; i++) zp[i] = z[i] + sign * h * v[i];
+            double *g = sign > 0 ? gp : gm;
+            if (kind == 0) softmax_xent_forward_backward_f64(&loss, g, zp, labels, NULL, B, C);
+            if (kind == 1) softmax_xent_forward_backward_f64(&loss, g, zp, NULL, t, B, C);
+            if (kind == 2) sigmoid_bce_forward_backward_f64(&loss, g, zp, t, N);
+            if (kind == 3) mse_forward_backward_f64(&loss, g, zp, t, N);
+        }
+        int rc = kind == 0 ? softmax_xent_hvp_f64(hv, z, v, NULL, B, C)
+               : kind == 1 ? softmax_xent_hvp_f64(hv, z, v, t, B, C)
+               : kind == 2 ? sigmoid_bce_hvp_f64(hv, z, v, N) : mse_hvp_f64(hv, v, N);
+        CHECK(rc == FP_OK, "loss hvp %d", kind);
+        for (int i = 0; i < N; i++) {
+            double num = (gp[i] - gm[i]) / (2 * h);
+            CHECK(fabs(hv[i] - num) < 1e-7 * (1 + fabs(num)), "loss hvp %d [%d]: %g vs %g", kind, i, hv[i],
+                  num);
+        }
+    }
+    CHECK(softmax_xent_hvp_f64(hv, z, v, NULL, 0, C) == FP_ERR_ARG, "empty batch");
+    CHECK(mse_hvp_f64(NULL, v, N) == FP_ERR_ARG, "no output");
+}
+
+/* PReLU's R-forward and R-backward against central differences of its forward and backward
+ * along (rx, vw), with one slope and one per channel */
+static void test_prelu_r(void)
+{
+    enum { PB = 4, PC = 3, N = PB * PC };
+    double x[N], rx[N], g[N], rg[N], ry[N], dx[N], rdx[N], yp[N], ym[N], xp[N], gp[N], dp[N], dm[N];
+    double w[PC], vw[PC], wp[PC], dw[PC], dwp[PC], dwm[PC];
+    for (int i = 0; i < N; i++) {
+        x[i] = rnd(), rx[i] = rnd(), g[i] = rnd(), rg[i] = rnd();
+        if (fabs(x[i]) < 1e-3) x[i] += 0.1;
+    }
+    for (int c = 0; c < PC; c++) w[c] = rnd(), vw[c] = rnd();
+    double h = 1e-6;
+    for (int n_w = 1; n_w <= PC; n_w += PC - 1) {
+        CHECK(prelu_rforward_f64(ry, rx, x, w, vw, PB, PC, n_w) == FP_OK, "prelu_rforward");
+        for (int sign = -1; sign <= 1; sign += 2) {
+            for (int i = 0; i < N; i++) xp[i] = x[i] + sign * h * rx[i], gp[i] = g[i] + sign * h * rg[i];
+            for (int c = 0; c < n_w; c++) wp[c] = w[c] + sign * h * vw[c];
+            prelu_forward_f64(sign > 0 ? yp : ym, xp, wp, PB, PC, n_w);
+            prelu_backward_f64(sign > 0 ? dp : dm, sign > 0 ? dwp : dwm, gp, xp, wp, PB, PC, n_w, 0);
+        }
+        for (int i = 0; i < N; i++) {
+            double num = (yp[i] - ym[i]) / (2 * h);
+            CHECK(fabs(ry[i] - num) < 1e-7 * (1 + fabs(num)), "prelu R{y}[%d]: %g vs %g", i, ry[i], num);
+        }
+        CHECK(prelu_rbackward_f64(dx, rdx, dw, g, rg, x, rx, w, vw, PB, PC, n_w, 0) == FP_OK, "prelu_rbackward");
+        for (int i = 0; i < N; i++) {
+            double num = (dp[i] - dm[i]) / (2 * h);
+            CHECK(fabs(rdx[i] - num) < 1e-7 * (1 + fabs(num)), "prelu R{dx}[%d]: %g vs %g", i, rdx[i], num);
+        }
+        for (int c = 0; c < n_w; c++) {
+            double num = (dwp[c] - dwm[c]) / (2 * h);
+            CHECK(fabs(dw[c] - num) < 1e-7 * (1 + fabs(num)), "prelu R{dw}[%d]: %g vs %g", c, dw[c], num);
+        }
+    }
+    CHECK(prelu_rforward_f64(ry, rx, x, w, vw, PB, PC, 2) == FP_ERR_ARG, "slopes neither 1 nor channels");
+    CHECK(prelu_rbackward_f64(dx, rdx, NULL, g, rg, x, rx, w, vw, PB, PC, 1, 0) == FP_ERR_ARG, "no dw");
+}
+
 static void test_losses_and_network(void)
 {
     enum { B = 4, C = 3 };
@@ -507,6 +615,9 @@ int main(void)
     test_float_kernels();
     test_dense();
     test_activations();
+    test_second_derivatives();
+    test_loss_hvps();
+    test_prelu_r();
     test_losses_and_network();
     test_parallel_updates();
     test_merge_and_gaussian();

@@ -2,6 +2,9 @@
 from . import datasets, ops, reference
 from ._kernels import get_num_threads, set_num_threads
 from .graph import Add, Concat, Graph, Mul, Residual
+from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_vector,
+                        vector_to_parameters, vector_views)
+from .hessian_free import Closure, HessianFree
 from .io import gradcheck, load, save
 from .losses import MSE, GaussianNLL, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
@@ -18,4 +21,6 @@ __all__ = [
     "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "GaussianNLL", "SGD", "Adam", "AdamW",
     "TrainStep", "fit", "History", "predict", "predict_proba", "evaluate",
     "save", "load", "gradcheck", "set_num_threads", "get_num_threads",
+    "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
+    "vector_to_parameters", "vector_views", "HessianFree", "Closure",
 ]

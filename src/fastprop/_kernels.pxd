@@ -62,12 +62,32 @@ cdef extern from "fastprop.h" nogil:
                                 int act, const fp_act_params *p)
     int activation_backward_f64(double *dx, const double *g, const double *x, const double *y, int64_t n,
                                 int act, const fp_act_params *p)
+    int activation_second_f32(float *d2x, const float *g, const float *x, int64_t n, int act,
+                              const fp_act_params *p)
+    int activation_second_f64(double *d2x, const double *g, const double *x, int64_t n, int act,
+                              const fp_act_params *p)
+    int activation_rbackward_f32(float *dx, float *rdx, const float *g, const float *rg,
+                                 const float *rx, const float *x, int64_t n, int act,
+                                 const fp_act_params *p)
+    int activation_rbackward_f64(double *dx, double *rdx, const double *g, const double *rg,
+                                 const double *rx, const double *x, int64_t n, int act,
+                                 const fp_act_params *p)
     int prelu_forward_f32(float *y, const float *x, const float *w, int64_t batch, int64_t channels, int64_t n_w)
     int prelu_forward_f64(double *y, const double *x, const double *w, int64_t batch, int64_t channels, int64_t n_w)
     int prelu_backward_f32(float *dx, float *dw, const float *g, const float *x, const float *w,
                            int64_t batch, int64_t channels, int64_t n_w, int accumulate)
     int prelu_backward_f64(double *dx, double *dw, const double *g, const double *x, const double *w,
                            int64_t batch, int64_t channels, int64_t n_w, int accumulate)
+    int prelu_rforward_f32(float *ry, const float *rx, const float *x, const float *w,
+                           const float *vw, int64_t batch, int64_t channels, int64_t n_w)
+    int prelu_rforward_f64(double *ry, const double *rx, const double *x, const double *w,
+                           const double *vw, int64_t batch, int64_t channels, int64_t n_w)
+    int prelu_rbackward_f32(float *dx, float *rdx, float *dw, const float *g, const float *rg,
+                            const float *x, const float *rx, const float *w, const float *vw,
+                            int64_t batch, int64_t channels, int64_t n_w, int accumulate)
+    int prelu_rbackward_f64(double *dx, double *rdx, double *dw, const double *g, const double *rg,
+                            const double *x, const double *rx, const double *w, const double *vw,
+                            int64_t batch, int64_t channels, int64_t n_w, int accumulate)
     int softmax_forward_f32(float *p, const float *z, int64_t batch, int64_t classes, int log_space)
     int softmax_forward_f64(double *p, const double *z, int64_t batch, int64_t classes, int log_space)
     int softmax_xent_forward_backward_f32(double *loss, float *dz, const float *z, const int64_t *labels,
@@ -98,6 +118,14 @@ cdef extern from "fastprop.h" nogil:
                             int accumulate)
     int concat_backward_f64(double *dx, const double *g, int64_t batch, int64_t width, int64_t offset,
                             int64_t w, int accumulate)
+    int softmax_xent_hvp_f32(float *hv, const float *z, const float *v, const float *target,
+                             int64_t batch, int64_t classes)
+    int softmax_xent_hvp_f64(double *hv, const double *z, const double *v, const double *target,
+                             int64_t batch, int64_t classes)
+    int sigmoid_bce_hvp_f32(float *hv, const float *z, const float *v, int64_t n)
+    int sigmoid_bce_hvp_f64(double *hv, const double *z, const double *v, int64_t n)
+    int mse_hvp_f32(float *hv, const float *v, int64_t n)
+    int mse_hvp_f64(double *hv, const double *v, int64_t n)
     int sgd_step_f32(float *param, const float *grad, float *buf, int64_t n, double lr, double momentum,
                      double dampening, int nesterov, double weight_decay, int first_step)
     int sgd_step_f64(double *param, const double *grad, double *buf, int64_t n, double lr, double momentum,

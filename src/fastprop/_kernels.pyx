@@ -385,6 +385,77 @@ def activation_backward(grad, activation, *, x=None, y=None, out=None,
     return D
 
 
+def activation_second(grad, activation, *, x, out=None, double negative_slope=0.01,
+                      double beta=1.0, double threshold=20.0):
+    """``grad ⊙ f″(x)`` in one pass (0 for relu, leaky_relu and abs, almost everywhere);
+    out=grad works in place. x is the input (the pre-activation)."""
+    G = _floats(grad, "grad", -1)
+    cdef int act = _act(activation)
+    cdef fp_act_params p = _params(negative_slope, beta, threshold)
+    X = _floats(x, "x", -1, G, "grad")
+    if X.shape != G.shape:
+        raise ValueError(f"x has shape {X.shape}, expected {G.shape} (grad's)")
+    D = _out(out, "out", G.shape, G)
+    _separate(D, "out", ((G, "grad"),), True)
+    _separate(D, "out", ((X, "x"),))
+    cdef int64_t n = G.size
+    cdef int rc
+    cdef void *p_D = _ptr(D)
+    cdef void *p_G = _ptr(G)
+    cdef void *p_X = _ptr(X)
+    if _f32(G):
+        with nogil:
+            rc = activation_second_f32(<float*>p_D, <float*>p_G, <float*>p_X, n, act, &p)
+    else:
+        with nogil:
+            rc = activation_second_f64(<double*>p_D, <double*>p_G, <double*>p_X, n, act, &p)
+    _check(rc, "activation_second")
+    return D
+
+
+def activation_rbackward(grad, rgrad, activation, *, x, rx, out=None, rout=None,
+                         double negative_slope=0.01, double beta=1.0, double threshold=20.0):
+    """The backward ``grad ⊙ f′(x)`` and its R-operator in one pass.
+
+    Along a direction where the input moves by rx and the upstream gradient by rgrad:
+    out = grad ⊙ f′(x), rout = rgrad ⊙ f′(x) + grad ⊙ f″(x) ⊙ rx. All arrays have one
+    shape; out=grad and rout=rgrad work in place. Returns (out, rout).
+    """
+    G = _floats(grad, "grad", -1)
+    RG = _floats(rgrad, "rgrad", -1, G, "grad")
+    cdef int act = _act(activation)
+    cdef fp_act_params p = _params(negative_slope, beta, threshold)
+    X = _floats(x, "x", -1, G, "grad")
+    RX = _floats(rx, "rx", -1, G, "grad")
+    for arr, name in ((RG, "rgrad"), (X, "x"), (RX, "rx")):
+        if arr.shape != G.shape:
+            raise ValueError(f"{name} has shape {arr.shape}, expected {G.shape} (grad's)")
+    D = _out(out, "out", G.shape, G)
+    _separate(D, "out", ((G, "grad"),), True)
+    _separate(D, "out", ((RG, "rgrad"), (X, "x"), (RX, "rx")))
+    RD = _out(rout, "rout", G.shape, G)
+    _separate(RD, "rout", ((RG, "rgrad"),), True)
+    _separate(RD, "rout", ((G, "grad"), (X, "x"), (RX, "rx"), (D, "out")))
+    cdef int64_t n = G.size
+    cdef int rc
+    cdef void *p_D = _ptr(D)
+    cdef void *p_RD = _ptr(RD)
+    cdef void *p_G = _ptr(G)
+    cdef void *p_RG = _ptr(RG)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_RX = _ptr(RX)
+    if _f32(G):
+        with nogil:
+            rc = activation_rbackward_f32(<float*>p_D, <float*>p_RD, <float*>p_G, <float*>p_RG,
+                                          <float*>p_RX, <float*>p_X, n, act, &p)
+    else:
+        with nogil:
+            rc = activation_rbackward_f64(<double*>p_D, <double*>p_RD, <double*>p_G,
+                                          <double*>p_RG, <double*>p_RX, <double*>p_X, n, act, &p)
+    _check(rc, "activation_rbackward")
+    return D, RD
+
+
 cdef tuple _prelu_shapes(object X, object W):
     if W.shape[0] != 1 and W.shape[0] != X.shape[1]:
         raise ValueError(f"weight has shape {W.shape}, expected (1,) or ({X.shape[1]},) "
@@ -451,6 +522,102 @@ def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=Fa
                                     <double*>p_X, <double*>p_W, batch, channels, n_w, acc)
     _check(rc, "prelu_backward")
     return D, dW
+
+
+def prelu_rforward(x, weight, v_weight, *, rx=None, out=None):
+    """The R-operator of PReLU: ``(x > 0 ? rx : weight[c]·rx) + (x > 0 ? 0 : x·v_weight[c])``.
+
+    x, rx, out : (B, C); weight, v_weight : (1,) or (C,). rx None: a fixed input (R{x} = 0).
+    """
+    X = _floats(x, "x", 2)
+    W = _floats(weight, "weight", 1, X, "x")
+    VW = _floats(v_weight, "v_weight", 1, X, "x")
+    cdef int64_t batch, channels, n_w
+    batch, channels, n_w = _prelu_shapes(X, W)
+    if VW.shape != W.shape:
+        raise ValueError(f"v_weight has shape {VW.shape}, expected {W.shape} (weight's)")
+    RX = None
+    if rx is not None:
+        RX = _floats(rx, "rx", 2, X, "x")
+        if RX.shape != X.shape:
+            raise ValueError(f"rx has shape {RX.shape}, expected {X.shape} (x's)")
+    Y = _out(out, "out", X.shape, X)
+    _separate(Y, "out", ((RX, "rx"),), True)
+    _separate(Y, "out", ((X, "x"), (W, "weight"), (VW, "v_weight")))
+    cdef int rc
+    cdef void *p_Y = _ptr(Y)
+    cdef void *p_RX = _ptr(RX)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_W = _ptr(W)
+    cdef void *p_VW = _ptr(VW)
+    if _f32(X):
+        with nogil:
+            rc = prelu_rforward_f32(<float*>p_Y, <float*>p_RX, <float*>p_X, <float*>p_W,
+                                    <float*>p_VW, batch, channels, n_w)
+    else:
+        with nogil:
+            rc = prelu_rforward_f64(<double*>p_Y, <double*>p_RX, <double*>p_X, <double*>p_W,
+                                    <double*>p_VW, batch, channels, n_w)
+    _check(rc, "prelu_rforward")
+    return Y
+
+
+def prelu_rbackward(grad, rgrad, x, weight, v_weight, *, rx=None, out=None, rout=None,
+                    hv_weight=None, accumulate=False):
+    """The R-backward of PReLU, with R{x} = rx and the slopes' direction v_weight.
+
+    out = (x > 0 ? grad : weight[c]·grad); rout = (x > 0 ? rgrad : weight[c]·rgrad +
+    v_weight[c]·grad); hv_weight[c] (+)= Σ_{x ≤ 0} (rgrad·x + grad·rx). grad None (the
+    Gauss–Newton pass) drops grad's terms and gives out None; rx None drops rx's.
+    out=grad and rout=rgrad work in place. Returns (out, rout, hv_weight).
+    """
+    RG = _floats(rgrad, "rgrad", 2)
+    X = _floats(x, "x", 2, RG, "rgrad")
+    W = _floats(weight, "weight", 1, RG, "rgrad")
+    VW = _floats(v_weight, "v_weight", 1, RG, "rgrad")
+    cdef int64_t batch, channels, n_w
+    batch, channels, n_w = _prelu_shapes(X, W)
+    if VW.shape != W.shape:
+        raise ValueError(f"v_weight has shape {VW.shape}, expected {W.shape} (weight's)")
+    G = None if grad is None else _floats(grad, "grad", 2, RG, "rgrad")
+    RX = None if rx is None else _floats(rx, "rx", 2, RG, "rgrad")
+    for arr, name in ((G, "grad"), (X, "x"), (RX, "rx")):
+        if arr is not None and arr.shape != RG.shape:
+            raise ValueError(f"{name} has shape {arr.shape}, expected {RG.shape} (rgrad's)")
+    inputs = ((X, "x"), (W, "weight"), (VW, "v_weight"), (RX, "rx"))
+    cdef bint acc = bool(accumulate)
+    dW = _out(hv_weight, "hv_weight", W.shape, RG, acc)
+    _separate(dW, "hv_weight", inputs + ((G, "grad"), (RG, "rgrad")))
+    D = None
+    if G is not None:
+        D = _out(out, "out", RG.shape, RG)
+        _separate(D, "out", ((G, "grad"),), True)
+        _separate(D, "out", inputs + ((RG, "rgrad"), (dW, "hv_weight")))
+    RD = _out(rout, "rout", RG.shape, RG)
+    _separate(RD, "rout", ((RG, "rgrad"),), True)
+    _separate(RD, "rout", inputs + ((G, "grad"), (D, "out"), (dW, "hv_weight")))
+    cdef int rc
+    cdef void *p_D = _ptr(D)
+    cdef void *p_RD = _ptr(RD)
+    cdef void *p_dW = _ptr(dW)
+    cdef void *p_G = _ptr(G)
+    cdef void *p_RG = _ptr(RG)
+    cdef void *p_X = _ptr(X)
+    cdef void *p_RX = _ptr(RX)
+    cdef void *p_W = _ptr(W)
+    cdef void *p_VW = _ptr(VW)
+    if _f32(RG):
+        with nogil:
+            rc = prelu_rbackward_f32(<float*>p_D, <float*>p_RD, <float*>p_dW, <float*>p_G,
+                                     <float*>p_RG, <float*>p_X, <float*>p_RX, <float*>p_W,
+                                     <float*>p_VW, batch, channels, n_w, acc)
+    else:
+        with nogil:
+            rc = prelu_rbackward_f64(<double*>p_D, <double*>p_RD, <double*>p_dW, <double*>p_G,
+                                     <double*>p_RG, <double*>p_X, <double*>p_RX, <double*>p_W,
+                                     <double*>p_VW, batch, channels, n_w, acc)
+    _check(rc, "prelu_rbackward")
+    return D, RD, dW
 
 
 # ---------------------------------------------------------------- softmax and losses
@@ -599,6 +766,107 @@ def mse(pred, target, *, grad_out=None, compute_grad=True):
                                           <double*>p_T, n)
     _check(rc, "mse")
     return loss, D
+
+
+# ---------------------------------------------------------------- loss Hessian–vector products
+
+cdef tuple _hvp_args(z, str zname, target, v, out):
+    """(Z, T, V, D) of a loss hvp: v and out shaped like z; target checked against z."""
+    Z = _floats(z, zname, -1)
+    if Z.size < 1:
+        raise ValueError(f"{zname} is empty: the loss is a mean over its elements")
+    V = _floats(v, "v", -1, Z, zname)
+    if V.shape != Z.shape:
+        raise ValueError(f"v has shape {V.shape}, expected {Z.shape} (the shape of {zname})")
+    T = _target(target, "target", Z.shape, Z.dtype, zname)
+    D = _out(out, "out", Z.shape, Z)
+    _separate(D, "out", ((Z, zname), (T, "target")))
+    return Z, T, V, D
+
+
+def softmax_cross_entropy_hvp(logits, target, v, *, out=None):
+    """``(∂²J/∂z²) v`` of softmax_cross_entropy at logits z, row-wise:
+    ``Σ_j t_ij (p ⊙ v − p (pᵀv)) / B`` with p = softmax(z) (Σ_j t_ij = 1 for labels).
+
+    logits, v, out : (B, C); target : labels (B,) or soft targets (B, C). out must not
+    overlap logits or v.
+    """
+    Z = _floats(logits, "logits", 2)
+    cdef int64_t batch = Z.shape[0], classes = Z.shape[1]
+    if batch < 1 or classes < 1:
+        raise ValueError(f"logits must have at least one row and one class, got shape {Z.shape}")
+    T = np.asarray(target)
+    soft = None
+    if T.ndim == 1:
+        if T.dtype.kind not in "iu":
+            raise TypeError(f"target of shape {T.shape} must hold integer class labels, got "
+                            f"dtype {T.dtype} (soft targets have shape ({batch}, {classes}))")
+        if T.shape[0] != batch:
+            raise ValueError(f"target has {T.shape[0]} labels but logits has {batch} rows")
+        if T.size and (T.min() < 0 or T.max() >= classes):
+            raise ValueError(f"target holds labels outside [0, {classes})")
+    elif T.ndim == 2:
+        soft = _target(T, "target", Z.shape, Z.dtype, "logits")
+    else:
+        raise ValueError(f"target must be labels ({batch},) or soft targets ({batch}, {classes}), "
+                         f"got shape {T.shape}")
+    V = _floats(v, "v", 2, Z, "logits")
+    if V.shape != Z.shape:
+        raise ValueError(f"v has shape {V.shape}, expected {Z.shape} (the shape of logits)")
+    D = _out(out, "out", Z.shape, Z)
+    _separate(D, "out", ((Z, "logits"), (V, "v"), (soft, "target")))
+    cdef int rc
+    cdef void *p_D = _ptr(D)
+    cdef void *p_Z = _ptr(Z)
+    cdef void *p_V = _ptr(V)
+    cdef void *p_T = _ptr(soft)
+    if _f32(Z):
+        with nogil:
+            rc = softmax_xent_hvp_f32(<float*>p_D, <float*>p_Z, <float*>p_V, <float*>p_T,
+                                      batch, classes)
+    else:
+        with nogil:
+            rc = softmax_xent_hvp_f64(<double*>p_D, <double*>p_Z, <double*>p_V, <double*>p_T,
+                                      batch, classes)
+    _check(rc, "softmax_cross_entropy_hvp")
+    return D
+
+
+def sigmoid_bce_hvp(logits, target, v, *, out=None):
+    """``(∂²J/∂z²) v`` of sigmoid_bce: ``σ(z)(1 − σ(z)) v / n``; target only checked."""
+    Z, T, V, D = _hvp_args(logits, "logits", target, v, out)
+    _separate(D, "out", ((V, "v"),), True)
+    cdef int64_t n = Z.size
+    cdef int rc
+    cdef void *p_D = _ptr(D)
+    cdef void *p_Z = _ptr(Z)
+    cdef void *p_V = _ptr(V)
+    if _f32(Z):
+        with nogil:
+            rc = sigmoid_bce_hvp_f32(<float*>p_D, <float*>p_Z, <float*>p_V, n)
+    else:
+        with nogil:
+            rc = sigmoid_bce_hvp_f64(<double*>p_D, <double*>p_Z, <double*>p_V, n)
+    _check(rc, "sigmoid_bce_hvp")
+    return D
+
+
+def mse_hvp(pred, target, v, *, out=None):
+    """``(∂²J/∂p²) v`` of mse: ``2 v / n``; pred and target only checked."""
+    P, T, V, D = _hvp_args(pred, "pred", target, v, out)
+    _separate(D, "out", ((V, "v"),), True)
+    cdef int64_t n = P.size
+    cdef int rc
+    cdef void *p_D = _ptr(D)
+    cdef void *p_V = _ptr(V)
+    if _f32(P):
+        with nogil:
+            rc = mse_hvp_f32(<float*>p_D, <float*>p_V, n)
+    else:
+        with nogil:
+            rc = mse_hvp_f64(<double*>p_D, <double*>p_V, n)
+    _check(rc, "mse_hvp")
+    return D
 
 
 # ---------------------------------------------------------------- optimizers

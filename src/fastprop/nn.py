@@ -164,6 +164,8 @@ class Module:
         self._ready = False   # a forward has run since the last backward-invalidating event
         self._xin = None      # the public forward's copy of its input (kept for backward)
         self._busy = threading.Lock()  # one thread at a time: workspaces are shared state
+        self._rws = {}        # workspaces of the R-operator pass (curvature), apart from the forward's
+        self._rsaved = None   # what _rforward keeps for _rbackward
 
     # -------------------------------------------------------------- the public pass
     def __call__(self, x):
@@ -234,6 +236,37 @@ class Module:
         """The constructor arguments, as JSON-able values (for save/load)."""
         return {}
 
+    # -------------------------------------------------------------- the R-operator (curvature)
+    # Pearlmutter's R{·} = ∂/∂r (·)(θ + r v) at r = 0, for exact Hessian–vector products
+    # (fastprop.curvature). A model is a chain or graph of modules, each of which maps
+    # (x, R{x}) forward and (g, R{g}) backward; the traversal lives in the container
+    # (Sequential here), so another container needs only to call these two per module.
+    # The pass keeps its own workspaces (self._rws): the ordinary forward's and every
+    # .grad are left as they were.
+    r_supported = False       # the module implements _rforward and _rbackward
+
+    def _rforward(self, x, rx, v):
+        """(y, ry): the forward at x and R{y}, for the input moving by rx (None: a fixed
+        input, R{x} = 0) and the parameters by v (a dict Parameter → array of its shape).
+        Keeps what _rbackward needs. ry is None when y moves with neither."""
+        raise TypeError(f"{type(self).__name__} has no R-operator: Hessian–vector products "
+                        f"support Linear, the activations of fastprop.nn, PReLU and Sequential")
+
+    def _rbackward(self, g, rg, v, hv, need_input_grad):
+        """(gx, rgx) from g = ∂J/∂y and rg = R{g} (both scratch, may be overwritten):
+        gx = ∂J/∂x and rgx = R{gx}; ADDS R{∂J/∂θ} into hv[p] for each parameter p.
+        g None gives the Gauss–Newton product (the terms of the first-order gradient
+        dropped) and gx None. A Linear skips both (None, None) when need_input_grad
+        is False, as its _backward does."""
+        raise TypeError(f"{type(self).__name__} has no R-operator")
+
+    def _rbuf(self, key, shape, dtype):
+        """A workspace of the R pass, kept per key and reallocated when the shape changes."""
+        buf = self._rws.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._rws[key] = np.empty(shape, dtype)
+        return buf
+
     # -------------------------------------------------------------- parameters
     def named_parameters(self, prefix=""):
         out = [(prefix + name, p) for name, p in self._params.items()]
@@ -292,6 +325,7 @@ class Module:
         state["_ready"] = False
         state["_xin"] = None
         state["_busy"] = None
+        state["_rws"], state["_rsaved"] = {}, None
         for key in self._workspace_keys:
             state[key] = None
         return state
@@ -401,6 +435,39 @@ class Linear(Module):
 
     def _output_like(self):
         return self._y
+
+    r_supported = True
+
+    def _rforward(self, x, rx, v):
+        # y = x Wᵀ + b;  R{y} = x Vᵀ + v_b + R{x} Wᵀ
+        shape = (x.shape[0], self.out_features)
+        y, ry = self._rbuf("y", shape, x.dtype), self._rbuf("ry", shape, x.dtype)
+        b = self.bias.data if self.bias_enabled else None
+        ops.dense_forward(x, self.weight.data, b, out=y)
+        ops.dense_forward(x, v[self.weight], v[self.bias] if self.bias_enabled else None, out=ry)
+        if rx is not None:
+            ops.gemm(rx, self.weight.data, trans_b=True, beta=1.0, out=ry)
+        self._rsaved = (x, rx)
+        return y, ry
+
+    def _rbackward(self, g, rg, v, hv, need_input_grad):
+        # Hv_W += R{g}ᵀ x + gᵀ R{x};  Hv_b += Σ R{g};  gx = g W;  R{gx} = R{g} W + g V
+        x, rx = self._rsaved
+        batch = rg.shape[0]
+        rgx = self._rbuf("rgx", (batch, self.in_features), rg.dtype) if need_input_grad else None
+        hv_w = hv[self.weight]
+        ops.dense_backward(rg, x, self.weight.data, bias=self.bias_enabled,
+                           input_grad=need_input_grad, grad_input=rgx, grad_weight=hv_w,
+                           grad_bias=hv[self.bias] if self.bias_enabled else None,
+                           accumulate=True, accumulate_input=False)
+        gx = None
+        if g is not None:
+            if rx is not None:
+                ops.gemm(g, rx, trans_a=True, beta=1.0, out=hv_w)
+            if need_input_grad:
+                gx = ops.gemm(g, self.weight.data, out=self._rbuf("gx", rgx.shape, rg.dtype))
+                ops.gemm(g, v[self.weight], beta=1.0, out=rgx)
+        return gx, rgx
 
     def _config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
@@ -517,6 +584,30 @@ class Activation(Module):
     def _backward(self, g, need_input_grad):
         return ops.activation_backward(g, self.name, x=self._x, y=self._y, out=g, **self.params)
 
+    r_supported = True
+
+    def _rforward(self, x, rx, v):
+        # y = f(x);  R{y} = f′(x) ⊙ R{x}
+        y = ops.activation_forward(x, self.name, out=self._rbuf("y", x.shape, x.dtype),
+                                 **self.params)
+        ry = None
+        if rx is not None:
+            ry = ops.activation_backward(rx, self.name, x=x, y=y,
+                                         out=self._rbuf("ry", x.shape, x.dtype), **self.params)
+        self._rsaved = (x, rx)
+        return y, ry
+
+    def _rbackward(self, g, rg, v, hv, need_input_grad):
+        # gx = g ⊙ f′(x);  R{gx} = R{g} ⊙ f′(x) + g ⊙ f″(x) ⊙ R{x}, one fused pass, in place
+        x, rx = self._rsaved
+        if g is not None and rx is not None:
+            return ops.activation_rbackward(g, rg, self.name, x=x, rx=rx, out=g, rout=rg,
+                                            **self.params)
+        rgx = ops.activation_backward(rg, self.name, x=x, out=rg, **self.params)
+        gx = None if g is None else ops.activation_backward(g, self.name, x=x, out=g,
+                                                            **self.params)
+        return gx, rgx
+
     def _output_like(self):
         return self._y
 
@@ -586,6 +677,24 @@ class PReLU(Module):
         gx, _ = ops.prelu_backward(g, self._x, self.weight.data, out=g,
                                    grad_weight=self.weight.grad, accumulate=True)
         return gx
+
+    r_supported = True
+
+    def _rforward(self, x, rx, v):
+        # y = x > 0 ? x : a x;  R{y} = x > 0 ? R{x} : a R{x} + x v_a
+        y = ops.prelu_forward(x, self.weight.data, out=self._rbuf("y", x.shape, x.dtype))
+        ry = ops.prelu_rforward(x, self.weight.data, v[self.weight], rx=rx,
+                                out=self._rbuf("ry", x.shape, x.dtype))
+        self._rsaved = (x, rx)
+        return y, ry
+
+    def _rbackward(self, g, rg, v, hv, need_input_grad):
+        # gx = f′ g;  R{gx} = f′ R{g} + [x ≤ 0] v_a g;  Hv_a += Σ_{x ≤ 0} (R{g} x + g R{x})
+        x, rx = self._rsaved
+        gx, rgx, _ = ops.prelu_rbackward(g, rg, x, self.weight.data, v[self.weight], rx=rx,
+                                         out=g, rout=rg, hv_weight=hv[self.weight],
+                                         accumulate=True)
+        return gx, rgx
 
     def _output_like(self):
         return self._y
@@ -669,6 +778,20 @@ class Sequential(Module):
 
     def _output_like(self):
         return self.layers[-1]._output_like() if self.layers else None
+
+    @property
+    def r_supported(self):
+        return all(m.r_supported for m in self.layers)
+
+    def _rforward(self, x, rx, v):
+        for m in self.layers:
+            x, rx = m._rforward(x, rx, v)
+        return x, rx
+
+    def _rbackward(self, g, rg, v, hv, need_input_grad):
+        for i in range(len(self.layers) - 1, -1, -1):
+            g, rg = self.layers[i]._rbackward(g, rg, v, hv, need_input_grad or i > 0)
+        return g, rg
 
     def forward(self, x):
         if not self.layers:

@@ -30,8 +30,12 @@ __all__ = [
     "dense_backward",
     "activation_forward",
     "activation_backward",
+    "activation_second",
+    "activation_rbackward",
     "prelu_forward",
     "prelu_backward",
+    "prelu_rforward",
+    "prelu_rbackward",
     "softmax",
     "log_softmax",
     "softmax_cross_entropy",
@@ -48,6 +52,9 @@ __all__ = [
     "low_rank_backward",
     "graph_forward",
     "graph_backward",
+    "softmax_cross_entropy_hvp",
+    "sigmoid_bce_hvp",
+    "mse_hvp",
     "sgd_step",
     "adam_step",
     "mlp_forward",
@@ -169,6 +176,49 @@ def activation_backward(grad, activation, *, x=None, y=None, out=None, negative_
     return _into(out, result)
 
 
+def _second_derivative(x, activation, negative_slope, beta, threshold):
+    """f''(x) of the named activation (0 almost everywhere for the piecewise-linear ones)."""
+    if activation in ("identity", "relu", "leaky_relu", "abs"):
+        return np.zeros_like(x)
+    if activation == "sigmoid":                        # s (1 - s) (1 - 2 s)
+        s = _sigmoid(x)
+        return s * (1 - s) * (1 - 2 * s)
+    if activation == "tanh":                           # -2 t (1 - t^2)
+        t = np.tanh(x)
+        return -2 * t * (1 - t * t)
+    if activation == "softplus":                       # beta s (1 - s), s = sigmoid(beta x); 0 where linear
+        bx = beta * x
+        s = _sigmoid(bx)
+        return np.where(bx > threshold, 0, beta * s * (1 - s)).astype(x.dtype, copy=False)
+    if activation == "cos":                            # -cos(x)
+        return -np.cos(x)
+    if activation == "gelu":                           # phi(x) (2 - x^2)
+        return _INV_SQRT_2PI * np.exp(-0.5 * x * x) * (2 - x * x)
+    if activation == "silu":                           # s (1 - s) (2 + x (1 - 2 s))
+        s = _sigmoid(x)
+        return s * (1 - s) * (2 + x * (1 - 2 * s))
+    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+
+
+def activation_second(grad, activation, *, x, out=None, negative_slope=0.01, beta=1.0,
+                      threshold=20.0):
+    """Return grad * f''(x) (x is the input, the pre-activation)."""
+    grad, x = np.asarray(grad), np.asarray(x)
+    return _into(out, grad * _second_derivative(x, activation, negative_slope, beta, threshold))
+
+
+def activation_rbackward(grad, rgrad, activation, *, x, rx, out=None, rout=None,
+                         negative_slope=0.01, beta=1.0, threshold=20.0):
+    """Return (grad * f'(x), rgrad * f'(x) + grad * f''(x) * rx): the backward and its R-operator."""
+    grad, rgrad, x, rx = (np.asarray(a) for a in (grad, rgrad, x, rx))
+    params = {"negative_slope": negative_slope, "beta": beta, "threshold": threshold}
+    d1 = activation_backward(np.ones_like(x), activation, x=x, **params)
+    d2 = _second_derivative(x, activation, **params)
+    result = grad * d1
+    rresult = rgrad * d1 + grad * d2 * rx
+    return _into(out, result), _into(rout, rresult)
+
+
 # --------------------------------------------------------------------------- dense layer
 
 def dense_forward(x, weight, bias=None, activation="identity", *, out=None, preact_out=None,
@@ -223,6 +273,34 @@ def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=Fa
     else:
         gw = contrib.sum(axis=tuple(i for i in range(x.ndim) if i != 1)).reshape(weight.shape)
     return _into(out, gi), _into(grad_weight, gw, accumulate)
+
+
+def prelu_rforward(x, weight, v_weight, *, rx=None, out=None):
+    """R{y} of PReLU: where x > 0, rx; elsewhere weight[c] * rx + x * v_weight[c]."""
+    x = np.asarray(x)
+    rx = np.zeros_like(x) if rx is None else np.asarray(rx)
+    a, va = _per_channel(weight, x), _per_channel(v_weight, x)
+    return _into(out, np.where(x > 0, rx, a * rx + x * va))
+
+
+def prelu_rbackward(grad, rgrad, x, weight, v_weight, *, rx=None, out=None, rout=None,
+                    hv_weight=None, accumulate=False):
+    """(grad * f'(x), rgrad * f'(x) + [x <= 0] v_weight grad, sum over x <= 0 of rgrad x + grad rx)."""
+    rgrad, x = np.asarray(rgrad), np.asarray(x)
+    g = np.zeros_like(x) if grad is None else np.asarray(grad)
+    rx = np.zeros_like(x) if rx is None else np.asarray(rx)
+    weight = np.asarray(weight)
+    a, va = _per_channel(weight, x), _per_channel(v_weight, x)
+    positive = x > 0
+    gi = np.where(positive, g, a * g)
+    rgi = np.where(positive, rgrad, a * rgrad + va * g)
+    contrib = np.where(positive, 0, rgrad * x + g * rx)
+    if weight.size == 1:
+        hw = contrib.sum().reshape(weight.shape)
+    else:
+        hw = contrib.sum(axis=0).reshape(weight.shape)
+    return (None if grad is None else _into(out, gi)), _into(rout, rgi), \
+        _into(hv_weight, hw, accumulate)
 
 
 # --------------------------------------------------------------------------- softmax and losses
@@ -461,6 +539,26 @@ def graph_backward(nodes, values, output_grads):
             contribute(node["inputs"][0], activation_backward(
                 g, op, x=xs[0], y=values[node["name"]], **node.get("params", {})))
     return table, param_grads
+def softmax_cross_entropy_hvp(logits, target, v, *, out=None):
+    """(d^2 J / dz^2) v = sum_j t_ij (p * v - p (p . v)) / B row-wise, p = softmax(z)."""
+    z, v = np.asarray(logits), np.asarray(v)
+    t = _targets_as_matrix(z, target)
+    p = softmax(z)
+    pv = (p * v).sum(axis=1, keepdims=True)
+    return _into(out, t.sum(axis=1, keepdims=True) * p * (v - pv) / z.shape[0])
+
+
+def sigmoid_bce_hvp(logits, target, v, *, out=None):
+    """(d^2 J / dz^2) v = sigmoid(z) (1 - sigmoid(z)) v / n (target does not enter)."""
+    z, v = np.asarray(logits), np.asarray(v)
+    s = _sigmoid(z)
+    return _into(out, s * (1 - s) * v / z.size)
+
+
+def mse_hvp(pred, target, v, *, out=None):
+    """(d^2 J / dp^2) v = 2 v / n."""
+    v = np.asarray(v)
+    return _into(out, 2 * v / v.size)
 
 
 # --------------------------------------------------------------------------- optimisers

@@ -5,6 +5,7 @@ import time
 import numpy as np
 
 from . import _kernels, ops
+from .hessian_free import Closure
 from .losses import MSE, Loss, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import Activation, Linear, Module, Sequential, as_input, busy_error, flatten_count
 from .optim import Optimizer
@@ -41,7 +42,8 @@ class TrainStep:
     loop is in C, the first layer's ∇x is skipped, gradients are overwritten rather
     than zeroed and accumulated), then the optimizer is one more. Other models take
     the modular path (zero_grad, forward, loss, backward, step). Both give the same
-    parameters.
+    parameters. An optimizer with ``needs_closure`` (HessianFree) gets
+    ``optimizer.step(Closure(model, loss, x, y))`` instead, on the modular path.
     """
 
     def __init__(self, model, loss, optimizer):
@@ -58,7 +60,9 @@ class TrainStep:
         self._params = self.model.parameters()
         self._flats = [p._flat for p in self._params]
         self._flattens = flatten_count()
-        blocks = _chain_blocks(self.model, self.loss)
+        # an optimizer that needs the batch (HessianFree) gets a Closure, on the modular path
+        self.closure = bool(getattr(self.optimizer, "needs_closure", False))
+        blocks = None if self.closure else _chain_blocks(self.model, self.loss)
         self.fused = blocks is not None
         self._net = _kernels.Network(blocks) if self.fused else None
         self._out = None
@@ -83,6 +87,11 @@ class TrainStep:
                 self._compile()  # the parameters moved to new buffers
             self._flattens = flatten_count()
         model = self.model
+        if self.closure:
+            closure = Closure(model, self.loss, x, y)
+            J = self.optimizer.step(closure)
+            self._out = closure.output
+            return J
         if self.fused:
             x = as_input(x, self._net.dtype)
             J = self._net.train(x, y, self.loss.kernel)

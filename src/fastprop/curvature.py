@@ -1,0 +1,244 @@
+"""Curvature: exact Hessian–vector products, Gauss–Newton products, eigenvalues, trace.
+
+``hvp(model, loss, x, y, v)`` is Pearlmutter's R-operator: one forward pass that
+carries the directional derivatives R{·} along v next to the activations, then one
+backward pass that carries R{∂J/∂·} next to the gradient. The Hessian is never
+formed; the cost is a small multiple of one gradient (about 2× in GEMM FLOPs for
+an MLP). ``gnvp`` is the same pass with the first-order terms dropped: J_outᵀ H_loss
+J_out v, positive semi-definite for the three losses.
+
+Vectors ``v`` and the results are flat, in the model's flat-parameter layout
+(``model.parameters()`` concatenated, each raveled): ``parameters_to_vector``,
+``vector_to_parameters`` and ``vector_views`` move between that and the parameters.
+
+Neither the parameters nor any ``.grad`` is touched, and neither is the last
+ordinary forward's workspace: the R pass has its own (``Module._rws``).
+"""
+import numpy as np
+
+from . import ops
+from .losses import Loss
+from .nn import Module, as_input
+
+__all__ = ["hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
+           "vector_to_parameters", "vector_views"]
+
+
+# ---------------------------------------------------------------- the flat layout
+
+def _params(model_or_params):
+    if isinstance(model_or_params, Module):
+        return model_or_params.parameters()
+    return list(model_or_params)
+
+
+def parameters_to_vector(model_or_params):
+    """The parameters as one new flat vector, in the model's flat layout."""
+    params = _params(model_or_params)
+    if not params:
+        raise ValueError("no parameters")
+    return np.concatenate([p.data.reshape(-1) for p in params])
+
+
+def vector_views(vec, model_or_params):
+    """Views of the flat vector vec, one per parameter and shaped like it (no copy)."""
+    params = _params(model_or_params)
+    n = sum(p.size for p in params)
+    vec = np.asarray(vec)
+    if vec.ndim != 1 or vec.shape[0] != n:
+        raise ValueError(f"the vector has shape {vec.shape}, expected ({n},): one entry per "
+                         f"parameter of the model")
+    out, offset = [], 0
+    for p in params:
+        out.append(vec[offset:offset + p.size].reshape(p.shape))
+        offset += p.size
+    return out
+
+
+def vector_to_parameters(vec, model_or_params):
+    """Copies the flat vector vec into the parameters (checked before anything is written)."""
+    params = _params(model_or_params)
+    for p, view in zip(params, vector_views(vec, params)):
+        p.data[...] = view
+
+
+# ---------------------------------------------------------------- the R pass
+
+def _check(model, loss):
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
+    for m in model.modules():
+        if not m.r_supported and not m._children:
+            raise TypeError(f"{type(m).__name__} has no R-operator: Hessian–vector products "
+                            f"support Sequential models of Linear, PReLU and the activations")
+    if not isinstance(loss, Loss) or not hasattr(ops, f"{loss.kernel}_hvp"):
+        raise TypeError(f"loss must be SoftmaxCrossEntropy, SigmoidBCE or MSE, got "
+                        f"{type(loss).__name__}")
+    params = model.parameters()
+    if not params:
+        raise ValueError("the model has no parameters")
+    return params
+
+
+def _vector(v, n, dtype):
+    arr = as_input(v, dtype, "v")
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"v has shape {arr.shape}, expected ({n},): the model's "
+                         f"{n} parameters, flat (see parameters_to_vector)")
+    return arr
+
+
+def _rpass(model, loss, x, y, v, hv, gauss_newton):
+    """Adds the Hessian (or Gauss–Newton) product of J(x, y) with v into hv (flat)."""
+    params = model.parameters()
+    V = dict(zip(params, vector_views(v, params)))
+    H = dict(zip(params, vector_views(hv, params)))
+    z, rz = model._rforward(x, None, V)
+    g = None
+    if not gauss_newton:
+        _, g = getattr(ops, loss.kernel)(z, y, grad_out=model._rbuf("loss_g", z.shape, z.dtype))
+    rg = getattr(ops, f"{loss.kernel}_hvp")(z, y, rz, out=model._rbuf("loss_rg", z.shape, z.dtype))
+    model._rbackward(g, rg, V, H, False)
+
+
+def _product(model, loss, x, y, v, batch_size, gauss_newton, out, lock=True):
+    params = _check(model, loss)
+    dtype = params[0].dtype
+    n = sum(p.size for p in params)
+    v = _vector(v, n, dtype)
+    x = model._check_input(x)
+    y = np.asarray(y)
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows but y has shape {y.shape}")
+    if out is None:
+        out = np.zeros(n, dtype)
+    else:
+        out = _out_vector(out, n, dtype)
+        out.fill(0)
+    rows = x.shape[0]
+    step = rows if batch_size is None else int(batch_size)
+    if step < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if lock:  # the caller (a closure inside a training step) may hold the model already
+        with model.exclusive():
+            return _chunks(model, loss, x, y, v, step, gauss_newton, out)
+    return _chunks(model, loss, x, y, v, step, gauss_newton, out)
+
+
+def _chunks(model, loss, x, y, v, step, gauss_newton, out):
+    rows = x.shape[0]
+    if step >= rows:
+        _rpass(model, loss, x, y, v, out, gauss_newton)
+        return out
+    # the loss is a mean over rows: the full batch's product is the row-weighted mean
+    part = np.zeros_like(out)
+    for a in range(0, rows, step):
+        b = min(a + step, rows)
+        part.fill(0)
+        _rpass(model, loss, x[a:b], y[a:b], v, part, gauss_newton)
+        out += part * out.dtype.type((b - a) / rows)
+    return out
+
+
+def _out_vector(out, n, dtype):
+    if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != (n,) or \
+            not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous ({n},) array of {dtype}")
+    return out
+
+
+def hvp(model, loss, x, y, v, *, batch_size=None, out=None):
+    """The exact Hessian–vector product H v of J(θ) = loss(model(x), y) at the current θ.
+
+    Parameters
+    ----------
+    model : a Sequential (nested ones too) of Linear and the activations of fastprop.nn.
+    loss : SoftmaxCrossEntropy, SigmoidBCE or MSE.
+    x : (B, in_features) array; y : the loss's targets for x.
+    v : (n,) flat vector in the model's flat-parameter layout (see parameters_to_vector).
+    batch_size : evaluate in chunks of this many rows (the same product: the loss is a mean).
+    out : an (n,) array of the model's dtype to write into.
+
+    Returns
+    -------
+    (n,) array of the model's dtype. The parameters, every ``.grad`` and the last
+    forward's workspaces are left as they were.
+    """
+    return _product(model, loss, x, y, v, batch_size, False, out)
+
+
+def gnvp(model, loss, x, y, v, *, batch_size=None, out=None):
+    """The Gauss–Newton product G v = J_outᵀ H_loss J_out v (positive semi-definite).
+
+    The same arguments and result as ``hvp``: R-forward, then H_loss R{z} back-propagated
+    as an ordinary gradient (the activations' f″ terms and the δ·V terms dropped).
+    """
+    return _product(model, loss, x, y, v, batch_size, True, out)
+
+
+# ---------------------------------------------------------------- tools on top
+
+def _operator(model, loss, X, y, batch_size, gauss_newton):
+    from scipy.sparse.linalg import LinearOperator
+    params = _check(model, loss)
+    n = sum(p.size for p in params)
+    dtype = params[0].dtype
+    X = model._check_input(X)
+
+    def matvec(v):
+        v = np.ascontiguousarray(np.asarray(v).reshape(-1), dtype=dtype)
+        return _product(model, loss, X, y, v, batch_size, gauss_newton, None).astype(np.float64)
+
+    return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64), n
+
+
+def hessian_eigs(model, loss, X, y, k=1, which="LA", *, batch_size=None, tol=0.0, maxiter=None,
+                 seed=0, return_eigenvectors=False, gauss_newton=False):
+    """k eigenvalues of the Hessian of the mean loss over (X, y), by Lanczos.
+
+    ``scipy.sparse.linalg.eigsh`` over a LinearOperator whose matvec is ``hvp`` (or
+    ``gnvp`` with gauss_newton=True). which: "LA" (largest algebraic, the default: the
+    top eigenvalue), "SA", "LM", "SM", "BE", as eigsh. Needs k < the number of parameters.
+    Returns the eigenvalues in ascending order (as eigsh and numpy.linalg.eigvalsh), and
+    with return_eigenvectors the (n, k) eigenvectors as well, in the flat layout.
+    """
+    from scipy.sparse.linalg import eigsh
+    op, n = _operator(model, loss, X, y, batch_size, gauss_newton)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < n:
+        raise ValueError(f"k must be an integer in [1, {n}) (the model has {n} parameters), "
+                         f"got {k!r}")
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    result = eigsh(op, k=int(k), which=which, tol=tol, maxiter=maxiter, v0=v0,
+                   return_eigenvectors=return_eigenvectors)
+    if return_eigenvectors:
+        vals, vecs = result
+        order = np.argsort(vals)
+        return vals[order], vecs[:, order]
+    return np.sort(result)
+
+
+def hessian_trace(model, loss, X, y, n_samples=64, *, seed=0, batch_size=None,
+                  gauss_newton=False, return_std=False):
+    """Hutchinson's estimate of tr H: the mean of vᵀ H v over Rademacher vectors v.
+
+    Unbiased; its standard error falls as 1/√n_samples (exact when H is diagonal).
+    With return_std, returns (estimate, standard error of the estimate).
+    """
+    params = _check(model, loss)
+    n = sum(p.size for p in params)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    dtype = params[0].dtype
+    X = model._check_input(X)
+    rng = np.random.default_rng(seed)
+    hv = np.empty(n, dtype)
+    samples = np.empty(n_samples)
+    for i in range(n_samples):
+        v = rng.choice(np.array([-1.0, 1.0], dtype), n)
+        _product(model, loss, X, y, v, batch_size, gauss_newton, hv)
+        samples[i] = float(np.dot(v.astype(np.float64), hv.astype(np.float64)))
+    estimate = float(samples.mean())
+    if return_std:
+        std = float(samples.std(ddof=1) / np.sqrt(n_samples)) if n_samples > 1 else float("inf")
+        return estimate, std
+    return estimate
