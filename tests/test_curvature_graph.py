@@ -55,9 +55,18 @@ def tiny_graph():
     return g.build(outputs=g.add(lin(4, 2, 2), g.add(fp.Concat(), gate, x1)))
 
 
+def gated_input():
+    """y = L(x ⊙ tanh(L x)): Mul with a fixed graph input on one side (R{x} = 0)."""
+    g = fp.Graph()
+    x = g.input("x", 3)
+    gate = g.add(fp.Mul(), x, g.add(fp.Tanh(), g.add(lin(3, 3, 0), x)))
+    return g.build(outputs=g.add(lin(3, 2, 1), gate))
+
+
 def inputs(name, rng, batch):
     widths = {"residual": [5], "two_input": [4, 3], "shared": [5], "twice": [3],
-              "shared_residual": [4], "in_sequential": [4], "tiny": [2, 2]}[name]
+              "shared_residual": [4], "in_sequential": [4], "tiny": [2, 2],
+              "gated": [3]}[name]
     xs = [rng.standard_normal((batch, w)) for w in widths]
     return xs[0] if len(xs) == 1 else tuple(xs)
 
@@ -65,7 +74,7 @@ def inputs(name, rng, batch):
 NETWORKS = {"residual": lambda: residual_mlp(blocks=2), "two_input": two_input_network,
             "shared": lambda: shared_layer_network()[0], "twice": same_input_twice,
             "shared_residual": shared_residual, "in_sequential": graphs_in_a_sequential,
-            "tiny": tiny_graph}
+            "tiny": tiny_graph, "gated": gated_input}
 
 
 def case(name, kind, rng, batch=7):
@@ -105,7 +114,7 @@ def test_hvp_is_symmetric_and_gnvp_positive_semidefinite(rng, name):
 
 
 @pytest.mark.parametrize("kind", ["xent", "mse"])
-@pytest.mark.parametrize("name", ["two_input", "twice", "shared"])
+@pytest.mark.parametrize("name", ["two_input", "twice", "shared", "gated"])
 def test_gnvp_is_jt_hloss_j(rng, name, kind):
     """The Gauss–Newton matrix column by column against J_outᵀ H_loss J_out by differences;
     with Mul it drops the g ⊙ R{·} terms, so it differs from the Hessian."""

@@ -13,6 +13,11 @@ one visit per node and one accumulation per edge: O(edges).
 A module used at several nodes (shared weights) keeps ONE set of parameters, so each node's
 contribution lands in its one ``.grad``; each further node runs a twin of it that shares the
 parameters and has its own workspaces (a layer keeps its activations for the backward).
+
+The R-operator of a graph (``fastprop.hvp``/``gnvp``) is the same traversal: R{value} beside
+each value forward, and two grad tables backward, for g and R{g}, on the same plan of
+buffers and aliases; each merge node has its R pieces, and a shared module's nodes all add
+into its parameters' one Hv view. A graph with several outputs has none (one loss).
 """
 import threading
 
