@@ -70,7 +70,12 @@ def _check(model, loss):
     for m in model.modules():
         if not m.r_supported and not m._children:
             raise TypeError(f"{type(m).__name__} has no R-operator: Hessian–vector products "
-                            f"support Sequential models of Linear, PReLU and the activations")
+                            f"support Sequential and Graph models of Linear, PReLU, the "
+                            f"activations, Add, Concat and Mul")
+    outputs = getattr(model, "output_names", ())
+    if len(outputs) > 1:
+        raise TypeError(f"model has {len(outputs)} outputs {outputs}: Hessian–vector products "
+                        f"need a model with one output (one loss)")
     if not isinstance(loss, Loss) or not hasattr(ops, f"{loss.kernel}_hvp"):
         raise TypeError(f"loss must be SoftmaxCrossEntropy, SigmoidBCE or MSE, got "
                         f"{type(loss).__name__}")
@@ -108,14 +113,14 @@ def _product(model, loss, x, y, v, batch_size, gauss_newton, out, lock=True):
     v = _vector(v, n, dtype)
     x = model._check_input(x)
     y = np.asarray(y)
-    if y.ndim == 0 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} rows but y has shape {y.shape}")
+    rows = _rows(x)
+    if y.ndim == 0 or y.shape[0] != rows:
+        raise ValueError(f"x has {rows} rows but y has shape {y.shape}")
     if out is None:
         out = np.zeros(n, dtype)
     else:
         out = _out_vector(out, n, dtype)
         out.fill(0)
-    rows = x.shape[0]
     step = rows if batch_size is None else int(batch_size)
     if step < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -125,8 +130,13 @@ def _product(model, loss, x, y, v, batch_size, gauss_newton, out, lock=True):
     return _chunks(model, loss, x, y, v, step, gauss_newton, out)
 
 
+def _rows(x):
+    """The batch size of checked input: one array, or a list of them (a Graph's inputs)."""
+    return (x[0] if isinstance(x, list) else x).shape[0]
+
+
 def _chunks(model, loss, x, y, v, step, gauss_newton, out):
-    rows = x.shape[0]
+    rows = _rows(x)
     if step >= rows:
         _rpass(model, loss, x, y, v, out, gauss_newton)
         return out
@@ -135,7 +145,8 @@ def _chunks(model, loss, x, y, v, step, gauss_newton, out):
     for a in range(0, rows, step):
         b = min(a + step, rows)
         part.fill(0)
-        _rpass(model, loss, x[a:b], y[a:b], v, part, gauss_newton)
+        xa = [t[a:b] for t in x] if isinstance(x, list) else x[a:b]
+        _rpass(model, loss, xa, y[a:b], v, part, gauss_newton)
         out += part * out.dtype.type((b - a) / rows)
     return out
 
@@ -152,9 +163,12 @@ def hvp(model, loss, x, y, v, *, batch_size=None, out=None):
 
     Parameters
     ----------
-    model : a Sequential (nested ones too) of Linear and the activations of fastprop.nn.
+    model : a Sequential (nested ones too) of Linear, PReLU and the activations of
+        fastprop.nn, or a Graph with one output of those, Add, Concat, Mul, Residual and
+        nested models (shared modules too).
     loss : SoftmaxCrossEntropy, SigmoidBCE or MSE.
-    x : (B, in_features) array; y : the loss's targets for x.
+    x : (B, in_features) array, or for a Graph with several inputs a tuple or dict of
+        them (as ``model(...)`` takes them); y : the loss's targets for x.
     v : (n,) flat vector in the model's flat-parameter layout (see parameters_to_vector).
     batch_size : evaluate in chunks of this many rows (the same product: the loss is a mean).
     out : an (n,) array of the model's dtype to write into.

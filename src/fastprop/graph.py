@@ -13,6 +13,11 @@ one visit per node and one accumulation per edge: O(edges).
 A module used at several nodes (shared weights) keeps ONE set of parameters, so each node's
 contribution lands in its one ``.grad``; each further node runs a twin of it that shares the
 parameters and has its own workspaces (a layer keeps its activations for the backward).
+
+The R-operator of a graph (``fastprop.hvp``/``gnvp``) is the same traversal: R{value} beside
+each value forward, and two grad tables backward, for g and R{g}, on the same plan of
+buffers and aliases; each merge node has its R pieces, and a shared module's nodes all add
+into its parameters' one Hv view. A graph with several outputs has none (one loss).
 """
 import threading
 
@@ -32,6 +37,11 @@ class Merge(Module):
     ``_forward(xs)`` takes the list of input values; ``_backward_into(g, dests, accumulate)``
     writes the gradient of input k into ``dests[k]`` (added into it where ``accumulate[k]``;
     skipped where ``dests[k]`` is None), the grad table's buffers.
+
+    The R-operator (curvature): ``_rforward(xs, rxs, v)`` -> (y, R{y}) with ``rxs[k]`` None
+    for an input that does not move, and ``_rbackward_into(g, rg, dests, rdests, accumulate)``
+    writes g's and R{g}'s shares as ``_backward_into`` does (g None: the Gauss–Newton pass).
+    Both keep their own workspaces (``_rbuf``), apart from the forward's.
     """
     min_inputs, max_inputs = 2, None
     _workspace_keys = ("_y", "_xs")
@@ -74,6 +84,22 @@ class Add(Merge):
             if d is not None:
                 ops.add_backward(g, out=d, accumulate=acc)
 
+    r_supported = True
+
+    def _rforward(self, xs, rxs, v):
+        # R{Σ x_k} = Σ R{x_k}, the inputs that do not move left out
+        shape, dtype = xs[0].shape, xs[0].dtype
+        y = ops.add_forward(xs, out=self._rbuf("y", shape, dtype))
+        moving = [r for r in rxs if r is not None]
+        ry = ops.add_forward(moving, out=self._rbuf("ry", shape, dtype)) if moving else None
+        return y, ry
+
+    def _rbackward_into(self, g, rg, dests, rdests, accumulate):
+        # linear: every input gets g, and R{g}
+        if g is not None:
+            self._backward_into(g, dests, accumulate)
+        self._backward_into(rg, rdests, accumulate)
+
 
 class Mul(Merge):
     """``y = a ⊙ b`` elementwise (two inputs of one shape): a gate."""
@@ -88,9 +114,41 @@ class Mul(Merge):
 
     def _backward_into(self, g, dests, accumulate):
         a, b = self._xs
-        ops.mul_backward(g, a, b, grad_a=dests[0], grad_b=dests[1], need_a=dests[0] is not None,
-                         need_b=dests[1] is not None, accumulate_a=accumulate[0],
-                         accumulate_b=accumulate[1])
+        self._into(g, a, b, dests, accumulate)
+
+    @staticmethod
+    def _into(g, a, b, dests, accumulate):
+        """dests[0] (+)= g ⊙ b, dests[1] (+)= g ⊙ a (a None dest skipped)."""
+        if dests[0] is not None or dests[1] is not None:
+            ops.mul_backward(g, a, b, grad_a=dests[0], grad_b=dests[1],
+                             need_a=dests[0] is not None, need_b=dests[1] is not None,
+                             accumulate_a=accumulate[0], accumulate_b=accumulate[1])
+
+    r_supported = True
+
+    def _rforward(self, xs, rxs, v):
+        # R{a ⊙ b} = R{a} ⊙ b + a ⊙ R{b}
+        (a, b), (ra, rb) = xs, rxs
+        y = ops.mul_forward(a, b, out=self._rbuf("y", a.shape, a.dtype))
+        ry = None
+        if ra is not None or rb is not None:
+            ry = self._rbuf("ry", a.shape, a.dtype)
+            if ra is not None:
+                ops.mul_forward(ra, b, out=ry)
+            if rb is not None:   # ry (+)= R{b} ⊙ a
+                ops.mul_backward(rb, a, a, grad_b=ry, need_a=False, accumulate_b=ra is not None)
+        self._rsaved = (a, b, ra, rb)
+        return y, ry
+
+    def _rbackward_into(self, g, rg, dests, rdests, accumulate):
+        # g_a = g ⊙ b:  R{g_a} = R{g} ⊙ b + g ⊙ R{b};  g_b = g ⊙ a:  R{g_b} = R{g} ⊙ a + g ⊙ R{a}
+        a, b, ra, rb = self._rsaved
+        self._into(rg, a, b, rdests, accumulate)
+        if g is None:   # Gauss–Newton: R{g} back-propagated as a gradient, no g ⊙ R{·} terms
+            return
+        self._into(g, a, b, dests, accumulate)
+        second = [rdests[0] if rb is not None else None, rdests[1] if ra is not None else None]
+        self._into(g, g if ra is None else ra, g if rb is None else rb, second, (True, True))
 
 
 class Concat(Merge):
@@ -104,9 +162,34 @@ class Concat(Merge):
         self._ready = True
         return y
 
-    def _backward_into(self, g, dests, accumulate):
-        ops.concat_backward(g, self._widths, outs=dests, needed=[d is not None for d in dests],
-                            accumulate=list(accumulate))
+    def _backward_into(self, g, dests, accumulate, widths=None):
+        ops.concat_backward(g, self._widths if widths is None else widths, outs=dests,
+                            needed=[d is not None for d in dests], accumulate=list(accumulate))
+
+    r_supported = True
+
+    def _rforward(self, xs, rxs, v):
+        # R{[x_1, x_2, ...]} = [R{x_1}, R{x_2}, ...], zeros for an input that does not move
+        widths = [x.shape[1] for x in xs]
+        shape, dtype = (xs[0].shape[0], sum(widths)), xs[0].dtype
+        y = ops.concat_forward(xs, out=self._rbuf("y", shape, dtype))
+        ry = None
+        if any(r is not None for r in rxs):
+            parts = []
+            for k, (x, r) in enumerate(zip(xs, rxs)):
+                if r is None:
+                    r = self._rbuf(("zero", k), x.shape, dtype)
+                    r.fill(0)
+                parts.append(r)
+            ry = ops.concat_forward(parts, out=self._rbuf("ry", shape, dtype))
+        self._rsaved = widths
+        return y, ry
+
+    def _rbackward_into(self, g, rg, dests, rdests, accumulate):
+        # linear: split g and R{g} along the features
+        if g is not None:
+            self._backward_into(g, dests, accumulate, self._rsaved)
+        self._backward_into(rg, rdests, accumulate, self._rsaved)
 
     def out_width(self, widths):
         return None if any(w is None for w in widths) else sum(widths)
@@ -134,6 +217,14 @@ class _Step:
         self.name, self.kind, self.module, self.inputs, self.width = name, kind, module, inputs, width
         self.accumulate = [False] * len(inputs)  # per input slot: add into the grad table's buffer
         self.alias = [False] * len(inputs)       # per input slot: hand the array over, no buffer
+
+
+def _deposit(table, bufs, j, a, alias, accumulate):
+    """One consumer's share a of node j's gradient into the grad table: handed over (alias),
+    or written or added into j's buffer. None (nothing to pass) is skipped."""
+    if a is None:
+        return
+    table[j] = a if alias else ops.add_backward(a, out=bufs[j], accumulate=accumulate)
 
 
 def _twin(module):
@@ -479,10 +570,7 @@ class Graph(Module):
         table = self._grad_table(gs[0].shape[0], gs[0].dtype)
         bufs = self._gbufs
         for k, i in enumerate(self._outputs):
-            if self._output_alias[k]:
-                table[i] = gs[k]
-            else:
-                table[i] = ops.add_backward(gs[k], out=bufs[i], accumulate=self._output_accumulate[k])
+            _deposit(table, bufs, i, gs[k], self._output_alias[k], self._output_accumulate[k])
         for i in range(len(steps) - 1, -1, -1):
             s = steps[i]
             if s.kind == "input":
@@ -492,27 +580,94 @@ class Graph(Module):
                 j = s.inputs[0]
                 need = need_input_grad or steps[j].kind != "input"
                 gx = s.module._backward(gi, need)
-                if not need:
-                    continue
-                if s.alias[0]:
-                    table[j] = gx
-                else:
-                    table[j] = ops.add_backward(gx, out=bufs[j], accumulate=s.accumulate[0])
+                if need:
+                    _deposit(table, bufs, j, gx, s.alias[0], s.accumulate[0])
             else:
-                dests = []
-                for slot, j in enumerate(s.inputs):
-                    if not need_input_grad and steps[j].kind == "input":
-                        dests.append(None)
-                    elif s.alias[slot]:
-                        dests.append(None)
-                        table[j] = gi
-                    else:
-                        dests.append(bufs[j])
-                        table[j] = bufs[j]
-                s.module._backward_into(gi, dests, s.accumulate)
+                s.module._backward_into(gi, self._merge_dests(i, need_input_grad, table, bufs),
+                                        s.accumulate)
         if not need_input_grad:
             return None
         return self._pick(table, self._inputs)
+
+    # ------------------------------------------------------------ the R-operator (curvature)
+    @property
+    def r_supported(self):
+        return self._built and all(s.module.r_supported for s in self._steps if s.kind != "input")
+
+    def _rforward(self, x, rx, v):
+        """The forward in topological order with R{value} beside every value (None for a
+        value that does not move: the inputs when rx is None, and what depends on them only)."""
+        if len(self._outputs) > 1:
+            raise TypeError(f"this graph has {len(self._outputs)} outputs {self.output_names}: "
+                            f"Hessian–vector products need a graph with one output (one loss)")
+        steps = self._steps
+        val, rval = [None] * len(steps), [None] * len(steps)
+        many = len(self._inputs) > 1
+        xs = x if many else (x,)
+        rxs = (None,) * len(xs) if rx is None else (rx if many else (rx,))
+        for k, i in enumerate(self._inputs):
+            val[i], rval[i] = xs[k], rxs[k]
+        for i, s in enumerate(steps):
+            if s.kind == "module":
+                j = s.inputs[0]
+                val[i], rval[i] = s.module._rforward(val[j], rval[j], v)
+            elif s.kind == "merge":
+                val[i], rval[i] = s.module._rforward([val[j] for j in s.inputs],
+                                                     [rval[j] for j in s.inputs], v)
+        self._rsaved = val
+        o = self._outputs[0]
+        return val[o], rval[o]
+
+    def _rbackward(self, g, rg, v, hv, need_input_grad):
+        """The backward in reverse order with two grad tables, for g and R{g}: each node's
+        entry is the sum over its consumers, accumulated in place into its buffers as in
+        _backward (the same plan of buffers and aliases). g None: the Gauss–Newton pass."""
+        steps, val = self._steps, self._rsaved
+        batch, dtype = rg.shape[0], rg.dtype
+        gt, rt = [None] * len(steps), [None] * len(steps)
+        gb, rb = [], []
+        for j, dedicated in enumerate(self._dedicated):
+            shape = (batch, val[j].shape[1])
+            gb.append(self._rbuf(("g", j), shape, dtype) if dedicated and g is not None else None)
+            rb.append(self._rbuf(("rg", j), shape, dtype) if dedicated else None)
+        o = self._outputs[0]
+        for table, bufs, a in ((gt, gb, g), (rt, rb, rg)):
+            _deposit(table, bufs, o, a, self._output_alias[0], self._output_accumulate[0])
+        for i in range(len(steps) - 1, -1, -1):
+            s = steps[i]
+            if s.kind == "input":
+                continue
+            gi, rgi = gt[i], rt[i]
+            if s.kind == "module":
+                j = s.inputs[0]
+                need = need_input_grad or steps[j].kind != "input"
+                gx, rgx = s.module._rbackward(gi, rgi, v, hv, need)
+                if need:
+                    _deposit(gt, gb, j, gx, s.alias[0], s.accumulate[0])
+                    _deposit(rt, rb, j, rgx, s.alias[0], s.accumulate[0])
+                continue
+            s.module._rbackward_into(gi, rgi, self._merge_dests(i, need_input_grad, gt, gb),
+                                     self._merge_dests(i, need_input_grad, rt, rb), s.accumulate)
+        if not need_input_grad:
+            return None, None
+        return (None if g is None else self._pick(gt, self._inputs)), self._pick(rt, self._inputs)
+
+    def _merge_dests(self, i, need_input_grad, table, bufs):
+        """Where merge node i writes its inputs' shares: each input's buffer, or None where
+        the share is not needed (a graph input) or handed over whole (the table then holds
+        node i's own array for that input)."""
+        steps = self._steps
+        dests = []
+        for slot, j in enumerate(steps[i].inputs):
+            if not need_input_grad and steps[j].kind == "input":
+                dests.append(None)
+            elif steps[i].alias[slot]:
+                dests.append(None)
+                table[j] = table[i]
+            else:
+                dests.append(bufs[j])
+                table[j] = bufs[j]
+        return dests
 
     def _pick(self, values, ids):
         return values[ids[0]] if len(ids) == 1 else tuple(values[i] for i in ids)

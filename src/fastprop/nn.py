@@ -240,7 +240,7 @@ class Module:
     # Pearlmutter's R{·} = ∂/∂r (·)(θ + r v) at r = 0, for exact Hessian–vector products
     # (fastprop.curvature). A model is a chain or graph of modules, each of which maps
     # (x, R{x}) forward and (g, R{g}) backward; the traversal lives in the container
-    # (Sequential here), so another container needs only to call these two per module.
+    # (Sequential here, Graph in fastprop.graph), which calls these two per module.
     # The pass keeps its own workspaces (self._rws): the ordinary forward's and every
     # .grad are left as they were.
     r_supported = False       # the module implements _rforward and _rbackward
@@ -250,7 +250,7 @@ class Module:
         input, R{x} = 0) and the parameters by v (a dict Parameter → array of its shape).
         Keeps what _rbackward needs. ry is None when y moves with neither."""
         raise TypeError(f"{type(self).__name__} has no R-operator: Hessian–vector products "
-                        f"support Linear, the activations of fastprop.nn, PReLU and Sequential")
+                        f"support Linear, the activations of fastprop.nn, PReLU, Sequential and Graph")
 
     def _rbackward(self, g, rg, v, hv, need_input_grad):
         """(gx, rgx) from g = ∂J/∂y and rg = R{g} (both scratch, may be overwritten):
