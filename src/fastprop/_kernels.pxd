@@ -75,6 +75,8 @@ cdef extern from "fastprop.h" nogil:
     int sigmoid_bce_forward_backward_f64(double *loss, double *dz, const double *z, const double *target, int64_t n)
     int mse_forward_backward_f32(double *loss, float *dp, const float *pred, const float *target, int64_t n)
     int mse_forward_backward_f64(double *loss, double *dp, const double *pred, const double *target, int64_t n)
+    int64_t first_outside_f32(const float *a, int64_t n, double lo, double hi)
+    int64_t first_outside_f64(const double *a, int64_t n, double lo, double hi)
     int sgd_step_f32(float *param, const float *grad, float *buf, int64_t n, double lr, double momentum,
                      double dampening, int nesterov, double weight_decay, int first_step)
     int sgd_step_f64(double *param, const double *grad, double *buf, int64_t n, double lr, double momentum,

@@ -121,6 +121,39 @@ cdef _separate(cnp.ndarray out, str name, tuple others, bint alias_ok=False):
                                                       " or exactly the same array"))
 
 
+cdef int64_t _first_outside(object A, double lo, double hi):
+    """The first flat index of A (C-contiguous float32/float64) outside [lo, hi] (NaN too), or -1."""
+    cdef void *p = _ptr(A)
+    cdef int64_t n = A.size, i
+    if _f32(A):
+        with nogil:
+            i = first_outside_f32(<float*>p, n, lo, hi)
+    else:
+        with nogil:
+            i = first_outside_f64(<double*>p, n, lo, hi)
+    return i
+
+
+cdef _check_range(object A, str name, double lo, double hi, str what):
+    cdef int64_t i = _first_outside(A, lo, hi)
+    if i >= 0:
+        where = np.unravel_index(i, A.shape)
+        raise ValueError(f"{name}[{', '.join(map(str, where))}] = {A.reshape(-1)[i]} {what}")
+
+
+def check_range(a, str name, double lo, double hi, str what):
+    """ValueError naming ``name`` and ``what`` is wrong when the float array a holds a value
+    outside [lo, hi] or a NaN."""
+    _check_range(_floats(a, name, -1), name, lo, hi, what)
+
+
+def check_finite(a, str name):
+    """ValueError naming ``name`` when the float array a holds a NaN or an infinity."""
+    A = _floats(a, name, -1)
+    big = float(np.finfo(A.dtype).max)
+    _check_range(A, name, -big, big, "is not finite")
+
+
 cdef int _act(object activation) except -1:
     if not isinstance(activation, str):
         raise TypeError(f"activation must be a string, got {type(activation).__name__}")
@@ -528,6 +561,7 @@ def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
     if Z.size < 1:
         raise ValueError("logits is empty: the loss is a mean over its elements")
     T = _target(target, "target", Z.shape, Z.dtype, "logits")
+    _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
     D = _loss_grad(grad_out, compute_grad, Z, "logits", ((T, "target"),))
     cdef double loss = 0
     cdef int64_t n = Z.size
@@ -837,6 +871,8 @@ cdef class Network:
                 raise ValueError(f"label {t[bad]} at index {bad} is outside [0, {self.n_out})")
         else:
             T = _target(t, "target", out_shape, self.dtype, "the network's output")
+            if kind == FP_LOSS_SIGMOID_BCE:
+                _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
         self._workspace(batch)
         cdef double value = 0
         cdef void *px = _ptr(X)
