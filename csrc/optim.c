@@ -31,13 +31,17 @@ FP_SIMD int F(adam_step)(R *param, const R *grad, R *m, R *v, int64_t n, double 
     if (!param || !grad || !m || !v || n < 0 || step < 1) return FP_ERR_ARG;
     double bc1 = 1 - pow(beta1, (double)step), bc2 = 1 - pow(beta2, (double)step);
     R step_size = (R)(lr / bc1), bc2_sqrt = (R)sqrt(bc2), delta = (R)eps;
-    R b2 = (R)beta2, one_b1 = (R)(1 - beta1), one_b2 = (R)(1 - beta2);
+    R b1 = (R)beta1, b2 = (R)beta2, one_b1 = (R)(1 - beta1), one_b2 = (R)(1 - beta2);
+    /* torch's lerp(m, g, w = 1 − β₁): m + w(g − m) for w < ½, else g − (1 − w)(g − m), exact
+     * for β₁ = 0 (m + (g − m) would cancel to 0 when |g| ≪ |m|) */
+    int near_g = one_b1 >= (R)0.5;
     R wd = decoupled ? 0 : (R)weight_decay;
     R shrink = decoupled ? (R)(1 - lr * weight_decay) : 1;
     for (int64_t i = 0; i < n; i++) {
         R p = param[i] * shrink;
         R g = grad[i] + wd * p;
-        R mi = m[i] + one_b1 * (g - m[i]);  /* torch's lerp form */
+        R diff = g - m[i];
+        R mi = near_g ? g - b1 * diff : m[i] + one_b1 * diff;
         R vi = b2 * v[i] + one_b2 * g * g;
         m[i] = mi, v[i] = vi;
         param[i] = p - step_size * (mi / (SQRT(vi) / bc2_sqrt + delta));
