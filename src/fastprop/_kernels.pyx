@@ -121,6 +121,15 @@ cdef _separate(cnp.ndarray out, str name, tuple others, bint alias_ok=False):
                                                       " or exactly the same array"))
 
 
+cdef int64_t _first_bad_label(object labels, int64_t classes):
+    """The first index of the int64 labels outside [0, classes), or -1 (without the GIL)."""
+    cdef int64_t *p = <int64_t*>_ptr(labels)
+    cdef int64_t n = labels.size, i
+    with nogil:
+        i = fp_first_bad_label(p, n, classes)
+    return i
+
+
 cdef int64_t _first_outside(object A, double lo, double hi):
     """The first flat index of A (C-contiguous float32/float64) outside [lo, hi] (NaN too), or -1."""
     cdef void *p = _ptr(A)
@@ -522,7 +531,7 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
         if T.dtype.kind == "u" and T.dtype.itemsize == 8 and T.size and T.max() > classes:
             raise ValueError(f"target holds label {T.max()} outside [0, {classes})")
         labels = np.ascontiguousarray(T, dtype=np.int64)
-        bad = fp_first_bad_label(<int64_t*>_ptr(labels), batch, classes)
+        bad = _first_bad_label(labels, classes)
         if bad >= 0:
             raise ValueError(f"target[{bad}] = {labels[bad]} is not a class label in [0, {classes})")
     elif T.ndim == 2:
@@ -866,7 +875,7 @@ cdef class Network:
             if t.dtype.kind == "u" and labels.size and t.max() >= self.n_out:
                 bad = int(np.argmax(t >= self.n_out))
             else:
-                bad = fp_first_bad_label(<int64_t*>_ptr(labels), batch, self.n_out)
+                bad = _first_bad_label(labels, self.n_out)
             if bad >= 0:
                 raise ValueError(f"label {t[bad]} at index {bad} is outside [0, {self.n_out})")
         else:

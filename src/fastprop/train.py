@@ -98,7 +98,7 @@ class TrainStep:
             model.zero_grad()
             model._backward(self.loss.backward(), False)
             self._out = out
-        self.optimizer.step()
+        self.optimizer._step_holding(model._busy)
         return J
 
     def _diverged(self, J):
