@@ -142,8 +142,13 @@ def test_fuzz_dense_forward(gemm_path, data, dtype, batch, n_in, n_out, act, bia
     ref = f64(x) @ f64(w).T + (f64(b) if bias else 0)
     bound = gemm_bound(x, w.T, dtype, n_in) + 2 * eps(dtype) * (np.abs(ref) + (np.abs(f64(b)) if bias else 0))
     within(pre, ref, bound, "dense_forward pre-activation")
-    # the fused activation on that pre-activation: as the elementwise kernel computes it
-    assert y.tobytes() == ops.activation_forward(pre, act).tobytes()
+    # the fused activation on that pre-activation (cos switches to libm per block of
+    # elements when an argument is out of its fast range, so not always the same bits
+    # as activation_forward over the whole array)
+    with np.errstate(all="ignore"):
+        ref_y = reference.activation_forward(f64(pre), act)
+    rel, absolute = act_tolerance(act, pre, dtype)
+    within(y, ref_y, rel * np.abs(ref_y) + absolute, f"dense_forward {act}")
 
 
 @fuzz
@@ -186,6 +191,14 @@ def act_tolerance(act, x, dtype, derivative=False):
         absolute += 4 * eps(dtype)
     if act in ("softplus", "gelu", "silu") and derivative:
         absolute += 8 * eps(dtype)  # Φ(x) + xφ(x) and σ(x)(1 + x(1 − σ)) cancel near their zeros
+    if act == "tanh" and derivative:
+        absolute += 4 * eps(dtype)  # 1 − y² from a saturated y: y² rounds by eps, then cancels
+    # the reference's own cancellations, good to a few eps64: 0.5(1 + erf(x/√2)) for x < 0,
+    # σ(1 − σ) and 1 − tanh² for large |x| (the kernels compute these without cancelling)
+    if derivative:
+        absolute += 8 * eps(np.float64)
+    elif act == "gelu":
+        absolute = absolute + 4 * eps(np.float64) * np.abs(f64(x))
     return rel, absolute
 
 
@@ -352,6 +365,8 @@ def test_fuzz_sgd_step(data, dtype, n, lr, momentum, dampening, nesterov, weight
 @fuzz
 @given(data=st.data(), dtype=DTYPES, n=st.integers(0, 100), step=st.integers(1, 1000),
        lr=st.sampled_from([1e-3, 0.1]), betas=st.sampled_from([(0.9, 0.999), (0.0, 0.5)]),
+       # not eps 0: then a float32 g of a subnormal size makes v underflow to 0 and the update
+       # 0/0 = NaN where float64 keeps it finite (torch's float32 Adam too)
        eps_=st.sampled_from([1e-8, 1e-3]), weight_decay=st.sampled_from([0.0, 0.1]),
        decoupled=st.booleans())
 def test_fuzz_adam_step(data, dtype, n, step, lr, betas, eps_, weight_decay, decoupled):
@@ -359,7 +374,7 @@ def test_fuzz_adam_step(data, dtype, n, step, lr, betas, eps_, weight_decay, dec
     g = array(data.draw, dtype, (n,), 1e6)
     m = data.draw(hnp.arrays(dtype, (n,), elements=values(dtype, 1e6)))
     v = np.abs(data.draw(hnp.arrays(dtype, (n,), elements=values(dtype, 1e12))))
-    rp, rm, rv, p_old = f64(p), f64(m), f64(v), p.copy()
+    rp, rm, rv, p_old, m_old = f64(p), f64(m), f64(v), p.copy(), m.copy()
     kw = dict(step=step, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps_, weight_decay=weight_decay,
               decoupled=decoupled)
     with np.errstate(all="ignore"):
@@ -367,7 +382,14 @@ def test_fuzz_adam_step(data, dtype, n, step, lr, betas, eps_, weight_decay, dec
         reference.adam_step(rp, f64(g), rm, rv, **kw)
     e = 16 * eps(dtype)
     within(m, rm, e * (np.abs(rm) + np.abs(f64(g)) + np.abs(f64(p_old)) * weight_decay) + tiny(dtype), "exp_avg")
-    within(v, rv, e * (np.abs(rv) + 1e-30) + 2 * tiny(dtype), "exp_avg_sq")
-    # the update lr·m̂/(√v̂ + ε) has a relative error of a few eps, as each of its factors
-    with np.errstate(invalid="ignore"):
-        within(p, rp, e * (np.abs(f64(p_old)) + 4 * np.abs(rp - f64(p_old))) + tiny(dtype), "adam param")
+    # g + λθ may cancel: its error e(|g| + λ|θ|) enters g² as 2|g + λθ|·that
+    g_eff = np.abs(f64(g) + (0 if decoupled else weight_decay) * f64(p_old))
+    g_err = e * (np.abs(f64(g)) + weight_decay * np.abs(f64(p_old)))
+    within(v, rv, e * np.abs(rv) + (1 - betas[1]) * 2 * (g_eff + g_err) * g_err + 2 * tiny(dtype), "exp_avg_sq")
+    # the update lr·m̂/(√v̂ + ε) has a relative error of a few eps, as each of its factors,
+    # and carries the error of m, which may cancel (β₁m + (1 − β₁)g ≈ 0): |Δ|·err(m)/|m|
+    m_err = e * (np.abs(f64(m_old)) + np.abs(f64(g)) + weight_decay * np.abs(f64(p_old)))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        delta = np.abs(rp - f64(p_old))
+        carried = np.where(delta > 0, delta * m_err / np.maximum(np.abs(rm), 1e-300), 0)
+        within(p, rp, e * (np.abs(f64(p_old)) + 4 * delta) + carried + tiny(dtype), "adam param")
