@@ -11,6 +11,7 @@ the argument before anything is written.
 import numpy as np
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+from libc.float cimport DBL_MAX, FLT_MAX
 from libc.stdint cimport int64_t, uintptr_t
 
 cnp.import_array()
@@ -159,7 +160,7 @@ def check_range(a, str name, double lo, double hi, str what):
 def check_finite(a, str name):
     """ValueError naming ``name`` when the float array a holds a NaN or an infinity."""
     A = _floats(a, name, -1)
-    big = float(np.finfo(A.dtype).max)
+    cdef double big = FLT_MAX if _f32(A) else DBL_MAX
     _check_range(A, name, -big, big, "is not finite")
 
 
