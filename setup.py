@@ -15,10 +15,14 @@ compile_args = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-func
 link_args = ["-pthread"]
 if os.environ.get("FASTPROP_NATIVE") == "1":
     compile_args.append("-march=native")
+options = {}
 if os.environ.get("FASTPROP_SANITIZE") == "1":
-    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    # every report is fatal (-fno-sanitize-recover); objects go to their own build folder,
+    # so a sanitized build never reuses the normal build's objects or the reverse
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
     compile_args = [a for a in compile_args if a != "-O3"] + ["-O1"] + san
     link_args += san
+    options = {"build": {"build_base": "build/sanitize"}}
 
 # template.h includes the family files back, so compile only the families themselves
 sources = ["src/fastprop/_kernels.pyx"] + sorted(glob.glob("csrc/*.c"))
@@ -32,4 +36,4 @@ ext = Extension(
     extra_link_args=link_args,
 )
 
-setup(ext_modules=cythonize([ext], language_level=3))
+setup(ext_modules=cythonize([ext], language_level=3), options=options)

@@ -133,6 +133,8 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
                              int64_t batch, int64_t classes);                         \
     int sigmoid_bce_hvp_##S(R *hv, const R *z, const R *v, int64_t n);                 \
     int mse_hvp_##S(R *hv, const R *v, int64_t n);                                    \
+    /* first i with a[i] outside [lo, hi] (NaN included), or -1 */                    \
+    int64_t first_outside_##S(const R *a, int64_t n, double lo, double hi);          \
     int sgd_step_##S(R *param, const R *grad, R *buf, int64_t n, double lr,           \
                      double momentum, double dampening, int nesterov,                 \
                      double weight_decay, int first_step);                            \

@@ -16,6 +16,22 @@ int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes)
 #include "template.h"
 #else
 
+// first i with a_i outside [lo, hi] (NaN is outside any range), or -1; checked in blocks, as
+// an OR over each block vectorizes where a loop that stops early would not
+FP_SIMD int64_t F(first_outside)(const R *a, int64_t n, double lo, double hi)
+{
+    R l = (R)lo, h = (R)hi;
+    for (int64_t b = 0; b < n; b += 512) {
+        int64_t m = n - b < 512 ? n - b : 512;
+        int bad = 0;
+        for (int64_t i = 0; i < m; i++) bad |= !(a[b + i] >= l && a[b + i] <= h);
+        if (bad)
+            for (int64_t i = 0; i < m; i++)
+                if (!(a[b + i] >= l && a[b + i] <= h)) return b + i;
+    }
+    return -1;
+}
+
 /* Reductions run in FP_LANES partial sums (fastmath.h), so these loops vectorize too. */
 
 // max_j a_j for n ≥ 1, in FP_LANES running maxima
@@ -75,8 +91,9 @@ FP_SIMD int F(softmax_forward)(R *p, const R *z, int64_t batch, int64_t classes,
         R *pi = p + i * classes;
         R m = F(max_of)(zi, classes);
         if (log_space) {
-            R lse = m + LOG(F(sum_exp)(zi, m, classes));
-            for (int64_t j = 0; j < classes; j++) pi[j] = zi[j] - lse;
+            /* (z − m) − log Σ, not z − (m + log Σ): at large |m| the log would round away */
+            R log_s = LOG(F(sum_exp)(zi, m, classes));
+            for (int64_t j = 0; j < classes; j++) pi[j] = (zi[j] - m) - log_s;
         } else {
             R inv = 1 / F(exp_into)(pi, zi, m, classes);
             for (int64_t j = 0; j < classes; j++) pi[j] *= inv;
@@ -100,24 +117,32 @@ FP_SIMD int F(softmax_xent_forward_backward)(double *loss, R *dz, const R *z,
         const R *ti = target ? target + i * classes : NULL;
         R *di = dz ? dz + i * classes : NULL;
         R m = F(max_of)(zi, classes);
-        /* Σ t_j (z_j − m) and the target mass, read before dz (which may alias z) is written */
-        R tz, tsum;
+        /* Σ t_j (z_j − m) and the target mass, read before dz (which may alias z) is written.
+         * z − m in double: a logit 2·FLT_MAX below the maximum overflows float, not double;
+         * and a zero target takes no part (0·(−inf) would be NaN). */
+        double tz;
+        R tsum;
         if (ti) {
-            R acc_tz[FP_LANES] = {0}, acc_t[FP_LANES] = {0};
+            double acc_tz[FP_LANES] = {0};
+            R acc_t[FP_LANES] = {0};
             int64_t j = 0;
             tz = 0, tsum = 0;
             for (; j + FP_LANES <= classes; j += FP_LANES)
                 for (int l = 0; l < FP_LANES; l++) {
                     R t = ti[j + l];
-                    acc_tz[l] += t * (zi[j + l] - m), acc_t[l] += t;
+                    double d = (double)zi[j + l] - (double)m;
+                    acc_tz[l] += t != 0 ? (double)t * d : 0, acc_t[l] += t;
                 }
-            for (; j < classes; j++) tz += ti[j] * (zi[j] - m), tsum += ti[j];
+            for (; j < classes; j++) {
+                double d = (double)zi[j] - (double)m;
+                tz += ti[j] != 0 ? (double)ti[j] * d : 0, tsum += ti[j];
+            }
             for (int l = 0; l < FP_LANES; l++) tz += acc_tz[l], tsum += acc_t[l];
         } else {
-            tz = zi[labels[i]] - m, tsum = 1;
+            tz = (double)zi[labels[i]] - (double)m, tsum = 1;
         }
         R s = di ? F(exp_into)(di, zi, m, classes) : F(sum_exp)(zi, m, classes);
-        total += (double)LOG(s) * (double)tsum - (double)tz;
+        total += (double)LOG(s) * (double)tsum - tz;
         if (di) {
             R scale = tsum / s * inv_batch;
             if (ti) {
@@ -143,6 +168,8 @@ FP_SIMD int F(sigmoid_bce_forward_backward)(double *loss, R *dz, const R *z, con
 {
     if (!loss || !z || !target || n < 1) return FP_ERR_ARG;
     R inv_n = (R)(1.0 / (double)n);
+    double inv_nd = 1.0 / (double)n;  /* each term is scaled before the sum: a sum of terms
+                                        near DBL_MAX would overflow where their mean does not */
     double acc[FP_LANES] = {0}, total = 0;
     R scratch[FP_LANES];  /* where the gradient goes when dz is NULL */
     /* in blocks of FP_LANES elements, element l of each block summed into acc[l] */
@@ -151,12 +178,12 @@ FP_SIMD int F(sigmoid_bce_forward_backward)(double *loss, R *dz, const R *z, con
         R *d = dz ? dz + i : scratch;
         for (int l = 0; l < len; l++) {
             R zl = z[i + l], yl = target[i + l];
-            acc[l] += (double)((zl > 0 ? zl : 0) - zl * yl + LOG1P01(EXPN(-FABS(zl))));
+            acc[l] += (double)((zl > 0 ? zl : 0) - zl * yl + LOG1P01(EXPN(-FABS(zl)))) * inv_nd;
             d[l] = (SIGMOID(zl) - yl) * inv_n;  /* SIGMOID's exp(−|z|) is the one above: computed once */
         }
     }
     for (int l = 0; l < FP_LANES; l++) total += acc[l];
-    *loss = total / (double)n;
+    *loss = total;
     return FP_OK;
 }
 

@@ -12,8 +12,8 @@
 typedef struct {
     R *param, *buf, *m, *v;
     const R *grad;
-    R eps, mu, damp, wd, shrink, bc2_sqrt, delta, b2, one_b1, one_b2;
-    int nesterov, first_step;
+    R eps, mu, damp, wd, shrink, bc2_sqrt, delta, b1, b2, one_b1, one_b2;
+    int nesterov, first_step, near_g;
 } F(optim_args);
 
 // SGD: g = ∇ + λθ; buf = μ buf + (1 − τ) g (buf = g on the first step); g = g + μ buf (Nesterov) or buf; θ −= ε g
@@ -54,12 +54,14 @@ FP_SIMD static void F(adam_piece)(void *ctx, int64_t lo, int64_t hi)
     const F(optim_args) *a = ctx;
     R *param = a->param, *m = a->m, *v = a->v;
     const R *grad = a->grad;
-    R step_size = a->eps, bc2_sqrt = a->bc2_sqrt, delta = a->delta, b2 = a->b2;
+    R step_size = a->eps, bc2_sqrt = a->bc2_sqrt, delta = a->delta, b1 = a->b1, b2 = a->b2;
     R one_b1 = a->one_b1, one_b2 = a->one_b2, wd = a->wd, shrink = a->shrink;
+    int near_g = a->near_g;
     for (int64_t i = lo; i < hi; i++) {
         R p = param[i] * shrink;
         R g = grad[i] + wd * p;
-        R mi = m[i] + one_b1 * (g - m[i]);  /* torch's lerp form */
+        R diff = g - m[i];
+        R mi = near_g ? g - b1 * diff : m[i] + one_b1 * diff;
         R vi = b2 * v[i] + one_b2 * g * g;
         m[i] = mi, v[i] = vi;
         param[i] = p - step_size * (mi / (SQRT(vi) / bc2_sqrt + delta));
@@ -73,8 +75,12 @@ int F(adam_step)(R *param, const R *grad, R *m, R *v, int64_t n, double lr, doub
     double bc1 = 1 - pow(beta1, (double)step), bc2 = 1 - pow(beta2, (double)step);
     F(optim_args) a = {.param = param, .grad = grad, .m = m, .v = v,
                        .eps = (R)(lr / bc1), .bc2_sqrt = (R)sqrt(bc2), .delta = (R)eps,
-                       .b2 = (R)beta2, .one_b1 = (R)(1 - beta1), .one_b2 = (R)(1 - beta2),
-                       .wd = decoupled ? 0 : (R)weight_decay,
+                       .b1 = (R)beta1, .b2 = (R)beta2, .one_b1 = (R)(1 - beta1),
+                       .one_b2 = (R)(1 - beta2), .wd = decoupled ? 0 : (R)weight_decay,
+                       /* torch's lerp(m, g, w = 1 − β₁): m + w(g − m) for w < ½, else
+                        * g − (1 − w)(g − m), exact for β₁ = 0 (m + (g − m) would cancel to 0
+                        * when |g| ≪ |m|) */
+                       .near_g = (R)(1 - beta1) >= (R)0.5,
                        .shrink = decoupled ? (R)(1 - lr * weight_decay) : 1};
     fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(adam_piece), &a);
     return FP_OK;

@@ -35,6 +35,28 @@ def central_diff(f, x, eps=1e-6):
     return g
 
 
+def snapshot(model, opt=None):
+    """Copies of every parameter and gradient, and of the optimizer's state and step count."""
+    params = [(p.data.copy(), p.grad.copy()) for p in model.parameters()]
+    if opt is None:
+        return params, None, None
+    return params, [[a.copy() for a in arrays] for arrays in opt.state_arrays()], opt.step_count
+
+
+def assert_unchanged(model, snap, opt=None):
+    """The model (and opt) hold exactly, bit for bit, what snapshot copied."""
+    params, state, count = snap
+    for p, (d, g) in zip(model.parameters(), params):
+        assert p.data.tobytes() == d.tobytes(), "a parameter changed"
+        assert p.grad.tobytes() == g.tobytes(), "a gradient changed"
+    if opt is not None:
+        assert opt.step_count == count
+        for arrays, saved in zip(opt.state_arrays(), state):
+            assert len(arrays) == len(saved)
+            for a, s in zip(arrays, saved):
+                assert a.tobytes() == s.tobytes(), "the optimizer's state changed"
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

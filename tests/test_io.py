@@ -352,3 +352,81 @@ def test_load_checks_declared_shapes_before_building(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 50_000_000  # nothing near the 3.6 GB the declaration asks for
+
+
+# ---------------------------------------------------------------- nothing lost
+
+@pytest.mark.parametrize("fails", ["fsync", "chmod", "replace"])
+def test_save_failing_between_write_and_rename_keeps_the_old_file(tmp_path, monkeypatch, fails):
+    """A failure after the new file is written, before or in the rename: the old file stays."""
+    path = tmp_path / "model.npz"
+    old = trained(every_layer_model())
+    fp.save(old, path)
+    old_bytes = path.read_bytes()
+
+    def broken(*args, **kwds):
+        raise OSError(f"injected failure in os.{fails}")
+
+    monkeypatch.setattr(fio.os, fails, broken)
+    with pytest.raises(OSError, match="injected"):
+        fp.save(fp.Sequential(fp.Linear(5, 3, rng=7)), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == old_bytes
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
+CHILD = """
+import sys, numpy as np, fastprop as fp
+path = sys.argv[1]
+models = [fp.Sequential(fp.Linear(300, 300, rng=s), fp.Tanh(), fp.Linear(300, 10, rng=s + 1)) for s in (0, 2)]
+fp.save(models[0], path)
+print("ready", flush=True)
+i = 1
+while True:  # the parent kills this process somewhere in here
+    fp.save(models[i % 2], path)
+    i += 1
+"""
+
+
+def test_save_killed_at_random_moments_leaves_the_old_or_the_new_file(tmp_path):
+    """SIGKILL a process that saves two models in turn, at random moments: the file on disk
+    is always one of the two, complete (a killed save can only leave its temporary file)."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    expected = [fp.Sequential(fp.Linear(300, 300, rng=s), fp.Tanh(), fp.Linear(300, 10, rng=s + 1))
+                for s in (0, 2)]
+    path = tmp_path / "model.npz"
+    rnd = random.Random(0)
+    for _ in range(6):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(rnd.uniform(0, 0.2))  # a random moment of the save loop, not a timing check
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        loaded = fp.load(path)
+        assert any(_same_parameters(loaded, m) for m in expected)
+        leftovers = set(os.listdir(tmp_path)) - {"model.npz"}
+        assert all(n.startswith(".fastprop-") and n.endswith(".tmp") for n in leftovers), leftovers
+        for n in leftovers:
+            os.unlink(tmp_path / n)
+
+
+def _same_parameters(a, b):
+    return all(p.data.tobytes() == q.data.tobytes() for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_load_truncations_of_a_larger_file_raise_value_error(tmp_path):
+    """Every cut of the first and last 300 bytes (headers, the zip directory) and every 37th
+    in between, of a file holding many arrays: a ValueError each time, never a crash."""
+    path = tmp_path / "big.npz"
+    fp.save(trained(every_layer_model(F64)), path)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.npz"
+    for n in sorted(set(range(300)) | set(range(300, len(data) - 300, 37)) | set(range(len(data) - 300, len(data)))):
+        cut.write_bytes(data[:n])
+        with pytest.raises(ValueError, match="not a readable fastprop model"):
+            fp.load(cut)

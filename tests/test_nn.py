@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import RTOL, assert_close, central_diff
+from conftest import RTOL, assert_close, assert_unchanged, central_diff, snapshot
 
 import fastprop as fp
 from fastprop import reference as ref
@@ -62,17 +62,6 @@ def mlp(act=None, sizes=(5, 7, 6, 3), dtype=F32, seed=0, **kw):
         if act is not None and i < len(sizes) - 2:
             layers.append(act(**kw))
     return fp.Sequential(*layers)
-
-
-def snapshot(model):
-    """Copies of every parameter and gradient."""
-    return [(p.data.copy(), p.grad.copy()) for p in model.parameters()]
-
-
-def assert_unchanged(model, snap):
-    for p, (d, g) in zip(model.parameters(), snap):
-        assert np.array_equal(p.data, d)
-        assert np.array_equal(p.grad, g)
 
 
 def data_address(a):

@@ -97,3 +97,69 @@ def test_copies_get_their_own_guard():
         clone(np.ones((2, 64), np.float32))  # the copy is free to use
     finally:
         model._busy.release()
+
+
+def test_a_layer_or_the_optimizer_of_a_model_in_use_is_refused_too():
+    """A layer shares the model's workspaces and an optimizer its buffers: both are guarded
+    by the model's guard, so they cannot change a model another thread is running."""
+    model, step = make(0)
+    opt = step.optimizer
+    x = np.ones((4, 64), np.float32)
+    model(x)
+    before = [p.data.copy() for p in model.parameters()]
+    model._busy.acquire()
+    try:
+        for call in (lambda: model[0](x), lambda: model[2](np.ones((4, 96), np.float32)),
+                     lambda: model[0].backward(np.ones((4, 96), np.float32)), opt.step):
+            with pytest.raises(RuntimeError, match="another thread"):
+                call()
+    finally:
+        model._busy.release()
+    assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))
+    assert opt.step_count == 0
+    opt.step()  # free again: nothing was left held by the refused calls
+    model[0](x)
+
+
+def test_nested_and_shallow_copies_share_the_guard_deep_copies_do_not():
+    import copy
+    import pickle
+    inner = fp.Sequential(fp.Linear(3, 4, rng=0), fp.ReLU())
+    model = fp.Sequential(inner, fp.Linear(4, 2, rng=1))
+    guard = model._busy
+    assert all(m._busy is guard for m in model.modules())
+    assert all(p._guard is guard for p in model.parameters())
+    shallow = copy.copy(model)
+    assert shallow._busy is guard
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone._busy is not guard
+        assert all(m._busy is clone._busy for m in clone.modules())
+        assert all(p._guard is clone._busy for p in clone.parameters())
+
+
+def test_every_kernel_call_releases_the_gil():
+    """Each call of a C function of csrc/fastprop.h in the bindings sits in a `with nogil:`
+    block (a kernel holding the GIL would serialise the threads of the test above)."""
+    import re
+    from pathlib import Path
+    folder = Path(fp.__file__).parent
+    declared = set(re.findall(r"^\s+(?:int|int64_t|void)\s+(\w+)\(", (folder / "_kernels.pxd").read_text(), re.M))
+    declared -= {"fp_set_blas"}  # called once at import
+    assert len(declared) > 30
+    lines = (folder / "_kernels.pyx").read_text().splitlines()
+    called = set()
+    for i, line in enumerate(lines):
+        for name in declared:
+            if re.search(rf"\b{name}\(", line) and not line.lstrip().startswith(("#", "cdef extern")):
+                called.add(name)
+                indent, inside = len(line) - len(line.lstrip()), False
+                for prev in reversed(lines[:i]):  # the enclosing blocks, innermost first
+                    stripped = prev.strip()
+                    level = len(prev) - len(prev.lstrip())
+                    if stripped and level < indent:
+                        inside |= stripped == "with nogil:"
+                        indent = level
+                        if stripped.startswith(("def ", "cdef ", "cpdef ")):
+                            break
+                assert inside, f"line {i + 1} calls {name} holding the GIL: {line.strip()}"
+    assert called == declared, f"not called through the bindings: {declared - called}"

@@ -10,7 +10,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, assert_unchanged, snapshot
 
 import fastprop as fp
 from fastprop.nn import flat_runs
@@ -31,28 +31,6 @@ def mlp(act=fp.ReLU, sizes=(6, 16, 12, 4), dtype=F32, seed=0, bias=True, act_kw=
 def flat(model):
     (data, _), = flat_runs(model.parameters())
     return data
-
-
-def snapshot(model, opt=None):
-    snap = [(p.data.copy(), p.grad.copy()) for p in model.parameters()]
-    state = None
-    if opt is not None:
-        state = [[a.copy() for a in arrays] for arrays in opt.state_arrays()]
-        return snap, state, opt.step_count
-    return snap, None, None
-
-
-def assert_unchanged(model, snap, opt=None):
-    params, state, count = snap
-    for p, (d, g) in zip(model.parameters(), params):
-        assert np.array_equal(p.data, d)
-        assert np.array_equal(p.grad, g)
-    if opt is not None:
-        assert opt.step_count == count
-        for arrays, saved in zip(opt.state_arrays(), state):
-            assert len(arrays) == len(saved)
-            for a, s in zip(arrays, saved):
-                assert np.array_equal(a, s)
 
 
 @pytest.fixture(scope="module")

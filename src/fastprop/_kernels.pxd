@@ -126,6 +126,8 @@ cdef extern from "fastprop.h" nogil:
     int sigmoid_bce_hvp_f64(double *hv, const double *z, const double *v, int64_t n)
     int mse_hvp_f32(float *hv, const float *v, int64_t n)
     int mse_hvp_f64(double *hv, const double *v, int64_t n)
+    int64_t first_outside_f32(const float *a, int64_t n, double lo, double hi)
+    int64_t first_outside_f64(const double *a, int64_t n, double lo, double hi)
     int sgd_step_f32(float *param, const float *grad, float *buf, int64_t n, double lr, double momentum,
                      double dampening, int nesterov, double weight_decay, int first_step)
     int sgd_step_f64(double *param, const double *grad, double *buf, int64_t n, double lr, double momentum,

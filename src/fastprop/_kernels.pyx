@@ -11,6 +11,7 @@ the argument before anything is written.
 import numpy as np
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+from libc.float cimport DBL_MAX, FLT_MAX
 from libc.stdint cimport int64_t, uintptr_t
 
 cnp.import_array()
@@ -46,7 +47,10 @@ def set_num_threads(int n):
 
 def get_num_threads():
     """The threads fastprop's own large passes use at most."""
-    return fp_threads()
+    cdef int n
+    with nogil:
+        n = fp_threads()
+    return n
 
 
 def _threads_from_env():
@@ -148,6 +152,48 @@ cdef _separate(cnp.ndarray out, str name, tuple others, bint alias_ok=False):
         raise ValueError(f"{name} overlaps {pair[1]} in memory; "
                          f"pass a separate buffer" + ("" if not alias_ok else
                                                       " or exactly the same array"))
+
+
+cdef int64_t _first_bad_label(object labels, int64_t classes):
+    """The first index of the int64 labels outside [0, classes), or -1 (without the GIL)."""
+    cdef int64_t *p = <int64_t*>_ptr(labels)
+    cdef int64_t n = labels.size, i
+    with nogil:
+        i = fp_first_bad_label(p, n, classes)
+    return i
+
+
+cdef int64_t _first_outside(object A, double lo, double hi):
+    """The first flat index of A (C-contiguous float32/float64) outside [lo, hi] (NaN too), or -1."""
+    cdef void *p = _ptr(A)
+    cdef int64_t n = A.size, i
+    if _f32(A):
+        with nogil:
+            i = first_outside_f32(<float*>p, n, lo, hi)
+    else:
+        with nogil:
+            i = first_outside_f64(<double*>p, n, lo, hi)
+    return i
+
+
+cdef _check_range(object A, str name, double lo, double hi, str what):
+    cdef int64_t i = _first_outside(A, lo, hi)
+    if i >= 0:
+        where = np.unravel_index(i, A.shape)
+        raise ValueError(f"{name}[{', '.join(map(str, where))}] = {A.reshape(-1)[i]} {what}")
+
+
+def check_range(a, str name, double lo, double hi, str what):
+    """ValueError naming ``name`` and ``what`` is wrong when the float array a holds a value
+    outside [lo, hi] or a NaN."""
+    _check_range(_floats(a, name, -1), name, lo, hi, what)
+
+
+def check_finite(a, str name):
+    """ValueError naming ``name`` when the float array a holds a NaN or an infinity."""
+    A = _floats(a, name, -1)
+    cdef double big = FLT_MAX if _f32(A) else DBL_MAX
+    _check_range(A, name, -big, big, "is not finite")
 
 
 cdef int _act(object activation) except -1:
@@ -685,7 +731,7 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
         if T.dtype.kind == "u" and T.dtype.itemsize == 8 and T.size and T.max() > classes:
             raise ValueError(f"target holds label {T.max()} outside [0, {classes})")
         labels = np.ascontiguousarray(T, dtype=np.int64)
-        bad = fp_first_bad_label(<int64_t*>_ptr(labels), batch, classes)
+        bad = _first_bad_label(labels, classes)
         if bad >= 0:
             raise ValueError(f"target[{bad}] = {labels[bad]} is not a class label in [0, {classes})")
     elif T.ndim == 2:
@@ -724,6 +770,7 @@ def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
     if Z.size < 1:
         raise ValueError("logits is empty: the loss is a mean over its elements")
     T = _target(target, "target", Z.shape, Z.dtype, "logits")
+    _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
     D = _loss_grad(grad_out, compute_grad, Z, "logits", ((T, "target"),))
     cdef double loss = 0
     cdef int64_t n = Z.size
@@ -1129,11 +1176,13 @@ cdef class Network:
             if t.dtype.kind == "u" and labels.size and t.max() >= self.n_out:
                 bad = int(np.argmax(t >= self.n_out))
             else:
-                bad = fp_first_bad_label(<int64_t*>_ptr(labels), batch, self.n_out)
+                bad = _first_bad_label(labels, self.n_out)
             if bad >= 0:
                 raise ValueError(f"label {t[bad]} at index {bad} is outside [0, {self.n_out})")
         else:
             T = _target(t, "target", out_shape, self.dtype, "the network's output")
+            if kind == FP_LOSS_SIGMOID_BCE:
+                _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
         self._workspace(batch)
         cdef double value = 0
         cdef void *px = _ptr(X)

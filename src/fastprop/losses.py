@@ -44,6 +44,10 @@ class Loss:
         """The fraction of correct predictions, or None where it has no meaning (MSE)."""
         return None
 
+    def target_width(self, n_out):
+        """The width of a (non-label) target for a model with n_out outputs."""
+        return n_out
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -90,3 +94,6 @@ class GaussianNLL(Loss):
     overflows nor divides by zero.
     """
     kernel = "gaussian_nll"
+
+    def target_width(self, n_out):
+        return n_out // 2  # [μ, log σ²] for each target column

@@ -61,6 +61,7 @@ class Parameter:
         self._grad = np.zeros_like(data)
         self._flat = None      # (data buffer, grad buffer) the views belong to
         self._offset = 0
+        self._guard = None     # the lock of the model it belongs to (Module._share_guard)
 
     @property
     def data(self):
@@ -90,7 +91,7 @@ class Parameter:
 
     def __setstate__(self, state):
         self._data, self._grad = state["data"], state["grad"]
-        self._flat, self._offset = None, 0
+        self._flat, self._offset, self._guard = None, 0, None
 
 
 _flattens = 0   # how many times parameters were moved: a cheap staleness check for holders
@@ -179,7 +180,15 @@ class Module:
     def exclusive(self):
         """A guard for one call: a second thread using this model meanwhile gets a clear
         RuntimeError instead of overwriting the first one's workspaces."""
-        return _Exclusive(self)
+        return _Exclusive([self._busy], type(self).__name__)
+
+    def _share_guard(self):
+        """This module's guard for every module and parameter inside it: they share its
+        workspaces and buffers, so using a layer of a model counts as using the model."""
+        for m in self.modules():
+            m._busy = self._busy
+        for p in self.parameters():
+            p._guard = self._busy
 
     def _public_forward(self, x):
         xc = self._check_input(x)
@@ -332,12 +341,17 @@ class Module:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._busy = threading.Lock()
         params = self.parameters()
-        # a deep copy or an unpickled model gets its own flat buffers again; a shallow
-        # copy shares the original's parameters (as in PyTorch) and must not move them
+        # a deep copy or an unpickled model gets its own flat buffers again, and its own
+        # guard; a shallow copy shares the original's parameters (as in PyTorch) and must
+        # not move them, and shares their guard with them
         if any(p._flat is None for p in params) or len(flat_runs(params)) > 1:
             flatten_parameters(params)
+            shared = None
+        else:
+            shared = next((p._guard for p in params if p._guard is not None), None)
+        self._busy = shared or threading.Lock()
+        self._share_guard()  # restored after its parts, a container hands them its guard
 
     _workspace_keys = ()
 
@@ -348,25 +362,31 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def busy_error(module):
+def busy_error(what):
+    """The error of a guard held by another thread; what names the model ("Sequential")."""
     return RuntimeError(
-        f"this {type(module).__name__} is in use by another thread: one model must "
-        f"not be used from two threads at once (give each thread its own copy.deepcopy)")
+        f"this {what} is in use by another thread: one model must not be used from two "
+        f"threads at once (give each thread its own copy.deepcopy)")
 
 
 class _Exclusive:
-    """Holds a module's lock for one call, without waiting for it."""
-    __slots__ = ("module",)
+    """Holds the guards (locks) of one call, without waiting for any of them: a lock that
+    another thread holds is a RuntimeError, and nothing is left held."""
+    __slots__ = ("locks", "what")
 
-    def __init__(self, module):
-        self.module = module
+    def __init__(self, locks, what):
+        self.locks, self.what = locks, what
 
     def __enter__(self):
-        if not self.module._busy.acquire(blocking=False):
-            raise busy_error(self.module)
+        for i, lock in enumerate(self.locks):
+            if not lock.acquire(blocking=False):
+                for held in self.locks[:i]:
+                    held.release()
+                raise busy_error(self.what)
 
     def __exit__(self, *exc):
-        self.module._busy.release()
+        for lock in self.locks:
+            lock.release()
 
 
 class Linear(Module):
@@ -407,6 +427,7 @@ class Linear(Module):
             self._params["bias"] = Parameter(np.full(fan_out, self.bias_init, dtype))
         self._x = self._y = self._gx = None
         flatten_parameters(self.parameters())
+        self._share_guard()
 
     weight = property(lambda self: self._params["weight"])
     bias = property(lambda self: self._params.get("bias"))
@@ -656,6 +677,7 @@ class PReLU(Module):
         self._params["weight"] = Parameter(np.full(self.num_parameters, self.init, as_dtype(dtype)))
         self._x = self._y = None
         flatten_parameters(self.parameters())
+        self._share_guard()
 
     weight = property(lambda self: self._params["weight"])
     width_preserving = True
@@ -735,6 +757,7 @@ class Sequential(Module):
                 width, source = None, None
         self._out_features = width
         flatten_parameters(self.parameters())
+        self._share_guard()
         self._dtype = self.parameters()[0].dtype if self.parameters() else None
 
     dtype = property(lambda self: self._dtype)

@@ -6,7 +6,7 @@ decay; Adam with L2 weight decay; AdamW with decoupled weight decay).
 import numpy as np
 
 from ._kernels import FlatUpdate
-from .nn import Parameter, flat_runs, flatten_count
+from .nn import Parameter, _Exclusive, flat_runs, flatten_count
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -56,6 +56,20 @@ class Optimizer:
         for _, grad in self._current_runs():
             grad.fill(0)
 
+    def step(self):
+        """One update of every parameter; a RuntimeError while another thread uses their model."""
+        self._step_holding(None)
+
+    def _step_holding(self, held):
+        """step() for a caller that already holds the guard `held` (TrainStep holds its model's)."""
+        guards = []
+        for p in self.params:
+            g = p._guard
+            if g is not None and g is not held and all(g is not h for h in guards):
+                guards.append(g)
+        with _Exclusive(guards, "model"):
+            self._step()
+
     def state_arrays(self):
         """The optimizer's state buffers, one list per run (for tests and checkpoints)."""
         raise NotImplementedError
@@ -76,7 +90,7 @@ class SGD(Optimizer):
         self._updates = [FlatUpdate(d, g, self.momentum_buffers[i] if self.momentum else None)
                          for i, (d, g) in enumerate(self._runs)]
 
-    def step(self):
+    def _step(self):
         self._current_runs()
         first = self.step_count == 0
         for update in self._updates:
@@ -105,7 +119,7 @@ class Adam(Optimizer):
         self._updates = [FlatUpdate(d, g, m, v) for (d, g), m, v in
                          zip(self._runs, self.exp_avg, self.exp_avg_sq)]
 
-    def step(self):
+    def _step(self):
         self._current_runs()
         t = self.step_count + 1
         for update in self._updates:

@@ -152,7 +152,7 @@ def activation_backward(grad, activation, *, x=None, y=None, out=None, negative_
         result = grad * (s * (1 - s))
     elif activation == "tanh":                         # f' = 1 - y^2
         t = y if y is not None else np.tanh(need_x())
-        result = grad * (1 - t * t)
+        result = grad * ((1 - t) * (1 + t))             # no cancellation near |y| = 1
     elif activation == "abs":                          # f' = sign(x), 0 at 0
         result = grad * np.sign(need_x())
     elif activation == "softplus":                     # f' = sigmoid(beta x), 1 where linear

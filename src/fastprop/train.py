@@ -44,9 +44,14 @@ class TrainStep:
     the modular path (zero_grad, forward, loss, backward, step). Both give the same
     parameters. An optimizer with ``needs_closure`` (HessianFree) gets
     ``optimizer.step(Closure(model, loss, x, y))`` instead, on the modular path.
+
+    x and floating-point targets must be finite (a ValueError naming them, nothing
+    changed). With ``stop_on_nonfinite`` (default) a NaN or infinite loss raises a
+    FloatingPointError before the update: the parameters and the optimizer's state are
+    those before the step (the fused path has overwritten the gradients).
     """
 
-    def __init__(self, model, loss, optimizer):
+    def __init__(self, model, loss, optimizer, stop_on_nonfinite=True):
         if not isinstance(model, Module):
             raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -54,6 +59,7 @@ class TrainStep:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a fastprop optimizer, got {type(optimizer).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.stop_on_nonfinite = bool(stop_on_nonfinite)
         self._compile()
 
     def _compile(self):
@@ -75,7 +81,7 @@ class TrainStep:
     def __call__(self, x, y):
         busy = self.model._busy  # model.exclusive(), inlined: this is the per-step path
         if not busy.acquire(False):
-            raise busy_error(self.model)
+            raise busy_error(type(self.model).__name__)
         try:
             return self._step(x, y)
         finally:
@@ -94,16 +100,44 @@ class TrainStep:
             return J
         if self.fused:
             x = as_input(x, self._net.dtype)
+            _finite_batch(x, y)
             J = self._net.train(x, y, self.loss.kernel)
+            self._diverged(J)
         else:
             x = model._check_input(x)
+            _finite_batch(x, y)
             out = model._forward(x)
             J = self.loss(out, y)
+            self._diverged(J)
             model.zero_grad()
             model._backward(self.loss.backward(), False)
             self._out = out
-        self.optimizer.step()
+        self.optimizer._step_holding(model._busy)
         return J
+
+    def _diverged(self, J):
+        if self.stop_on_nonfinite and not np.isfinite(J):
+            raise FloatingPointError(
+                f"the loss became {J}: the training diverged (try a lower learning rate), or "
+                f"pass stop_on_nonfinite=False; this step's update was not applied")
+
+
+def _finite_batch(x, y):
+    """x has rows, and x and floating-point targets y hold no NaN or infinity (ValueError).
+    x may be several inputs (a list, tuple or dict of arrays: a Graph's)."""
+    if isinstance(x, dict):
+        xs = [(f"x[{k!r}]", v) for k, v in x.items()]
+    elif isinstance(x, (list, tuple)):
+        xs = [(f"x[{i}]", v) for i, v in enumerate(x)]
+    else:
+        xs = [("x", x)]
+    for name, xi in xs:
+        if xi.ndim == 2 and xi.shape[0] < 1:
+            raise ValueError(f"{name} must have at least one row: the loss is a mean")
+        _kernels.check_finite(xi, name)
+    y = np.asarray(y)
+    if y.dtype.kind == "f":
+        _kernels.check_finite(y, "y")
 
 
 class History:
@@ -195,12 +229,36 @@ def _dataset(model, X, y, name="X"):
     X = as_input(X, model.dtype or np.float32, name)
     if X.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
+    if model.in_features is not None and X.shape[1] != model.in_features:
+        raise ValueError(f"{name} has {X.shape[1]} features, expected {model.in_features}")
     y = np.asarray(y)
     if y.ndim == 0 or y.shape[0] != X.shape[0]:
         raise ValueError(f"{name} has {X.shape[0]} samples but its targets have shape {y.shape}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError(f"{name} holds NaN or infinite values")
+    _kernels.check_finite(X, name)
     return X, np.ascontiguousarray(y)
+
+
+def _check_targets(loss, y, n_out, name="y"):
+    """The whole target array checked once, before any training: so a bad target found in a
+    later batch cannot leave the model half-trained."""
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be real-valued, got dtype {y.dtype}")
+    if isinstance(loss, SoftmaxCrossEntropy) and y.ndim == 1:
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"{name} holds class labels, which must be integers, got dtype {y.dtype}")
+        if n_out is not None and y.size and (y.min() < 0 or y.max() >= n_out):
+            bad = int(np.argmax((y < 0) | (y >= n_out)))
+            raise ValueError(f"{name}[{bad}] = {y[bad]} is not a class label in [0, {n_out})")
+        return
+    width = None if n_out is None else loss.target_width(n_out)
+    if width is not None and y.shape[1:] != (width,):
+        raise ValueError(f"{name} has shape {y.shape}, expected ({y.shape[0]}, {width}) "
+                         f"for a model with {n_out} outputs")
+    if y.dtype.kind == "f":
+        _kernels.check_finite(y, name)
+    if isinstance(loss, SigmoidBCE):
+        _kernels.check_range(np.asarray(y, np.float64), name, 0, 1,
+                             "is outside [0, 1] (BCE targets are probabilities)")
 
 
 def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, seed=0,
@@ -211,7 +269,8 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     is shuffled once per epoch into preallocated buffers (seeded by ``seed``), so the
     batches are contiguous views and a step allocates nothing. With
     ``stop_on_nonfinite`` (default) a NaN or infinite loss stops training with a
-    FloatingPointError that says where, instead of training on garbage. ``drop_last``
+    FloatingPointError that says where, instead of training on garbage; the model keeps
+    the parameters of the last finite step. ``drop_last``
     skips the last partial batch of each epoch (as torch's DataLoader).
     """
     X, y = _dataset(model, X, y)
@@ -222,7 +281,9 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val)")
         Xv, yv = _dataset(model, *validation_data, name="X_val")
-    step = TrainStep(model, loss, optimizer)
+        _check_targets(loss, yv, model.out_features, "y_val")
+    _check_targets(loss, y, model.out_features)
+    step = TrainStep(model, loss, optimizer, stop_on_nonfinite)
     rng = np.random.default_rng(seed)
     n = X.shape[0]
     n_used = n - n % batch_size if drop_last and n >= batch_size else n
@@ -238,12 +299,12 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         t0 = time.perf_counter()
         for a in range(0, n_used, batch_size):
             b = min(a + batch_size, n_used)
-            J = step(Xs[a:b], ys[a:b])
-            if stop_on_nonfinite and not np.isfinite(J):
+            try:
+                J = step(Xs[a:b], ys[a:b])
+            except (FloatingPointError, ValueError) as e:  # divergence, or a bad target
                 bar.end()
-                raise FloatingPointError(
-                    f"the loss became {J} at epoch {epoch}, samples {a}:{b}; the training "
-                    f"diverged (try a lower learning rate), or pass stop_on_nonfinite=False")
+                kind = FloatingPointError if isinstance(e, FloatingPointError) else ValueError
+                raise kind(f"epoch {epoch}, samples {a}:{b}: {e}") from None
             acc = loss.accuracy(step.output, ys[a:b])
             total_loss += J * (b - a)
             seen += b - a
