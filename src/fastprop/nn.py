@@ -95,6 +95,12 @@ class Parameter:
 
 
 _flattens = 0   # how many times parameters were moved: a cheap staleness check for holders
+_guard_changes = 0  # how many times parameters were handed a guard (Module._share_guard)
+
+
+def guard_count():
+    """Increases whenever some parameters get a new guard: optimizers cache their guards."""
+    return _guard_changes
 
 
 def flatten_count():
@@ -185,10 +191,12 @@ class Module:
     def _share_guard(self):
         """This module's guard for every module and parameter inside it: they share its
         workspaces and buffers, so using a layer of a model counts as using the model."""
+        global _guard_changes
         for m in self.modules():
             m._busy = self._busy
         for p in self.parameters():
             p._guard = self._busy
+        _guard_changes += 1
 
     def _public_forward(self, x):
         xc = self._check_input(x)

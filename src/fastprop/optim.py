@@ -6,7 +6,7 @@ decay; Adam with L2 weight decay; AdamW with decoupled weight decay).
 import numpy as np
 
 from ._kernels import FlatUpdate
-from .nn import Parameter, _Exclusive, flat_runs, flatten_count
+from .nn import Parameter, _Exclusive, flat_runs, flatten_count, guard_count
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -40,6 +40,7 @@ class Optimizer:
         self._runs = flat_runs(params)
         self._buffers = [p._flat for p in params]
         self._flattens = flatten_count()
+        self._guards = None  # ((guard_count(), id(held)), the guards a step takes)
 
     def _current_runs(self):
         """The flat runs; an error if a parameter was moved to a new buffer since."""
@@ -62,11 +63,18 @@ class Optimizer:
 
     def _step_holding(self, held):
         """step() for a caller that already holds the guard `held` (TrainStep holds its model's)."""
-        guards = []
-        for p in self.params:
-            g = p._guard
-            if g is not None and g is not held and all(g is not h for h in guards):
-                guards.append(g)
+        key = (guard_count(), id(held))
+        if self._guards is None or self._guards[0] != key:  # per step: cached, not recomputed
+            guards = []
+            for p in self.params:
+                g = p._guard
+                if g is not None and g is not held and all(g is not h for h in guards):
+                    guards.append(g)
+            self._guards = (key, guards)
+        guards = self._guards[1]
+        if not guards:
+            self._step()
+            return
         with _Exclusive(guards, "model"):
             self._step()
 

@@ -1,4 +1,5 @@
 """Training: TrainStep (one C call chain per step), fit with progress, History, predict, evaluate."""
+import math
 import sys
 import time
 
@@ -116,7 +117,7 @@ class TrainStep:
         return J
 
     def _diverged(self, J):
-        if self.stop_on_nonfinite and not np.isfinite(J):
+        if self.stop_on_nonfinite and not math.isfinite(J):
             raise FloatingPointError(
                 f"the loss became {J}: the training diverged (try a lower learning rate), or "
                 f"pass stop_on_nonfinite=False; this step's update was not applied")
