@@ -73,3 +73,14 @@ def test_residual_scaling_compares_the_same_layers(tmp_path):
     assert [r["blocks"] for r in rows] == [1, 2] and csv_path.read_text().count("\n") == 3
     assert rows[1]["edges"] == bench.edges([8] * 4 + [10])
     assert all(r[k] > 0 for r in rows for k in ("residual_s", "plain_fused_s", "plain_modular_s"))
+
+
+def test_residual_scaling_branches_keep_deep_graphs_finite():
+    """32 He-scaled residual blocks blow the outputs up (the variance doubles per block, and
+    training the sweep's width-256 net then overflowed to a NaN loss); the sweep's 1/√n
+    branches keep their scale."""
+    sizes = [64] * 34 + [10]
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    assert np.abs(bench.residual_mlp(sizes)(x)).max() > 1e6
+    out = bench.residual_mlp(sizes, branch_scale=32 ** -0.5)(x)
+    assert np.all(np.isfinite(out)) and np.abs(out).max() < 1e3

@@ -342,15 +342,18 @@ def scaling(widths=(64, 128, 256, 512, 1024, 2048), depths=(1, 2, 4, 8, 16, 32),
 
 # ---------------------------------------------------------------- residual networks (graphs)
 
-def residual_mlp(sizes, dtype=np.float32, seed=0):
+def residual_mlp(sizes, dtype=np.float32, seed=0, branch_scale=1.0):
     """A Graph with the Linear layers of ``mlp(sizes)`` (equal hidden widths): the first hidden
-    layer, then ``h ← h + relu(Linear(h))`` for every further one, then the linear head."""
+    layer, then ``h ← h + relu(Linear(h))`` for every further one, then the linear head; the
+    branches' weights are multiplied by branch_scale."""
     from .graph import Add, Graph
     g = Graph()
     h = g.input("x", sizes[0])
     h = g.add(ReLU(), g.add(Linear(sizes[0], sizes[1], dtype=dtype, rng=seed), h))
     for i in range(1, len(sizes) - 2):
-        r = g.add(ReLU(), g.add(Linear(sizes[i], sizes[i + 1], dtype=dtype, rng=seed + i), h))
+        branch = Linear(sizes[i], sizes[i + 1], dtype=dtype, rng=seed + i)
+        branch.weight.data *= branch_scale
+        r = g.add(ReLU(), g.add(branch, h))
         h = g.add(Add(), h, r)
     k = len(sizes) - 2
     return g.build(outputs=g.add(Linear(sizes[k], sizes[k + 1], dtype=dtype, rng=seed + k), h))
@@ -371,7 +374,10 @@ def residual_scaling(blocks=(1, 2, 4, 8, 16, 32), width=256, batch=128, classes=
         sizes = [width] * (n + 2) + [classes]
         times = {}
         # a chain nested in a Sequential takes TrainStep's modular path, as a graph does
-        for kind, model in (("residual", residual_mlp(sizes)), ("plain_fused", mlp(sizes)),
+        # branches scaled by 1/√n keep the sum's scale: He-scaled ones double the variance
+        # per block, and 32 blocks overflow float32 (the step would stop on a NaN loss)
+        for kind, model in (("residual", residual_mlp(sizes, branch_scale=n ** -0.5)),
+                            ("plain_fused", mlp(sizes)),
                             ("plain_modular", Sequential(mlp(sizes)))):
             step = TrainStep(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=1e-3, momentum=0.9))
             times[kind] = median_time(lambda: step(x, y), min_time)
