@@ -17,15 +17,18 @@ int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes)
 #else
 
 // first i with a_i outside [lo, hi] (NaN is outside any range), or -1; checked in blocks, as
-// an OR over each block vectorizes where a loop that stops early would not
+// an AND over each block vectorizes where a loop that stops early would not
 FP_SIMD int64_t F(first_outside)(const R *a, int64_t n, double lo, double hi)
 {
     R l = (R)lo, h = (R)hi;
     for (int64_t b = 0; b < n; b += 512) {
         int64_t m = n - b < 512 ? n - b : 512;
-        int bad = 0;
-        for (int64_t i = 0; i < m; i++) bad |= !(a[b + i] >= l && a[b + i] <= h);
-        if (bad)
+        int ok = 1;  /* & of the comparisons, not &&: a branch-free loop gcc vectorizes */
+        for (int64_t i = 0; i < m; i++) {
+            R v = a[b + i];
+            ok &= (v >= l) & (v <= h);  /* false for NaN */
+        }
+        if (!ok)
             for (int64_t i = 0; i < m; i++)
                 if (!(a[b + i] >= l && a[b + i] <= h)) return b + i;
     }
