@@ -707,6 +707,30 @@ cdef object _loss_grad(grad_out, bint compute_grad, object Z, str zname, tuple o
     return D
 
 
+cdef tuple _xent_target(object target, object Z):
+    """(labels, soft) of a cross-entropy target for logits Z (B, C): int64 labels (B,) in
+    [0, C) and None, or None and soft targets (B, C) cast to Z's dtype."""
+    cdef int64_t batch = Z.shape[0], classes = Z.shape[1], bad
+    T = np.asarray(target)
+    if T.ndim == 2:
+        return None, _target(T, "target", Z.shape, Z.dtype, "logits")
+    if T.ndim != 1:
+        raise ValueError(f"target must be labels ({batch},) or soft targets ({batch}, {classes}), "
+                         f"got shape {T.shape}")
+    if T.dtype.kind not in "iu":
+        raise TypeError(f"target of shape {T.shape} must hold integer class labels, got "
+                        f"dtype {T.dtype} (soft targets have shape ({batch}, {classes}))")
+    if T.shape[0] != batch:
+        raise ValueError(f"target has {T.shape[0]} labels but logits has {batch} rows")
+    if T.dtype.kind == "u" and T.dtype.itemsize == 8 and T.size and T.max() > classes:
+        raise ValueError(f"target holds label {T.max()} outside [0, {classes})")
+    labels = np.ascontiguousarray(T, dtype=np.int64)
+    bad = _first_bad_label(labels, classes)
+    if bad >= 0:
+        raise ValueError(f"target[{bad}] = {labels[bad]} is not a class label: outside [0, {classes})")
+    return labels, None
+
+
 def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
     """Softmax + cross-entropy, value and gradient in one pass.
 
@@ -718,27 +742,7 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
     cdef int64_t batch = Z.shape[0], classes = Z.shape[1]
     if batch < 1 or classes < 1:
         raise ValueError(f"logits must have at least one row and one class, got shape {Z.shape}")
-    T = np.asarray(target)
-    labels = None
-    soft = None
-    cdef int64_t bad
-    if T.ndim == 1:
-        if T.dtype.kind not in "iu":
-            raise TypeError(f"target of shape {T.shape} must hold integer class labels, got "
-                            f"dtype {T.dtype} (soft targets have shape ({batch}, {classes}))")
-        if T.shape[0] != batch:
-            raise ValueError(f"target has {T.shape[0]} labels but logits has {batch} rows")
-        if T.dtype.kind == "u" and T.dtype.itemsize == 8 and T.size and T.max() > classes:
-            raise ValueError(f"target holds label {T.max()} outside [0, {classes})")
-        labels = np.ascontiguousarray(T, dtype=np.int64)
-        bad = _first_bad_label(labels, classes)
-        if bad >= 0:
-            raise ValueError(f"target[{bad}] = {labels[bad]} is not a class label in [0, {classes})")
-    elif T.ndim == 2:
-        soft = _target(T, "target", Z.shape, Z.dtype, "logits")
-    else:
-        raise ValueError(f"target must be labels ({batch},) or soft targets ({batch}, {classes}), "
-                         f"got shape {T.shape}")
+    labels, soft = _xent_target(target, Z)
     D = _loss_grad(grad_out, compute_grad, Z, "logits", ((soft, "target"), (labels, "target")))
     cdef double loss = 0
     cdef int rc
@@ -842,21 +846,7 @@ def softmax_cross_entropy_hvp(logits, target, v, *, out=None):
     cdef int64_t batch = Z.shape[0], classes = Z.shape[1]
     if batch < 1 or classes < 1:
         raise ValueError(f"logits must have at least one row and one class, got shape {Z.shape}")
-    T = np.asarray(target)
-    soft = None
-    if T.ndim == 1:
-        if T.dtype.kind not in "iu":
-            raise TypeError(f"target of shape {T.shape} must hold integer class labels, got "
-                            f"dtype {T.dtype} (soft targets have shape ({batch}, {classes}))")
-        if T.shape[0] != batch:
-            raise ValueError(f"target has {T.shape[0]} labels but logits has {batch} rows")
-        if T.size and (T.min() < 0 or T.max() >= classes):
-            raise ValueError(f"target holds labels outside [0, {classes})")
-    elif T.ndim == 2:
-        soft = _target(T, "target", Z.shape, Z.dtype, "logits")
-    else:
-        raise ValueError(f"target must be labels ({batch},) or soft targets ({batch}, {classes}), "
-                         f"got shape {T.shape}")
+    _, soft = _xent_target(target, Z)  # labels: Σ_j t_ij = 1, nothing more is needed
     V = _floats(v, "v", 2, Z, "logits")
     if V.shape != Z.shape:
         raise ValueError(f"v has shape {V.shape}, expected {Z.shape} (the shape of logits)")
