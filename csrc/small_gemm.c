@@ -97,7 +97,9 @@
  * SciPy's OpenBLAS, both dtypes): below it OpenBLAS runs on one thread and the small path
  * is faster on every shape tried (×1.03 to ×2.1); from 2^19 on OpenBLAS splits the
  * product over the threads and wins every shape tried (×0.43 to ×0.89). */
-int64_t fp_small_gemm_max_mnk = FP_SMALL_GEMM ? (1 << 19) - 1 : 0;
+#define SG_MAX_MNK ((1 << 19) - 1)         /* the default threshold */
+#define SG_MAX_MNK_AVX512 ((1 << 21) - 1)  /* with the AVX-512 kernel (fp_small_gemm_tune) */
+int64_t fp_small_gemm_max_mnk = FP_SMALL_GEMM ? SG_MAX_MNK : 0;
 
 /* With AVX-512 the small path runs 16-float vectors, 1.3–1.6× its AVX2 rate: measured on a
  * 2-core Sapphire Rapids (SciPy's OpenBLAS on both threads), it beats the BLAS up to
@@ -106,8 +108,8 @@ int64_t fp_small_gemm_max_mnk = FP_SMALL_GEMM ? (1 << 19) - 1 : 0;
 void fp_small_gemm_tune(void)
 {
 #if FP_SMALL_GEMM
-    if (fp_small_gemm_max_mnk == (1 << 19) - 1 && SG_WIDEST_CPU())
-        fp_small_gemm_max_mnk = (1 << 21) - 1;
+    if (fp_small_gemm_max_mnk == SG_MAX_MNK && SG_WIDEST_CPU())  /* unless moved already */
+        fp_small_gemm_max_mnk = SG_MAX_MNK_AVX512;
 #endif
 }
 
