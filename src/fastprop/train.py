@@ -61,6 +61,7 @@ class TrainStep:
             raise TypeError(f"optimizer must be a fastprop optimizer, got {type(optimizer).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        self._check_batches = True  # fit checks its whole data set once and turns this off
         self._compile()
 
     def _compile(self):
@@ -101,12 +102,14 @@ class TrainStep:
             return J
         if self.fused:
             x = as_input(x, self._net.dtype)
-            _finite_batch(x, y)
+            if self._check_batches:
+                _finite_batch(x, y)
             J = self._net.train(x, y, self.loss.kernel)
             self._diverged(J)
         else:
             x = model._check_input(x)
-            _finite_batch(x, y)
+            if self._check_batches:
+                _finite_batch(x, y)
             out = model._forward(x)
             J = self.loss(out, y)
             self._diverged(J)
@@ -285,6 +288,7 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         _check_targets(loss, yv, model.out_features, "y_val")
     _check_targets(loss, y, model.out_features)
     step = TrainStep(model, loss, optimizer, stop_on_nonfinite)
+    step._check_batches = False  # X and y were checked whole above (_dataset, _check_targets)
     rng = np.random.default_rng(seed)
     n = X.shape[0]
     n_used = n - n % batch_size if drop_last and n >= batch_size else n
