@@ -11,7 +11,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-compile_args = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function", "-pthread"]
+compile_args = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=fast", "-Wall", "-Wno-unused-function", "-pthread"]
 link_args = ["-pthread"]
 if os.environ.get("FASTPROP_NATIVE") == "1":
     compile_args.append("-march=native")

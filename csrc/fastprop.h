@@ -14,9 +14,11 @@
 /* FP_SIMD marks the elementwise kernels: gcc compiles each three times, for AVX-512
  * (x86-64-v4), AVX2 (x86-64-v3) and baseline x86-64, and the dynamic loader picks the
  * widest the CPU has (an ifunc, resolved once at load time). So a portable wheel, built
- * without -march, still runs 8- or 16-float vectors. The clones compute the same bits:
- * the loops are elementwise and their reductions keep a fixed order, and with -std=c11
- * gcc does not contract a·b + c into an FMA in any of them. ifunc needs glibc on x86-64
+ * without -march, still runs 8- or 16-float vectors. The loops are elementwise and their
+ * reductions keep a fixed order, so the vector width changes no result. The build passes
+ * -ffp-contract=fast: in the AVX2 and AVX-512 clones a·b + c is one FMA (one rounding, not
+ * two; the polynomials of fastmath.h run 15–35 % faster), so a CPU without FMA (the
+ * baseline clone) can differ from one with it in the last bit. ifunc needs glibc on x86-64
  * Linux (musl has none); elsewhere FP_SIMD is empty and the baseline build is all there is.
  * -DFP_NO_CLONES builds the baseline alone (the C tests run it: an AVX2 machine never would). */
 #if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__has_attribute) && \

@@ -383,9 +383,19 @@ static int within(const char *what, const float *a, const double *b, int64_t n, 
     return worst <= 1;
 }
 
+/* One element through the scalar fastmath function, compiled as the kernels are (FP_SIMD: the
+ * clone the kernels run is picked here too, so a * b + c is contracted into an FMA alike) and
+ * called one element at a time (noinline: it is not vectorized into the caller's loop). */
+FP_SIMD __attribute__((noinline)) static float scalar_activation(int act, float v)
+{
+    return act == FP_SIGMOID ? fp_sigmoidf(v) : act == FP_TANH ? fp_tanhf(v)
+         : act == FP_GELU ? v * fp_phif(v) : v * fp_sigmoidf(v);
+}
+
 /* Every activation and loss in float (vectorized, fastmath.h) against double (libm) over a dense
  * sweep with the special values; lengths are odd, so the vector loops' tails run too. And bitwise
- * against the scalar fastmath functions: the vector loop must compute exactly what scalar code does. */
+ * against the scalar fastmath functions in the same clone: the vector loop must compute
+ * exactly what scalar code does. */
 static void test_float_kernels(void)
 {
     enum { N = 200003 };
@@ -437,10 +447,7 @@ static void test_float_kernels(void)
         activation_forward_f32(y, x, N, act, &p);
         int64_t bad = 0;
         for (int64_t i = 0; i < N; i++) {
-            float v = x[i];
-            float f = act == FP_SIGMOID ? fp_sigmoidf(v) : act == FP_TANH ? fp_tanhf(v)
-                    : act == FP_GELU ? v * fp_phif(v) : v * fp_sigmoidf(v);
-            bad += !same_bits(f, y[i]);
+            bad += !same_bits(scalar_activation(act, x[i]), y[i]);
         }
         CHECK(bad == 0, "%s: %lld vector results differ from the scalar function", names[act], (long long)bad);
     }
