@@ -17,7 +17,7 @@
  * without -march, still runs 8- or 16-float vectors. The loops are elementwise and their
  * reductions keep a fixed order, so the vector width changes no result. The build passes
  * -ffp-contract=fast: in the AVX2 and AVX-512 clones a·b + c is one FMA (one rounding, not
- * two; the polynomials of fastmath.h run 15–35 % faster), so a CPU without FMA (the
+ * two; the polynomials of fastmath.h run 24–28 % faster), so a CPU without FMA (the
  * baseline clone) can differ from one with it in the last bit. ifunc needs glibc on x86-64
  * Linux (musl has none); elsewhere FP_SIMD is empty and the baseline build is all there is.
  * -DFP_NO_CLONES builds the baseline alone (the C tests run it: an AVX2 machine never would). */
