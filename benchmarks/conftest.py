@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 
-def run(benchmark, fn, heavy=False):
-    """Benchmarks fn; few rounds for the heavy shapes (a large step takes most of a second)."""
+def run(benchmark, fn, heavy=False, setup=None):
+    """Benchmarks fn; few rounds for the heavy shapes (a large step takes most of a second).
+    setup, when given, runs before each round, untimed (one call of fn per round)."""
+    if setup is not None:
+        return benchmark.pedantic(fn, setup=setup, rounds=20 if heavy else 2000, warmup_rounds=2)
     if heavy:
         return benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
     return benchmark(fn)

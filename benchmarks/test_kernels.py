@@ -110,10 +110,8 @@ def test_activation_backward(benchmark, rng, act, shape, impl):
     g0 = rng.standard_normal(shape).astype(F32)
     g = g0.copy()
     if impl == "fastprop":
-        rounds = 20 if shape[0] > 128 else 2000
-        result = benchmark.pedantic(lambda: ops.activation_backward(g, act, x=x, y=y, out=g),
-                                    setup=lambda: np.copyto(g, g0), rounds=rounds,
-                                    warmup_rounds=2)
+        result = run(benchmark, lambda: ops.activation_backward(g, act, x=x, y=y, out=g),
+                     heavy=shape[0] > 128, setup=lambda: np.copyto(g, g0))
     elif impl == "fastprop-out":
         out = np.empty_like(g)
         result = run(benchmark, lambda: ops.activation_backward(g, act, x=x, y=y, out=out))
