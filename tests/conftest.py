@@ -5,8 +5,10 @@ import pytest
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
-def assert_close(actual, expected, dtype=None, rtol=None):
-    """max |actual − expected| <= rtol · max(|expected|, tiny): the BLAS tests' criterion."""
+def assert_close(actual, expected, dtype=None, rtol=None, scale=None):
+    """max |actual − expected| <= rtol · max(|expected|, tiny): the BLAS tests' criterion.
+    scale replaces max |expected| where the error is relative to something larger (a sum
+    that cancels)."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
@@ -14,7 +16,9 @@ def assert_close(actual, expected, dtype=None, rtol=None):
         rtol = RTOL[np.dtype(dtype).type]
     if expected.size == 0:
         return
-    scale = max(np.abs(expected).max(), 1e-30)
+    if scale is None:
+        scale = np.abs(expected).max()
+    scale = max(scale, 1e-30)
     err = np.abs(actual - expected).max() / scale
     assert err <= rtol, f"relative error {err:.3g} > {rtol:.1g}"
 
