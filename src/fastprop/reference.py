@@ -539,6 +539,8 @@ def graph_backward(nodes, values, output_grads):
             contribute(node["inputs"][0], activation_backward(
                 g, op, x=xs[0], y=values[node["name"]], **node.get("params", {})))
     return table, param_grads
+
+
 def softmax_cross_entropy_hvp(logits, target, v, *, out=None):
     """(d^2 J / dz^2) v = sum_j t_ij (p * v - p (p . v)) / B row-wise, p = softmax(z)."""
     z, v = np.asarray(logits), np.asarray(v)
