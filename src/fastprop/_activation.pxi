@@ -36,7 +36,7 @@ def activation_backward(grad, activation, *, x=None, y=None, out=None,
     for arr, name in ((X, "x"), (Y, "y")):
         if arr is not None and arr.shape != G.shape:
             raise ValueError(f"{name} has shape {arr.shape}, expected {G.shape} (grad's)")
-    from_output = activation in FROM_OUTPUT or (activation == "leaky_relu" and negative_slope > 0)
+    from_output = registry.derivative_from_output(activation, negative_slope)
     if X is None and not (from_output and Y is not None) and activation != "identity":
         need = "x (the input) or y (the output)" if from_output else "x (the input)"
         raise ValueError(f"the backward of {activation!r} needs {need}")

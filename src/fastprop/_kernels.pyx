@@ -18,11 +18,12 @@ from libc.stdlib cimport calloc, free
 
 cnp.import_array()
 
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "abs", "sigmoid", "tanh",
-               "softplus", "cos", "gelu", "silu")
+from fastprop import registry
+
+ACTIVATIONS = registry.activation_names()
 # activations whose derivative follows from the saved output y (leaky_relu too, when its slope > 0)
-FROM_OUTPUT = ("identity", "relu", "sigmoid", "tanh")
-_ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
+FROM_OUTPUT = tuple(a.name for a in registry.ACTIVATIONS if a.from_output == "always")
+_ACT_CODE = {a.name: a.code for a in registry.ACTIVATIONS}
 
 
 def _load_blas():

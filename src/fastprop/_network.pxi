@@ -4,7 +4,7 @@
 # ---------------------------------------------------------------- the fused training step
 
 
-LOSSES = ("softmax_cross_entropy", "sigmoid_bce", "mse")
+LOSSES = registry.fused_losses()  # in FP_LOSS_* order
 
 
 cdef class Network:
@@ -82,8 +82,7 @@ cdef class Network:
             ys, preacts = [], []
             for i in range(self.n):
                 act = ACTIVATIONS[self.blocks[i].act]
-                needs_x = act not in FROM_OUTPUT and not (
-                    act == "leaky_relu" and self.blocks[i].p.negative_slope > 0)
+                needs_x = not registry.derivative_from_output(act, self.blocks[i].p.negative_slope)
                 ys.append(np.empty((batch, self.blocks[i].out), self.dtype))
                 preacts.append(np.empty((batch, self.blocks[i].out), self.dtype) if needs_x else None)
             if len(self.spaces) >= 2:

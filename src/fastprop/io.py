@@ -6,17 +6,15 @@ import tempfile
 
 import numpy as np
 
-from . import graph, nn
+from . import graph, nn, registry
 
 __all__ = ["save", "load", "gradcheck", "architecture", "build"]
 
 FORMAT = "fastprop-model"
 VERSION = 1
-_ACTIVATIONS = ("Identity", "ReLU", "LeakyReLU", "Abs", "Sigmoid", "Tanh", "Softplus", "Cos",
-                "GELU", "SiLU")
-_BUILDABLE = {name: getattr(nn, name) for name in _ACTIVATIONS + ("Linear", "LowRankLinear", "PReLU",
-                                                                     "Sequential")}
-_BUILDABLE.update({name: getattr(graph, name) for name in ("Graph", "Residual", "Add", "Concat", "Mul")})
+# every activation, layer and container of the registry, by its save/load type name
+_BUILDABLE = {a.cls: getattr(nn, a.cls) for a in registry.ACTIVATIONS}
+_BUILDABLE.update({l.cls: getattr({"nn": nn, "graph": graph}[l.module], l.cls) for l in registry.LAYERS})
 
 
 def architecture(module):

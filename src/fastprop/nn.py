@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from . import _kernels, ops
+from . import ops, registry
 
 __all__ = ["Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU",
            "PReLU", "Abs", "Sigmoid", "Tanh", "Softplus", "Cos", "GELU", "SiLU"]
@@ -600,8 +600,8 @@ class Activation(Module):
         self.params = params
         self._x = self._y = None
         # the derivative from the output alone: the input need not be kept
-        self.from_output = self.name in _kernels.FROM_OUTPUT or (
-            self.name == "leaky_relu" and params.get("negative_slope", 0.01) > 0)
+        self.from_output = registry.derivative_from_output(self.name,
+                                                           params.get("negative_slope", 0.01))
 
     def _forward(self, x):
         if self._y is None or self._y.shape != x.shape or self._y.dtype != x.dtype:
@@ -644,8 +644,11 @@ class Activation(Module):
         return dict(self.params)
 
 
-def _activation(cls_name, act, doc, **defaults):
-    """An Activation subclass with PyTorch's parameter names and defaults."""
+def _activation(row):
+    """The Activation subclass of a registry row: PyTorch's parameter names, defaults and
+    positional order."""
+    cls_name, act, defaults = row.cls, row.name, dict(row.params)
+
     def __init__(self, *args, **kw):
         if len(args) > len(defaults):
             raise TypeError(f"{cls_name}() takes {len(defaults)} positional arguments, got {len(args)}")
@@ -660,22 +663,11 @@ def _activation(cls_name, act, doc, **defaults):
         if act == "softplus" and params["beta"] == 0:
             raise ValueError("Softplus beta must be nonzero")
         Activation.__init__(self, **params)
-    return type(cls_name, (Activation,), {"name": act, "__init__": __init__, "__doc__": doc})
+    return type(cls_name, (Activation,), {"name": act, "__init__": __init__, "__doc__": row.doc})
 
 
-Identity = _activation("Identity", "identity", "y = x.")
-ReLU = _activation("ReLU", "relu", "y = max(x, 0); relu′(0) = 0.")
-LeakyReLU = _activation("LeakyReLU", "leaky_relu", "y = x if x > 0 else negative_slope·x.",
-                        negative_slope=0.01)
-Abs = _activation("Abs", "abs", "y = |x|; abs′(0) = 0.")
-Sigmoid = _activation("Sigmoid", "sigmoid", "y = 1 / (1 + exp(−x)).")
-Tanh = _activation("Tanh", "tanh", "y = tanh(x).")
-Softplus = _activation("Softplus", "softplus",
-                       "y = log(1 + exp(βx))/β, and x where βx > threshold.", beta=1.0,
-                       threshold=20.0)
-Cos = _activation("Cos", "cos", "y = cos(x).")
-GELU = _activation("GELU", "gelu", "y = x Φ(x) (the exact erf form).")
-SiLU = _activation("SiLU", "silu", "y = x σ(x).")
+# Identity, ReLU, LeakyReLU, Abs, Sigmoid, Tanh, Softplus, Cos, GELU, SiLU: one per registry row
+globals().update({row.cls: _activation(row) for row in registry.ACTIVATIONS})
 
 
 class PReLU(Module):

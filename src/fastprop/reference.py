@@ -24,6 +24,8 @@ import math
 import numpy as np
 from scipy.special import erf
 
+from . import registry
+
 __all__ = [
     "ACTIVATIONS",
     "dense_forward",
@@ -62,8 +64,7 @@ __all__ = [
     "NumpyMLPTrainer",
 ]
 
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "abs", "sigmoid", "tanh",
-               "softplus", "cos", "gelu", "silu")
+ACTIVATIONS = registry.activation_names()
 
 # Python floats (not NumPy float64 scalars) so that float32 arrays stay float32.
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)

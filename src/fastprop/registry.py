@@ -1,0 +1,97 @@
+"""The one table of fastprop's activations, layers and losses.
+
+Each entry is declared once here; the bindings (``fastprop._kernels``), ``nn``, ``losses``,
+``reference`` and ``io`` read it. The C side has its own enums in ``csrc/fastprop.h``
+(``FP_RELU``, ``FP_LOSS_MSE``, ...): ``tests/test_registry.py`` checks they agree with the
+``code`` fields below. Plain data, no imports of the rest of the package.
+
+Adding an activation: its C forward/backward/second derivative in ``csrc/activation.c``
+under a new ``FP_`` enum value, one ``Activation`` row here, its case in
+``reference.activation_forward``/``_backward``/``_second_derivative``; ``nn`` makes its
+``Module`` class and ``io`` its save/load entry from the row.
+"""
+from collections import namedtuple
+
+__all__ = ["Activation", "Layer", "Loss", "ACTIVATIONS", "LAYERS", "LOSSES", "activation",
+           "activation_names", "derivative_from_output", "fused_losses", "buildable"]
+
+# name: the kernel name (ops, reference, the C enum FP_<NAME>); cls: the Module class and its
+# save/load "type"; code: the C enum value; params: (name, default) in PyTorch's positional
+# order; from_output: "always", "never" or "positive_slope" (leaky_relu: the output has the
+# input's sign only when the slope is > 0); doc: the Module's docstring.
+Activation = namedtuple("Activation", "name cls code params from_output doc")
+
+ACTIVATIONS = (
+    Activation("identity", "Identity", 0, (), "always", "y = x."),
+    Activation("relu", "ReLU", 1, (), "always", "y = max(x, 0); relu′(0) = 0."),
+    Activation("leaky_relu", "LeakyReLU", 2, (("negative_slope", 0.01),), "positive_slope",
+               "y = x if x > 0 else negative_slope·x."),
+    Activation("abs", "Abs", 3, (), "never", "y = |x|; abs′(0) = 0."),
+    Activation("sigmoid", "Sigmoid", 4, (), "always", "y = 1 / (1 + exp(−x))."),
+    Activation("tanh", "Tanh", 5, (), "always", "y = tanh(x)."),
+    Activation("softplus", "Softplus", 6, (("beta", 1.0), ("threshold", 20.0)), "never",
+               "y = log(1 + exp(βx))/β, and x where βx > threshold."),
+    Activation("cos", "Cos", 7, (), "never", "y = cos(x)."),
+    Activation("gelu", "GELU", 8, (), "never", "y = x Φ(x) (the exact erf form)."),
+    Activation("silu", "SiLU", 9, (), "never", "y = x σ(x)."),
+)
+
+# The parametrised modules and containers: cls is the Module class (in module "nn" or
+# "graph") and the save/load type; kernels the ops they run (the tape's op kinds).
+Layer = namedtuple("Layer", "cls module kernels")
+
+LAYERS = (
+    Layer("Linear", "nn", ("dense_forward", "dense_backward")),
+    Layer("LowRankLinear", "nn", ("dense_forward", "dense_backward")),
+    Layer("PReLU", "nn", ("prelu_forward", "prelu_backward", "prelu_rforward", "prelu_rbackward")),
+    Layer("Sequential", "nn", ()),
+    Layer("Add", "graph", ("add_forward", "add_backward")),
+    Layer("Concat", "graph", ("concat_forward", "concat_backward")),
+    Layer("Mul", "graph", ("mul_forward", "mul_backward")),
+    Layer("Graph", "graph", ()),
+    Layer("Residual", "graph", ()),
+)
+
+# kernel: the fused value+gradient kernel in ops (and reference); code: FP_LOSS_* of the fused
+# training step (csrc/network.c), None when the step runs it apart; hvp: whether ops has
+# <kernel>_hvp (Hessian-free, gnvp).
+Loss = namedtuple("Loss", "kernel cls code hvp")
+
+LOSSES = (
+    Loss("softmax_cross_entropy", "SoftmaxCrossEntropy", 0, True),
+    Loss("sigmoid_bce", "SigmoidBCE", 1, True),
+    Loss("mse", "MSE", 2, True),
+    Loss("gaussian_nll", "GaussianNLL", None, False),
+)
+
+_BY_NAME = {a.name: a for a in ACTIVATIONS}
+
+
+def activation_names():
+    """The kernel names of the activations, in C enum order."""
+    return tuple(a.name for a in sorted(ACTIVATIONS, key=lambda a: a.code))
+
+
+def activation(name):
+    """The registry row of the activation called name (a ValueError naming the known ones)."""
+    try:
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {name!r}; expected one of {activation_names()}") from None
+
+
+def derivative_from_output(name, negative_slope=0.01):
+    """Whether f′ follows from the saved output y alone (so the input need not be kept)."""
+    rule = activation(name).from_output
+    return rule == "always" or (rule == "positive_slope" and negative_slope > 0)
+
+
+def fused_losses():
+    """The kernel names of the losses the fused step runs in C, in FP_LOSS_* order."""
+    return tuple(l.kernel for l in sorted((l for l in LOSSES if l.code is not None),
+                                          key=lambda l: l.code))
+
+
+def buildable():
+    """The save/load type names: every activation, layer and container."""
+    return tuple(a.cls for a in ACTIVATIONS) + tuple(l.cls for l in LAYERS)
