@@ -58,6 +58,8 @@ typedef struct {
 
 /* Loss kinds of the fused training step. */
 enum { FP_LOSS_SOFTMAX_XENT = 0, FP_LOSS_SIGMOID_BCE, FP_LOSS_MSE };
+/* Losses the tape runs that the chain does not. */
+enum { FP_LOSS_GAUSSIAN_NLL = 3 };
 
 /* One block of a feed-forward chain: y = f(x wᵀ + b). Buffers are (batch, out);
  * preact is kept only for activations whose derivative needs the input (NULL otherwise).
@@ -70,6 +72,23 @@ typedef struct {
     void *dw, *db;       /* gradients, overwritten by the backward; db NULL without bias */
     void *y, *preact;
 } fp_dense_block;
+
+/* One op of the tape (tape.c): out = kind(in[0..n_in)) over numbered values; the plan
+ * (fastprop/plan.py) fills it. acc[k]: input k's gradient share is added (1) or written (0);
+ * acc_params: the parameters' gradients are added (a shared module's later node). */
+enum { FP_OP_DENSE = 0, FP_OP_ACT, FP_OP_PRELU, FP_OP_ADD, FP_OP_MUL, FP_OP_CONCAT };
+#define FP_OP_MAX_IN 16
+typedef struct {
+    int kind, act;
+    fp_act_params p;
+    int out, n_in;
+    int in[FP_OP_MAX_IN], acc[FP_OP_MAX_IN];
+    int acc_params;
+    int64_t n_w;             /* PReLU: 1 or one slope per channel */
+    const void *w, *b;       /* dense: (out, in) and (out) or NULL; PReLU: the slopes */
+    void *dw, *db;
+    void *preact;            /* dense whose activation's derivative needs its input, else NULL */
+} fp_op;
 
 /* Fortran BLAS gemm, as scipy.linalg.cython_blas exports it. */
 typedef void (*fp_sgemm_fn)(char *ta, char *tb, int *m, int *n, int *k, float *alpha,
@@ -148,7 +167,15 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
                             int64_t batch);                                               \
     int network_train_##S(double *loss, const fp_dense_block *blocks, int n_blocks,      \
                           const R *x, int64_t batch, int loss_kind,                       \
-                          const int64_t *labels, const R *target, R *g0, R *g1);
+                          const int64_t *labels, const R *target, R *g0, R *g1); \
+    /* the tape (tape.c): ops [a, b) forward, or backward into the grad table */          \
+    int tape_forward_##S(const fp_op *ops, int a, int b, void *const *val,                 \
+                         const int64_t *width, int64_t batch);                             \
+    int tape_backward_##S(const fp_op *ops, int a, int b, void *const *val,                \
+                          void *const *grad, const int64_t *width, int64_t batch,          \
+                          int accumulate);                                                 \
+    int tape_loss_##S(double *loss, R *g, const R *z, int64_t batch, int64_t n_out,        \
+                      int loss_kind, const int64_t *labels, const R *target);
 
 FP_DECLARE(float, f32)
 FP_DECLARE(double, f64)

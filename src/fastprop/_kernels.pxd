@@ -19,6 +19,7 @@ cdef extern from "fastprop.h" nogil:
         FP_LOSS_SOFTMAX_XENT
         FP_LOSS_SIGMOID_BCE
         FP_LOSS_MSE
+        FP_LOSS_GAUSSIAN_NLL
 
     ctypedef struct fp_dense_block:
         int64_t in_ "in"
@@ -243,3 +244,36 @@ cdef extern from *:
     int c_network_train(bint f64, double *loss, const fp_dense_block *blocks, int n_blocks,
         const void *x, int64_t batch, int loss_kind, const void *labels, const void *target,
         void *g0, void *g1) nogil
+
+
+# the tape (csrc/tape.c, bindings in _tape.pxi)
+cdef extern from "fastprop.h" nogil:
+    enum:
+        FP_OP_MAX_IN
+
+    ctypedef struct fp_op:
+        int kind, act
+        fp_act_params p
+        int out, n_in
+        int in_ "in"[16]
+        int acc[16]
+        int acc_params
+        int64_t n_w
+        const void *w
+        const void *b
+        void *dw
+        void *db
+        void *preact
+
+cdef extern from *:
+    """
+    #define c_tape_forward(f64, ...) FP_BY_DTYPE(tape_forward, f64, __VA_ARGS__)
+    #define c_tape_backward(f64, ...) FP_BY_DTYPE(tape_backward, f64, __VA_ARGS__)
+    #define c_tape_loss(f64, ...) FP_BY_DTYPE(tape_loss, f64, __VA_ARGS__)
+    """
+    int c_tape_forward(bint f64, const fp_op *ops, int a, int b, void **val,
+        const int64_t *width, int64_t batch) nogil
+    int c_tape_backward(bint f64, const fp_op *ops, int a, int b, void **val, void **grad,
+        const int64_t *width, int64_t batch, int accumulate) nogil
+    int c_tape_loss(bint f64, double *loss, void *g, const void *z, int64_t batch, int64_t n_out,
+        int loss_kind, const void *labels, const void *target) nogil

@@ -7,6 +7,32 @@
 LOSSES = registry.fused_losses()  # in FP_LOSS_* order
 
 
+cdef tuple _loss_target(int kind, object target, int64_t batch, int64_t n_out, object dtype):
+    """(labels, targets) of a fused loss at an output (batch, n_out): int64 labels (batch,)
+    in [0, n_out) and None for cross-entropy's labels, else None and the targets cast to
+    dtype, (batch, n_out // 2) for gaussian_nll's [mean, log variance] output."""
+    cdef int64_t bad
+    t = np.asarray(target)
+    if kind == FP_LOSS_SOFTMAX_XENT and t.ndim == 1:
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers, got dtype {t.dtype}")
+        if t.shape[0] != batch:
+            raise ValueError(f"got {t.shape[0]} labels for {batch} rows of x")
+        labels = np.ascontiguousarray(t, dtype=np.int64)
+        if t.dtype.kind == "u" and labels.size and t.max() >= n_out:
+            bad = int(np.argmax(t >= n_out))
+        else:
+            bad = _first_bad_label(labels, n_out)
+        if bad >= 0:
+            raise ValueError(f"label {t[bad]} at index {bad} is outside [0, {n_out})")
+        return labels, None
+    width = n_out // 2 if kind == FP_LOSS_GAUSSIAN_NLL else n_out
+    T = _target(t, "target", (batch, width), dtype, "the network's output")
+    if kind == FP_LOSS_SIGMOID_BCE:
+        _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
+    return None, T
+
+
 cdef class Network:
     """The layer loop of a chain of dense blocks ``y = f(x Wᵀ + b)`` in C.
 
@@ -137,27 +163,7 @@ cdef class Network:
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
         cdef int kind = LOSSES.index(loss)
-        out_shape = (batch, self.n_out)
-        labels = None
-        T = None
-        cdef int64_t bad
-        t = np.asarray(target)
-        if kind == FP_LOSS_SOFTMAX_XENT and t.ndim == 1:
-            if t.dtype.kind not in "iu":
-                raise TypeError(f"labels must be integers, got dtype {t.dtype}")
-            if t.shape[0] != batch:
-                raise ValueError(f"got {t.shape[0]} labels for {batch} rows of x")
-            labels = np.ascontiguousarray(t, dtype=np.int64)
-            if t.dtype.kind == "u" and labels.size and t.max() >= self.n_out:
-                bad = int(np.argmax(t >= self.n_out))
-            else:
-                bad = _first_bad_label(labels, self.n_out)
-            if bad >= 0:
-                raise ValueError(f"label {t[bad]} at index {bad} is outside [0, {self.n_out})")
-        else:
-            T = _target(t, "target", out_shape, self.dtype, "the network's output")
-            if kind == FP_LOSS_SIGMOID_BCE:
-                _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
+        labels, T = _loss_target(kind, target, batch, self.n_out, self.dtype)
         self._workspace(batch)
         cdef double value = 0
         cdef vptr px = _ptr(X), pl = _ptr(labels), pt = _ptr(T), g0 = _ptr(self.g0)

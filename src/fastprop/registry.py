@@ -52,16 +52,16 @@ LAYERS = (
     Layer("Residual", "graph", ()),
 )
 
-# kernel: the fused value+gradient kernel in ops (and reference); code: FP_LOSS_* of the fused
-# training step (csrc/network.c), None when the step runs it apart; hvp: whether ops has
-# <kernel>_hvp (Hessian-free, gnvp).
-Loss = namedtuple("Loss", "kernel cls code hvp")
+# kernel: the fused value+gradient kernel in ops (and reference); code: its FP_LOSS_* (the
+# tape's loss, csrc/tape.c); chain: the dense chain's step (csrc/network.c) runs it too; hvp:
+# whether ops has <kernel>_hvp (Hessian-free, gnvp).
+Loss = namedtuple("Loss", "kernel cls code chain hvp")
 
 LOSSES = (
-    Loss("softmax_cross_entropy", "SoftmaxCrossEntropy", 0, True),
-    Loss("sigmoid_bce", "SigmoidBCE", 1, True),
-    Loss("mse", "MSE", 2, True),
-    Loss("gaussian_nll", "GaussianNLL", None, False),
+    Loss("softmax_cross_entropy", "SoftmaxCrossEntropy", 0, True, True),
+    Loss("sigmoid_bce", "SigmoidBCE", 1, True, True),
+    Loss("mse", "MSE", 2, True, True),
+    Loss("gaussian_nll", "GaussianNLL", 3, False, False),
 )
 
 _BY_NAME = {a.name: a for a in ACTIVATIONS}
@@ -87,9 +87,8 @@ def derivative_from_output(name, negative_slope=0.01):
 
 
 def fused_losses():
-    """The kernel names of the losses the fused step runs in C, in FP_LOSS_* order."""
-    return tuple(l.kernel for l in sorted((l for l in LOSSES if l.code is not None),
-                                          key=lambda l: l.code))
+    """The kernel names of the losses the chain's fused step runs, in FP_LOSS_* order."""
+    return tuple(l.kernel for l in sorted((l for l in LOSSES if l.chain), key=lambda l: l.code))
 
 
 def buildable():

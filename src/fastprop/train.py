@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from . import _kernels, ops
+from . import _kernels, ops, plan, registry
 from .hessian_free import Closure
 from .losses import MSE, Loss, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import Activation, Linear, Module, Sequential, as_input, busy_error, flatten_count
@@ -33,6 +33,22 @@ def _chain_blocks(model, loss):
         blocks.append((lin.weight.data, None if bias is None else bias.data, lin.weight.grad,
                        None if bias is None else bias.grad, act, params))
     return blocks or None
+
+
+def _tape_for(model, loss):
+    """The tape of model (fastprop.plan), or None where the modular path must run it: a loss
+    the tape does not fuse, several outputs, a model of Python modules only."""
+    row = next((r for r in registry.LOSSES if type(loss).__name__ == r.cls and
+                type(loss).__module__ == Loss.__module__), None)
+    if row is None or row.code is None:
+        return None
+    try:
+        program = plan.lower(model)
+    except plan.Unsupported:
+        return None
+    if all(o.kind == plan.MODULE for o in program.ops) or model.dtype is None:
+        return None
+    return _kernels.Tape(program, plan.plan_grads(program), model.dtype, row.code)
 
 
 class TrainStep:
@@ -71,14 +87,20 @@ class TrainStep:
         # an optimizer that needs the batch (HessianFree) gets a Closure, on the modular path
         self.closure = bool(getattr(self.optimizer, "needs_closure", False))
         blocks = None if self.closure else _chain_blocks(self.model, self.loss)
-        self.fused = blocks is not None
-        self._net = _kernels.Network(blocks) if self.fused else None
+        self._net = _kernels.Network(blocks) if blocks is not None else None
+        self._tape = None if blocks is not None or self.closure else _tape_for(self.model, self.loss)
+        # fused: the chain's one C call (csrc/network.c); path names the runner in use
+        self.fused = self._net is not None
+        self.path = "chain" if self.fused else "tape" if self._tape is not None else (
+            "closure" if self.closure else "modular")
         self._out = None
 
     @property
     def output(self):
         """The model's output of the latest step (before the update; a workspace view)."""
-        return self._net.output if self.fused else self._out
+        if self._net is not None:
+            return self._net.output
+        return self._tape.output if self._tape is not None else self._out
 
     def __call__(self, x, y):
         busy = self.model._busy  # model.exclusive(), inlined: this is the per-step path
@@ -100,11 +122,14 @@ class TrainStep:
             J = self.optimizer.step(closure)
             self._out = closure.output
             return J
-        if self.fused:
+        if self._net is not None:
             x = as_input(x, self._net.dtype)
             if self._check_batches:
                 _finite_batch(x, y)
             J = self._net.train(x, y, self.loss.kernel)
+            self._diverged(J)
+        elif self._tape is not None:
+            J = self._tape_step(x, y)
             self._diverged(J)
         else:
             x = model._check_input(x)
@@ -118,6 +143,15 @@ class TrainStep:
             self._out = out
         self.optimizer._step_holding(model._busy)
         return J
+
+    def _tape_step(self, x, y):
+        """Forward, loss and backward of any model on its tape (one C run between the
+        callbacks of Python modules); the parameters' gradients overwritten."""
+        x = self.model._check_input(x)
+        if self._check_batches:
+            _finite_batch(x, y)
+        return self._tape.train(tuple(x) if isinstance(x, list) else (x,), y, self._tape.loss_code,
+                                False, self.stop_on_nonfinite)
 
     def _diverged(self, J):
         if self.stop_on_nonfinite and not math.isfinite(J):

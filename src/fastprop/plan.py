@@ -1,0 +1,234 @@
+"""The tape's plan: a model lowered to a flat list of ops over numbered values, and the
+backward's grad table planned from the ops' lifetimes. Pure functions of the model's
+structure; ``fastprop._kernels.Tape`` executes the result in C (csrc/tape.c).
+
+``lower(model)`` walks any nesting of Sequential, Graph and Residual: Linear (fused with
+the activation that follows it), the activations, PReLU, LowRankLinear (two dense ops),
+Add, Mul and Concat become C ops; any other module (a user's own, or one the tape does not
+know) becomes a ``"module"`` op that calls back into its Python ``_forward``/``_backward``.
+``plan_grads(program)`` then decides, for the backward of algorithm 6.2, which share of a
+value's gradient is written and which added (sums at fan-in), which values take their
+consumer's buffer (one consumer that works in place), and which buffer slot each gradient
+lives in (a slot is reused once the gradient it held is dead).
+"""
+from collections import namedtuple
+
+from . import nn, registry
+from .graph import Add, Concat, Graph, Mul
+from .nn import Linear, LowRankLinear, PReLU, Sequential
+
+__all__ = ["Op", "Program", "GradPlan", "Unsupported", "lower", "fuse", "plan_grads"]
+
+DENSE, ACT, PRELU, ADD, MUL, CONCAT = range(6)   # FP_OP_* of csrc/fastprop.h
+MODULE = -1                                      # a Python callback
+MAX_IN = 16                                      # FP_OP_MAX_IN
+_KINDS = {Add: ADD, Mul: MUL, Concat: CONCAT}
+_ACTIVATIONS = {getattr(nn, a.cls) for a in registry.ACTIVATIONS}   # the built-in classes
+
+
+class Unsupported(Exception):
+    """The model has a shape the tape does not run (several outputs, ...): use the modular path."""
+
+
+# kind: DENSE...MODULE; ins: value numbers; out: the value it makes; act, params: the activation
+# (DENSE fuses one); w, b, dw, db: parameter arrays (views of the flat buffers); module: the
+# Python module of a MODULE op.
+Op = namedtuple("Op", "kind ins out act params w b dw db module")
+
+
+def _op(kind, ins, out, act="identity", params=None, w=None, b=None, dw=None, db=None, module=None):
+    return Op(kind, tuple(ins), out, act, dict(params or {}), w, b, dw, db, module)
+
+
+# widths[v]: features of value v; inputs: the model's input values; output: its output value
+Program = namedtuple("Program", "ops widths inputs output")
+
+
+def lower(model):
+    """The Program of model (one output; several inputs are fine)."""
+    widths, ops = [], []
+
+    def value(width):
+        if width is None:
+            raise Unsupported("a value of unknown width")
+        widths.append(int(width))
+        return len(widths) - 1
+
+    def emit(m, ins):
+        t = type(m)
+        if t is Sequential:
+            for layer in m.layers:
+                ins = [emit(layer, ins)]
+            return ins[0]
+        if t is Linear or t is LowRankLinear:
+            x = ins[0]
+            if t is LowRankLinear:   # y = (x Uᵀ) Vᵀ + b
+                h = value(m.rank)
+                ops.append(_op(DENSE, [x], h, w=m.U.data, dw=m.U.grad))
+                x, w = h, m.V
+            else:
+                w = m.weight
+            y = value(m.out_features)
+            b = m.bias
+            ops.append(_op(DENSE, [x], y, w=w.data, dw=w.grad, b=None if b is None else b.data,
+                           db=None if b is None else b.grad))
+            return y
+        if t in _ACTIVATIONS:
+            y = value(widths[ins[0]])
+            ops.append(_op(ACT, ins, y, act=m.name, params=m.params))
+            return y
+        if t is PReLU:
+            y = value(widths[ins[0]])
+            ops.append(_op(PRELU, ins, y, w=m.weight.data, dw=m.weight.grad))
+            return y
+        if isinstance(m, Graph) and type(m)._forward is Graph._forward:
+            return emit_graph(m, ins)
+        width = getattr(m, "out_features", None)
+        if width is None and getattr(m, "width_preserving", False):
+            width = widths[ins[0]]
+        y = value(width)
+        ops.append(_op(MODULE, ins, y, module=m))
+        return y
+
+    def emit_graph(g, ins):
+        if len(g._outputs) != 1:
+            raise Unsupported("a graph with several outputs inside a model")
+        if len(ins) != len(g._inputs):
+            raise Unsupported("a graph node given a different number of inputs")
+        v = [None] * len(g._steps)
+        for k, i in enumerate(g._inputs):
+            v[i] = ins[k]
+        for i, s in enumerate(g._steps):
+            if s.kind == "module":
+                v[i] = emit(s.module, [v[s.inputs[0]]])
+            elif s.kind == "merge":
+                kind = _KINDS.get(type(s.module))
+                srcs = [v[j] for j in s.inputs]
+                if kind is None or len(srcs) > MAX_IN:
+                    v[i] = value(s.width)
+                    ops.append(_op(MODULE, srcs, v[i], module=s.module))
+                    continue
+                width = sum(widths[j] for j in srcs) if kind == CONCAT else widths[srcs[0]]
+                v[i] = value(width)
+                ops.append(_op(kind, srcs, v[i]))
+        return v[g._outputs[0]]
+
+    if isinstance(model, Graph) and type(model)._forward is Graph._forward:
+        if len(model._outputs) != 1:
+            raise Unsupported("a graph with several outputs (one loss needs one output)")
+        inputs = [value(model._steps[i].width) for i in model._inputs]
+    else:
+        inputs = [value(getattr(model, "in_features", None))]
+    output = emit(model, list(inputs))
+    return fuse(Program(tuple(ops), tuple(widths), tuple(inputs), output))
+
+
+def fuse(program):
+    """Each activation op whose input is a bias-and-GEMM-only dense op's value that nothing
+    else reads becomes that dense op's fused activation (one pass instead of two)."""
+    ops, readers = list(program.ops), _readers(program)
+    producer = {o.out: i for i, o in enumerate(ops)}
+    dead = set()
+    for i, o in enumerate(ops):
+        if o.kind != ACT:
+            continue
+        j = producer.get(o.ins[0])
+        if j is None or ops[j].kind != DENSE or ops[j].act != "identity" or \
+                len(readers[o.ins[0]]) != 1 or o.ins[0] == program.output:
+            continue
+        ops[j] = ops[j]._replace(out=o.out, act=o.act, params=o.params)
+        dead.add(i)
+    return program._replace(ops=tuple(o for i, o in enumerate(ops) if i not in dead))
+
+
+def _readers(program):
+    """readers[v]: the (op index, slot) pairs that read value v, in op order."""
+    readers = [[] for _ in program.widths]
+    for i, o in enumerate(program.ops):
+        for slot, v in enumerate(o.ins):
+            readers[v].append((i, slot))
+    return readers
+
+
+# acc[i][k]: op i adds its share into input k's gradient (else writes it); acc_params[i]: op i
+# adds into its parameters' gradients (an earlier-visited op has written them); slot[v]: the
+# gradient buffer of value v (None: no gradient, the model's inputs); slot_width[s]: its width;
+# loss_acc: False (the loss writes the output's gradient first).
+GradPlan = namedtuple("GradPlan", "acc acc_params slot slot_width")
+
+_IN_PLACE = (ACT, PRELU, ADD)   # ops whose input share can be their output gradient itself
+
+
+def plan_grads(program):
+    """The grad table of the backward (see the module docstring)."""
+    ops, n_val = program.ops, len(program.widths)
+    inputs = set(program.inputs)
+    # contributions in the order the backward makes them: the loss, then ops from the last
+    contribs = [[] for _ in range(n_val)]
+    contribs[program.output].append(("loss", 0))
+    for i in range(len(ops) - 1, -1, -1):
+        for slot, v in enumerate(ops[i].ins):
+            contribs[v].append((i, slot))
+    acc = [[False] * len(o.ins) for o in ops]
+    for v in range(n_val):
+        for rank, (i, slot) in enumerate(contribs[v]):
+            if i != "loss":
+                acc[i][slot] = rank > 0
+    # parameters: the first op the backward visits writes them, the others add
+    acc_params, seen = [False] * len(ops), set()
+    for i in range(len(ops) - 1, -1, -1):
+        o = ops[i]
+        key = None if o.dw is None else (o.dw.__array_interface__["data"][0], o.dw.size)
+        if key is not None:
+            acc_params[i] = key in seen
+            seen.add(key)
+    # aliases: one contribution from an in-place op: the value takes that op's output gradient
+    parent = list(range(n_val))
+
+    def find(v):
+        while parent[v] != v:
+            v = parent[v]
+        return v
+    aliased_op = set()
+    for v in range(n_val):
+        if v in inputs or len(contribs[v]) != 1 or contribs[v][0][0] == "loss":
+            continue
+        i, slot = contribs[v][0]
+        if ops[i].kind in _IN_PLACE and ops[i].ins.count(v) == 1 and \
+                not (ops[i].kind == ADD and i in aliased_op):
+            parent[v] = find(ops[i].out)
+            aliased_op.add(i)
+    # lifetimes in backward time (the loss at -1, op i at len(ops) - 1 - i): a gradient is
+    # born with its first contribution and dies when its producer's backward has read it
+    T = len(ops)
+    producer = {o.out: i for i, o in enumerate(ops)}
+    born, dies = {}, {}
+    live = [v not in inputs and bool(contribs[v]) for v in range(n_val)]  # fused-away: neither
+    for v in range(n_val):
+        if not live[v]:
+            continue
+        r = find(v)
+        first = contribs[v][0][0]
+        b = -1 if first == "loss" else T - 1 - first
+        d = T - 1 - producer[v]
+        born[r] = min(born.get(r, b), b)
+        dies[r] = max(dies.get(r, d), d)
+    slot_of_root, slot_width, free_at = {}, [], []   # free_at[s]: when slot s's holder dies
+    for r in sorted(born, key=lambda r: (born[r], r)):
+        width = max(program.widths[v] for v in range(n_val) if live[v] and find(v) == r)
+        s = next((s for s, t in enumerate(free_at) if t < born[r]), None)
+        if s is None:
+            s = len(slot_width)
+            slot_width.append(0)
+            free_at.append(0)
+        slot_width[s] = max(slot_width[s], width)
+        free_at[s] = dies[r]
+        slot_of_root[r] = s
+    slot = [slot_of_root[find(v)] if live[v] else None for v in range(n_val)]
+    return GradPlan(tuple(tuple(a) for a in acc), tuple(acc_params), tuple(slot), tuple(slot_width))
+
+
+def needs_preact(op):
+    """A dense op keeps its pre-activation when its activation's derivative needs the input."""
+    return op.kind == DENSE and not registry.derivative_from_output(
+        op.act, op.params.get("negative_slope", 0.01))
