@@ -268,7 +268,7 @@ def _block_hessian(leaves, params, loss, x, y):
     n = sum(p.size for p in params)
     B = x.shape[0]
     width = max([x.shape[1]] + [m.out_features for m in leaves if isinstance(m, Linear)])
-    k = max(1, min(n, 2 ** 22 // (4 * B * width * len(leaves))))  # ~2²² R-values a block
+    k = max(1, min(n, 2 ** 20 // (4 * B * width * len(leaves))))  # ~2²⁰ R-values a block (cache-sized)
     H = np.zeros((n, n), dtype)
     for a in range(0, n, k):
         b = min(a + k, n)
@@ -292,19 +292,25 @@ def _block_rpass(leaves, params, loss, x, y, V, HV):
     of shape (k, B, width), k directions side by side in each GEMM."""
     Vp, Hp = _block_views(V, params), _block_views(HV, params)
     k, B = V.shape[0], x.shape[0]
+    # a parameter no direction of the block moves adds no x Vᵀ (forward) or g V (backward)
+    # term: R{x} stays None up to the first layer the block moves
+    live = {p: bool(Vp[p].any()) for p in params}
     saved, rx = [], None
     for m in leaves:  # R-forward
         if isinstance(m, Linear):
-            vw = Vp[m.weight]
-            out = m.out_features
-            y_ = ops.dense_forward(x, m.weight.data, m.bias.data if m.bias_enabled else None)
-            # x V_kᵀ for every k: one (B, in) × (in, k·out) GEMM
-            ry = np.ascontiguousarray((x @ vw.reshape(k * out, -1).T).reshape(B, k, out)
-                                      .transpose(1, 0, 2))
-            if m.bias_enabled:
-                ry += Vp[m.bias][:, None, :]
+            W, out = m.weight.data, m.out_features
+            bias = m.bias_enabled
+            y_ = ops.dense_forward(x, W, m.bias.data if bias else None)
+            ry = None
+            if live[m.weight]:  # x V_kᵀ for every k: one (B, in) × (in, k·out) GEMM
+                ry = np.ascontiguousarray((x @ Vp[m.weight].reshape(k * out, -1).T)
+                                          .reshape(B, k, out).transpose(1, 0, 2))
+            if bias and live[m.bias]:
+                vb = np.broadcast_to(Vp[m.bias][:, None, :], (k, B, out))
+                ry = vb.copy() if ry is None else ry + vb
             if rx is not None:
-                ry += (rx.reshape(k * B, -1) @ m.weight.data.T).reshape(k, B, out)
+                rxw = (rx.reshape(k * B, -1) @ W.T).reshape(k, B, out)
+                ry = rxw if ry is None else ry + rxw
             saved.append((x, rx, None))
         elif isinstance(m, Activation):
             y_ = ops.activation_forward(x, m.name, **m.params)
@@ -312,16 +318,18 @@ def _block_rpass(leaves, params, loss, x, y, V, HV):
             ry = None if rx is None else rx * d1
             saved.append((x, rx, d1))
         else:  # PReLU: R{y} = f′ R{x} + [x ≤ 0] x v_a
-            a_ = m.weight.data
             neg = x <= 0
-            d1 = np.where(neg, a_, 1).astype(x.dtype)
+            d1 = np.where(neg, m.weight.data, 1).astype(x.dtype)
             y_ = x * d1
-            ry = np.where(neg, x, 0)[None] * Vp[m.weight][:, None, :]
-            if rx is not None:
-                ry += rx * d1
+            ry = None if rx is None else rx * d1
+            if live[m.weight]:
+                va = np.where(neg, x, 0)[None] * Vp[m.weight][:, None, :]
+                ry = va if ry is None else ry + va
             saved.append((x, rx, d1))
         x, rx = y_, ry
     z, rz = x, rx
+    if rz is None:  # the block moves nothing
+        return HV
     _, g = getattr(ops, loss.kernel)(z, y)
     # the hvp kernel takes the mean over its k·B rows: k times the mean over B
     rg = getattr(ops, f"{loss.kernel}_hvp")(np.tile(z, (k, 1)), np.tile(y, (k,) + (1,) * (y.ndim - 1)),
@@ -344,8 +352,9 @@ def _block_rpass(leaves, params, loss, x, y, V, HV):
                 break
             # R{gx} = R{g} W + g V;  gx = g W
             rgx = (rg.reshape(k * B, out) @ W).reshape(k, B, n_in)
-            rgx += (g @ Vp[m.weight].transpose(1, 0, 2).reshape(out, k * n_in)) \
-                .reshape(B, k, n_in).transpose(1, 0, 2)
+            if live[m.weight]:
+                rgx += (g @ Vp[m.weight].transpose(1, 0, 2).reshape(out, k * n_in)) \
+                    .reshape(B, k, n_in).transpose(1, 0, 2)
             g, rg = g @ W, rgx
         elif isinstance(m, Activation):
             # R{gx} = R{g} ⊙ f′ + g ⊙ f″ ⊙ R{x}
@@ -363,7 +372,10 @@ def _block_rpass(leaves, params, loss, x, y, V, HV):
             Hp[m.weight][...] += t.sum(axis=1, keepdims=True) if m.num_parameters == 1 else t
             if i == first:
                 break
-            g, rg = g * d1, rg * d1 + np.where(neg, g, 0) * va
+            rgx = rg * d1
+            if live[m.weight]:
+                rgx += np.where(neg, g, 0) * va
+            g, rg = g * d1, rgx
     return HV
 
 
