@@ -63,7 +63,8 @@ class PerExample:
         self.loss = fp.SoftmaxCrossEntropy()
         self.model = mlp(SIZES, fp.ReLU, np.float32)
         self.net = _kernels.Network(_chain_blocks(self.model, self.loss))
-        self.plain_model, self.dp_model = mlp(SIZES, fp.ReLU, np.float32), mlp(SIZES, fp.ReLU, np.float32)
+        self.plain_model = mlp(SIZES, fp.ReLU, np.float32)
+        self.dp_model = mlp(SIZES, fp.ReLU, np.float32)
         self.plain = fp.TrainStep(self.plain_model, self.loss,
                                   fp.SGD(self.plain_model.parameters(), lr=1e-3))
         self.dp = fp.TrainStep(self.dp_model, self.loss, fp.SGD(self.dp_model.parameters(), lr=1e-3),
@@ -231,7 +232,8 @@ def main(threads=None):
     print(f"  DP-SGD step / plain step     {t['DP-SGD step'] / t['plain step']:.2f}x  (target <= 1.6)")
     print(f"  clip only / plain step       {t['DP-SGD step, clip only'] / t['plain step']:.2f}x")
     if pe.torch_fn is not None:
-        print(f"  torch vmap(grad) / norms     {t['torch vmap(grad) + norms'] / t['per_example_grad_norms']:.1f}x")
+        ratio = t["torch vmap(grad) + norms"] / t["per_example_grad_norms"]
+        print(f"  torch vmap(grad) / norms     {ratio:.1f}x")
     h = setup(Hessian)
     cases = {"fastprop.hessian": h.hessian, **h.torch_fns}
     t = interleaved(cases, rounds=7)

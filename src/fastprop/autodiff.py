@@ -268,7 +268,8 @@ def _block_hessian(leaves, params, loss, x, y):
     n = sum(p.size for p in params)
     B = x.shape[0]
     width = max([x.shape[1]] + [m.out_features for m in leaves if isinstance(m, Linear)])
-    k = max(1, min(n, 2 ** 20 // (4 * B * width * len(leaves))))  # ~2²⁰ R-values a block (cache-sized)
+    # about 2²⁰ R-values a block: cache-sized, which ran faster than larger blocks
+    k = max(1, min(n, 2 ** 20 // (4 * B * width * len(leaves))))
     H = np.zeros((n, n), dtype)
     for a in range(0, n, k):
         b = min(a + k, n)
@@ -528,8 +529,8 @@ def per_example_grads(model, loss, x, y):
 def per_example_grad_norms(model, loss, x, y):
     """(B,): the 2-norm of each example's own loss gradient over all parameters.
 
-    For a chain (as per_example_grads) no per-example gradient is formed: a dense layer's
-    is the outer product gᵢ hᵢᵀ, whose squared norm is ‖gᵢ‖²‖hᵢ‖², and ‖gᵢ‖² for its bias;
+    For a chain (as per_example_grads) no per-example gradient is formed: a dense
+    layer's is the outer product gᵢ hᵢᵀ, of squared norm ‖gᵢ‖²‖hᵢ‖² (‖gᵢ‖² for its bias);
     the cost is one forward and one backward without the ∇W GEMMs. A Graph takes the
     norms of per_example_grads' rows.
     """
