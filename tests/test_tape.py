@@ -99,6 +99,25 @@ def test_several_outputs_are_unsupported():
         plan.lower(model)
 
 
+def test_topological_order_is_stable_and_names_a_cycle():
+    # 0 <- 2 <- 1: 2 takes 0, 1 takes 2
+    assert plan.topological_order([[], [2], [0]]) == ([0, 2, 1], None)
+    assert plan.topological_order([[], [0], [0], [1, 2]]) == ([0, 1, 2, 3], None)
+    order, cycle = plan.topological_order([[], [2], [1]])
+    assert order is None and cycle == [1, 2, 1]
+
+
+def test_graph_grad_table_of_a_skip_connection():
+    # x(0) -> lin(1) -> act(2); add(3) = 1 + 2: node 1 has two consumers, the Add is visited
+    # first (it writes), the act second (it adds); act's value goes only to the Add (alias)
+    t = plan.graph_grad_table([[], [0], [1], [1, 2]], [False, True, True, False],
+                              [False, False, False, True], [3])
+    assert t.accumulate == [[], [False], [True], [False, False]]
+    assert t.alias == [[], [True], [False], [False, True]]
+    assert t.dedicated == [False, True, False, False]
+    assert t.output_alias == [True] and t.output_accumulate == [False]
+
+
 # ---------------------------------------------------------------- random DAGs
 
 ACTS = [getattr(fp, a.cls) for a in registry.ACTIVATIONS]
@@ -314,3 +333,11 @@ def test_a_graph_step_allocates_nothing():
         tracemalloc.stop()
     assert peak - start < 512, f"a step allocated {peak - start} bytes at its peak"
     assert end - start < 512
+
+
+def test_a_loss_with_options_takes_the_modular_path():
+    model = residual(1, 4)
+    loss = fp.MSE()
+    loss.weight = np.ones(3, F32)     # an option the tape's C loss does not have
+    assert fp.TrainStep(model, loss, fp.SGD(model.parameters(), lr=0.1)).path == "modular"
+    assert fp.TrainStep(model, fp.MSE(), fp.SGD(model.parameters(), lr=0.1)).path == "tape"

@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 
-from . import ops
+from . import ops, plan
 from .nn import Module, as_input, flatten_parameters
 
 __all__ = ["Graph", "Node", "Merge", "Add", "Concat", "Mul", "Residual"]
@@ -407,31 +407,9 @@ class Graph(Module):
         return self
 
     def _topological_order(self, ins):
-        """Kahn's algorithm, stable in the order added; a cycle is a ValueError naming it."""
-        n = len(ins)
-        indegree = [len(set(x)) for x in ins]
-        users = [[] for _ in range(n)]
-        for i in range(n):
-            for j in set(ins[i]):
-                users[j].append(i)
-        ready = [i for i in range(n) if indegree[i] == 0]
-        order = []
-        while ready:
-            i = min(ready)
-            ready.remove(i)
-            order.append(i)
-            for u in users[i]:
-                indegree[u] -= 1
-                if indegree[u] == 0:
-                    ready.append(u)
-        if len(order) < n:
-            # walk back along inputs that are still waiting: it must come round
-            left = set(range(n)) - set(order)
-            path, i = [], min(left)
-            while i not in path:
-                path.append(i)
-                i = next(j for j in ins[i] if j in left)
-            cycle = path[path.index(i):] + [i]
+        """plan.topological_order; a cycle is a ValueError naming its nodes."""
+        order, cycle = plan.topological_order(ins)
+        if cycle:
             names = " <- ".join(repr(self._specs[k][0]) for k in cycle)
             raise ValueError(f"the graph has a cycle: {names} (each node takes the next as input)")
         return order
@@ -470,37 +448,15 @@ class Graph(Module):
             name, kind, what, _ = specs[i]
             steps.append(_Step(name, kind, None if kind == "input" else what,
                                [pos[j] for j in ins[i]], width[i]))
-        # the backward visits the output gradients first, then the nodes in reverse order:
-        # the first contribution to a node overwrites its buffer, the others add into it
-        contributions = [[] for _ in steps]   # per node: ("out", k) or (consumer, slot), in visit order
         self._outputs = [pos[i] for i in outs]
-        for k, j in enumerate(self._outputs):
-            contributions[j].append(("out", k))
-        for c in range(len(steps) - 1, -1, -1):
-            for slot, j in enumerate(steps[c].inputs):
-                contributions[j].append((c, slot))
-        self._dedicated = [True] * len(steps)
-        self._output_alias = [False] * len(self._outputs)
-        self._output_accumulate = [False] * len(self._outputs)
-        for j, contribs in enumerate(contributions):
-            for rank, (c, slot) in enumerate(contribs):
-                if c == "out":
-                    self._output_accumulate[slot] = rank > 0
-                else:
-                    steps[c].accumulate[slot] = rank > 0
-            if len(contribs) != 1:
-                continue
-            c, slot = contribs[0]
-            # one contribution: the node takes its consumer's array, if that array is its own
-            if c == "out":
-                self._output_alias[slot] = True
-            elif steps[c].kind == "module":
-                steps[c].alias[slot] = True
-            elif isinstance(steps[c].module, Add) and not any(steps[c].alias):
-                steps[c].alias[slot] = True   # one input of an Add can take g itself
-            else:
-                continue
-            self._dedicated[j] = False
+        table = plan.graph_grad_table([s.inputs for s in steps],
+                                      [s.kind == "module" for s in steps],
+                                      [isinstance(s.module, Add) for s in steps], self._outputs)
+        for s, acc, alias in zip(steps, table.accumulate, table.alias):
+            s.accumulate, s.alias = list(acc), list(alias)
+        self._dedicated = list(table.dedicated)
+        self._output_accumulate = list(table.output_accumulate)
+        self._output_alias = list(table.output_alias)
         self._steps = steps
         self._inputs = [k for k, s in enumerate(steps) if s.kind == "input"]
         self._inputs.sort(key=lambda k: self._names[steps[k].name])

@@ -14,16 +14,97 @@ lives in (a slot is reused once the gradient it held is dead).
 from collections import namedtuple
 
 from . import nn, registry
-from .graph import Add, Concat, Graph, Mul
 from .nn import Linear, LowRankLinear, PReLU, Sequential
 
-__all__ = ["Op", "Program", "GradPlan", "Unsupported", "lower", "fuse", "plan_grads"]
+__all__ = ["Op", "Program", "GradPlan", "Unsupported", "lower", "fuse", "plan_grads",
+           "topological_order", "GraphGradTable", "graph_grad_table"]
 
 DENSE, ACT, PRELU, ADD, MUL, CONCAT = range(6)   # FP_OP_* of csrc/fastprop.h
 MODULE = -1                                      # a Python callback
 MAX_IN = 16                                      # FP_OP_MAX_IN
-_KINDS = {Add: ADD, Mul: MUL, Concat: CONCAT}
 _ACTIVATIONS = {getattr(nn, a.cls) for a in registry.ACTIVATIONS}   # the built-in classes
+
+
+# ---------------------------------------------------------------- a Graph's plan
+
+def topological_order(ins):
+    """Kahn's algorithm over nodes whose inputs are ins[i] (node indices), stable in index
+    order. Returns (order, None), or (None, cycle): node indices around a cycle, the first
+    repeated at the end, each taking the next as input."""
+    n = len(ins)
+    indegree = [len(set(x)) for x in ins]
+    users = [[] for _ in range(n)]
+    for i in range(n):
+        for j in set(ins[i]):
+            users[j].append(i)
+    ready = [i for i in range(n) if indegree[i] == 0]
+    order = []
+    while ready:
+        i = min(ready)
+        ready.remove(i)
+        order.append(i)
+        for u in users[i]:
+            indegree[u] -= 1
+            if indegree[u] == 0:
+                ready.append(u)
+    if len(order) == n:
+        return order, None
+    # walk back along inputs that are still waiting: it must come round
+    left = set(range(n)) - set(order)
+    path, i = [], min(left)
+    while i not in path:
+        path.append(i)
+        i = next(j for j in ins[i] if j in left)
+    return None, path[path.index(i):] + [i]
+
+
+# per node (in topological order) and input slot: accumulate (add into the grad table's buffer)
+# and alias (hand the consumer's array over, no buffer); dedicated[j]: node j has a buffer of
+# its own; the same two flags for each output's gradient.
+GraphGradTable = namedtuple("GraphGradTable",
+                            "accumulate alias dedicated output_accumulate output_alias")
+
+
+def graph_grad_table(inputs, single, is_add, outputs):
+    """The modular backward's grad table of a Graph in topological order: inputs[c] are node
+    c's input nodes, single[c] whether it is a one-input module (which hands its ∂J/∂x over),
+    is_add[c] whether it is an Add (one of whose inputs may take g itself), outputs the output
+    nodes. The backward visits the output gradients first, then the nodes in reverse order:
+    the first contribution to a node overwrites its buffer, the others add into it."""
+    n = len(inputs)
+    contributions = [[] for _ in range(n)]   # per node: ("out", k) or (consumer, slot), in visit order
+    for k, j in enumerate(outputs):
+        contributions[j].append(("out", k))
+    for c in range(n - 1, -1, -1):
+        for slot, j in enumerate(inputs[c]):
+            contributions[j].append((c, slot))
+    accumulate = [[False] * len(x) for x in inputs]
+    alias = [[False] * len(x) for x in inputs]
+    dedicated = [True] * n
+    out_acc, out_alias = [False] * len(outputs), [False] * len(outputs)
+    for j, contribs in enumerate(contributions):
+        for rank, (c, slot) in enumerate(contribs):
+            if c == "out":
+                out_acc[slot] = rank > 0
+            else:
+                accumulate[c][slot] = rank > 0
+        if len(contribs) != 1:
+            continue
+        c, slot = contribs[0]
+        # one contribution: the node takes its consumer's array, if that array is its own
+        if c == "out":
+            out_alias[slot] = True
+        elif single[c]:
+            alias[c][slot] = True
+        elif is_add[c] and not any(alias[c]):
+            alias[c][slot] = True
+        else:
+            continue
+        dedicated[j] = False
+    return GraphGradTable(accumulate, alias, dedicated, out_acc, out_alias)
+
+
+# ---------------------------------------------------------------- the tape's program
 
 
 class Unsupported(Exception):
@@ -46,6 +127,8 @@ Program = namedtuple("Program", "ops widths inputs output")
 
 def lower(model):
     """The Program of model (one output; several inputs are fine)."""
+    from .graph import Add, Concat, Graph, Mul   # graph.py plans with this module's functions
+    kinds = {Add: ADD, Mul: MUL, Concat: CONCAT}
     widths, ops = [], []
 
     def value(width):
@@ -102,7 +185,7 @@ def lower(model):
             if s.kind == "module":
                 v[i] = emit(s.module, [v[s.inputs[0]]])
             elif s.kind == "merge":
-                kind = _KINDS.get(type(s.module))
+                kind = kinds.get(type(s.module))
                 srcs = [v[j] for j in s.inputs]
                 if kind is None or len(srcs) > MAX_IN:
                     v[i] = value(s.width)

@@ -36,12 +36,27 @@ def _chain_blocks(model, loss):
     return blocks or None
 
 
+def _default_loss(loss):
+    """Whether loss is configured as its class's default instance (the tape's C losses have
+    no options: a weighted or smoothed loss takes the modular path)."""
+    fresh = type(loss)()
+    for key, value in vars(loss).items():
+        if key in Loss._workspace_keys or key == "_ready":
+            continue
+        default = getattr(fresh, key, object())
+        if isinstance(value, np.ndarray) or isinstance(default, np.ndarray):
+            return False
+        if not (value is None and default is None) and value != default:
+            return False
+    return True
+
+
 def _tape_for(model, loss):
     """The tape of model (fastprop.plan), or None where the modular path must run it: a loss
     the tape does not fuse, several outputs, a model of Python modules only."""
     row = next((r for r in registry.LOSSES if type(loss).__name__ == r.cls and
                 type(loss).__module__ == Loss.__module__), None)
-    if row is None or row.code is None:
+    if row is None or row.code is None or not _default_loss(loss):
         return None
     try:
         program = plan.lower(model)
