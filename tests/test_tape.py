@@ -341,3 +341,18 @@ def test_a_loss_with_options_takes_the_modular_path():
     loss.weight = np.ones(3, F32)     # an option the tape's C loss does not have
     assert fp.TrainStep(model, loss, fp.SGD(model.parameters(), lr=0.1)).path == "modular"
     assert fp.TrainStep(model, fp.MSE(), fp.SGD(model.parameters(), lr=0.1)).path == "tape"
+
+
+def test_a_tape_refuses_an_inconsistent_program():
+    """C trusts the program's value numbers and widths: the binding checks them first."""
+    model = fp.Sequential(lin(3, 4, 0, F32), fp.ReLU(), lin(4, 2, 1, F32))
+    p = plan.lower(model)
+    gp = plan.plan_grads(p)
+    bad_widths = p._replace(widths=(3, 4, 5, 2))   # op 0 makes value 2 from a (4, 3) weight
+    with pytest.raises(ValueError, match="op 0"):
+        _kernels.Tape(bad_widths, gp, F32)
+    bad_value = p._replace(ops=(p.ops[0]._replace(ins=(17,)),) + p.ops[1:])
+    with pytest.raises(ValueError, match="op 0"):
+        _kernels.Tape(bad_value, gp, F32)
+    with pytest.raises(ValueError, match="op 1"):
+        _kernels.Tape(p._replace(ops=(p.ops[0], p.ops[1]._replace(kind=plan.MUL))), gp, F32)

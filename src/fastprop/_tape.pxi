@@ -2,6 +2,34 @@
 # Python module in it is a call back into the module's _forward/_backward, between C runs.
 # Included by _kernels.pyx (one extension module); the shared checks live there.
 
+cdef _check_op(int i, object o, tuple widths, object P):
+    """Op i of a program reads and writes values that exist, with the widths its kernel
+    assumes: C trusts these numbers (ValueError naming the op otherwise)."""
+    n_val = len(widths)
+    if not 0 <= o.out < n_val or not o.ins or not all(0 <= v < n_val for v in o.ins) or \
+            o.out in o.ins:
+        raise ValueError(f"op {i} names values outside [0, {n_val}) or writes its own input")
+    w_in, w_out = [widths[v] for v in o.ins], widths[o.out]
+    if o.kind == P.DENSE:
+        ok = len(o.ins) == 1 and o.w is not None and o.w.shape == (w_out, w_in[0]) and \
+            o.dw is not None and o.dw.shape == o.w.shape and (o.b is None) == (o.db is None) and \
+            (o.b is None or (o.b.shape == (w_out,) and o.db.shape == (w_out,)))
+    elif o.kind == P.PRELU:
+        ok = len(o.ins) == 1 and w_in[0] == w_out and o.w is not None and o.w.ndim == 1 and \
+            o.w.size in (1, w_out) and o.dw is not None and o.dw.shape == o.w.shape
+    elif o.kind in (P.ACT, P.MODULE):
+        ok = len(o.ins) == 1 and (o.kind == P.MODULE or w_in[0] == w_out)
+    elif o.kind in (P.ADD, P.MUL):
+        ok = all(w == w_out for w in w_in) and (o.kind == P.ADD or len(o.ins) == 2)
+    elif o.kind == P.CONCAT:
+        ok = sum(w_in) == w_out
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(f"op {i} (kind {o.kind}) has inputs of widths {w_in}, output {w_out} "
+                         f"and parameters that its kernel cannot run")
+
+
 cdef class Tape:
     """A model's tape: ``forward(xs)`` and ``train(xs, target, loss)`` with the grad table.
 
@@ -45,6 +73,7 @@ cdef class Tape:
         like = np.empty(0, self.dtype)
         cdef fp_op *k
         for i, o in enumerate(program.ops):
+            _check_op(i, o, program.widths, P)
             k = &self.ops[i]
             k.kind, k.out, k.n_in = o.kind, o.out, len(o.ins)
             if k.n_in > FP_OP_MAX_IN:
