@@ -224,7 +224,7 @@ static void test_losses_and_network(void)
         {2, 4, FP_RELU, {0.01, 1, 20}, w0, b0, dw0, db0, y0, NULL},
         {4, C, FP_IDENTITY, {0.01, 1, 20}, w1, b1, dw1, db1, y1, NULL},
     };
-    CHECK(network_train_f32(&loss, blocks, 2, x, B, FP_LOSS_SOFTMAX_XENT, labels, NULL, g0, g1) == FP_OK,
+    CHECK(network_train_f32(&loss, blocks, 2, x, B, FP_LOSS_SOFTMAX_XENT, labels, NULL, NULL, g0, g1) == FP_OK,
           "network_train");
     double direct;
     softmax_xent_forward_backward_f32(&direct, NULL, y1, labels, NULL, B, C);
