@@ -6,7 +6,7 @@ from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_ve
                         vector_to_parameters, vector_views)
 from .hessian_free import Closure, HessianFree
 from .io import gradcheck, load, save
-from .losses import MSE, GaussianNLL, SigmoidBCE, SoftmaxCrossEntropy
+from .losses import MSE, GaussianNLL, HuberLoss, L1Loss, SigmoidBCE, SmoothL1Loss, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
 from .optim import SGD, Adam, AdamW
@@ -23,4 +23,5 @@ __all__ = [
     "save", "load", "gradcheck", "set_num_threads", "get_num_threads",
     "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
+    "L1Loss", "HuberLoss", "SmoothL1Loss",
 ]

@@ -1052,9 +1052,15 @@ cdef class Network:
     cdef list arrays, ys, preacts
     cdef object g0, g1
     cdef dict spaces
+    cdef fp_loss_opts opts
+    cdef object class_weight
 
     def __cinit__(self):
         self.blocks = NULL
+        self.opts.class_weight = NULL
+        self.opts.sample_weight = NULL
+        self.opts.label_smoothing = 0.0
+        self.opts.delta = 1.0
 
     def __init__(self, list blocks):
         if not blocks:
@@ -1155,14 +1161,22 @@ cdef class Network:
         _check(rc, "Network.forward")
         return self.ys[self.n - 1]
 
-    def train(self, x, target, str loss, sample_weight=None, weight=None, label_smoothing=0.0,
-              delta=1.0):
+    def loss_options(self, weight=None, label_smoothing=0.0, delta=1.0):
+        """The options of the loss that ``train`` runs, kept until changed: cross-entropy's
+        class weight (n_out,) and label_smoothing, huber_loss's delta or smooth_l1_loss's beta."""
+        C = _weights(weight, "weight", self.n_out, np.empty(0, self.dtype), "one weight per class")
+        eps = check_label_smoothing(label_smoothing)
+        self.opts.delta = check_loss_param(delta, "delta", True)
+        self.opts.label_smoothing = eps
+        self.class_weight = C
+        self.opts.class_weight = _ptr(C)
+
+    def train(self, x, target, str loss, sample_weight=None):
         """Forward, the loss and its gradient, and the backward; overwrites every gradient.
 
         target: integer labels (batch,) or soft targets (batch, n_out) for
         softmax_cross_entropy; an array shaped like the output for the other losses.
-        sample_weight (batch,), and for cross-entropy weight (n_out,) and label_smoothing,
-        as the ops functions take them; delta is huber_loss's delta or smooth_l1_loss's beta.
+        sample_weight (batch,): the loss is Σ_i w_i l_i / Σ_i w_i (see loss_options for the rest).
         Returns the loss. Nothing is written when an argument is invalid.
         """
         X = self._input(x)
@@ -1193,13 +1207,11 @@ cdef class Network:
             T = _target(t, "target", out_shape, self.dtype, "the network's output")
             if kind == FP_LOSS_SIGMOID_BCE:
                 _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
-        cdef fp_loss_opts opts
+        if kind == FP_LOSS_HUBER and not self.opts.delta > 0:
+            raise ValueError(f"delta must be > 0 for huber_loss, got {self.opts.delta}")
         S = _weights(sample_weight, "sample_weight", batch, X, "one weight per row of x")
-        C = _weights(weight, "weight", self.n_out, X, f"one weight per class ({self.n_out} classes)")
+        cdef fp_loss_opts opts = self.opts
         opts.sample_weight = _ptr(S)
-        opts.class_weight = _ptr(C)
-        opts.label_smoothing = check_label_smoothing(label_smoothing)
-        opts.delta = check_loss_param(delta, "delta", kind == FP_LOSS_SMOOTH_L1)
         self._workspace(batch)
         cdef double value = 0
         cdef void *px = _ptr(X)

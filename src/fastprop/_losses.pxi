@@ -70,8 +70,12 @@ cdef inline int64_t _rows(object A):
 def _pointwise_c(const real[::1] P, const real[::1] T, real[::1] D, const real[::1] S,
                  int64_t batch, int64_t k, int kind, double param):
     cdef double loss = 0
-    cdef real *pd = NULL if D is None else &D[0]
-    cdef const real *ps = NULL if S is None else &S[0]
+    cdef real *pd = NULL
+    if D is not None:
+        pd = &D[0]
+    cdef const real *ps = NULL
+    if S is not None:
+        ps = &S[0]
     cdef int rc
     with nogil:
         if real is float:
@@ -83,7 +87,9 @@ def _pointwise_c(const real[::1] P, const real[::1] T, real[::1] D, const real[:
 
 def _pointwise_hvp_c(real[::1] H, const real[::1] P, const real[::1] T, const real[::1] V,
                      const real[::1] S, int64_t batch, int64_t k, int kind, double param):
-    cdef const real *ps = NULL if S is None else &S[0]
+    cdef const real *ps = NULL
+    if S is not None:
+        ps = &S[0]
     cdef int rc
     with nogil:
         if real is float:
@@ -96,7 +102,9 @@ def _pointwise_hvp_c(real[::1] H, const real[::1] P, const real[::1] T, const re
 def _gaussian_nll_c(const real[::1] Z, const real[::1] T, real[::1] D, const real[::1] S,
                     int64_t batch, int64_t k):
     cdef double loss = 0
-    cdef real *pd = NULL if D is None else &D[0]
+    cdef real *pd = NULL
+    if D is not None:
+        pd = &D[0]
     cdef int rc
     with nogil:
         if real is float:
@@ -109,11 +117,21 @@ def _gaussian_nll_c(const real[::1] Z, const real[::1] T, real[::1] D, const rea
 def _xent_c(const real[::1] Z, const int64_t[::1] L, const real[::1] T, real[::1] D,
             const real[::1] C, const real[::1] S, double eps, int64_t batch, int64_t classes):
     cdef double loss = 0
-    cdef const int64_t *pl = NULL if L is None else &L[0]
-    cdef const real *pt = NULL if T is None else &T[0]
-    cdef real *pd = NULL if D is None else &D[0]
-    cdef const real *pc = NULL if C is None else &C[0]
-    cdef const real *ps = NULL if S is None else &S[0]
+    cdef const int64_t *pl = NULL
+    if L is not None:
+        pl = &L[0]
+    cdef const real *pt = NULL
+    if T is not None:
+        pt = &T[0]
+    cdef real *pd = NULL
+    if D is not None:
+        pd = &D[0]
+    cdef const real *pc = NULL
+    if C is not None:
+        pc = &C[0]
+    cdef const real *ps = NULL
+    if S is not None:
+        ps = &S[0]
     cdef int rc
     with nogil:
         if real is float:
@@ -128,10 +146,18 @@ def _xent_c(const real[::1] Z, const int64_t[::1] L, const real[::1] T, real[::1
 def _xent_hvp_c(real[::1] H, const real[::1] Z, const real[::1] V, const int64_t[::1] L,
                 const real[::1] T, const real[::1] C, const real[::1] S, double eps,
                 int64_t batch, int64_t classes):
-    cdef const int64_t *pl = NULL if L is None else &L[0]
-    cdef const real *pt = NULL if T is None else &T[0]
-    cdef const real *pc = NULL if C is None else &C[0]
-    cdef const real *ps = NULL if S is None else &S[0]
+    cdef const int64_t *pl = NULL
+    if L is not None:
+        pl = &L[0]
+    cdef const real *pt = NULL
+    if T is not None:
+        pt = &T[0]
+    cdef const real *pc = NULL
+    if C is not None:
+        pc = &C[0]
+    cdef const real *ps = NULL
+    if S is not None:
+        ps = &S[0]
     cdef int rc
     with nogil:
         if real is float:
@@ -156,7 +182,7 @@ cdef tuple _pointwise_loss(str name, str pname, pred, target, grad_out, bint com
     if name == "sigmoid_bce":
         _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
     cdef int64_t batch = _rows(P)
-    S = _weights(sample_weight, "sample_weight", batch, P, f"one weight per row of {pname}")
+    S = _weights(sample_weight, "sample_weight", batch, P, "one weight per row")
     D = _loss_grad(grad_out, compute_grad, P, pname, ((T, "target"),))
     rc, loss = _pointwise_c(P.reshape(-1), T.reshape(-1), _flat(D), S, batch, P.size // batch,
                             POINTWISE[name], param)
@@ -168,7 +194,7 @@ cdef object _pointwise_hvp(str name, str pname, pred, target, v, out, sample_wei
     P, T, V, D = _hvp_args(pred, pname, target, v, out)
     _separate(D, "out", ((V, "v"),), True)
     cdef int64_t batch = _rows(P)
-    S = _weights(sample_weight, "sample_weight", batch, P, f"one weight per row of {pname}")
+    S = _weights(sample_weight, "sample_weight", batch, P, "one weight per row")
     rc = _pointwise_hvp_c(D.reshape(-1), P.reshape(-1), T.reshape(-1), V.reshape(-1), S, batch,
                           P.size // batch, POINTWISE[name], param)
     _check_weighted(rc, f"{name}_hvp")
@@ -217,7 +243,7 @@ cdef tuple _gaussian_nll_weighted(pred, target, grad_out, bint compute_grad, sam
     if batch < 1 or Z.shape[1] < 2 or Z.shape[1] % 2:
         raise ValueError(f"pred must be (batch >= 1, 2k) = [mean, log variance], got shape {Z.shape}")
     T = _target(target, "target", (batch, k), Z.dtype, "pred's mean half")
-    S = _weights(sample_weight, "sample_weight", batch, Z, "one weight per row of pred")
+    S = _weights(sample_weight, "sample_weight", batch, Z, "one weight per row")
     D = _loss_grad(grad_out, compute_grad, Z, "pred", ((T, "target"),))
     rc, loss = _gaussian_nll_c(Z.reshape(-1), T.reshape(-1), _flat(D), S, batch, k)
     _check_weighted(rc, "gaussian_nll")
@@ -227,8 +253,8 @@ cdef tuple _gaussian_nll_weighted(pred, target, grad_out, bint compute_grad, sam
 cdef tuple _xent_options(Z, target, weight, label_smoothing, sample_weight):
     """(labels, soft, class weights, sample weights, ε) of a weighted cross-entropy, all checked."""
     labels, soft = _xent_target(target, Z)
-    C = _weights(weight, "weight", Z.shape[1], Z, f"one weight per class ({Z.shape[1]} classes)")
-    S = _weights(sample_weight, "sample_weight", Z.shape[0], Z, "one weight per row of logits")
+    C = _weights(weight, "weight", Z.shape[1], Z, "one weight per class")
+    S = _weights(sample_weight, "sample_weight", Z.shape[0], Z, "one weight per row")
     return labels, soft, C, S, check_label_smoothing(label_smoothing)
 
 
