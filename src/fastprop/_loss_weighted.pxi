@@ -1,9 +1,6 @@
-# Bindings of the weighted and robust losses (csrc/loss.c), included from _kernels.pyx.
-# One fused type runs both precisions: Cython picks float or double from the arrays' dtype.
-
-ctypedef fused real:
-    float
-    double
+# Bindings of csrc/loss.c's weighted and robust losses: L1, Huber, SmoothL1, sample weights
+# for every loss, class weights and label smoothing for cross-entropy, and their hvps.
+# Included by _kernels.pyx (one extension module); the shared checks live there.
 
 # the pointwise kernels' kinds, by the name of their ops function
 POINTWISE = {"sigmoid_bce": FP_LOSS_SIGMOID_BCE, "mse": FP_LOSS_MSE, "l1_loss": FP_LOSS_L1,
@@ -65,112 +62,6 @@ cdef inline int64_t _rows(object A):
     return A.shape[0] if A.ndim else 1
 
 
-# ---------------------------------------------------------------- the C calls, one per kernel
-
-def _pointwise_c(const real[::1] P, const real[::1] T, real[::1] D, const real[::1] S,
-                 int64_t batch, int64_t k, int kind, double param):
-    cdef double loss = 0
-    cdef real *pd = NULL
-    if D is not None:
-        pd = &D[0]
-    cdef const real *ps = NULL
-    if S is not None:
-        ps = &S[0]
-    cdef int rc
-    with nogil:
-        if real is float:
-            rc = pointwise_loss_forward_backward_f32(&loss, pd, &P[0], &T[0], ps, batch, k, kind, param)
-        else:
-            rc = pointwise_loss_forward_backward_f64(&loss, pd, &P[0], &T[0], ps, batch, k, kind, param)
-    return rc, loss
-
-
-def _pointwise_hvp_c(real[::1] H, const real[::1] P, const real[::1] T, const real[::1] V,
-                     const real[::1] S, int64_t batch, int64_t k, int kind, double param):
-    cdef const real *ps = NULL
-    if S is not None:
-        ps = &S[0]
-    cdef int rc
-    with nogil:
-        if real is float:
-            rc = pointwise_loss_hvp_f32(&H[0], &P[0], &T[0], &V[0], ps, batch, k, kind, param)
-        else:
-            rc = pointwise_loss_hvp_f64(&H[0], &P[0], &T[0], &V[0], ps, batch, k, kind, param)
-    return rc
-
-
-def _gaussian_nll_c(const real[::1] Z, const real[::1] T, real[::1] D, const real[::1] S,
-                    int64_t batch, int64_t k):
-    cdef double loss = 0
-    cdef real *pd = NULL
-    if D is not None:
-        pd = &D[0]
-    cdef int rc
-    with nogil:
-        if real is float:
-            rc = gaussian_nll_weighted_forward_backward_f32(&loss, pd, &Z[0], &T[0], &S[0], batch, k)
-        else:
-            rc = gaussian_nll_weighted_forward_backward_f64(&loss, pd, &Z[0], &T[0], &S[0], batch, k)
-    return rc, loss
-
-
-def _xent_c(const real[::1] Z, const int64_t[::1] L, const real[::1] T, real[::1] D,
-            const real[::1] C, const real[::1] S, double eps, int64_t batch, int64_t classes):
-    cdef double loss = 0
-    cdef const int64_t *pl = NULL
-    if L is not None:
-        pl = &L[0]
-    cdef const real *pt = NULL
-    if T is not None:
-        pt = &T[0]
-    cdef real *pd = NULL
-    if D is not None:
-        pd = &D[0]
-    cdef const real *pc = NULL
-    if C is not None:
-        pc = &C[0]
-    cdef const real *ps = NULL
-    if S is not None:
-        ps = &S[0]
-    cdef int rc
-    with nogil:
-        if real is float:
-            rc = softmax_xent_weighted_forward_backward_f32(&loss, pd, &Z[0], pl, pt, pc, ps, eps,
-                                                            batch, classes)
-        else:
-            rc = softmax_xent_weighted_forward_backward_f64(&loss, pd, &Z[0], pl, pt, pc, ps, eps,
-                                                            batch, classes)
-    return rc, loss
-
-
-def _xent_hvp_c(real[::1] H, const real[::1] Z, const real[::1] V, const int64_t[::1] L,
-                const real[::1] T, const real[::1] C, const real[::1] S, double eps,
-                int64_t batch, int64_t classes):
-    cdef const int64_t *pl = NULL
-    if L is not None:
-        pl = &L[0]
-    cdef const real *pt = NULL
-    if T is not None:
-        pt = &T[0]
-    cdef const real *pc = NULL
-    if C is not None:
-        pc = &C[0]
-    cdef const real *ps = NULL
-    if S is not None:
-        ps = &S[0]
-    cdef int rc
-    with nogil:
-        if real is float:
-            rc = softmax_xent_weighted_hvp_f32(&H[0], &Z[0], &V[0], pl, pt, pc, ps, eps, batch, classes)
-        else:
-            rc = softmax_xent_weighted_hvp_f64(&H[0], &Z[0], &V[0], pl, pt, pc, ps, eps, batch, classes)
-    return rc
-
-
-cdef object _flat(object A):
-    return None if A is None else A.reshape(-1)
-
-
 # ---------------------------------------------------------------- the losses
 
 cdef tuple _pointwise_loss(str name, str pname, pred, target, grad_out, bint compute_grad,
@@ -184,8 +75,13 @@ cdef tuple _pointwise_loss(str name, str pname, pred, target, grad_out, bint com
     cdef int64_t batch = _rows(P)
     S = _weights(sample_weight, "sample_weight", batch, P, "one weight per row")
     D = _loss_grad(grad_out, compute_grad, P, pname, ((T, "target"),))
-    rc, loss = _pointwise_c(P.reshape(-1), T.reshape(-1), _flat(D), S, batch, P.size // batch,
-                            POINTWISE[name], param)
+    cdef double loss = 0
+    cdef int rc, kind = POINTWISE[name]
+    cdef int64_t k = P.size // batch
+    cdef vptr p_D = _ptr(D), p_P = _ptr(P), p_T = _ptr(T), p_S = _ptr(S)
+    cdef bint f64 = not _f32(P)
+    with nogil:
+        rc = c_pointwise_loss_forward_backward(f64, &loss, p_D, p_P, p_T, p_S, batch, k, kind, param)
     _check_weighted(rc, name)
     return loss, D
 
@@ -195,8 +91,12 @@ cdef object _pointwise_hvp(str name, str pname, pred, target, v, out, sample_wei
     _separate(D, "out", ((V, "v"),), True)
     cdef int64_t batch = _rows(P)
     S = _weights(sample_weight, "sample_weight", batch, P, "one weight per row")
-    rc = _pointwise_hvp_c(D.reshape(-1), P.reshape(-1), T.reshape(-1), V.reshape(-1), S, batch,
-                          P.size // batch, POINTWISE[name], param)
+    cdef int rc, kind = POINTWISE[name]
+    cdef int64_t k = P.size // batch
+    cdef vptr p_D = _ptr(D), p_P = _ptr(P), p_T = _ptr(T), p_V = _ptr(V), p_S = _ptr(S)
+    cdef bint f64 = not _f32(P)
+    with nogil:
+        rc = c_pointwise_loss_hvp(f64, p_D, p_P, p_T, p_V, p_S, batch, k, kind, param)
     _check_weighted(rc, f"{name}_hvp")
     return D
 
@@ -245,7 +145,12 @@ cdef tuple _gaussian_nll_weighted(pred, target, grad_out, bint compute_grad, sam
     T = _target(target, "target", (batch, k), Z.dtype, "pred's mean half")
     S = _weights(sample_weight, "sample_weight", batch, Z, "one weight per row")
     D = _loss_grad(grad_out, compute_grad, Z, "pred", ((T, "target"),))
-    rc, loss = _gaussian_nll_c(Z.reshape(-1), T.reshape(-1), _flat(D), S, batch, k)
+    cdef double loss = 0
+    cdef int rc
+    cdef vptr p_D = _ptr(D), p_Z = _ptr(Z), p_T = _ptr(T), p_S = _ptr(S)
+    cdef bint f64 = not _f32(Z)
+    with nogil:
+        rc = c_gaussian_nll_weighted_forward_backward(f64, &loss, p_D, p_Z, p_T, p_S, batch, k)
     _check_weighted(rc, "gaussian_nll")
     return loss, D
 
@@ -266,7 +171,15 @@ cdef tuple _xent_weighted(logits, target, grad_out, bint compute_grad, weight, l
         raise ValueError(f"logits must have at least one row and one class, got shape {Z.shape}")
     labels, soft, C, S, eps = _xent_options(Z, target, weight, label_smoothing, sample_weight)
     D = _loss_grad(grad_out, compute_grad, Z, "logits", ((soft, "target"), (labels, "target")))
-    rc, loss = _xent_c(Z.reshape(-1), labels, _flat(soft), _flat(D), C, S, eps, batch, classes)
+    cdef double loss = 0
+    cdef int rc
+    cdef double smoothing = eps
+    cdef vptr p_D = _ptr(D), p_Z = _ptr(Z), p_L = _ptr(labels), p_T = _ptr(soft)
+    cdef vptr p_C = _ptr(C), p_S = _ptr(S)
+    cdef bint f64 = not _f32(Z)
+    with nogil:
+        rc = c_softmax_xent_weighted_forward_backward(f64, &loss, p_D, p_Z, p_L, p_T, p_C, p_S,
+                                                      smoothing, batch, classes)
     _check_weighted(rc, "softmax_cross_entropy")
     return loss, D
 
@@ -282,7 +195,13 @@ cdef object _xent_weighted_hvp(logits, target, v, out, weight, label_smoothing, 
         raise ValueError(f"v has shape {V.shape}, expected {Z.shape} (the shape of logits)")
     D = _out(out, "out", Z.shape, Z)
     _separate(D, "out", ((Z, "logits"), (V, "v"), (soft, "target")))
-    rc = _xent_hvp_c(D.reshape(-1), Z.reshape(-1), V.reshape(-1), labels, _flat(soft), C, S, eps,
-                     batch, classes)
+    cdef int rc
+    cdef double smoothing = eps
+    cdef vptr p_D = _ptr(D), p_Z = _ptr(Z), p_V = _ptr(V), p_L = _ptr(labels), p_T = _ptr(soft)
+    cdef vptr p_C = _ptr(C), p_S = _ptr(S)
+    cdef bint f64 = not _f32(Z)
+    with nogil:
+        rc = c_softmax_xent_weighted_hvp(f64, p_D, p_Z, p_V, p_L, p_T, p_C, p_S, smoothing, batch,
+                                         classes)
     _check_weighted(rc, "softmax_cross_entropy_hvp")
     return D
