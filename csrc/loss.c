@@ -276,18 +276,18 @@ FP_SIMD int F(pointwise_loss_forward_backward)(double *loss, R *dp, const R *pre
         return FP_ERR_ARG;
     double s_sum = F(weight_sum)(sample_weight, batch);
     if (!(s_sum > 0)) return FP_ERR_ARG;
-    const R *s = sample_weight;
-    R p = (R)param;
-    switch (kind) {  /* constant kinds: each case is its own specialised loop */
-    case FP_LOSS_SIGMOID_BCE:
-        *loss = F(pointwise_rows)(dp, pred, target, s, s_sum, batch, k, FP_LOSS_SIGMOID_BCE, p);
+    /* each case passes its kind as a constant: pointwise_term folds to that loss's own loop */
+#define FP_POINTWISE_CASE(KIND)                                                                  \
+    case KIND:                                                                                 \
+        *loss = F(pointwise_rows)(dp, pred, target, sample_weight, s_sum, batch, k, KIND, (R)param); \
         break;
-    case FP_LOSS_MSE: *loss = F(pointwise_rows)(dp, pred, target, s, s_sum, batch, k, FP_LOSS_MSE, p); break;
-    case FP_LOSS_L1: *loss = F(pointwise_rows)(dp, pred, target, s, s_sum, batch, k, FP_LOSS_L1, p); break;
-    case FP_LOSS_HUBER: *loss = F(pointwise_rows)(dp, pred, target, s, s_sum, batch, k, FP_LOSS_HUBER, p); break;
-    case FP_LOSS_SMOOTH_L1:
-        *loss = F(pointwise_rows)(dp, pred, target, s, s_sum, batch, k, FP_LOSS_SMOOTH_L1, p);
-        break;
+    switch (kind) {
+    FP_POINTWISE_CASE(FP_LOSS_SIGMOID_BCE)
+    FP_POINTWISE_CASE(FP_LOSS_MSE)
+    FP_POINTWISE_CASE(FP_LOSS_L1)
+    FP_POINTWISE_CASE(FP_LOSS_HUBER)
+    FP_POINTWISE_CASE(FP_LOSS_SMOOTH_L1)
+#undef FP_POINTWISE_CASE
     default: return FP_ERR_ARG;
     }
     return FP_OK;

@@ -536,3 +536,18 @@ def test_gradcheck_with_the_new_losses(rng):
     assert fp.gradcheck(model, fp.SoftmaxCrossEntropy(np.array([1.0, 3.0, 0.5]), 0.2), x,
                         rng.integers(0, 3, 5)) < 1e-6
     assert fp.gradcheck(model, fp.HuberLoss(0.5), x, rng.standard_normal((5, 3))) < 1e-6
+
+
+def test_autodiff_uses_the_loss_options(rng):
+    """fp.hessian's block path and fp.per_example_grads run the loss with its options (delta)."""
+    model = model64(3)
+    x = rng.standard_normal((6, 4))
+    y = model(x) + rng.standard_normal((6, 3))
+    loss = fp.HuberLoss(0.3)
+    n = model.num_parameters()
+    H = fp.hessian(model, loss, x, y)
+    cols = np.stack([fp.hvp(model, loss, x, y, e) for e in np.eye(n)], axis=1)
+    assert_close(H, cols, rtol=1e-10)
+    G = fp.per_example_grads(model, loss, x, y)
+    for i in range(6):  # row i: the gradient of example i's own loss
+        assert_close(G[i], flat_grad(model, fp.HuberLoss(0.3), x[i:i + 1], y[i:i + 1]), rtol=1e-10)

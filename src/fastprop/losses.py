@@ -103,7 +103,7 @@ class SoftmaxCrossEntropy(Loss):
         target = np.asarray(target)
         if self.weight is None or target.ndim != 1:
             return super().weight_total(target, sample_weight)
-        c = self.weight[target]
+        c = np.take(self.weight, target, mode="clip")  # a bad label: the loss call raises
         return float(np.sum(c if sample_weight is None else c * np.asarray(sample_weight, np.float64)))
 
     def __repr__(self):
