@@ -45,6 +45,8 @@ int F(network_train)(double *loss, const fp_dense_block *blocks, int n_blocks, c
     else if (loss_kind == FP_LOSS_SOFTMAX_XENT)
         rc = F(softmax_xent_weighted_forward_backward)(loss, g0, z, labels, target, cw, sw,
                                                        o->label_smoothing, batch, last->out);
+    else if (loss_kind == FP_LOSS_SIGMOID_BCE && !sw)
+        rc = F(sigmoid_bce_forward_backward)(loss, g0, z, target, batch * last->out);
     else
         rc = F(pointwise_loss_forward_backward)(loss, g0, z, target, sw, batch, last->out,
                                                 loss_kind, o->delta);
