@@ -38,9 +38,12 @@ def test_activation_codes_are_the_c_enum(header):
 
 def test_fused_loss_codes_are_the_c_enum(header):
     enum = _c_enum("FP_LOSS_SOFTMAX_XENT")
-    assert enum == {f"FP_LOSS_{n}": l.code for l in registry.LOSSES if l.chain
-                    for n in [{"softmax_cross_entropy": "SOFTMAX_XENT"}.get(l.kernel, l.kernel.upper())]}
-    assert _c_enum("FP_LOSS_GAUSSIAN_NLL") == {"FP_LOSS_GAUSSIAN_NLL": 3}
+    c_names = {"softmax_cross_entropy": "SOFTMAX_XENT", "l1_loss": "L1", "huber_loss": "HUBER",
+               "smooth_l1_loss": "SMOOTH_L1"}
+    assert enum == {f"FP_LOSS_{c_names.get(l.kernel, l.kernel.upper())}": l.code
+                    for l in registry.LOSSES if l.chain}
+    gaussian = next(l for l in registry.LOSSES if l.kernel == "gaussian_nll")
+    assert _c_enum("FP_LOSS_GAUSSIAN_NLL") == {"FP_LOSS_GAUSSIAN_NLL": gaussian.code}
     assert [l.code for l in registry.LOSSES] == list(range(len(registry.LOSSES)))
 
 

@@ -52,16 +52,19 @@ LAYERS = (
     Layer("Residual", "graph", ()),
 )
 
-# kernel: the fused value+gradient kernel in ops (and reference); code: its FP_LOSS_* (the
-# tape's loss, csrc/tape.c); chain: the dense chain's step (csrc/network.c) runs it too; hvp:
-# whether ops has <kernel>_hvp (Hessian-free, gnvp).
-Loss = namedtuple("Loss", "kernel cls code chain hvp")
+# kernel: the fused value+gradient kernel in ops (and reference); code: its FP_LOSS_*; chain:
+# the dense chain's step (csrc/network.c) runs it; tape: the tape's loss (csrc/tape.c) runs it;
+# hvp: whether ops has <kernel>_hvp (Hessian-free, gnvp).
+Loss = namedtuple("Loss", "kernel cls code chain tape hvp")
 
 LOSSES = (
-    Loss("softmax_cross_entropy", "SoftmaxCrossEntropy", 0, True, True),
-    Loss("sigmoid_bce", "SigmoidBCE", 1, True, True),
-    Loss("mse", "MSE", 2, True, True),
-    Loss("gaussian_nll", "GaussianNLL", 3, False, False),
+    Loss("softmax_cross_entropy", "SoftmaxCrossEntropy", 0, True, True, True),
+    Loss("sigmoid_bce", "SigmoidBCE", 1, True, True, True),
+    Loss("mse", "MSE", 2, True, True, True),
+    Loss("l1_loss", "L1Loss", 3, True, False, True),
+    Loss("huber_loss", "HuberLoss", 4, True, False, True),
+    Loss("smooth_l1_loss", "SmoothL1Loss", 5, True, False, True),
+    Loss("gaussian_nll", "GaussianNLL", 6, False, True, False),
 )
 
 _BY_NAME = {a.name: a for a in ACTIVATIONS}
