@@ -356,3 +356,15 @@ def test_a_tape_refuses_an_inconsistent_program():
         _kernels.Tape(bad_value, gp, F32)
     with pytest.raises(ValueError, match="op 1"):
         _kernels.Tape(p._replace(ops=(p.ops[0], p.ops[1]._replace(kind=plan.MUL))), gp, F32)
+
+
+def test_a_weighted_step_on_a_tape_model_takes_the_modular_path():
+    a, b = residual(1, 4), residual(1, 4)
+    step = fp.TrainStep(a, fp.MSE(), fp.SGD(a.parameters(), lr=0.1))
+    assert step.path == "tape"
+    rng = np.random.default_rng(0)
+    x, y, w = (rng.standard_normal((5, 4)).astype(F32), rng.standard_normal((5, 3)).astype(F32),
+               rng.random(5).astype(F32))
+    J = step(x, y, sample_weight=w)
+    loss = fp.MSE()
+    assert abs(J - loss(b(x), y, w)) <= 1e-6 * max(1.0, abs(J))
