@@ -1,0 +1,433 @@
+"""scikit-learn's ``MLPClassifier`` and ``MLPRegressor`` on fastprop's fused training step.
+
+``from fastprop.sklearn import MLPClassifier`` instead of ``from sklearn.neural_network import
+MLPClassifier``: the same parameters, defaults, attributes and methods (these classes subclass
+scikit-learn's), the same model (scikit-learn's Glorot initialisation from the same
+``random_state`` draws, its shuffling, early-stopping split, stopping rule, learning-rate
+schedules, its SGD-momentum/Nesterov and Adam formulations, its L2 term
+``alpha/(2·n_batch)·‖W‖²``), trained on fastprop's fused C step: per minibatch one C call for
+forward + loss + backward, one vectorised pass over the flat gradient for the loss scale and the
+L2 term, and one C call for the optimizer update.
+
+What runs on scikit-learn's own code (same results, its speed): sparse ``X``, ``sample_weight``
+(and ``class_weight``, which becomes sample weights), ``MLPRegressor(loss="poisson")``.
+Keyword-only extras whose defaults keep scikit-learn's behaviour: ``dtype``, ``class_weight``
+(classifier), ``restore_best_weights``, ``optimizer="adamw"``; ``to_fastprop()`` returns the
+trained network as an ``fp.Sequential`` (its outputs are the logits: the output activation is
+in the loss, as everywhere in fastprop).
+"""
+import warnings
+from itertools import pairwise
+
+import numpy as np
+import scipy.sparse
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
+from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
+from sklearn.utils import gen_batches, shuffle
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.validation import check_is_fitted
+
+from . import ops
+from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
+from .nn import Identity, Linear, ReLU, Sequential, Sigmoid, Tanh
+from .optim import Optimizer
+from .train import TrainStep
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+_HIDDEN = {"identity": Identity, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU}
+
+_EXTRA_CONSTRAINTS = {
+    "dtype": [None, StrOptions({"float32", "float64"})],
+    "restore_best_weights": ["boolean"],
+    "optimizer": [None, StrOptions({"adamw"})],
+}
+
+
+def _layout(layer_units):
+    """For each position of fastprop's flat buffer ([W0 (out, in), b0, W1, b1, ...]), its index
+    in scikit-learn's packed vector ([coefs_ (in, out) ..., intercepts_ ...]), and the weight mask."""
+    shapes = list(pairwise(layer_units))
+    n_coefs = sum(a * b for a, b in shapes)
+    parts, start, bias_start = [], 0, n_coefs
+    for a, b in shapes:
+        parts.append(np.arange(start, start + a * b).reshape(a, b).T.ravel())
+        parts.append(np.arange(bias_start, bias_start + b))
+        start, bias_start = start + a * b, bias_start + b
+    perm = np.concatenate(parts)
+    return perm, perm < n_coefs
+
+
+def _pack(arrays):
+    return np.concatenate([a.ravel() for a in arrays])
+
+
+class _Update(Optimizer):
+    """scikit-learn's update of one flat parameter buffer, as a fastprop optimizer for TrainStep.
+
+    The fused step leaves the gradient of fastprop's loss; scikit-learn's differs by a constant
+    (``grad_scale``), then gets the L2 term alpha·W/n_batch (weights only), then the update:
+    "sgd" (scikit-learn's momentum written as torch's buffer, buf = −velocity/lr, one C call),
+    "adam" (scikit-learn's ε outside √v̂ is torch's ε/√(1−β₂ᵗ): one C call), "adamw" (the same
+    Adam with the decay lr·alpha·W decoupled from the gradient), or None (L-BFGS: only the gradient).
+    """
+
+    def __init__(self, params, rule, weight_mask, alpha, grad_scale, sk_optimizer):
+        super().__init__(params, getattr(sk_optimizer, "learning_rate", 1.0))
+        if len(self._runs) != 1:
+            raise RuntimeError("the model's parameters are not one flat buffer")
+        self.theta, self.grad = self._runs[0]
+        self.rule, self.alpha, self.grad_scale, self.sk = rule, alpha, grad_scale, sk_optimizer
+        self.mask = weight_mask.astype(self.theta.dtype)
+        self.tmp = np.empty_like(self.theta)
+        self.l2_scale = {}       # batch size -> alpha/n on the weights, 0 on the biases
+        self.batch = 1
+        self.penalty = 0.0       # the L2 term of the latest step's loss
+        self.buf = self.m = self.v = None
+        self.buf_lr = None       # the learning rate the momentum buffer is expressed in
+
+    def _l2(self, n):
+        vec = self.l2_scale.get(n)
+        if vec is None:
+            vec = self.l2_scale[n] = self.mask * (self.alpha / n)
+        return vec
+
+    def _step(self):
+        g, theta = self.grad, self.theta
+        if self.grad_scale != 1.0:
+            g *= self.grad_scale
+        self.penalty = 0.0
+        if self.alpha and self.rule != "adamw":
+            np.multiply(theta, self._l2(self.batch), out=self.tmp)
+            self.penalty = 0.5 * float(np.dot(self.tmp, theta))
+            g += self.tmp
+        elif self.alpha:  # adamw reports the same penalised loss; the decay is applied below
+            np.multiply(theta, theta, out=self.tmp)
+            self.penalty = 0.5 * self.alpha * float(np.dot(self.tmp, self.mask)) / self.batch
+        if self.rule == "sgd":
+            sk = self.sk
+            lr = sk.learning_rate
+            if self.buf_lr != lr:  # velocity = −lr·buf: keep the velocity when lr changes
+                self.buf *= self.buf_lr / lr
+                self.buf_lr = lr
+            mom = sk.momentum
+            ops.sgd_step(theta, g, lr=lr, momentum_buffer=self.buf if mom else None,
+                         momentum=mom, nesterov=bool(sk.nesterov and mom > 0))
+        elif self.rule in ("adam", "adamw"):
+            sk = self.sk
+            sk.t += 1
+            t = sk.t
+            bc2 = 1.0 - sk.beta_2 ** t
+            sk.learning_rate = sk.learning_rate_init * np.sqrt(bc2) / (1.0 - sk.beta_1 ** t)
+            if self.rule == "adamw" and self.alpha:
+                np.multiply(theta, self.mask, out=self.tmp)
+                theta -= (sk.learning_rate_init * self.alpha) * self.tmp
+            ops.adam_step(theta, g, self.m, self.v, step=t, lr=sk.learning_rate_init,
+                          beta1=sk.beta_1, beta2=sk.beta_2, eps=sk.epsilon / np.sqrt(bc2))
+        self.step_count += 1
+
+    # scikit-learn's optimizer state <-> the flat buffers
+    def load_state(self, perm):
+        sk = self.sk
+        dt = self.theta.dtype
+        if self.rule == "sgd":
+            v = _pack(sk.velocities)[perm]
+            self.buf_lr = sk.learning_rate
+            self.buf = np.ascontiguousarray(-v / sk.learning_rate, dt)
+        elif self.rule in ("adam", "adamw"):
+            self.m = np.ascontiguousarray(_pack(sk.ms)[perm], dt)
+            self.v = np.ascontiguousarray(_pack(sk.vs)[perm], dt)
+
+    def store_state(self, est, perm):
+        sk = self.sk
+        if self.rule == "sgd":
+            sk.velocities = est._unflat((-self.buf_lr) * self.buf, perm)
+        elif self.rule in ("adam", "adamw"):
+            sk.ms = est._unflat(self.m, perm)
+            sk.vs = est._unflat(self.v, perm)
+
+
+class _FastMLP:
+    """The fused training loop shared by both estimators (a mixin before scikit-learn's class)."""
+
+    # ------------------------------------------------------------ what runs where
+    def _fast(self, X, sample_weight):
+        return (not scipy.sparse.issparse(X) and sample_weight is None
+                and getattr(self, "loss", None) != "poisson")
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = super()._validate_input(X, y, incremental, reset)
+        if self.dtype is not None and X.dtype != np.dtype(self.dtype):
+            X = X.astype(self.dtype)
+        return X, y
+
+    def _output(self):
+        """fastprop's loss for out_activation_, and the factors from its loss and gradient to
+        scikit-learn's (mean over elements vs. sum over outputs of the mean over samples; ½ in
+        the squared error)."""
+        k = self.n_outputs_
+        if self.out_activation_ == "softmax":
+            return SoftmaxCrossEntropy(), 1.0, 1.0
+        if self.out_activation_ == "logistic":
+            return SigmoidBCE(), float(k), float(k)
+        return MSE(), 0.5, 0.5 * k
+
+    def _network(self, layer_units, dtype):
+        """An fp.Sequential holding coefs_ and intercepts_ (as fastprop's (out, in) weights)."""
+        layers = []
+        for i, (a, b) in enumerate(pairwise(layer_units)):
+            lin = Linear(a, b, dtype=dtype, rng=0)
+            layers.append(lin)
+            if i < len(layer_units) - 2:
+                layers.append(_HIDDEN[self.activation]())
+        model = Sequential(*layers)
+        for lin, W, b in zip([m for m in model.layers if isinstance(m, Linear)], self.coefs_,
+                             self.intercepts_):
+            lin.weight.data = W.T
+            lin.bias.data = b
+        return model
+
+    def _unflat(self, flat, perm):
+        """scikit-learn's list coefs_ + intercepts_ (C-contiguous arrays) from a flat buffer."""
+        packed = np.empty(flat.shape, flat.dtype)
+        packed[perm] = flat
+        out, start = [], 0
+        units = self._units
+        for a, b in pairwise(units):
+            out.append(packed[start:start + a * b].reshape(a, b))
+            start += a * b
+        for b in units[1:]:
+            out.append(packed[start:start + b])
+            start += b
+        return out
+
+    def _set_params_from(self, flat, perm):
+        params = self._unflat(flat, perm)
+        n = len(self._units) - 1
+        self.coefs_, self.intercepts_ = params[:n], params[n:]
+
+    def _trainer(self, X, y, layer_units, rule, sk_optimizer):
+        dtype = X.dtype
+        self._units = list(layer_units)
+        perm, mask = _layout(layer_units)
+        model = self._network(layer_units, dtype)
+        loss, loss_scale, grad_scale = self._output()
+        alpha = float(self.alpha)
+        update = _Update(model.parameters(), rule, mask, alpha, grad_scale, sk_optimizer)
+        step = TrainStep(model, loss, update, stop_on_nonfinite=False)
+        target = np.ascontiguousarray(y, dtype=dtype)
+        return model, step, update, perm, target, loss_scale
+
+    # ------------------------------------------------------------ stochastic solvers
+    def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads,
+                        intercept_grads, layer_units, incremental):
+        if not self._fast(X, sample_weight):
+            return super()._fit_stochastic(X, y, sample_weight, activations, deltas, coef_grads,
+                                           intercept_grads, layer_units, incremental)
+        params = self.coefs_ + self.intercepts_
+        if not incremental or not hasattr(self, "_optimizer"):
+            if self.solver == "sgd":
+                self._optimizer = SGDOptimizer(params, self.learning_rate_init,
+                                               self.learning_rate, self.momentum,
+                                               self.nesterovs_momentum, self.power_t)
+            else:
+                self._optimizer = AdamOptimizer(params, self.learning_rate_init, self.beta_1,
+                                                self.beta_2, self.epsilon)
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        if early_stopping:
+            from sklearn.model_selection import train_test_split
+            stratify = y if (self._is_classifier() and self.n_outputs_ == 1) else None
+            X_train, X_val, y_train, y_val = train_test_split(
+                X, y, random_state=self._random_state, test_size=self.validation_fraction,
+                stratify=stratify)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase 'validation_fraction' "
+                                 "or the size of your dataset.")
+            if self._is_classifier():
+                y_val = self._label_binarizer.inverse_transform(y_val)
+        else:
+            X_train, y_train, X_val, y_val = X, y, None, None
+
+        n_samples = X_train.shape[0]
+        sample_idx = np.arange(n_samples, dtype=int)
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than "
+                              "sample size. It is going to be clipped")
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+
+        rule = "adamw" if (self.solver == "adam" and self.optimizer == "adamw") else self.solver
+        model, step, update, perm, target, loss_scale = self._trainer(
+            X_train, y_train, layer_units, rule, self._optimizer)
+        update.load_state(perm)
+        theta = update.theta
+        X_train = np.ascontiguousarray(X_train)
+        Xs, ys = (np.empty_like(X_train), np.empty_like(target)) if self.shuffle else (X_train, target)
+        try:
+            self.n_iter_ = 0
+            for it in range(self.max_iter):
+                if self.shuffle:
+                    sample_idx = shuffle(sample_idx, random_state=self._random_state)
+                    np.take(X_train, sample_idx, axis=0, out=Xs)
+                    np.take(target, sample_idx, axis=0, out=ys)
+                accumulated_loss = 0.0
+                for batch_slice in gen_batches(n_samples, batch_size):
+                    n = batch_slice.stop - batch_slice.start
+                    update.batch = n
+                    J = step(Xs[batch_slice], ys[batch_slice])
+                    accumulated_loss += (J * loss_scale + update.penalty) * n
+                self.n_iter_ += 1
+                self.loss_ = accumulated_loss / n_samples
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                if early_stopping:  # scikit-learn's validation score and best copy read coefs_
+                    self._set_params_from(theta, perm)
+                self._update_no_improvement_count(early_stopping, X_val, y_val, None)
+                self._optimizer.iteration_ends(self.t_)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = ("Validation score did not improve more than "
+                               "tol=%f for %d consecutive epochs." % (self.tol, self.n_iter_no_change))
+                    else:
+                        msg = ("Training loss did not improve more than tol=%f"
+                               " for %d consecutive epochs." % (self.tol, self.n_iter_no_change))
+                    if self._optimizer.trigger_stopping(msg, self.verbose):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                                  "optimization hasn't converged yet." % self.max_iter,
+                                  ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        update.store_state(self, perm)
+        self._set_params_from(theta, perm)
+        if early_stopping and self.restore_best_weights:
+            self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
+
+    # ------------------------------------------------------------ L-BFGS
+    def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
+                   layer_units):
+        if not self._fast(X, sample_weight):
+            return super()._fit_lbfgs(X, y, sample_weight, activations, deltas, coef_grads,
+                                      intercept_grads, layer_units)
+        X = np.ascontiguousarray(X)
+        model, step, update, perm, target, loss_scale = self._trainer(
+            X, y, layer_units, None, None)
+        update.batch = X.shape[0]
+        self._lbfgs = (step, update, perm, target, loss_scale)
+        try:
+            super()._fit_lbfgs(X, y, sample_weight, activations, deltas, coef_grads,
+                               intercept_grads, layer_units)
+        finally:
+            del self._lbfgs
+
+    def _loss_grad_lbfgs(self, packed, X, y, sample_weight, activations, deltas, coef_grads,
+                         intercept_grads):
+        ctx = self.__dict__.get("_lbfgs")
+        if ctx is None:
+            return super()._loss_grad_lbfgs(packed, X, y, sample_weight, activations, deltas,
+                                            coef_grads, intercept_grads)
+        step, update, perm, target, loss_scale = ctx
+        update.theta[...] = packed[perm]
+        J = step(X, target)
+        grad = np.empty(packed.shape, np.float64)
+        grad[perm] = update.grad
+        return J * loss_scale + update.penalty, grad
+
+    # ------------------------------------------------------------ extras
+    def _is_classifier(self):
+        return isinstance(self, _SkMLPClassifier)
+
+    def to_fastprop(self):
+        """The trained network as an ``fp.Sequential`` of the coefs_' dtype; its outputs are
+        the logits (apply softmax/sigmoid for probabilities, as fastprop's losses do)."""
+        check_is_fitted(self)
+        units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        return self._network(units, self.coefs_[0].dtype)
+
+
+class MLPClassifier(_FastMLP, _SkMLPClassifier):
+    """scikit-learn's MLPClassifier (same parameters, attributes and model) on fastprop.
+
+    Extras (keyword-only; the defaults are scikit-learn's behaviour): ``dtype`` (None: X's, as
+    scikit-learn; "float32" or "float64": X is cast), ``class_weight`` (None, "balanced" or a
+    dict: sample weights by class, as in scikit-learn's linear models), ``restore_best_weights``
+    (with early stopping, end with the best validation score's weights; False keeps the last),
+    ``optimizer`` (None, or "adamw" with solver="adam": the L2 term becomes AdamW's decoupled
+    decay lr·alpha·W).
+    """
+    _parameter_constraints = {
+        **_SkMLPClassifier._parameter_constraints, **_EXTRA_CONSTRAINTS,
+        "class_weight": [None, dict, StrOptions({"balanced"})],
+    }
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype=None, class_weight=None, restore_best_weights=True, optimizer=None):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
+            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun)
+        self.dtype = dtype
+        self.class_weight = class_weight
+        self.restore_best_weights = restore_best_weights
+        self.optimizer = optimizer
+
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        if self.class_weight is not None:
+            if incremental and self.class_weight == "balanced":
+                raise ValueError("class_weight 'balanced' is not supported for partial_fit: "
+                                 "pass a dict of class weights")
+            y_arr = np.asarray(y) if not scipy.sparse.issparse(y) else y.toarray()
+            w = compute_sample_weight(self.class_weight, y_arr)
+            sample_weight = w if sample_weight is None else np.asarray(sample_weight) * w
+        return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+
+
+class MLPRegressor(_FastMLP, _SkMLPRegressor):
+    """scikit-learn's MLPRegressor (same parameters, attributes and model) on fastprop.
+
+    Extras as MLPClassifier's (without class_weight). ``loss="poisson"`` runs scikit-learn's code.
+    """
+    _parameter_constraints = {**_SkMLPRegressor._parameter_constraints, **_EXTRA_CONSTRAINTS}
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype=None, restore_best_weights=True, optimizer=None):
+        super().__init__(
+            loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation,
+            solver=solver, alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
+            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun)
+        self.dtype = dtype
+        self.restore_best_weights = restore_best_weights
+        self.optimizer = optimizer
