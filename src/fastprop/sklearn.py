@@ -284,7 +284,7 @@ class _FastMLP:
                     J = step(Xs[batch_slice], ys[batch_slice])
                     accumulated_loss += (J * loss_scale + update.penalty) * n
                 self.n_iter_ += 1
-                self.loss_ = accumulated_loss / n_samples
+                self.loss_ = np.float64(accumulated_loss / n_samples)  # scikit-learn's type
                 self.t_ += n_samples
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
