@@ -21,6 +21,8 @@ def main(argv=None):
                        help="fastprop.ops against fastprop.reference, one line per kernel family")
     bench.add_argument("--memory", action="store_true",
                        help="also report each workload's peak memory per step")
+    bench.add_argument("--sklearn", action="store_true",
+                       help="fastprop.sklearn.MLPClassifier's fit against scikit-learn's")
     bench.add_argument("--csv", default="scaling.csv", help="with --scaling: the CSV to write")
     bench.add_argument("--png", default="scaling.png", help="with --scaling: the plot to write")
     args = parser.parse_args(argv)
@@ -35,6 +37,9 @@ def main(argv=None):
             bench_module.scaling(csv_path=args.csv, png_path=args.png)
         elif args.kernels:
             bench_module.kernel_table()
+        elif args.sklearn:
+            from . import bench_sklearn
+            bench_sklearn.sklearn_table()
         else:
             bench_module.step_table(args.workloads)
             if args.memory:

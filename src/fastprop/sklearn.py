@@ -17,7 +17,7 @@ trained network as an ``fp.Sequential`` (its outputs are the logits: the output 
 in the loss, as everywhere in fastprop).
 """
 import warnings
-from itertools import pairwise
+
 
 import numpy as np
 import scipy.sparse
@@ -37,6 +37,10 @@ from .optim import Optimizer
 from .train import TrainStep
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
+
+
+def pairwise(units):
+    return list(zip(units[:-1], units[1:]))
 
 _HIDDEN = {"identity": Identity, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU}
 
@@ -102,11 +106,12 @@ class _Update(Optimizer):
         self.penalty = 0.0
         if self.alpha and self.rule != "adamw":
             np.multiply(theta, self._l2(self.batch), out=self.tmp)
-            self.penalty = 0.5 * float(np.dot(self.tmp, theta))
             g += self.tmp
+            # sums, not np.dot: a BLAS ddot this long starts threads (ms on a busy machine)
+            self.penalty = 0.5 * float(np.multiply(self.tmp, theta, out=self.tmp).sum())
         elif self.alpha:  # adamw reports the same penalised loss; the decay is applied below
-            np.multiply(theta, theta, out=self.tmp)
-            self.penalty = 0.5 * self.alpha * float(np.dot(self.tmp, self.mask)) / self.batch
+            np.multiply(theta, self._l2(self.batch), out=self.tmp)
+            self.penalty = 0.5 * float(np.multiply(self.tmp, theta, out=self.tmp).sum())
         if self.rule == "sgd":
             sk = self.sk
             lr = sk.learning_rate
@@ -218,6 +223,7 @@ class _FastMLP:
         alpha = float(self.alpha)
         update = _Update(model.parameters(), rule, mask, alpha, grad_scale, sk_optimizer)
         step = TrainStep(model, loss, update, stop_on_nonfinite=False)
+        step._check_batches = False  # validate_data checked X finite, as fp.fit does
         target = np.ascontiguousarray(y, dtype=dtype)
         return model, step, update, perm, target, loss_scale
 
@@ -269,19 +275,24 @@ class _FastMLP:
         update.load_state(perm)
         theta = update.theta
         X_train = np.ascontiguousarray(X_train)
-        Xs, ys = (np.empty_like(X_train), np.empty_like(target)) if self.shuffle else (X_train, target)
+        # shuffled batches are gathered into one reused buffer (scikit-learn indexes a new copy)
+        xb = np.empty((batch_size, X_train.shape[1]), X_train.dtype)
+        yb = np.empty((batch_size, target.shape[1]), target.dtype)
         try:
             self.n_iter_ = 0
             for it in range(self.max_iter):
                 if self.shuffle:
                     sample_idx = shuffle(sample_idx, random_state=self._random_state)
-                    np.take(X_train, sample_idx, axis=0, out=Xs)
-                    np.take(target, sample_idx, axis=0, out=ys)
                 accumulated_loss = 0.0
                 for batch_slice in gen_batches(n_samples, batch_size):
                     n = batch_slice.stop - batch_slice.start
                     update.batch = n
-                    J = step(Xs[batch_slice], ys[batch_slice])
+                    if self.shuffle:
+                        idx = sample_idx[batch_slice]
+                        J = step(np.take(X_train, idx, axis=0, out=xb[:n]),
+                                 np.take(target, idx, axis=0, out=yb[:n]))
+                    else:
+                        J = step(X_train[batch_slice], target[batch_slice])
                     accumulated_loss += (J * loss_scale + update.penalty) * n
                 self.n_iter_ += 1
                 self.loss_ = np.float64(accumulated_loss / n_samples)  # scikit-learn's type
