@@ -104,13 +104,11 @@ class _Update(Optimizer):
         if self.grad_scale != 1.0:
             g *= self.grad_scale
         self.penalty = 0.0
-        if self.alpha and self.rule != "adamw":
+        if self.alpha:  # adamw reports the same penalised loss; its decay is applied below
             np.multiply(theta, self._l2(self.batch), out=self.tmp)
-            g += self.tmp
-            # sums, not np.dot: a BLAS ddot this long starts threads (ms on a busy machine)
-            self.penalty = 0.5 * float(np.multiply(self.tmp, theta, out=self.tmp).sum())
-        elif self.alpha:  # adamw reports the same penalised loss; the decay is applied below
-            np.multiply(theta, self._l2(self.batch), out=self.tmp)
+            if self.rule != "adamw":
+                g += self.tmp
+            # a sum, not np.dot: a BLAS ddot this long starts threads (ms on a busy machine)
             self.penalty = 0.5 * float(np.multiply(self.tmp, theta, out=self.tmp).sum())
         if self.rule == "sgd":
             sk = self.sk
