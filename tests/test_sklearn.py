@@ -232,19 +232,32 @@ def test_bad_input_as_scikit_learn(digits):
         np.testing.assert_array_equal(c0, c1)
 
 
-def test_sample_weight_sparse_and_poisson_run_scikit_learns_code(digits):
+@pytest.mark.parametrize("kw", [dict(solver="adam"), dict(solver="sgd", early_stopping=True),
+                                dict(solver="lbfgs")], ids=["adam", "sgd-early", "lbfgs"])
+def test_same_model_sample_weight(digits, kw):
+    X, y = digits
+    w = np.linspace(0.2, 3, len(y))
+    for target in (y, y > 4):  # softmax and logistic outputs
+        a = sk.MLPClassifier(hidden_layer_sizes=(8,), max_iter=4, random_state=0, **kw)
+        b = fs.MLPClassifier(hidden_layer_sizes=(8,), max_iter=4, random_state=0, **kw)
+        assert_same_model(a.fit(X, target, sample_weight=w), b.fit(X, target, sample_weight=w))
+    Xr, yr = make_regression(200, 8, n_targets=2, random_state=0)
+    w = w[:200]
+    a = sk.MLPRegressor(hidden_layer_sizes=(8,), max_iter=4, random_state=0, **kw)
+    b = fs.MLPRegressor(hidden_layer_sizes=(8,), max_iter=4, random_state=0, **kw)
+    assert_same_model(a.fit(Xr, yr / 100, sample_weight=w), b.fit(Xr, yr / 100, sample_weight=w))
+
+
+def test_sparse_and_poisson(digits):
     import scipy.sparse
     X, y = digits
-    w = np.linspace(0.5, 2, len(y))
-    a, b = both("MLPClassifier", X, y, hidden_layer_sizes=(8,), max_iter=3)
-    a.fit(X, y, sample_weight=w)
-    b.fit(X, y, sample_weight=w)
-    assert_same_model(a, b)
     a, b = both("MLPClassifier", scipy.sparse.csr_matrix(X), y, hidden_layer_sizes=(8,), max_iter=3)
     assert_same_model(a, b)
     yp = np.abs(y).astype(float)
-    a, b = both("MLPRegressor", X, yp, loss="poisson", hidden_layer_sizes=(8,), max_iter=3)
-    assert_same_model(a, b)
+    for solver in ("adam", "lbfgs"):
+        a, b = both("MLPRegressor", X, yp, loss="poisson", hidden_layer_sizes=(8,), max_iter=3,
+                    solver=solver)
+        assert_same_model(a, b)
 
 
 def test_extras(digits):

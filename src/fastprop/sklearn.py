@@ -9,8 +9,10 @@ schedules, its SGD-momentum/Nesterov and Adam formulations, its L2 term
 forward + loss + backward, one vectorised pass over the flat gradient for the loss scale and the
 L2 term, and one C call for the optimizer update.
 
-What runs on scikit-learn's own code (same results, its speed): sparse ``X``, ``sample_weight``
-(and ``class_weight``, which becomes sample weights), ``MLPRegressor(loss="poisson")``.
+``sample_weight`` (and ``class_weight``, which becomes sample weights) and
+``MLPRegressor(loss="poisson")`` take fastprop's modular path: its forward and backward (the
+layer loop in Python, each layer one C kernel), scikit-learn's output delta and loss in NumPy.
+Sparse ``X`` runs scikit-learn's own code (the same results at its speed).
 Keyword-only extras whose defaults keep scikit-learn's behaviour: ``dtype``, ``class_weight``
 (classifier), ``restore_best_weights``, ``optimizer="adamw"``; ``to_fastprop()`` returns the
 trained network as an ``fp.Sequential`` (its outputs are the logits: the output activation is
@@ -24,6 +26,7 @@ import scipy.sparse
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+from sklearn.neural_network._base import ACTIVATIONS, LOSS_FUNCTIONS
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 from sklearn.utils import gen_batches, shuffle
 from sklearn.utils._param_validation import StrOptions
@@ -96,6 +99,8 @@ class _Update(Optimizer):
     def _l2(self, n):
         vec = self.l2_scale.get(n)
         if vec is None:
+            if len(self.l2_scale) > 3:  # weighted batches: n is the sum of their weights
+                self.l2_scale.clear()
             vec = self.l2_scale[n] = self.mask * (self.alpha / n)
         return vec
 
@@ -157,9 +162,13 @@ class _FastMLP:
     """The fused training loop shared by both estimators (a mixin before scikit-learn's class)."""
 
     # ------------------------------------------------------------ what runs where
-    def _fast(self, X, sample_weight):
-        return (not scipy.sparse.issparse(X) and sample_weight is None
-                and getattr(self, "loss", None) != "poisson")
+    def _fast(self, X):
+        return not scipy.sparse.issparse(X)
+
+    def _fused(self, sample_weight):
+        """The fused step has no per-row weights and no Poisson loss: those take the modular
+        path (fastprop's forward and backward, scikit-learn's output delta and loss in NumPy)."""
+        return sample_weight is None and getattr(self, "loss", None) != "poisson"
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = super()._validate_input(X, y, incremental, reset)
@@ -212,23 +221,47 @@ class _FastMLP:
         n = len(self._units) - 1
         self.coefs_, self.intercepts_ = params[:n], params[n:]
 
-    def _trainer(self, X, y, layer_units, rule, sk_optimizer):
+    def _trainer(self, X, y, layer_units, rule, sk_optimizer, sample_weight):
+        """(step, update, perm, target, loss_scale): ``J = step(x, y, w)`` is one training step
+        returning scikit-learn's data loss; ``update`` holds the flat buffers and the L2 term."""
         dtype = X.dtype
         self._units = list(layer_units)
         perm, mask = _layout(layer_units)
         model = self._network(layer_units, dtype)
         loss, loss_scale, grad_scale = self._output()
-        alpha = float(self.alpha)
-        update = _Update(model.parameters(), rule, mask, alpha, grad_scale, sk_optimizer)
-        step = TrainStep(model, loss, update, stop_on_nonfinite=False)
-        step._check_batches = False  # validate_data checked X finite, as fp.fit does
+        fused = self._fused(sample_weight)
+        update = _Update(model.parameters(), rule, mask, float(self.alpha),
+                         grad_scale if fused else 1.0, sk_optimizer)
         target = np.ascontiguousarray(y, dtype=dtype)
-        return model, step, update, perm, target, loss_scale
+        if fused:
+            train_step = TrainStep(model, loss, update, stop_on_nonfinite=False)
+            train_step._check_batches = False  # validate_data checked X finite, as fp.fit does
+            step = lambda x, t, w: train_step(x, t)  # noqa: E731
+            return step, update, perm, target, loss_scale
+        out_activation = ACTIVATIONS[self.out_activation_]
+        name = self.loss
+        if name == "log_loss" and self.out_activation_ == "logistic":
+            name = "binary_log_loss"
+        loss_fn = LOSS_FUNCTIONS[name]
+
+        def step(x, t, w):  # scikit-learn's _backprop with fastprop's forward and backward
+            model.zero_grad()
+            p = model.forward(x)
+            out_activation(p)
+            J = loss_fn(t, p, w)
+            delta = np.subtract(p, t, out=p)
+            if w is not None:
+                delta *= w.reshape(-1, 1)
+            delta /= update.batch  # the sum of the weights (scikit-learn's sw_sum)
+            model.backward(delta)
+            update.step()
+            return J
+        return step, update, perm, target, 1.0
 
     # ------------------------------------------------------------ stochastic solvers
     def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads,
                         intercept_grads, layer_units, incremental):
-        if not self._fast(X, sample_weight):
+        if not self._fast(X):
             return super()._fit_stochastic(X, y, sample_weight, activations, deltas, coef_grads,
                                            intercept_grads, layer_units, incremental)
         params = self.coefs_ + self.intercepts_
@@ -243,12 +276,15 @@ class _FastMLP:
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         early_stopping = self.early_stopping
+        sw_train = sw_val = sample_weight
         if early_stopping:
             from sklearn.model_selection import train_test_split
             stratify = y if (self._is_classifier() and self.n_outputs_ == 1) else None
-            X_train, X_val, y_train, y_val = train_test_split(
-                X, y, random_state=self._random_state, test_size=self.validation_fraction,
-                stratify=stratify)
+            arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            split = train_test_split(*arrays, random_state=self._random_state,
+                                     test_size=self.validation_fraction, stratify=stratify)
+            X_train, X_val, y_train, y_val = split[:4]
+            sw_train, sw_val = split[4:] if sample_weight is not None else (None, None)
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                                  "or the size of your dataset.")
@@ -268,8 +304,8 @@ class _FastMLP:
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
         rule = "adamw" if (self.solver == "adam" and self.optimizer == "adamw") else self.solver
-        model, step, update, perm, target, loss_scale = self._trainer(
-            X_train, y_train, layer_units, rule, self._optimizer)
+        step, update, perm, target, loss_scale = self._trainer(
+            X_train, y_train, layer_units, rule, self._optimizer, sw_train)
         update.load_state(perm)
         theta = update.theta
         X_train = np.ascontiguousarray(X_train)
@@ -284,13 +320,14 @@ class _FastMLP:
                 accumulated_loss = 0.0
                 for batch_slice in gen_batches(n_samples, batch_size):
                     n = batch_slice.stop - batch_slice.start
-                    update.batch = n
+                    idx = sample_idx[batch_slice] if self.shuffle else batch_slice
+                    w = None if sw_train is None else sw_train[idx]
+                    update.batch = n if w is None else w.sum()
                     if self.shuffle:
-                        idx = sample_idx[batch_slice]
                         J = step(np.take(X_train, idx, axis=0, out=xb[:n]),
-                                 np.take(target, idx, axis=0, out=yb[:n]))
+                                 np.take(target, idx, axis=0, out=yb[:n]), w)
                     else:
-                        J = step(X_train[batch_slice], target[batch_slice])
+                        J = step(X_train[batch_slice], target[batch_slice], w)
                     accumulated_loss += (J * loss_scale + update.penalty) * n
                 self.n_iter_ += 1
                 self.loss_ = np.float64(accumulated_loss / n_samples)  # scikit-learn's type
@@ -300,7 +337,7 @@ class _FastMLP:
                     print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
                 if early_stopping:  # scikit-learn's validation score and best copy read coefs_
                     self._set_params_from(theta, perm)
-                self._update_no_improvement_count(early_stopping, X_val, y_val, None)
+                self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
                 self._optimizer.iteration_ends(self.t_)
                 if self._no_improvement_count > self.n_iter_no_change:
                     if early_stopping:
@@ -328,13 +365,13 @@ class _FastMLP:
     # ------------------------------------------------------------ L-BFGS
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
                    layer_units):
-        if not self._fast(X, sample_weight):
+        if not self._fast(X):
             return super()._fit_lbfgs(X, y, sample_weight, activations, deltas, coef_grads,
                                       intercept_grads, layer_units)
         X = np.ascontiguousarray(X)
-        model, step, update, perm, target, loss_scale = self._trainer(
-            X, y, layer_units, None, None)
-        update.batch = X.shape[0]
+        step, update, perm, target, loss_scale = self._trainer(
+            X, y, layer_units, None, None, sample_weight)
+        update.batch = X.shape[0] if sample_weight is None else sample_weight.sum()
         self._lbfgs = (step, update, perm, target, loss_scale)
         try:
             super()._fit_lbfgs(X, y, sample_weight, activations, deltas, coef_grads,
@@ -350,7 +387,7 @@ class _FastMLP:
                                             coef_grads, intercept_grads)
         step, update, perm, target, loss_scale = ctx
         update.theta[...] = packed[perm]
-        J = step(X, target)
+        J = step(X, target, sample_weight)
         grad = np.empty(packed.shape, np.float64)
         grad[perm] = update.grad
         return J * loss_scale + update.penalty, grad
