@@ -6,6 +6,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from fastprop.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 
 # the default parameters, as scikit-learn checks its own MLPs
 @parametrize_with_checks([MLPClassifier(random_state=0),
