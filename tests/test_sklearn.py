@@ -81,7 +81,8 @@ SOLVER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kw", SOLVER_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("kw", SOLVER_CASES,
+                         ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_same_model_multiclass(digits, kw):
     X, y = digits
     a, b = both("MLPClassifier", X, y, hidden_layer_sizes=(20,), max_iter=12, **kw)

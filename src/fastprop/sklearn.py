@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 import scipy.sparse
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.neural_network._base import ACTIVATIONS, LOSS_FUNCTIONS
@@ -55,8 +56,9 @@ _EXTRA_CONSTRAINTS = {
 
 
 def _layout(layer_units):
-    """For each position of fastprop's flat buffer ([W0 (out, in), b0, W1, b1, ...]), its index
-    in scikit-learn's packed vector ([coefs_ (in, out) ..., intercepts_ ...]), and the weight mask."""
+    """For each position of fastprop's flat buffer ([W0 (out, in), b0, W1, b1, ...]): its index
+    in scikit-learn's packed vector ([coefs_ (in, out) ..., intercepts_ ...]); and the weight
+    mask (True on weights, False on biases)."""
     shapes = list(pairwise(layer_units))
     n_coefs = sum(a * b for a, b in shapes)
     parts, start, bias_start = [], 0, n_coefs
@@ -278,7 +280,6 @@ class _FastMLP:
         early_stopping = self.early_stopping
         sw_train = sw_val = sample_weight
         if early_stopping:
-            from sklearn.model_selection import train_test_split
             stratify = y if (self._is_classifier() and self.n_outputs_ == 1) else None
             arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
             split = train_test_split(*arrays, random_state=self._random_state,
@@ -341,8 +342,8 @@ class _FastMLP:
                 self._optimizer.iteration_ends(self.t_)
                 if self._no_improvement_count > self.n_iter_no_change:
                     if early_stopping:
-                        msg = ("Validation score did not improve more than "
-                               "tol=%f for %d consecutive epochs." % (self.tol, self.n_iter_no_change))
+                        msg = ("Validation score did not improve more than tol=%f for %d "
+                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
                     else:
                         msg = ("Training loss did not improve more than tol=%f"
                                " for %d consecutive epochs." % (self.tol, self.n_iter_no_change))
