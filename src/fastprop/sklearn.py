@@ -12,7 +12,7 @@ L2 term, and one C call for the optimizer update.
 ``sample_weight`` (and ``class_weight``, which becomes sample weights) and
 ``MLPRegressor(loss="poisson")`` take fastprop's modular path: its forward and backward (the
 layer loop in Python, each layer one C kernel), scikit-learn's output delta and loss in NumPy.
-Sparse ``X`` runs scikit-learn's own code (the same results at its speed).
+Sparse ``X``: each minibatch is made dense; L-BFGS on sparse ``X`` runs scikit-learn's code.
 Keyword-only extras whose defaults keep scikit-learn's behaviour: ``dtype``, ``class_weight``
 (classifier), ``restore_best_weights``, ``optimizer="adamw"``; ``to_fastprop()`` returns the
 trained network as an ``fp.Sequential`` (its outputs are the logits: the output activation is
@@ -164,9 +164,6 @@ class _FastMLP:
     """The fused training loop shared by both estimators (a mixin before scikit-learn's class)."""
 
     # ------------------------------------------------------------ what runs where
-    def _fast(self, X):
-        return not scipy.sparse.issparse(X)
-
     def _fused(self, sample_weight):
         """The fused step has no per-row weights and no Poisson loss: those take the modular
         path (fastprop's forward and backward, scikit-learn's output delta and loss in NumPy)."""
@@ -263,9 +260,6 @@ class _FastMLP:
     # ------------------------------------------------------------ stochastic solvers
     def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads,
                         intercept_grads, layer_units, incremental):
-        if not self._fast(X):
-            return super()._fit_stochastic(X, y, sample_weight, activations, deltas, coef_grads,
-                                           intercept_grads, layer_units, incremental)
         params = self.coefs_ + self.intercepts_
         if not incremental or not hasattr(self, "_optimizer"):
             if self.solver == "sgd":
@@ -309,7 +303,8 @@ class _FastMLP:
             X_train, y_train, layer_units, rule, self._optimizer, sw_train)
         update.load_state(perm)
         theta = update.theta
-        X_train = np.ascontiguousarray(X_train)
+        sparse = scipy.sparse.issparse(X_train)  # sparse X: each batch is made dense
+        X_train = X_train.tocsr() if sparse else np.ascontiguousarray(X_train)
         # shuffled batches are gathered into one reused buffer (scikit-learn indexes a new copy)
         xb = np.empty((batch_size, X_train.shape[1]), X_train.dtype)
         yb = np.empty((batch_size, target.shape[1]), target.dtype)
@@ -324,7 +319,9 @@ class _FastMLP:
                     idx = sample_idx[batch_slice] if self.shuffle else batch_slice
                     w = None if sw_train is None else sw_train[idx]
                     update.batch = n if w is None else w.sum()
-                    if self.shuffle:
+                    if sparse:
+                        J = step(X_train[idx].toarray(), target[idx], w)
+                    elif self.shuffle:
                         J = step(np.take(X_train, idx, axis=0, out=xb[:n]),
                                  np.take(target, idx, axis=0, out=yb[:n]), w)
                     else:
@@ -366,7 +363,7 @@ class _FastMLP:
     # ------------------------------------------------------------ L-BFGS
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
                    layer_units):
-        if not self._fast(X):
+        if scipy.sparse.issparse(X):  # L-BFGS takes the whole X: kept sparse, scikit-learn's code
             return super()._fit_lbfgs(X, y, sample_weight, activations, deltas, coef_grads,
                                       intercept_grads, layer_units)
         X = np.ascontiguousarray(X)
