@@ -159,6 +159,20 @@ def test_string_labels_partial_fit_and_warm_start(digits):
     assert_same_model(a, b)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_regressor_partial_fit_and_warm_start_early_stopping(regression, solver):
+    X, y = regression
+    kw = dict(hidden_layer_sizes=(8,), random_state=0, solver=solver, learning_rate_init=0.01)
+    a, b = sk.MLPRegressor(**kw), fs.MLPRegressor(**kw)
+    for lo in range(0, 240, 60):
+        a.partial_fit(X[lo:lo + 60], y[lo:lo + 60])
+        b.partial_fit(X[lo:lo + 60], y[lo:lo + 60])
+    assert_same_model(a, b)
+    kw.update(warm_start=True, early_stopping=True, max_iter=5)
+    a, b = sk.MLPRegressor(**kw).fit(X, y), fs.MLPRegressor(**kw).fit(X, y)
+    assert_same_model(a.fit(X, y), b.fit(X, y))
+
+
 def test_attributes_and_methods(digits):
     X, y = digits
     m = fs.MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0).fit(X, y)
