@@ -186,9 +186,9 @@ def test_attributes_and_methods(digits):
     np.testing.assert_array_equal(m.predict(X), m.classes_[p.argmax(axis=1)])
     assert m.score(X, y) == np.mean(m.predict(X) == y)
     assert set(fs.MLPClassifier().get_params()) == set(sk.MLPClassifier().get_params()) | {
-        "dtype", "class_weight", "restore_best_weights", "optimizer"}
+        "dtype", "class_weight", "restore_best_weights", "optimizer", "n_jobs"}
     assert set(fs.MLPRegressor().get_params()) == set(sk.MLPRegressor().get_params()) | {
-        "dtype", "restore_best_weights", "optimizer"}
+        "dtype", "restore_best_weights", "optimizer", "n_jobs"}
     for name, value in sk.MLPClassifier().get_params().items():
         assert fs.MLPClassifier().get_params()[name] == value
 
@@ -219,7 +219,7 @@ def test_bad_input_as_scikit_learn(digits):
     for kw, exc in [(dict(activation="softsign"), ValueError), (dict(solver="newton"), ValueError),
                     (dict(alpha=-1.0), ValueError), (dict(hidden_layer_sizes=(0,)), ValueError),
                     (dict(batch_size=0), ValueError), (dict(dtype="float16"), ValueError),
-                    (dict(optimizer="rmsprop"), ValueError),
+                    (dict(optimizer="rmsprop"), ValueError), (dict(n_jobs=0), ValueError),
                     (dict(class_weight="some"), ValueError)]:
         with pytest.raises(exc):
             fs.MLPClassifier(**kw).fit(X, y)
@@ -309,6 +309,12 @@ def test_extras(digits):
     w = fs.MLPClassifier(hidden_layer_sizes=(8,), max_iter=4, random_state=0, alpha=1.0,
                          optimizer="adamw").fit(X, y)
     assert np.abs(w.coefs_[0]).sum() < np.abs(a.coefs_[0]).sum()
+    # n_jobs caps the threads during fit only; the model is the same
+    before = fp.get_num_threads()
+    a = sk.MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(X, y)
+    b = fs.MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0, n_jobs=1).fit(X, y)
+    assert_same_model(a, b)
+    assert fp.get_num_threads() == before
     # to_fastprop: the trained network as an fp.Sequential giving the logits
     net = m32.to_fastprop()
     assert isinstance(net, fp.Sequential) and net.dtype == np.float32

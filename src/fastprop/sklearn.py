@@ -14,12 +14,13 @@ L2 term, and one C call for the optimizer update.
 layer loop in Python, each layer one C kernel), scikit-learn's output delta and loss in NumPy.
 Sparse ``X``: each minibatch is made dense; L-BFGS on sparse ``X`` runs scikit-learn's code.
 Keyword-only extras whose defaults keep scikit-learn's behaviour: ``dtype``, ``class_weight``
-(classifier), ``restore_best_weights``, ``optimizer="adamw"``; ``to_fastprop()`` returns the
+(classifier), ``restore_best_weights``, ``optimizer="adamw"``, ``n_jobs``; ``to_fastprop()`` returns the
 trained network as an ``fp.Sequential`` (its outputs are the logits: the output activation is
 in the loss, as everywhere in fastprop).
 """
+import os
 import warnings
-
+from numbers import Integral
 
 import numpy as np
 import scipy.sparse
@@ -30,11 +31,11 @@ from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.neural_network._base import ACTIVATIONS, LOSS_FUNCTIONS
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 from sklearn.utils import gen_batches, shuffle
-from sklearn.utils._param_validation import StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import check_is_fitted
 
-from . import ops
+from . import get_num_threads, ops, set_num_threads
 from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import Identity, Linear, ReLU, Sequential, Sigmoid, Tanh
 from .optim import Optimizer
@@ -52,6 +53,7 @@ _EXTRA_CONSTRAINTS = {
     "dtype": [None, StrOptions({"float32", "float64"})],
     "restore_best_weights": ["boolean"],
     "optimizer": [None, StrOptions({"adamw"})],
+    "n_jobs": [None, Options(Integral, {-1}), Interval(Integral, 1, None, closed="left")],
 }
 
 
@@ -168,6 +170,19 @@ class _FastMLP:
         """The fused step has no per-row weights and no Poisson loss: those take the modular
         path (fastprop's forward and backward, scikit-learn's output delta and loss in NumPy)."""
         return sample_weight is None and getattr(self, "loss", None) != "poisson"
+
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        if self.n_jobs is None:
+            return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+        from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+        n = (os.cpu_count() or 1) if self.n_jobs == -1 else self.n_jobs
+        before = get_num_threads()
+        set_num_threads(min(n, 8))  # fastprop's cap (FP_MAX_THREADS)
+        try:
+            with threadpool_limits(limits=n, user_api="blas"):
+                return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+        finally:
+            set_num_threads(before)
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = super()._validate_input(X, y, incremental, reset)
@@ -410,7 +425,8 @@ class MLPClassifier(_FastMLP, _SkMLPClassifier):
     dict: sample weights by class, as in scikit-learn's linear models), ``restore_best_weights``
     (with early stopping, end with the best validation score's weights; False keeps the last),
     ``optimizer`` (None, or "adamw" with solver="adam": the L2 term becomes AdamW's decoupled
-    decay lr·alpha·W).
+    decay lr·alpha·W), ``n_jobs`` (None: the BLAS's and fastprop's thread settings as they are;
+    n, or -1 for every CPU: both capped at n during fit).
     """
     _parameter_constraints = {
         **_SkMLPClassifier._parameter_constraints, **_EXTRA_CONSTRAINTS,
@@ -423,7 +439,8 @@ class MLPClassifier(_FastMLP, _SkMLPClassifier):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=None, class_weight=None, restore_best_weights=True, optimizer=None):
+                 dtype=None, class_weight=None, restore_best_weights=True, optimizer=None,
+                 n_jobs=None):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -437,6 +454,7 @@ class MLPClassifier(_FastMLP, _SkMLPClassifier):
         self.class_weight = class_weight
         self.restore_best_weights = restore_best_weights
         self.optimizer = optimizer
+        self.n_jobs = n_jobs
 
     def _fit(self, X, y, sample_weight=None, incremental=False):
         if self.class_weight is not None:
@@ -462,7 +480,7 @@ class MLPRegressor(_FastMLP, _SkMLPRegressor):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=None, restore_best_weights=True, optimizer=None):
+                 dtype=None, restore_best_weights=True, optimizer=None, n_jobs=None):
         super().__init__(
             loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             solver=solver, alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -475,3 +493,4 @@ class MLPRegressor(_FastMLP, _SkMLPRegressor):
         self.dtype = dtype
         self.restore_best_weights = restore_best_weights
         self.optimizer = optimizer
+        self.n_jobs = n_jobs
