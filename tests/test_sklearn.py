@@ -322,6 +322,30 @@ def test_extras(digits):
     np.testing.assert_allclose(fp.ops.softmax(logits), m32.predict_proba(X), rtol=1e-4, atol=1e-6)
 
 
+def test_validation_data(digits):
+    X, y = digits
+    Xt, yt, Xv, yv = X[:450], y[:450], X[450:], y[450:]
+    kw = dict(hidden_layer_sizes=(16,), max_iter=8, random_state=0, learning_rate_init=0.01)
+    plain = fs.MLPClassifier(**kw).fit(Xt, yt)
+    watched = fs.MLPClassifier(**kw).fit(Xt, yt, validation_data=(Xv, yv))
+    np.testing.assert_array_equal(watched.coefs_[0], plain.coefs_[0])  # monitoring only
+    assert watched.loss_curve_ == plain.loss_curve_
+    assert len(watched.validation_scores_) == watched.n_iter_ == 8
+    assert watched.validation_scores_[-1] == watched.score(Xv, yv)
+    assert watched.best_validation_score_ == max(watched.validation_scores_)
+    assert plain.validation_scores_ is None
+    # with early stopping: the held-out set replaces the validation_fraction split
+    es = fs.MLPClassifier(**kw, early_stopping=True).fit(Xt, yt, validation_data=(Xv, yv))
+    assert len(es.validation_scores_) == es.n_iter_
+    assert es.score(Xv, yv) == es.best_validation_score_ == max(es.validation_scores_)
+    with pytest.raises(ValueError):
+        fs.MLPClassifier(**kw).fit(Xt, yt, validation_data=(Xv[:, :5], yv))
+    with pytest.raises(ValueError):
+        fs.MLPClassifier(**kw).fit(Xt, yt, validation_data=(Xv, yv[:-1]))
+    with pytest.raises(ValueError):
+        fs.MLPClassifier(**kw).fit(Xt, yt, validation_data=Xv)
+
+
 def test_import_fastprop_does_not_import_sklearn():
     code = "import sys, fastprop; sys.exit('sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -14,7 +14,8 @@ L2 term, and one C call for the optimizer update.
 layer loop in Python, each layer one C kernel), scikit-learn's output delta and loss in NumPy.
 Sparse ``X``: each minibatch is made dense; L-BFGS on sparse ``X`` runs scikit-learn's code.
 Keyword-only extras whose defaults keep scikit-learn's behaviour: ``dtype``, ``class_weight``
-(classifier), ``restore_best_weights``, ``optimizer="adamw"``, ``n_jobs``; ``to_fastprop()`` returns the
+(classifier), ``restore_best_weights``, ``optimizer="adamw"``, ``n_jobs``, and
+``fit(..., validation_data=(X_val, y_val))``; ``to_fastprop()`` returns the
 trained network as an ``fp.Sequential`` (its outputs are the logits: the output activation is
 in the loss, as everywhere in fastprop).
 """
@@ -33,7 +34,7 @@ from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOpti
 from sklearn.utils import gen_batches, shuffle
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import get_num_threads, ops, set_num_threads
 from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
@@ -171,6 +172,34 @@ class _FastMLP:
         path (fastprop's forward and backward, scikit-learn's output delta and loss in NumPy)."""
         return sample_weight is None and getattr(self, "loss", None) != "poisson"
 
+    def fit(self, X, y, sample_weight=None, *, validation_data=None):
+        """scikit-learn's fit. ``validation_data=(X_val, y_val)`` (fastprop's extra, sgd and
+        adam): with ``early_stopping`` the held-out set instead of the ``validation_fraction``
+        split; without, monitored only: its score after each epoch in ``validation_scores_``
+        (and the best in ``best_validation_score_``)."""
+        if validation_data is None:
+            return super().fit(X, y, sample_weight=sample_weight)
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        self._validation_data = validation_data
+        try:
+            return super().fit(X, y, sample_weight=sample_weight)
+        finally:
+            del self._validation_data
+
+    def _held_out(self, X):
+        """The checked (X_val, y_val) of fit's validation_data, or None."""
+        data = self.__dict__.get("_validation_data")
+        if data is None:
+            return None
+        X_val = validate_data(self, data[0], accept_sparse=["csr", "csc"], dtype=X.dtype,
+                              reset=False)
+        y_val = np.asarray(data[1])
+        if y_val.shape[0] != X_val.shape[0]:
+            raise ValueError(f"validation_data has {X_val.shape[0]} samples in X_val but "
+                             f"{y_val.shape[0]} in y_val")
+        return X_val, y_val
+
     def _fit(self, X, y, sample_weight=None, incremental=False):
         if self.n_jobs is None:
             return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
@@ -288,7 +317,14 @@ class _FastMLP:
             raise ValueError("partial_fit does not support early_stopping=True")
         early_stopping = self.early_stopping
         sw_train = sw_val = sample_weight
-        if early_stopping:
+        held_out = None if incremental else self._held_out(X)
+        monitor = held_out is not None and not early_stopping
+        if held_out is not None:
+            X_train, y_train, sw_val = X, y, None
+            X_val, y_val = held_out
+            if monitor:
+                self.validation_scores_ = self.validation_scores_ or []
+        elif early_stopping:
             stratify = y if (self._is_classifier() and self.n_outputs_ == 1) else None
             arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
             split = train_test_split(*arrays, random_state=self._random_state,
@@ -351,6 +387,10 @@ class _FastMLP:
                 if early_stopping:  # scikit-learn's validation score and best copy read coefs_
                     self._set_params_from(theta, perm)
                 self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
+                if monitor:
+                    self._set_params_from(theta, perm)
+                    self.validation_scores_.append(self._score(X_val, y_val))
+                    self.best_validation_score_ = max(self.validation_scores_)
                 self._optimizer.iteration_ends(self.t_)
                 if self._no_improvement_count > self.n_iter_no_change:
                     if early_stopping:
