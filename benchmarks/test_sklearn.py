@@ -7,7 +7,7 @@ estimators train the same model: their test accuracies are checked equal before 
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+pytest.importorskip("sklearn", minversion="1.7")  # its MLP hooks as of 1.7
 from fastprop.bench_sklearn import WORKLOADS, dataset, estimators  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+pytest.importorskip("sklearn", minversion="1.7")  # its MLP hooks as of 1.7
 from sklearn import neural_network as sk  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import (load_digits, make_classification,  # noqa: E402

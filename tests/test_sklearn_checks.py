@@ -1,7 +1,7 @@
 """scikit-learn's own estimator checks on fastprop.sklearn's estimators."""
 import pytest
 
-pytest.importorskip("sklearn")
+pytest.importorskip("sklearn", minversion="1.7")  # its MLP hooks as of 1.7
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from fastprop.sklearn import MLPClassifier, MLPRegressor  # noqa: E402

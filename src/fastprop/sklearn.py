@@ -25,6 +25,7 @@ from numbers import Integral
 
 import numpy as np
 import scipy.sparse
+import sklearn
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
@@ -44,9 +45,15 @@ from .train import TrainStep
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
+if tuple(int(p) for p in sklearn.__version__.split(".")[:2] if p.isdigit()) < (1, 7):
+    raise ImportError(f"fastprop.sklearn needs scikit-learn >= 1.7 (its MLPs' training hooks), "
+                      f"found {sklearn.__version__}")
+
 
 def pairwise(units):
+    """(fan_in, fan_out) of each layer (itertools.pairwise is Python 3.10+)."""
     return list(zip(units[:-1], units[1:]))
+
 
 _HIDDEN = {"identity": Identity, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU}
 
