@@ -102,7 +102,7 @@ def test_peer_steps_take_the_same_steps():
 def test_peer_table_on_tiny_names_the_best_peer():
     lines = []
     rows = bench.peer_table(["tiny"], peers=("numpy", "torch", "jax"), rounds=2, min_time=0.0,
-                            out=lines.append)
+                            settle=0.0, out=lines.append)
     (row,) = rows
     times = {k[:-3]: v for k, v in row.items() if k.endswith("_us")}
     assert "fastprop" in times and "numpy" in times and all(t > 0 for t in times.values())
@@ -118,7 +118,8 @@ def test_a_missing_peer_is_skipped_with_a_note(monkeypatch):
     steps, missing = bench.peer_steps([8, 6, 3], 4, peers=("numpy", "jax"))
     assert missing == ["jax"] and set(steps) == {"fastprop", "numpy"}
     lines = []
-    rows = bench.peer_table(["tiny"], peers=("numpy", "jax"), rounds=1, min_time=0.0, out=lines.append)
+    rows = bench.peer_table(["tiny"], peers=("numpy", "jax"), rounds=1, min_time=0.0, settle=0.0,
+                            out=lines.append)
     assert "jax is not installed: skipped" in lines and "jax_us" not in rows[0]
     assert rows[0]["best_peer"] == "numpy"
 

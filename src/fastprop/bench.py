@@ -404,6 +404,14 @@ def residual_scaling(blocks=(1, 2, 4, 8, 16, 32), width=256, batch=128, classes=
 
 # ---------------------------------------------------------------- peers: PyTorch, torch.compile, JAX
 
+def load():
+    """The 1-minute load average against the core count: above the cores, timings are noisy."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except (AttributeError, OSError):   # not on Windows
+        return "load average unknown"
+
+
 PEERS = ("numpy", "torch", "torch.compile", "jax")
 
 
@@ -501,13 +509,14 @@ def peer_steps(sizes, batch, peers=PEERS, seed=0):
     return steps, missing
 
 
-def peer_table(names=None, peers=PEERS, rounds=3, min_time=0.3, out=print):
+def peer_table(names=None, peers=PEERS, rounds=3, min_time=0.3, settle=0.2, out=print):
     """Median step times per workload of fastprop's TrainStep, the NumPy reference, PyTorch eager,
     torch.compile and JAX jit (those installed): the libraries take turns in each of ``rounds``
     rounds and every round's times are pooled into one median; each library uses its default
-    threads. Returns the rows."""
+    threads; each turn starts after ``settle`` seconds of sleep (see gemm_table). Returns the rows."""
     names = list(WORKLOADS) if names is None else names
     out(f"machine: {machine()}")
+    out(load())
     out(f"float32, one training step (forward, softmax cross-entropy, backward, SGD momentum 0.9); "
         f"median us over {rounds} interleaved rounds, each library's default threads")
     rows, header = [], False
@@ -524,6 +533,7 @@ def peer_table(names=None, peers=PEERS, rounds=3, min_time=0.3, out=print):
         for r in range(rounds):
             order = list(steps)[r % len(steps):] + list(steps)[:r % len(steps)]  # rotate who goes first
             for k in order:
+                time.sleep(settle)
                 times[k] += repeat_times(steps[k], min_time)
         med = {k: float(np.median(v)) for k, v in times.items()}
         best = min((k for k in med if k != "fastprop"), key=med.get, default=None)
@@ -595,8 +605,9 @@ def _ctypes_sgemm(kind):
 
 def gemm_backends():
     """{name: gemm(ta, tb, a, b, c)} for every backend importable here, and the notes on those
-    that are not. Each returns op(a) op(b) in float32, written into c except by JAX; "fastprop" is ``fastprop.ops.gemm``
-    (SciPy's OpenBLAS via cython_blas, and the small-matrix kernel below its threshold)."""
+    that are not. Each returns op(a) op(b) in float32, written into c except by JAX;
+    "fastprop" is ``fastprop.ops.gemm`` (SciPy's OpenBLAS via cython_blas, and the small-matrix
+    kernel below its threshold)."""
     backends = {"fastprop": lambda ta, tb, a, b, c: ops.gemm(a, b, trans_a=ta, trans_b=tb, out=c),
                 "numpy": lambda ta, tb, a, b, c: np.matmul(a.T if ta else a, b.T if tb else b, out=c)}
     notes = []
@@ -662,10 +673,11 @@ def gemm_table(names=None, batches=None, rounds=2, min_time=0.1, settle=0.2, bac
     found, notes = gemm_backends()
     backends = found if backends is None else {k: found[k] for k in backends if k in found}
     out(f"machine: {machine()}")
+    out(load())
     for note in notes:
         out(note)
-    out(f"float32 GFLOP/s, median over {rounds} interleaved rounds; NT: y = x Wᵀ, TN: ∇W = gᵀx, NN: ∇x = g W; "
-        f"'fastprop Nt': its OpenBLAS held to N threads")
+    out(f"float32 GFLOP/s, median over {rounds} interleaved rounds; NT: y = x Wᵀ, TN: ∇W = gᵀx, "
+        f"NN: ∇x = g W; 'fastprop Nt': its OpenBLAS held to N threads")
     cols = list(backends)
     out(f"{'op':2s} {'m':>5s} {'n':>5s} {'k':>5s} {'workload':8s} " + " ".join(f"{c:>11s}" for c in cols)
         + "  fastprop vs best")
@@ -690,7 +702,8 @@ def gemm_table(names=None, batches=None, rounds=2, min_time=0.1, settle=0.2, bac
                     times[col] += repeat_times(lambda: backends[col](ta, tb, a, b, c), min_time)
         gflops = {col: 2 * m * n * k / float(np.median(t)) / 1e9 for col, t in times.items()}
         best = max((col for col in gflops if not col.startswith("fastprop")), key=gflops.get, default=None)
-        row = {"op": op, "m": m, "n": n, "k": k, "workload": name, **{f"{col}_gflops": g for col, g in gflops.items()},
+        row = {"op": op, "m": m, "n": n, "k": k, "workload": name,
+               **{f"{col}_gflops": g for col, g in gflops.items()},
                "best_peer": best, "ratio": gflops["fastprop"] / gflops[best] if best and "fastprop" in gflops
                else float("nan")}
         rows.append(row)
