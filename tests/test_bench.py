@@ -172,3 +172,16 @@ def test_bench_command_peers_and_gemm_flags(monkeypatch):
     assert main(["bench", "--gemm", "--batches", "32", "512"]) == 0
     assert calls == [("peers", (["tiny", "deep"],), {"rounds": 5}),
                      ("gemm", (None, [32, 512]), {"rounds": 2})]
+
+
+def test_a_peer_that_fails_is_dropped_with_a_note(monkeypatch):
+    def broken(*args, **kwargs):
+        def step():
+            raise RuntimeError("no compiler")
+        return step
+    monkeypatch.setattr(bench, "torch_step", broken)
+    lines = []
+    rows = bench.peer_table(["tiny"], peers=("numpy", "torch"), rounds=2, min_time=0.0, settle=0.0,
+                            out=lines.append)
+    assert any(line.startswith("torch failed on tiny (RuntimeError: no compiler)") for line in lines)
+    assert "torch_us" not in rows[0] and rows[0]["best_peer"] == "numpy"

@@ -527,14 +527,18 @@ def peer_table(names=None, peers=PEERS, rounds=3, min_time=0.3, settle=0.2, out=
             for peer in missing:
                 out(f"{peer} is not installed: skipped")
             cols = list(steps)
-            out(f"{'workload':8s} " + " ".join(f"{c:>13s}" for c in cols) + f"  fastprop vs best peer")
+            out(f"{'workload':8s} " + " ".join(f"{c:>13s}" for c in cols) + "  fastprop vs best peer")
             header = True
         times = {k: [] for k in steps}
         for r in range(rounds):
             order = list(steps)[r % len(steps):] + list(steps)[:r % len(steps)]  # rotate who goes first
             for k in order:
                 time.sleep(settle)
-                times[k] += repeat_times(steps[k], min_time)
+                try:
+                    times[k] += repeat_times(steps[k], min_time)
+                except Exception as e:   # e.g. torch.compile without a working C++ compiler
+                    out(f"{k} failed on {name} ({type(e).__name__}: {str(e)[:200]}): skipped")
+                    del steps[k], times[k]
         med = {k: float(np.median(v)) for k, v in times.items()}
         best = min((k for k in med if k != "fastprop"), key=med.get, default=None)
         row = {"workload": name, "sizes": "-".join(map(str, sizes)), "batch": batch,
@@ -670,8 +674,8 @@ def gemm_table(names=None, batches=None, rounds=2, min_time=0.1, settle=0.2, bac
     """GFLOP/s of each GEMM backend at every shape the workloads' steps use, float32; the
     backends take turns in each round and the rounds' times are pooled into one median.
     Each turn starts after ``settle`` seconds of sleep, so that the thread pools of the backend
-    before it (OpenBLAS, OpenMP) stop spinning: on 2 cores a spinning pool slowed the next
-    backend's small GEMMs by up to 100x. Returns the rows."""
+    before it (OpenBLAS, OpenMP) have stopped spinning and do not take the next one's cores.
+    Returns the rows."""
     import contextlib
     found, notes = gemm_backends()
     backends = found if backends is None else {k: found[k] for k in backends if k in found}
