@@ -9,6 +9,7 @@ from .io import gradcheck, load, save
 from .losses import MSE, GaussianNLL, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
+from .onnx import export_onnx
 from .optim import SGD, Adam, AdamW
 from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
@@ -23,4 +24,5 @@ __all__ = [
     "save", "load", "gradcheck", "set_num_threads", "get_num_threads",
     "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
+    "export_onnx",
 ]
