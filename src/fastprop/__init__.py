@@ -11,6 +11,7 @@ from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Mod
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
 from .onnx import export_onnx
 from .optim import SGD, Adam, AdamW
+from .pytorch import from_torch, to_torch
 from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
 __version__ = "0.1.0"
@@ -24,5 +25,5 @@ __all__ = [
     "save", "load", "gradcheck", "set_num_threads", "get_num_threads",
     "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
-    "export_onnx",
+    "export_onnx", "from_torch", "to_torch",
 ]
