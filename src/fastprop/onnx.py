@@ -19,7 +19,10 @@ Each module becomes standard ONNX operators (default opset 17):
   (max(b, 0) + log1p(exp(−|b|)))/β, and x where b > threshold (any sign of β); log1p through
   Goldberg's log(u)·t/(u − 1), u = 1 + t, so the negative tail keeps its relative accuracy.
 - ``Dropout`` → ``Identity``; ``LayerNorm`` → ``LayerNormalization``; ``BatchNorm1d`` →
-  ``BatchNormalization`` (with running statistics).
+  ``BatchNormalization`` (with running statistics; without, the batch's mean and variance).
+  In float64 both are written out as (x − mean)/√(var + ε)·γ + β: ONNX's epsilon attribute is
+  a float32, and ONNX Runtime's LayerNormalization takes the variance as E[x²] − E[x]², each
+  worth ~1e-11 of relative error; so is LayerNorm before opset 17.
 - ``Sequential`` → the chain; ``Residual`` → x + f(x) (``Add``); ``Graph`` → its nodes, ``Add``
   (n inputs summed left to right), ``Concat`` (axis 1) and ``Mul``, with one ONNX input per
   graph input and one output per graph output, named as in the graph.
@@ -64,7 +67,7 @@ def export_onnx(model, path, opset=None, batch_dim="batch", with_output_unit=Fal
     ----------
     model : fastprop Module (Sequential, Graph, Residual, or a single layer)
     path : str or os.PathLike, or None to only return the ModelProto
-    opset : int, default 17 (13 up to what the installed onnx knows; LayerNorm needs 17)
+    opset : int, default 17 (13 up to what the installed onnx knows)
     batch_dim : str (a named dynamic batch dimension) or int (a fixed batch size)
     with_output_unit : False (the raw outputs), True (predict_proba's rule: Sigmoid for one
         output column, else Softmax over the features), "softmax", "sigmoid", or a loss
@@ -414,44 +417,68 @@ def _features(m, what):
     return int(shape[0])
 
 
+def _written_out(b):
+    """Normalizations as elementary operators rather than ONNX's: in float64 (ONNX's epsilon
+    attribute is a float32, and ONNX Runtime's LayerNormalization takes the variance as
+    E[x²] − E[x]²), and for LayerNorm before opset 17."""
+    return b.dtype == np.float64
+
+
+def _mean(b, x, axis, path):
+    """The mean along axis (0: over the batch, 1: over the features), kept as a 2-D tensor."""
+    if b.opset >= 18:  # axes became an input
+        axes = b.fresh(f"{path}.axes")
+        b.inits.append(b.onnx.numpy_helper.from_array(np.array([axis], np.int64), axes))
+        return b.op("ReduceMean", [x, axes], path, keepdims=1)
+    return b.op("ReduceMean", [x], path, axes=[axis], keepdims=1)
+
+
+def _normalize(b, x, mean, var, eps, scale, shift, path):
+    """(x − mean)/√(var + eps) · scale + shift; mean and var None: x's own along axis 0 or 1
+    (var = the mean of (x − mean)², two passes); scale and shift None: left out."""
+    if isinstance(mean, int):
+        axis = mean
+        mean = _mean(b, x, axis, path)
+        d = b.op("Sub", [x, mean], path)
+        var = _mean(b, b.op("Mul", [d, d], path), axis, path)
+    else:
+        d = b.op("Sub", [x, mean], path)
+    std = b.op("Sqrt", [b.op("Add", [var, b.scalar(eps, f"{path}.eps")], path)], path)
+    y = b.op("Div", [d, std], path)
+    if scale is not None:
+        y = b.op("Mul", [y, scale], path)
+    if shift is not None:
+        y = b.op("Add", [y, shift], path)
+    return y
+
+
 def _layer_norm(b, m, x, path):
-    if b.opset < 17:
-        raise ValueError(f"LayerNorm at {path!r} needs opset 17 or newer (LayerNormalization), "
-                         f"got opset {b.opset}")
     n = _features(m, f"the LayerNorm at {path!r}")
     affine = getattr(m, "elementwise_affine", True)
-    scale = b.param(m.weight, f"{path}.weight") if affine and m.weight is not None else \
-        b.tensor(np.ones(n), f"{path}.ones")
-    ins = [x, scale]
-    if affine and getattr(m, "bias", None) is not None:
-        ins.append(b.param(m.bias, f"{path}.bias"))
+    scale = b.param(m.weight, f"{path}.weight") if affine and m.weight is not None else None
+    shift = b.param(m.bias, f"{path}.bias") if affine and m.bias is not None else None
+    if _written_out(b) or b.opset < 17:
+        return _normalize(b, x, 1, None, float(m.eps), scale, shift, path)
+    ins = [x, scale if scale is not None else b.tensor(np.ones(n), f"{path}.ones")]
+    if shift is not None:
+        ins.append(shift)
     return b.op("LayerNormalization", ins, path, axis=-1, epsilon=float(m.eps))
 
 
 def _batch_norm(b, m, x, path):
-    n = int(m.num_features)
-    scale = b.param(m.weight, f"{path}.weight") if m.affine else b.tensor(np.ones(n), f"{path}.ones")
-    shift = b.param(m.bias, f"{path}.bias") if m.affine else b.tensor(np.zeros(n), f"{path}.zeros")
-    if m.track_running_stats and m.running_mean is not None:
-        mean = b.tensor(_array(m.running_mean), f"{path}.running_mean", key=m.running_mean)
-        var = b.tensor(_array(m.running_var), f"{path}.running_var", key=m.running_var)
-        return b.op("BatchNormalization", [x, scale, shift, mean, var], path,
-                    epsilon=float(m.eps))
-    # no running statistics: the batch's own, at inference too (as PyTorch does)
-    mean = _reduce_mean0(b, x, path)
-    d = b.op("Sub", [x, mean], path)
-    var = _reduce_mean0(b, b.op("Mul", [d, d], path), path)
-    std = b.op("Sqrt", [b.op("Add", [var, b.scalar(m.eps, f"{path}.eps")], path)], path)
-    return b.op("Add", [b.op("Mul", [b.op("Div", [d, std], path), scale], path), shift], path)
-
-
-def _reduce_mean0(b, x, path):
-    """The mean over the batch, kept as (1, features)."""
-    if b.opset >= 18:  # axes became an input
-        axes = b.fresh(f"{path}.axes")
-        b.inits.append(b.onnx.numpy_helper.from_array(np.array([0], np.int64), axes))
-        return b.op("ReduceMean", [x, axes], path, keepdims=1)
-    return b.op("ReduceMean", [x], path, axes=[0], keepdims=1)
+    n, eps = int(m.num_features), float(m.eps)
+    scale = b.param(m.weight, f"{path}.weight") if m.affine else None
+    shift = b.param(m.bias, f"{path}.bias") if m.affine else None
+    if not m.track_running_stats or m.running_mean is None:
+        # no running statistics: the batch's own, at inference too (as PyTorch does)
+        return _normalize(b, x, 0, None, eps, scale, shift, path)
+    mean = b.tensor(_array(m.running_mean), f"{path}.running_mean", key=m.running_mean)
+    var = b.tensor(_array(m.running_var), f"{path}.running_var", key=m.running_var)
+    if _written_out(b):
+        return _normalize(b, x, mean, var, eps, scale, shift, path)
+    scale = scale if scale is not None else b.tensor(np.ones(n), f"{path}.ones")
+    shift = shift if shift is not None else b.tensor(np.zeros(n), f"{path}.zeros")
+    return b.op("BatchNormalization", [x, scale, shift, mean, var], path, epsilon=eps)
 
 
 _EXPORTERS = {
