@@ -35,6 +35,7 @@ import numpy as np
 
 from . import nn
 from .graph import Add, Concat, Graph, Mul, Residual
+from .losses import Loss, SigmoidBCE, SoftmaxCrossEntropy
 
 __all__ = ["export_onnx", "DEFAULT_OPSET", "MIN_OPSET"]
 
@@ -70,9 +71,9 @@ def export_onnx(model, path, opset=None, batch_dim="batch", with_output_unit=Fal
     opset : int, default 17 (13 up to what the installed onnx knows)
     batch_dim : str (a named dynamic batch dimension) or int (a fixed batch size)
     with_output_unit : False (the raw outputs), True (predict_proba's rule: Sigmoid for one
-        output column, else Softmax over the features), "softmax", "sigmoid", or a loss
-        (SoftmaxCrossEntropy → Softmax, SigmoidBCE → Sigmoid, any other → nothing), applied
-        to every output.
+        output column, else Softmax over the features), "softmax", "sigmoid", or the loss the
+        model was trained with, an instance or a class (SoftmaxCrossEntropy → Softmax,
+        SigmoidBCE → Sigmoid, any other → nothing); applied to every output.
 
     The inputs and outputs are (batch, features) tensors of the model's dtype (float32 for a
     model without parameters), named "x" and "y" for a single module, and after the graph's
@@ -126,18 +127,17 @@ def export_onnx(model, path, opset=None, batch_dim="batch", with_output_unit=Fal
 
 def _output_unit(unit):
     """None, "auto", "softmax" or "sigmoid" for export_onnx's with_output_unit."""
-    from .losses import Loss, SigmoidBCE, SoftmaxCrossEntropy
     if unit is False or unit is None:
         return None
     if unit is True:
         return "auto"
     if isinstance(unit, str) and unit.lower() in ("softmax", "sigmoid"):
         return unit.lower()
-    if isinstance(unit, type) and issubclass(unit, Loss):
-        unit = unit.__new__(unit)
     if isinstance(unit, Loss):
-        return "softmax" if isinstance(unit, SoftmaxCrossEntropy) else (
-            "sigmoid" if isinstance(unit, SigmoidBCE) else None)
+        unit = type(unit)
+    if isinstance(unit, type) and issubclass(unit, Loss):
+        return "softmax" if issubclass(unit, SoftmaxCrossEntropy) else (
+            "sigmoid" if issubclass(unit, SigmoidBCE) else None)
     raise ValueError(f"with_output_unit must be False, True, 'softmax', 'sigmoid' or a fastprop "
                      f"loss, got {unit!r}")
 
@@ -418,9 +418,9 @@ def _features(m, what):
 
 
 def _written_out(b):
-    """Normalizations as elementary operators rather than ONNX's: in float64 (ONNX's epsilon
+    """Normalizations as elementary operators rather than ONNX's, in float64: ONNX's epsilon
     attribute is a float32, and ONNX Runtime's LayerNormalization takes the variance as
-    E[x²] − E[x]²), and for LayerNorm before opset 17."""
+    E[x²] − E[x]²."""
     return b.dtype == np.float64
 
 
