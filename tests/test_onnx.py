@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import RTOL, assert_close
+from conftest import assert_close
 
 import fastprop as fp
 

@@ -33,8 +33,8 @@ import os
 
 import numpy as np
 
-from . import nn
-from .graph import Add, Concat, Graph, Mul, Residual
+from . import graph, nn
+from .graph import Add, Concat, Graph, Merge, Mul, Residual
 from .losses import Loss, SigmoidBCE, SoftmaxCrossEntropy
 
 __all__ = ["export_onnx", "DEFAULT_OPSET", "MIN_OPSET"]
@@ -217,45 +217,39 @@ class _Builder:
             taken.add(name)
             self.nodes.append(helper.make_node("Identity", [value], [name], name=f"{name}/output"))
             graph_outputs.append(info(name, width))
-        graph = helper.make_graph(self.nodes, "fastprop", [info(n, w) for n, w in inputs],
+        body = helper.make_graph(self.nodes, "fastprop", [info(n, w) for n, w in inputs],
                                   graph_outputs, self.inits)
         opsets = [helper.make_opsetid("", self.opset)]
         from . import __version__
-        return helper.make_model(graph, opset_imports=opsets, producer_name="fastprop",
+        return helper.make_model(body, opset_imports=opsets, producer_name="fastprop",
                                  producer_version=__version__,
                                  ir_version=helper.find_min_ir_version_for(opsets))
 
     # ------------------------------------------------------------ graphs
     def graph_io(self, g):
         """The top-level graph's inputs [(name, width)] and outputs [(name, value, width)]."""
-        names = {}
-        for name in g.input_names:
-            self.used.add(name)
-            names[name] = name
-        for name in g.output_names:
-            self.used.add(name)
-        values = self.graph_body(g, names, "")
-        widths = {s.name: s.width for s in g._steps}
-        inputs = [(n, widths[n]) for n in g.input_names]
-        outputs = [(n, v, widths[n]) for n, v in zip(g.output_names, values)]
+        nodes, outs = _graph_nodes(g)
+        self.used.update(g.input_names + g.output_names)
+        values = self.graph_body(g, {name: name for name in g.input_names}, "")
+        width = {name: w for name, _, _, w in nodes}
+        inputs = [(n, width[n]) for n in g.input_names]
+        outputs = [(nodes[i][0], v, nodes[i][3]) for i, v in zip(outs, values)]
         return inputs, outputs
 
     def graph_body(self, g, given, path):
         """Emits g's nodes in topological order; given maps input names to tensors. Returns
         the tensors of g's outputs."""
-        steps = g._steps
+        nodes, outs = _graph_nodes(g)
         value = []
-        for s in steps:
-            if s.kind == "input":
-                value.append(given[s.name])
-                continue
-            where = path + s.name
-            xs = [value[j] for j in s.inputs]
-            if s.kind == "module":
-                value.append(self.module(s.module, xs[0], where))
+        for name, module, inputs, _ in nodes:
+            xs = [value[j] for j in inputs]
+            if module is None:
+                value.append(given[name])
+            elif isinstance(module, Merge):
+                value.append(self.merge(module, xs, path + name))
             else:
-                value.append(self.merge(s.module, xs, where))
-        return [value[i] for i in g._outputs]
+                value.append(self.module(module, xs[0], path + name))
+        return [value[i] for i in outs]
 
     def merge(self, m, xs, path):
         kind = type(m)
@@ -284,8 +278,15 @@ class _Builder:
 
 def _module_class(name):
     """The fastprop class of this name, if this build has it (LayerNorm, ... may be absent)."""
-    from . import graph
     return getattr(nn, name, None) or getattr(graph, name, None)
+
+
+def _graph_nodes(g):
+    """A built Graph's nodes in topological order, [(name, module or None for an input, input
+    positions, width)], and its outputs' positions: the one place that reads Graph's plan."""
+    nodes = [(s.name, None if s.kind == "input" else s.module, list(s.inputs), s.width)
+             for s in g._steps]
+    return nodes, list(g._outputs)
 
 
 def _child(path, name):
