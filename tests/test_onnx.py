@@ -262,9 +262,11 @@ def test_output_unit_on_every_output_of_a_graph(tmp_path):
 
 # ---------------------------------------------------------------- layers from the training toolkit
 
-needs_dropout = pytest.mark.skipif(not hasattr(fp, "Dropout"), reason="no fp.Dropout in this build")
-needs_layer_norm = pytest.mark.skipif(not hasattr(fp, "LayerNorm"), reason="no fp.LayerNorm in this build")
-needs_batch_norm = pytest.mark.skipif(not hasattr(fp, "BatchNorm1d"), reason="no fp.BatchNorm1d in this build")
+def needs(name):
+    return pytest.mark.skipif(not hasattr(fp, name), reason=f"no fp.{name} in this build")
+
+
+needs_dropout, needs_layer_norm, needs_batch_norm = needs("Dropout"), needs("LayerNorm"), needs("BatchNorm1d")
 
 
 @needs_dropout

@@ -154,8 +154,10 @@ class Doubler(fp.Module):
 
 
 @pytest.mark.parametrize("module, error, match", [
-    (tnn.Sequential(tnn.Linear(2, 2), tnn.Conv1d(1, 1, 1)), TypeError, r"torch\.nn\.modules\.conv\.Conv1d at '1'"),
-    (tnn.Sequential(tnn.Linear(2, 2), tnn.Sequential(tnn.ReLU(), TorchNet())), TypeError, "TorchNet at '1.1'"),
+    (tnn.Sequential(tnn.Linear(2, 2), tnn.Conv1d(1, 1, 1)), TypeError,
+     r"torch\.nn\.modules\.conv\.Conv1d at '1'"),
+    (tnn.Sequential(tnn.Linear(2, 2), tnn.Sequential(tnn.ReLU(), TorchNet())), TypeError,
+     "TorchNet at '1.1'"),
     (TorchNet(), TypeError, "TorchNet"),
     (tnn.Sequential(tnn.GELU(approximate="tanh")), ValueError, "approximate='tanh'"),
     (tnn.Sequential(tnn.Flatten(0)), ValueError, "Flatten at '0'"),

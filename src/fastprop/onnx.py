@@ -270,9 +270,9 @@ class _Builder:
         export = _EXPORTERS.get(type(m).__name__)
         if export is None or _module_class(type(m).__name__) is not type(m):
             where = f" at {path!r}" if path else ""
+            known = sorted(n for n in _EXPORTERS if _module_class(n))
             raise TypeError(f"export_onnx cannot export {type(m).__name__}{where}: it exports "
-                            f"the built-in modules {sorted(n for n in _EXPORTERS if _module_class(n))} "
-                            f"(a Python Module has no ONNX form)")
+                            f"the built-in modules {known} (a Python Module has no ONNX form)")
         return export(self, m, x, path)
 
 
