@@ -71,7 +71,7 @@ def export_onnx(model, path, opset=None, batch_dim="batch", with_output_unit=Fal
     opset : int, default 17 (13 up to what the installed onnx knows)
     batch_dim : str (a named dynamic batch dimension) or int (a fixed batch size)
     with_output_unit : False (the raw outputs), True (predict_proba's rule: Sigmoid for one
-        output column, else Softmax over the features), "softmax", "sigmoid", or the loss the
+        output column, else Softmax over the features, also where the width is not fixed), "softmax", "sigmoid", or the loss the
         model was trained with, an instance or a class (SoftmaxCrossEntropy → Softmax,
         SigmoidBCE → Sigmoid, any other → nothing); applied to every output.
 
