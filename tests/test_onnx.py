@@ -352,6 +352,14 @@ def test_a_python_module_is_a_type_error_naming_it(tmp_path):
     assert not path.exists()
 
 
+def test_a_graph_node_with_two_outputs_is_a_type_error(tmp_path):
+    inner = fp.Graph()
+    u = inner.input("u", 3)
+    inner.build(outputs=[inner.add(fp.Tanh(), u), inner.add(fp.ReLU(), u)])
+    with pytest.raises(TypeError, match="one input and one output"):
+        fp.export_onnx(fp.Sequential(fp.Linear(3, 3), inner), tmp_path / "m.onnx")
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"opset": 12}, ValueError, "opset"), ({"opset": 10_000}, ValueError, "opset"),
     ({"opset": "17"}, TypeError, "opset"), ({"batch_dim": ""}, TypeError, "batch_dim"),

@@ -73,6 +73,19 @@ def test_round_trips_are_bit_exact(dtype):
         assert n == m and p.data.dtype == q.data.dtype and p.data.tobytes() == q.data.tobytes()
 
 
+def test_named_sequential_converts_by_position():
+    """nn.Sequential(OrderedDict): fastprop's Sequential names its layers 0, 1, ...; the
+    weights go across layer by layer."""
+    from collections import OrderedDict
+    torch.manual_seed(5)
+    t = tnn.Sequential(OrderedDict(fc=tnn.Linear(3, 4), act=tnn.Tanh(), out=tnn.Linear(4, 2)))
+    model = fp.from_torch(t)
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert model[2].weight.data.tobytes() == t.out.weight.detach().numpy().tobytes()
+    x = torch.randn(6, 3)
+    assert_close(model(x.numpy()), t(x).detach().numpy(), F32)
+
+
 def test_to_torch_is_its_own_memory_and_a_single_layer_converts():
     lin = fp.Linear(3, 2, rng=0)
     t = fp.to_torch(lin)
