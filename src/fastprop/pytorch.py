@@ -25,8 +25,8 @@ def _torch():
 
 
 def numpy_state_dict(state_dict):
-    """{name: ndarray} from a state dict of torch tensors or arrays (a copy of nothing: the
-    arrays are views of CPU tensors where possible; load_state_dict copies them)."""
+    """{name: ndarray} from a state dict of torch tensors or arrays. The arrays may share
+    memory with the tensors: load_state_dict copies them into the model."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors or arrays, got "
                         f"{type(state_dict).__name__}")
