@@ -152,6 +152,15 @@ def test_graph_with_several_inputs_and_outputs(dtype, tmp_path):
     assert {"fc.weight", "fc.bias"} <= inits and not any(n.startswith("fc_again") for n in inits)
 
 
+def test_graph_input_of_open_width(tmp_path):
+    g = fp.Graph()
+    x = g.input("x")
+    g.build(outputs=g.add(fp.Add(), x, g.add(fp.Tanh(), x), name="sum"))
+    s = check(g, tmp_path, F32)
+    assert s.get_inputs()[0].shape == ["batch", "x_features"]
+    assert s.get_outputs()[0].shape == ["batch", "sum_features"]
+
+
 def random_graph(rng, dtype):
     """A random DAG: 1–3 inputs, 3–9 nodes of Linear, an activation, PReLU, Add, Mul, Concat;
     every node without a consumer is an output."""
