@@ -15,7 +15,7 @@ from .optim import SGD, Adam, AdamW
 from .pytorch import from_torch, to_torch
 from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = [
     "ops", "reference", "datasets",
     "Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU", "PReLU",
