@@ -3,6 +3,7 @@ import importlib.util
 import pathlib
 
 import numpy as np
+import pytest
 
 import fastprop as fp
 from fastprop import demo
@@ -81,3 +82,24 @@ def test_curvature_example_tracks_a_true_eigenpair(capsys):
     residual = fp.hvp(model, loss_fn, Xc, yc, v) - vals[0] * v
     assert np.linalg.norm(residual) <= 1e-3 * vals[0]
     assert 0 < vals[0] < rows[-1][2]   # the top eigenvalue is below the trace (nearly PSD here)
+
+
+def test_onnx_export_example_gives_the_same_predictions_in_onnxruntime(capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    fp_proba, onnx_proba, y_test = load_example("onnx_export").main(epochs=6)
+    assert np.abs(onnx_proba - fp_proba).max() <= 1e-5
+    assert np.array_equal(onnx_proba.argmax(1), fp_proba.argmax(1))
+    assert np.mean(fp_proba.argmax(1) == y_test) > 0.9
+    assert "same predictions: True" in capsys.readouterr().out
+
+
+def test_from_torch_example_trains_in_fastprop_and_evaluates_in_torch():
+    torch = pytest.importorskip("torch")
+    model, trained, (X_test, y_test), accuracy = load_example("from_torch").main(epochs=6)
+    assert accuracy > 0.9
+    with torch.no_grad():
+        logits = trained(torch.from_numpy(X_test)).numpy()
+    assert np.abs(logits - model(X_test)).max() <= 1e-5 * np.abs(logits).max()
+    for (name, p), (tname, q) in zip(model.named_parameters(), trained.named_parameters()):
+        assert name == tname and p.data.tobytes() == q.detach().numpy().tobytes()

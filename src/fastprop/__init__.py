@@ -10,7 +10,9 @@ from .io import gradcheck, load, save
 from .losses import MSE, GaussianNLL, HuberLoss, L1Loss, SigmoidBCE, SmoothL1Loss, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
+from .onnx import export_onnx
 from .optim import SGD, Adam, AdamW
+from .pytorch import from_torch, to_torch
 from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
 from ._version import __version__
@@ -24,6 +26,7 @@ __all__ = [
     "save", "load", "gradcheck", "set_num_threads", "get_num_threads",
     "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
+    "export_onnx", "from_torch", "to_torch",
     "jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms",
     "L1Loss", "HuberLoss", "SmoothL1Loss",
 ]

@@ -336,6 +336,12 @@ class Module:
         for name, p in own.items():
             p.data[...] = arrays[name]
 
+    def load_torch_state_dict(self, state_dict):
+        """Loads a PyTorch state dict (torch tensors or arrays, by name) as load_state_dict
+        does: every name and shape checked before anything is written."""
+        from .pytorch import numpy_state_dict   # torch itself is not needed for arrays
+        self.load_state_dict(numpy_state_dict(state_dict))
+
     # -------------------------------------------------------------- copies and printing
     def __getstate__(self):
         state = self.__dict__.copy()
