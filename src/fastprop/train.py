@@ -52,7 +52,7 @@ class TrainStep:
     those before the step (the fused path has overwritten the gradients).
     """
 
-    def __init__(self, model, loss, optimizer, stop_on_nonfinite=True):
+    def __init__(self, model, loss, optimizer, stop_on_nonfinite=True, comm=None):
         if not isinstance(model, Module):
             raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -63,6 +63,10 @@ class TrainStep:
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
         self._check_batches = True  # fit checks its whole data set once and turns this off
         self._compile()
+        self._sync = None
+        if comm is not None:  # data-parallel over MPI: the gradient is all ranks' mean
+            from .distributed import GradientSync
+            self._sync = GradientSync(self, comm)
 
     def _compile(self):
         self._params = self.model.parameters()
@@ -85,6 +89,8 @@ class TrainStep:
         if not busy.acquire(False):
             raise busy_error(type(self.model).__name__)
         try:
+            if self._sync is not None:
+                return self._sync(x, y)  # runs _step, whose hook below averages the gradient
             return self._step(x, y)
         finally:
             busy.release()
@@ -116,6 +122,8 @@ class TrainStep:
             model.zero_grad()
             model._backward(self.loss.backward(), False)
             self._out = out
+        if self._sync is not None:  # between backward and update: all ranks' mean, global J
+            J = self._sync.before_update(J, x)
         self.optimizer._step_holding(model._busy)
         return J
 
@@ -266,7 +274,7 @@ def _check_targets(loss, y, n_out, name="y"):
 
 
 def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, seed=0,
-        validation_data=None, progress=True, stop_on_nonfinite=True, drop_last=False):
+        validation_data=None, progress=True, stop_on_nonfinite=True, drop_last=False, comm=None):
     """Trains model on (X, y) with minibatches; returns a History of per-epoch metrics.
 
     Each step is a ``TrainStep`` (the fused C path where the model allows it). The data
@@ -276,6 +284,12 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     FloatingPointError that says where, instead of training on garbage; the model keeps
     the parameters of the last finite step. ``drop_last``
     skips the last partial batch of each epoch (as torch's DataLoader).
+
+    With ``comm`` (an mpi4py communicator; every rank passes the same X, y and seed) the
+    training is data-parallel (fastprop.distributed): rank 0's parameters and optimizer
+    state are broadcast first, each batch is split across the ranks and its gradient is
+    the mean over the whole batch, the validation metrics are reduced over the ranks, and
+    only rank 0 shows progress.
     """
     X, y = _dataset(model, X, y)
     batch_size = _batch_size(batch_size)
@@ -287,7 +301,12 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         Xv, yv = _dataset(model, *validation_data, name="X_val")
         _check_targets(loss, yv, model.out_features, "y_val")
     _check_targets(loss, y, model.out_features)
-    step = TrainStep(model, loss, optimizer, stop_on_nonfinite)
+    step = TrainStep(model, loss, optimizer, stop_on_nonfinite, comm=comm)
+    if comm is not None:
+        from . import distributed
+        distributed.broadcast_parameters(model, comm)
+        distributed.broadcast_optimizer_state(optimizer, comm)
+        progress = progress and distributed.is_root(comm)
     step._check_batches = False  # X and y were checked whole above (_dataset, _check_targets)
     rng = np.random.default_rng(seed)
     n = X.shape[0]
@@ -301,29 +320,34 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         np.take(y, order, axis=0, out=ys)
         bar.start(epoch)
         total_loss, correct, seen, has_acc = 0.0, 0.0, 0, False
+        mine = 0  # this rank's rows (all of them without comm)
         t0 = time.perf_counter()
         for a in range(0, n_used, batch_size):
             b = min(a + batch_size, n_used)
+            lo, hi = (a, b) if comm is None else distributed.rows_of(a, b, comm)
             try:
-                J = step(Xs[a:b], ys[a:b])
+                J = step(Xs[lo:hi], ys[lo:hi])
             except (FloatingPointError, ValueError) as e:  # divergence, or a bad target
                 bar.end()
                 kind = FloatingPointError if isinstance(e, FloatingPointError) else ValueError
                 raise kind(f"epoch {epoch}, samples {a}:{b}: {e}") from None
-            acc = loss.accuracy(step.output, ys[a:b])
-            total_loss += J * (b - a)
-            seen += b - a
+            acc = loss.accuracy(step.output, ys[lo:hi]) if hi > lo else None
+            total_loss += J * (b - a)  # J is the whole batch's mean, also with comm
+            seen, mine = seen + b - a, mine + hi - lo
             if acc is not None:
-                correct, has_acc = correct + acc * (b - a), True
-            bar.update(b - a, total_loss / seen, correct / seen if has_acc else None, force=b == n_used)
+                correct, has_acc = correct + acc * (hi - lo), True
+            bar.update(b - a, total_loss / seen, correct / mine if has_acc else None, force=b == n_used)
         elapsed = time.perf_counter() - t0
+        if comm is not None:
+            correct, has_acc = distributed.sum_over_ranks(comm, correct, has_acc)
         epoch_acc = correct / max(seen, 1) if has_acc else None
         history.history["loss"].append(total_loss / max(seen, 1))
         history.history["accuracy"].append(epoch_acc)
         history.history["samples_per_s"].append(seen / max(elapsed, 1e-12))
         val = None
         if validation_data is not None:
-            scores = evaluate(model, Xv, yv, loss)
+            scores = (evaluate(model, Xv, yv, loss) if comm is None
+                      else distributed.evaluate(model, Xv, yv, loss, comm))
             history.history["val_loss"].append(scores["loss"])
             history.history["val_accuracy"].append(scores["accuracy"])
             val = f"val_loss {scores['loss']:.4f}" + (

@@ -1,0 +1,288 @@
+"""Synchronous data-parallel training over MPI (mpi4py): every rank holds the model, trains
+on its shard of each batch, and the gradients are averaged before every update.
+
+Launch one process per rank (``mpiexec -n 2 python train.py``) and pass the communicator::
+
+    from mpi4py import MPI
+    from fastprop import distributed
+    comm = MPI.COMM_WORLD
+    distributed.broadcast_parameters(model, comm)      # rank 0's initial weights everywhere
+    step = fp.TrainStep(model, loss_fn, opt, comm=comm)
+    J = step(x_shard, y_shard)                          # the global mean loss over all rows
+    fp.fit(model, X, y, loss=loss_fn, optimizer=opt, comm=comm)   # every rank passes all of X, y
+
+A step's gradient is the mean over ALL ranks' rows: each rank's mean gradient weighted by
+its row count (uneven shards are exact; a rank may have no rows), then one in-place
+Allreduce of the model's flat gradient buffer. The ranks first agree on one small vector
+(an error flag, their row counts and loss sums), so a rank that fails (bad input, a
+non-finite loss) makes every rank raise the same error instead of leaving the others
+waiting in the all-reduce.
+"""
+import importlib
+
+import numpy as np
+
+try:
+    from mpi4py import MPI
+except ImportError as e:  # the optional extra
+    raise ImportError("fastprop.distributed needs mpi4py: pip install 'fastprop-nn[mpi]'") from e
+
+from .nn import Module, flat_runs
+
+__all__ = ["broadcast_parameters", "broadcast_optimizer_state", "allreduce_gradients",
+           "Overlap", "evaluate", "shard", "rows_of", "sum_over_ranks", "is_root"]
+
+
+def is_root(comm, root=0):
+    """True on the rank that prints and writes files (True without a communicator)."""
+    return comm is None or comm.Get_rank() == root
+
+
+def shard(n, comm):
+    """(lo, hi): this rank's part of n rows; the parts differ by at most one row."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    return n * rank // size, n * (rank + 1) // size
+
+
+def rows_of(lo, hi, comm):
+    """This rank's (lo, hi) part of the rows lo:hi (see shard)."""
+    a, b = shard(hi - lo, comm)
+    return lo + a, lo + b
+
+
+def sum_over_ranks(comm, *values):
+    """The sums over all ranks of a few numbers (one small Allreduce)."""
+    buf = np.array(values, dtype=np.float64)
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    return tuple(buf.tolist())
+
+
+def evaluate(model, X, y, loss, comm, batch_size=4096):
+    """fastprop.evaluate over all ranks' rows: each rank scores its shard of (X, y), and the
+    loss and accuracy are the means over all rows (every rank passes the same X, y)."""
+    from .train import evaluate as local_evaluate
+    lo, hi = shard(len(X), comm)
+    total, correct, has_acc = 0.0, 0.0, False
+    if hi > lo:
+        scores = local_evaluate(model, X[lo:hi], y[lo:hi], loss, batch_size)
+        total = scores["loss"] * (hi - lo)
+        has_acc = scores["accuracy"] is not None
+        correct = scores["accuracy"] * (hi - lo) if has_acc else 0.0
+    total, correct, has_acc = sum_over_ranks(comm, total, correct, has_acc)
+    return {"loss": total / len(X), "accuracy": correct / len(X) if has_acc else None}
+
+
+def _agree_signatures(what, sig, comm, root):
+    """Every rank raises the same ValueError if some rank's signature differs from root's."""
+    sigs = comm.allgather(sig)
+    for rank, s in enumerate(sigs):
+        if s == sigs[root]:
+            continue
+        if len(s) != len(sigs[root]):
+            detail = f"{len(s)} entries, rank {root} has {len(sigs[root])}"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(s, sigs[root])) if a != b)
+            detail = f"{s[i]}, rank {root} has {sigs[root][i]}"
+        raise ValueError(f"the {what} differ across ranks: rank {rank} has {detail}")
+
+
+def broadcast_parameters(model, comm, root=0):
+    """Copies root's parameters into every rank's model (one Bcast per flat buffer).
+
+    A ValueError on every rank (and nothing changed) if the models' parameter names, shapes
+    or dtypes differ across ranks."""
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
+    sig = [(name, p.shape, str(p.dtype)) for name, p in model.named_parameters()]
+    _agree_signatures("models", sig, comm, root)
+    for data, _ in flat_runs(model.parameters()):
+        comm.Bcast(data, root=root)
+
+
+def broadcast_optimizer_state(optimizer, comm, root=0):
+    """Copies root's optimizer state (step count, momentum / moment buffers) to every rank.
+
+    A ValueError on every rank (and nothing changed) if the state's shapes or dtypes differ."""
+    arrays = [a for kind in optimizer.state_arrays() for a in kind]
+    sig = [type(optimizer).__name__] + [(a.shape, str(a.dtype)) for a in arrays]
+    _agree_signatures("optimizer states", sig, comm, root)
+    for a in arrays:
+        comm.Bcast(a, root=root)
+    optimizer.step_count = comm.bcast(optimizer.step_count, root=root)
+
+
+def allreduce_gradients(model, comm):
+    """Replaces every ``.grad`` by its mean over the ranks: one in-place Allreduce per flat
+    gradient buffer (one for a model)."""
+    size = comm.Get_size()
+    for _, grad in flat_runs(model.parameters()):
+        comm.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
+        grad *= 1.0 / size
+
+
+def _rows(x):
+    """The number of rows of a batch x (one array, or a Graph's list / tuple / dict of them)."""
+    if isinstance(x, dict):
+        x = next(iter(x.values()), None)
+    elif isinstance(x, (list, tuple)):
+        x = x[0] if x else None
+    shape = np.shape(x)
+    return shape[0] if shape else 1
+
+
+class _Failure(Exception):
+    """This rank's step failed; the error is handed to every rank by _agree."""
+
+
+def _agree(comm, error, rows, loss_sum):
+    """One small Allreduce: (the number of failed ranks, rows, Σ rows·loss) over all ranks.
+
+    If some rank failed, every rank raises the first failed rank's error (its type and
+    message), so none is left waiting in a collective."""
+    stats = np.array([error is not None, rows, loss_sum], dtype=np.float64)
+    comm.Allreduce(MPI.IN_PLACE, stats, op=MPI.SUM)
+    if stats[0]:
+        kind = type(error)
+        info = None if error is None else (kind.__module__, kind.__qualname__, str(error))
+        errors = comm.allgather(info)  # plain strings: any exception class can be sent
+        rank = next(r for r, e in enumerate(errors) if e is not None)
+        module, name, message = errors[rank]
+        try:
+            agreed = getattr(importlib.import_module(module), name)(f"rank {rank}: {message}")
+            if not isinstance(agreed, Exception):
+                raise TypeError
+        except Exception:  # a class that is not importable here, or another constructor
+            agreed = RuntimeError(f"rank {rank}: {module}.{name}: {message}")
+        raise agreed from error
+    return int(stats[1]), stats[2]
+
+
+class Overlap:
+    """``TrainStep(..., comm=distributed.Overlap(comm, bucket_bytes))``: DDP-style overlap.
+
+    The backward runs layer by layer (a Sequential's modular path, not the fused C chain),
+    and as soon as the last layers' gradients are final they are all-reduced with a
+    non-blocking Iallreduce in buckets of about ``bucket_bytes``, while the earlier layers'
+    backward runs; the step waits for all buckets before the update. Measured on one
+    machine it does not beat the fused path plus one Allreduce (benchmarks/distributed.py),
+    which is why ``comm=comm`` alone takes the latter.
+    """
+
+    def __init__(self, comm, bucket_bytes=1 << 20):
+        if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) \
+                or bucket_bytes < 1:
+            raise ValueError(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
+        self.comm, self.bucket_bytes = comm, int(bucket_bytes)
+
+
+class GradientSync:
+    """The data-parallel part of a TrainStep (TrainStep(..., comm=...) makes one)."""
+
+    def __init__(self, step, comm):
+        self.overlap = isinstance(comm, Overlap)
+        self.bucket_bytes = comm.bucket_bytes if self.overlap else None
+        self.comm = comm.comm if self.overlap else comm
+        self.step = step
+        self.reached = False
+        if step.closure:
+            raise TypeError("TrainStep(comm=...) does not take an optimizer that needs a "
+                            "closure (HessianFree)")
+        if self.overlap and not _layered(step):
+            raise TypeError("distributed.Overlap needs a Sequential model, a fastprop loss and "
+                            "an optimizer without a closure")
+
+    def __call__(self, x, y):
+        """One data-parallel step (inside TrainStep.__call__, which holds the model)."""
+        ts = self.step
+        rows = _rows(x)
+        self.reached = False
+        try:
+            if rows == 0:  # nothing to compute: contribute a zero gradient and no loss
+                return self.before_update(0.0, 0, zero=True)
+            if self.overlap:
+                return self._overlapped(x, y, rows)
+            return ts._step(x, y)  # calls before_update between its backward and its update
+        except Exception as e:
+            if self.reached:  # the ranks already agreed: every rank raises this error
+                raise
+            _agree(self.comm, e, 0, 0.0)
+
+    def before_update(self, J, x, zero=False):
+        """Called by TrainStep after the local backward: agree, average the gradient, update
+        (for a rank without rows, TrainStep's own part did not run)."""
+        ts, comm = self.step, self.comm
+        rows = x if zero else _rows(x)
+        self.reached = True
+        total, loss_sum = _agree(comm, None, rows, rows * J if rows else 0.0)
+        for _, grad in flat_runs(ts._params):
+            if rows:
+                grad *= rows / total  # this rank's weight in the global mean
+            else:
+                grad.fill(0)
+            comm.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
+        J = loss_sum / total if total else float("nan")
+        ts._diverged(J)
+        if zero:
+            ts.optimizer._step_holding(ts.model._busy)
+        return J
+
+    # ---------------------------------------------------------------- DDP-style overlap
+    def _overlapped(self, x, y, rows):
+        from .train import _finite_batch
+        ts, comm, model = self.step, self.comm, self.step.model
+        x = model._check_input(x)
+        if ts._check_batches:
+            _finite_batch(x, y)
+        out = model._forward(x)
+        J = ts.loss(out, y)
+        ts._diverged(J)
+        self.reached = True
+        total, loss_sum = _agree(comm, None, rows, rows * J)
+        g = ts.loss.backward()
+        g *= rows / total  # every parameter gradient comes out weighted for the global mean
+        model.zero_grad()
+        (_, grad), = flat_runs(ts._params)
+        buckets, starts = self._buckets(model, grad)
+        pending, b = [], 0
+        for i in range(len(model.layers) - 1, -1, -1):
+            g = model.layers[i]._backward(g, i > 0)
+            while b < len(buckets) and buckets[b][0] >= starts[i]:  # this bucket is final
+                lo, hi = buckets[b]
+                pending.append(comm.Iallreduce(MPI.IN_PLACE, grad[lo:hi], op=MPI.SUM))
+                b += 1
+            if pending:
+                MPI.Request.Testall(pending)  # lets MPI progress the reductions meanwhile
+        MPI.Request.Waitall(pending)
+        ts._out = out
+        ts.optimizer._step_holding(model._busy)
+        return loss_sum / total
+
+    def _buckets(self, model, grad):
+        """[(lo, hi)] of the flat gradient from its end, each about bucket_bytes at layer
+        boundaries, and each layer's first offset (a bucket is final once the backward
+        has passed the layer holding its first element)."""
+        key = (id(grad), self.bucket_bytes)
+        if getattr(self, "_bucket_key", None) != key:
+            base = grad.__array_interface__["data"][0]
+            starts, offset = [], grad.size
+            for layer in reversed(model.layers):
+                ps = layer.parameters()
+                if ps:
+                    offset = (ps[0].grad.__array_interface__["data"][0] - base) // grad.itemsize
+                starts.append(offset)
+            starts.reverse()
+            per = max(1, self.bucket_bytes // grad.itemsize)
+            buckets, hi = [], grad.size
+            for s in sorted(set(starts), reverse=True):
+                if hi - s >= per or s == 0:
+                    if hi > s:
+                        buckets.append((s, hi))
+                    hi = s
+            self._bucket_key, self._bucket_plan = key, (buckets, starts)
+        return self._bucket_plan
+
+
+def _layered(step):
+    from .nn import Sequential
+    return isinstance(step.model, Sequential) and not step.closure and \
+        len(flat_runs(step.model.parameters())) == 1

@@ -1,0 +1,66 @@
+"""Models, data and training runs shared by the MPI worker (tests/mpi/worker.py, under
+mpiexec) and the single-process reference in tests/test_distributed.py."""
+import numpy as np
+
+import fastprop as fp
+
+B, STEPS, IN, OUT = 12, 20, 5, 3
+
+
+def sequential(seed=0, hidden=8):
+    rng = np.random.default_rng(seed)
+    return fp.Sequential(fp.Linear(IN, hidden, dtype=np.float64, rng=rng), fp.Tanh(),
+                         fp.Linear(hidden, hidden, dtype=np.float64, rng=rng), fp.ReLU(),
+                         fp.Linear(hidden, OUT, dtype=np.float64, rng=rng))
+
+
+def graph(seed=0):
+    rng = np.random.default_rng(seed)
+    g = fp.Graph()
+    x = g.input("x", IN)
+    h = g.add(fp.Tanh(), g.add(fp.Linear(IN, 8, dtype=np.float64, rng=rng), x))
+    r = g.add(fp.ReLU(), g.add(fp.Linear(8, 8, dtype=np.float64, rng=rng), h))
+    s = g.add(fp.Add(), h, r)
+    return g.build(outputs=g.add(fp.Linear(8, OUT, dtype=np.float64, rng=rng), s))
+
+
+# name: (model builder, loss, optimizer builder, global batch)
+SETUPS = {
+    "sgd": (sequential, fp.SoftmaxCrossEntropy, lambda p: fp.SGD(p, 0.1, momentum=0.9), B),
+    "adam": (sequential, fp.MSE, lambda p: fp.Adam(p, 1e-2), B),
+    "graph": (graph, fp.SoftmaxCrossEntropy, lambda p: fp.Adam(p, 1e-2), B),
+    "uneven": (sequential, fp.SoftmaxCrossEntropy, lambda p: fp.SGD(p, 0.1), 10),
+    "tiny": (sequential, fp.SoftmaxCrossEntropy, lambda p: fp.SGD(p, 0.1), 2),  # ranks with 0 rows
+    "overlap": (lambda seed=0: sequential(seed, hidden=64), fp.SoftmaxCrossEntropy,
+                lambda p: fp.Adam(p, 1e-2), B),
+}
+
+
+def data(name, n=None):
+    """Every step's global batch, the same on every rank."""
+    batch = SETUPS[name][3]
+    rng = np.random.default_rng(1)
+    n = STEPS * batch if n is None else n
+    X = rng.standard_normal((n, IN))
+    y = rng.standard_normal((n, OUT)) if SETUPS[name][1] is fp.MSE else rng.integers(0, OUT, n)
+    return X, y
+
+
+def train(name, comm=None, shard=None, step_comm=None):
+    """STEPS TrainSteps of the global batch; shard(lo, hi) -> this rank's (lo, hi).
+    Returns (flat parameters, losses)."""
+    build, loss, make_opt, batch = SETUPS[name]
+    model = build(seed=0 if comm is None else comm.Get_rank())  # broadcast makes them equal
+    opt = make_opt(model.parameters())
+    if comm is not None:
+        from fastprop import distributed
+        distributed.broadcast_parameters(model, comm)
+    step = fp.TrainStep(model, loss(), opt, comm=step_comm)
+    X, y = data(name)
+    losses = []
+    for k in range(STEPS):
+        lo, hi = k * batch, (k + 1) * batch
+        if shard is not None:
+            lo, hi = shard(lo, hi)
+        losses.append(step(X[lo:hi], y[lo:hi]))
+    return fp.parameters_to_vector(model.parameters()), np.array(losses)

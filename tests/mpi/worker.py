@@ -1,0 +1,85 @@
+"""Run under mpiexec by tests/test_distributed.py: ``worker.py OUTDIR``. Each rank writes
+OUTDIR/rank{r}.json (losses, errors, captured output) and OUTDIR/rank{r}.npz (parameters)."""
+import io
+import json
+import os
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+sys.path.insert(0, os.path.dirname(__file__))
+import scenarios  # noqa: E402
+
+import fastprop as fp  # noqa: E402
+from fastprop import distributed  # noqa: E402
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+out = sys.argv[1]
+arrays, report = {}, {"size": size}
+
+
+def shard(lo, hi):
+    a, b = distributed.shard(hi - lo, comm)
+    return lo + a, lo + b
+
+
+def error_of(f):
+    """(type name, message) of what f raises on this rank, or None."""
+    try:
+        f()
+    except Exception as e:
+        return [type(e).__name__, str(e)]
+    return None
+
+
+# equivalence: N ranks on shards of the global batch (fused and overlapped paths)
+for name in scenarios.SETUPS:
+    step_comm = distributed.Overlap(comm, bucket_bytes=512) if name == "overlap" else comm
+    theta, losses = scenarios.train(name, comm, shard, step_comm)
+    arrays[name] = theta
+    report[name] = losses.tolist()
+
+# mismatched models: every rank raises at broadcast_parameters
+wide = scenarios.sequential(hidden=8 + (rank == size - 1))
+report["mismatch_shape"] = error_of(lambda: distributed.broadcast_parameters(wide, comm))
+m32 = scenarios.sequential()
+if rank == size - 1:
+    m32 = fp.Sequential(fp.Linear(5, 8), fp.Tanh(), fp.Linear(8, 8), fp.ReLU(), fp.Linear(8, 3))
+report["mismatch_dtype"] = error_of(lambda: distributed.broadcast_parameters(m32, comm))
+
+# faults: one rank's bad input / non-finite loss raises the same error on every rank,
+# nothing is updated, and the ranks go on in step afterwards
+model = scenarios.sequential()
+opt = fp.Adam(model.parameters(), 1e-2)
+step = fp.TrainStep(model, fp.MSE(), opt, comm=comm)
+x = np.ones((4, 5))
+y = np.zeros((4, 3))
+before = fp.parameters_to_vector(model).copy()
+bad_x = x.copy()
+if rank == size - 1:
+    bad_x[1, 2] = np.nan
+report["fault_nan_input"] = error_of(lambda: step(bad_x, y))
+big_y = y.copy()
+if rank == size - 1:
+    big_y[:] = 1e200  # finite targets, an infinite loss
+report["fault_inf_loss"] = error_of(lambda: step(x, big_y))
+report["fault_unchanged"] = bool(np.array_equal(before, fp.parameters_to_vector(model)))
+report["fault_then_step"] = step(x, y)
+
+# fit: batches split across ranks, validation reduced, output on rank 0 only
+X, y = scenarios.data("sgd", 50)
+model = scenarios.sequential(seed=rank)
+opt = fp.SGD(model.parameters(), 0.1, momentum=0.9)
+captured, sys.stderr = sys.stderr, io.StringIO()
+hist = fp.fit(model, X, y, fp.SoftmaxCrossEntropy(), opt, epochs=3, batch_size=7,
+              validation_data=(X[:13], y[:13]), progress=True, comm=comm)
+report["fit_output"] = sys.stderr.getvalue()
+sys.stderr = captured
+report["fit_history"] = {k: v for k, v in hist.history.items() if k != "samples_per_s"}
+arrays["fit"] = fp.parameters_to_vector(model)
+
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump(report, f)
+np.savez(os.path.join(out, f"rank{rank}.npz"), **arrays)

@@ -1,0 +1,96 @@
+"""Data-parallel training over MPI: tests/mpi/worker.py runs under ``mpiexec -n 2`` and
+``-n 3`` and each rank writes its results; here they are checked against one process."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi"))
+import scenarios  # noqa: E402
+
+import fastprop as fp  # noqa: E402
+
+WORKER = os.path.join(os.path.dirname(__file__), "mpi", "worker.py")
+
+
+def mpiexec():
+    """The mpiexec next to this Python (the mpich wheel's), else the one on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else shutil.which("mpiexec")
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def ranks(request, tmp_path_factory):
+    """[(json report, npz arrays)] of every rank of one mpiexec run."""
+    pytest.importorskip("mpi4py")
+    if mpiexec() is None:
+        pytest.skip("no mpiexec (pip install 'fastprop-nn[mpi]')")
+    n, out = request.param, tmp_path_factory.mktemp(f"mpi{request.param}")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    # sys.executable, not "python": a pyenv shim in front of mpiexec would pick another one
+    run = subprocess.run([mpiexec(), "-n", str(n), sys.executable, WORKER, str(out)],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return [(json.load(open(out / f"rank{r}.json")), dict(np.load(out / f"rank{r}.npz")))
+            for r in range(n)]
+
+
+def relative(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def test_import_fastprop_does_not_import_mpi4py():
+    code = "import sys, fastprop; sys.exit('mpi4py' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("name", list(scenarios.SETUPS))
+def test_n_ranks_equal_one_process(ranks, name):
+    """sgd / adam / graph, uneven shards (10 rows on 3 ranks), ranks without rows (2 rows on
+    3 ranks) and the overlapped backward: 20 steps give one process's parameters and losses."""
+    theta, losses = scenarios.train(name)
+    for report, arrays in ranks:
+        assert report["size"] == len(ranks)
+        assert relative(arrays[name], theta) < 1e-10
+        np.testing.assert_allclose(report[name], losses, rtol=1e-10)
+    for _, arrays in ranks[1:]:  # every rank holds the same parameters
+        assert relative(arrays[name], ranks[0][1][name]) < 1e-14
+
+
+def test_mismatched_models_raise_on_every_rank(ranks):
+    last = len(ranks) - 1
+    for report, _ in ranks:
+        kind, message = report["mismatch_shape"]
+        assert kind == "ValueError"
+        assert f"rank {last} has ('0.weight', (9, 5), 'float64'), rank 0 has ('0.weight', (8, 5)" \
+            in message
+        kind, message = report["mismatch_dtype"]
+        assert kind == "ValueError" and "'float32'), rank 0 has" in message
+
+
+def test_a_failing_rank_makes_every_rank_raise(ranks):
+    last = len(ranks) - 1
+    for report, _ in ranks:
+        assert report["fault_nan_input"] == ["ValueError", f"rank {last}: x[1, 2] = nan is not finite"]
+        kind, message = report["fault_inf_loss"]
+        assert kind == "FloatingPointError" and message.startswith(f"rank {last}: the loss became inf")
+        assert report["fault_unchanged"]  # no rank updated
+        assert report["fault_then_step"] == ranks[0][0]["fault_then_step"]  # still in step
+
+
+def test_fit_equals_one_process_and_prints_on_rank_0_only(ranks):
+    X, y = scenarios.data("sgd", 50)
+    model = scenarios.sequential(seed=0)
+    opt = fp.SGD(model.parameters(), 0.1, momentum=0.9)
+    hist = fp.fit(model, X, y, fp.SoftmaxCrossEntropy(), opt, epochs=3, batch_size=7,
+                  validation_data=(X[:13], y[:13]), progress=False)
+    theta = fp.parameters_to_vector(model)
+    for rank, (report, arrays) in enumerate(ranks):
+        assert relative(arrays["fit"], theta) < 1e-10
+        for key, values in report["fit_history"].items():
+            np.testing.assert_allclose(values, hist.history[key], rtol=1e-10, err_msg=key)
+        assert ("epoch 3/3" in report["fit_output"]) == (rank == 0), report["fit_output"]
