@@ -94,3 +94,18 @@ def test_fit_equals_one_process_and_prints_on_rank_0_only(ranks):
         for key, values in report["fit_history"].items():
             np.testing.assert_allclose(values, hist.history[key], rtol=1e-10, err_msg=key)
         assert ("epoch 3/3" in report["fit_output"]) == (rank == 0), report["fit_output"]
+
+
+def test_example_under_mpiexec_matches_one_process():
+    pytest.importorskip("mpi4py")
+    if mpiexec() is None:
+        pytest.skip("no mpiexec")
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "distributed.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    two = subprocess.run([mpiexec(), "-n", "2", sys.executable, example, "3"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr
+    one = subprocess.run([sys.executable, example, "3"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert two.stdout.count("saved") == 1  # rank 0 only
+    assert two.stdout.splitlines()[0] == one.stdout.splitlines()[0].replace("1 rank", "2 rank")

@@ -50,6 +50,10 @@ class TrainStep:
     changed). With ``stop_on_nonfinite`` (default) a NaN or infinite loss raises a
     FloatingPointError before the update: the parameters and the optimizer's state are
     those before the step (the fused path has overwritten the gradients).
+
+    With ``comm`` (an mpi4py communicator, or ``distributed.Overlap(comm, bucket_bytes)``)
+    the step is data-parallel: each rank passes its own rows, the gradient becomes the mean
+    over all ranks' rows before the update, and J is the global mean (fastprop.distributed).
     """
 
     def __init__(self, model, loss, optimizer, stop_on_nonfinite=True, comm=None):
