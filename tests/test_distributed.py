@@ -72,6 +72,22 @@ def test_mismatched_models_raise_on_every_rank(ranks):
         assert kind == "ValueError" and "'float32'), rank 0 has" in message
 
 
+def test_broadcast_optimizer_state(ranks):
+    for report, arrays in ranks:
+        assert report["adam_step_count"] == 1  # rank 0 took one step, the others more
+        assert np.array_equal(arrays["adam_state"], ranks[0][1]["adam_state"])
+        kind, message = report["mismatch_optimizer"]
+        assert kind == "ValueError" and f"rank {len(ranks) - 1} has SGD, rank 0 has Adam" in message
+
+
+def test_bad_arguments(ranks):
+    for report, _ in ranks:
+        assert report["bad_comm"] == ["TypeError", "comm must be an mpi4py communicator or "
+                                      "distributed.Overlap, got str"]
+        assert report["overlap_graph"][0] == "TypeError"
+        assert report["bad_bucket"] == ["ValueError", "bucket_bytes must be a positive integer, got 0"]
+
+
 def test_a_failing_rank_makes_every_rank_raise(ranks):
     last = len(ranks) - 1
     for report, _ in ranks:

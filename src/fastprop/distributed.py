@@ -78,10 +78,10 @@ def _agree_signatures(what, sig, comm, root):
     for rank, s in enumerate(sigs):
         if s == sigs[root]:
             continue
-        if len(s) != len(sigs[root]):
+        i = next((i for i, (a, b) in enumerate(zip(s, sigs[root])) if a != b), None)
+        if i is None:
             detail = f"{len(s)} entries, rank {root} has {len(sigs[root])}"
         else:
-            i = next(i for i, (a, b) in enumerate(zip(s, sigs[root])) if a != b)
             detail = f"{s[i]}, rank {root} has {sigs[root][i]}"
         raise ValueError(f"the {what} differ across ranks: rank {rank} has {detail}")
 
@@ -179,6 +179,9 @@ class GradientSync:
     """The data-parallel part of a TrainStep (TrainStep(..., comm=...) makes one)."""
 
     def __init__(self, step, comm):
+        if not isinstance(comm, (MPI.Comm, Overlap)):
+            raise TypeError(f"comm must be an mpi4py communicator or distributed.Overlap, "
+                            f"got {type(comm).__name__}")
         self.overlap = isinstance(comm, Overlap)
         self.bucket_bytes = comm.bucket_bytes if self.overlap else None
         self.comm = comm.comm if self.overlap else comm

@@ -49,6 +49,22 @@ if rank == size - 1:
     m32 = fp.Sequential(fp.Linear(5, 8), fp.Tanh(), fp.Linear(8, 8), fp.ReLU(), fp.Linear(8, 3))
 report["mismatch_dtype"] = error_of(lambda: distributed.broadcast_parameters(m32, comm))
 
+# optimizer state: rank 0's moments and step count everywhere; a different optimizer is an error
+model = scenarios.sequential()
+opt = fp.Adam(model.parameters(), 1e-2)
+step = fp.TrainStep(model, fp.MSE(), opt)
+for _ in range(rank + 1):  # a different state on every rank
+    step(np.full((4, 5), rank + 1.0), np.zeros((4, 3)))
+distributed.broadcast_optimizer_state(opt, comm)
+arrays["adam_state"] = np.concatenate([a for kind in opt.state_arrays() for a in kind])
+report["adam_step_count"] = opt.step_count
+other = fp.SGD(model.parameters(), 0.1, momentum=0.9) if rank == size - 1 else opt
+report["mismatch_optimizer"] = error_of(lambda: distributed.broadcast_optimizer_state(other, comm))
+report["bad_comm"] = error_of(lambda: fp.TrainStep(model, fp.MSE(), opt, comm="world"))
+report["overlap_graph"] = error_of(lambda: fp.TrainStep(
+    scenarios.graph(), fp.MSE(), opt, comm=distributed.Overlap(comm)))
+report["bad_bucket"] = error_of(lambda: distributed.Overlap(comm, 0))
+
 # faults: one rank's bad input / non-finite loss raises the same error on every rank,
 # nothing is updated, and the ranks go on in step afterwards
 model = scenarios.sequential()
