@@ -102,10 +102,18 @@ def broadcast_parameters(model, comm, root=0):
 def broadcast_optimizer_state(optimizer, comm, root=0):
     """Copies root's optimizer state (step count, momentum / moment buffers) to every rank.
 
-    A ValueError on every rank (and nothing changed) if the state's shapes or dtypes differ."""
+    A ValueError on every rank (and nothing changed) if the optimizers' types or parameter
+    shapes and dtypes differ across ranks."""
+    sig = [type(optimizer).__name__] + [(p.shape, str(p.dtype)) for p in optimizer.params]
+    if hasattr(optimizer, "state_dict"):  # torch's layout: hyperparameters and buffers
+        _agree_signatures("optimizers", sig, comm, root)
+        state = comm.bcast(optimizer.state_dict() if comm.Get_rank() == root else None, root=root)
+        if comm.Get_rank() != root:
+            optimizer.load_state_dict(state)
+        return
     arrays = [a for kind in optimizer.state_arrays() for a in kind]
-    sig = [type(optimizer).__name__] + [(a.shape, str(a.dtype)) for a in arrays]
-    _agree_signatures("optimizer states", sig, comm, root)
+    sig += [(a.shape, str(a.dtype)) for a in arrays]  # e.g. momentum buffers or none
+    _agree_signatures("optimizers", sig, comm, root)
     for a in arrays:
         comm.Bcast(a, root=root)
     optimizer.step_count = comm.bcast(optimizer.step_count, root=root)
