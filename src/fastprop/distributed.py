@@ -27,7 +27,7 @@ try:
 except ImportError as e:  # the optional extra
     raise ImportError("fastprop.distributed needs mpi4py: pip install 'fastprop-nn[mpi]'") from e
 
-from .nn import Module, flat_runs
+from .nn import Module, Sequential, flat_runs
 
 __all__ = ["broadcast_parameters", "broadcast_optimizer_state", "allreduce_gradients",
            "Overlap", "evaluate", "shard", "rows_of", "sum_over_ranks", "is_root"]
@@ -198,9 +198,9 @@ class GradientSync:
         if step.closure:
             raise TypeError("TrainStep(comm=...) does not take an optimizer that needs a "
                             "closure (HessianFree)")
-        if self.overlap and not _layered(step):
-            raise TypeError("distributed.Overlap needs a Sequential model, a fastprop loss and "
-                            "an optimizer without a closure")
+        if self.overlap and not isinstance(step.model, Sequential):
+            raise TypeError(f"distributed.Overlap needs a Sequential model (its layers' backward "
+                            f"runs one by one), got {type(step.model).__name__}")
 
     def __call__(self, x, y):
         """One data-parallel step (inside TrainStep.__call__, which holds the model)."""
@@ -208,10 +208,10 @@ class GradientSync:
         rows = _rows(x)
         self.reached = False
         try:
-            if rows == 0:  # nothing to compute: contribute a zero gradient and no loss
-                return self.before_update(0.0, 0, zero=True)
             if self.overlap:
                 return self._overlapped(x, y, rows)
+            if rows == 0:  # nothing to compute: contribute a zero gradient and no loss
+                return self.before_update(0.0, 0, zero=True)
             return ts._step(x, y)  # calls before_update between its backward and its update
         except Exception as e:
             if self.reached:  # the ranks already agreed: every rank raises this error
@@ -219,13 +219,14 @@ class GradientSync:
             _agree(self.comm, e, 0, 0.0)
 
     def before_update(self, J, x, zero=False):
-        """Called by TrainStep after the local backward: agree, average the gradient, update
-        (for a rank without rows, TrainStep's own part did not run)."""
+        """Called by TrainStep between the local backward and the update: agree, then the
+        gradient becomes all ranks' mean; returns the global loss. A rank without rows
+        (zero=True) runs no TrainStep part, so the update is made here."""
         ts, comm = self.step, self.comm
         rows = x if zero else _rows(x)
         self.reached = True
         total, loss_sum = _agree(comm, None, rows, rows * J if rows else 0.0)
-        for _, grad in flat_runs(ts._params):
+        for _, grad in flat_runs(ts.model.parameters()):
             if rows:
                 grad *= rows / total  # this rank's weight in the global mean
             else:
@@ -241,22 +242,26 @@ class GradientSync:
     def _overlapped(self, x, y, rows):
         from .train import _finite_batch
         ts, comm, model = self.step, self.comm, self.step.model
-        x = model._check_input(x)
-        if ts._check_batches:
-            _finite_batch(x, y)
-        out = model._forward(x)
-        J = ts.loss(out, y)
-        ts._diverged(J)
+        J = 0.0
+        if rows:
+            x = model._check_input(x)
+            if ts._check_batches:
+                _finite_batch(x, y)
+            out = model._forward(x)
+            J = ts.loss(out, y)
+            ts._diverged(J)
         self.reached = True
         total, loss_sum = _agree(comm, None, rows, rows * J)
-        g = ts.loss.backward()
-        g *= rows / total  # every parameter gradient comes out weighted for the global mean
         model.zero_grad()
-        (_, grad), = flat_runs(ts._params)
+        (_, grad), = flat_runs(model.parameters())
         buckets, starts = self._buckets(model, grad)
         pending, b = [], 0
+        if rows:
+            g = ts.loss.backward()
+            g *= rows / total  # every parameter gradient comes out weighted for the global mean
         for i in range(len(model.layers) - 1, -1, -1):
-            g = model.layers[i]._backward(g, i > 0)
+            if rows:
+                g = model.layers[i]._backward(g, i > 0)
             while b < len(buckets) and buckets[b][0] >= starts[i]:  # this bucket is final
                 lo, hi = buckets[b]
                 pending.append(comm.Iallreduce(MPI.IN_PLACE, grad[lo:hi], op=MPI.SUM))
@@ -264,9 +269,12 @@ class GradientSync:
             if pending:
                 MPI.Request.Testall(pending)  # lets MPI progress the reductions meanwhile
         MPI.Request.Waitall(pending)
-        ts._out = out
+        if rows:
+            ts._out = out
+        J = loss_sum / total if total else float("nan")
+        ts._diverged(J)
         ts.optimizer._step_holding(model._busy)
-        return loss_sum / total
+        return J
 
     def _buckets(self, model, grad):
         """[(lo, hi)] of the flat gradient from its end, each about bucket_bytes at layer
@@ -291,9 +299,3 @@ class GradientSync:
                     hi = s
             self._bucket_key, self._bucket_plan = key, (buckets, starts)
         return self._bucket_plan
-
-
-def _layered(step):
-    from .nn import Sequential
-    return isinstance(step.model, Sequential) and not step.closure and \
-        len(flat_runs(step.model.parameters())) == 1

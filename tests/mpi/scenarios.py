@@ -33,6 +33,8 @@ SETUPS = {
     "tiny": (sequential, fp.SoftmaxCrossEntropy, lambda p: fp.SGD(p, 0.1), 2),  # ranks with 0 rows
     "overlap": (lambda seed=0: sequential(seed, hidden=64), fp.SoftmaxCrossEntropy,
                 lambda p: fp.Adam(p, 1e-2), B),
+    "overlap_tiny": (lambda seed=0: sequential(seed, hidden=64), fp.SoftmaxCrossEntropy,
+                     lambda p: fp.Adam(p, 1e-2), 2),
 }
 
 

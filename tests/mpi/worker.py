@@ -36,7 +36,7 @@ def error_of(f):
 
 # equivalence: N ranks on shards of the global batch (fused and overlapped paths)
 for name in scenarios.SETUPS:
-    step_comm = distributed.Overlap(comm, bucket_bytes=512) if name == "overlap" else comm
+    step_comm = distributed.Overlap(comm, bucket_bytes=512) if name.startswith("overlap") else comm
     theta, losses = scenarios.train(name, comm, shard, step_comm)
     arrays[name] = theta
     report[name] = losses.tolist()
