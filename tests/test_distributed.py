@@ -78,7 +78,8 @@ def test_broadcast_optimizer_state(ranks):
         assert np.array_equal(arrays["adam_state"], ranks[0][1]["adam_state"])
         kind, message = report["mismatch_optimizer"]
         assert kind == "ValueError"
-        assert message.startswith(f"the optimizers differ across ranks: rank {len(ranks) - 1} has SGD, rank 0 has Adam")
+        assert message.startswith(f"the optimizers differ across ranks: rank {len(ranks) - 1} "
+                                  f"has SGD, rank 0 has Adam")
 
 
 def test_bad_arguments(ranks):
