@@ -57,8 +57,8 @@ def test_n_ranks_equal_one_process(ranks, name):
         assert report["size"] == len(ranks)
         assert relative(arrays[name], theta) < 1e-10
         np.testing.assert_allclose(report[name], losses, rtol=1e-10)
-    for _, arrays in ranks[1:]:  # every rank holds the same parameters
-        assert relative(arrays[name], ranks[0][1][name]) < 1e-14
+    for _, arrays in ranks[1:]:  # every rank holds the same parameters, to the bit
+        assert np.array_equal(arrays[name], ranks[0][1][name])
 
 
 def test_mismatched_models_raise_on_every_rank(ranks):
