@@ -94,6 +94,7 @@ def test_a_failing_rank_makes_every_rank_raise(ranks):
     last = len(ranks) - 1
     for report, _ in ranks:
         assert report["fault_nan_input"] == ["ValueError", f"rank {last}: x[1, 2] = nan is not finite"]
+        assert report["fault_bad_shape"] == ["ValueError", f"rank {last}: x has shape (4, 4), expected (batch, 5)"]
         kind, message = report["fault_inf_loss"]
         assert kind == "FloatingPointError" and message.startswith(f"rank {last}: the loss became inf")
         assert report["fault_unchanged"]  # no rank updated

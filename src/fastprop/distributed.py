@@ -129,17 +129,15 @@ def allreduce_gradients(model, comm):
 
 
 def _rows(x):
-    """The number of rows of a batch x (one array, or a Graph's list / tuple / dict of them)."""
+    """The number of rows of a batch x: one array (or nested lists), or a Graph's inputs
+    (a dict, list or tuple of 2-D arrays)."""
     if isinstance(x, dict):
         x = next(iter(x.values()), None)
-    elif isinstance(x, (list, tuple)):
-        x = x[0] if x else None
+    elif isinstance(x, (list, tuple)) and x and all(isinstance(v, np.ndarray) and v.ndim == 2
+                                                    for v in x):
+        x = x[0]
     shape = np.shape(x)
     return shape[0] if shape else 1
-
-
-class _Failure(Exception):
-    """This rank's step failed; the error is handed to every rank by _agree."""
 
 
 def _agree(comm, error, rows, loss_sum):
@@ -205,9 +203,9 @@ class GradientSync:
     def __call__(self, x, y):
         """One data-parallel step (inside TrainStep.__call__, which holds the model)."""
         ts = self.step
-        rows = _rows(x)
         self.reached = False
         try:
+            rows = _rows(x)  # (a ragged list raises here: on this rank only, so agreed below)
             if self.overlap:
                 return self._overlapped(x, y, rows)
             if rows == 0:  # nothing to compute: contribute a zero gradient and no loss

@@ -77,6 +77,7 @@ bad_x = x.copy()
 if rank == size - 1:
     bad_x[1, 2] = np.nan
 report["fault_nan_input"] = error_of(lambda: step(bad_x, y))
+report["fault_bad_shape"] = error_of(lambda: step(x[:, :4] if rank == size - 1 else x, y))
 big_y = y.copy()
 if rank == size - 1:
     big_y[:] = 1e200  # finite targets, an infinite loss
