@@ -113,6 +113,9 @@ def test_fit_equals_one_process_and_prints_on_rank_0_only(ranks):
         for key, values in report["fit_history"].items():
             np.testing.assert_allclose(values, hist.history[key], rtol=1e-10, err_msg=key)
         assert ("epoch 3/3" in report["fit_output"]) == (rank == 0), report["fit_output"]
+        kind, message = report["fit_own_shards"]
+        assert kind == "ValueError" and message.startswith("the data sets (every rank must pass "
+                                                           "the same X and y) differ across ranks")
 
 
 def test_example_under_mpiexec_matches_one_process():

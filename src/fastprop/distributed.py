@@ -30,7 +30,7 @@ except ImportError as e:  # the optional extra
 from .nn import Module, Sequential, flat_runs
 
 __all__ = ["broadcast_parameters", "broadcast_optimizer_state", "allreduce_gradients",
-           "Overlap", "evaluate", "shard", "rows_of", "sum_over_ranks", "is_root"]
+           "Overlap", "evaluate", "check_same_data", "shard", "rows_of", "sum_over_ranks", "is_root"]
 
 
 def is_root(comm, root=0):
@@ -70,6 +70,19 @@ def evaluate(model, X, y, loss, comm, batch_size=4096):
         correct = scores["accuracy"] * (hi - lo) if has_acc else 0.0
     total, correct, has_acc = sum_over_ranks(comm, total, correct, has_acc)
     return {"loss": total / len(X), "accuracy": correct / len(X) if has_acc else None}
+
+
+def check_same_data(comm, *arrays, root=0):
+    """A ValueError on every rank unless every rank holds the same arrays (compared by shape,
+    dtype and a sum of about 64 rows each): fit(comm=...) splits every batch itself, so
+    ranks that each pass their own shard would train on the wrong rows, or wait forever
+    for a rank that has fewer batches."""
+    sig = []
+    for a in arrays:
+        a = np.asarray(a)
+        step = max(1, len(a) // 64) if a.ndim else 1
+        sig.append((a.shape, str(a.dtype), float(np.sum(a[::step], dtype=np.float64))))
+    _agree_signatures("data sets (every rank must pass the same X and y)", sig, comm, root)
 
 
 def _agree_signatures(what, sig, comm, root):

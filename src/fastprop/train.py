@@ -308,6 +308,7 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     step = TrainStep(model, loss, optimizer, stop_on_nonfinite, comm=comm)
     if comm is not None:
         from . import distributed
+        distributed.check_same_data(comm, X, y)
         distributed.broadcast_parameters(model, comm)
         distributed.broadcast_optimizer_state(optimizer, comm)
         progress = progress and distributed.is_root(comm)
