@@ -72,6 +72,15 @@ def test_mismatched_models_raise_on_every_rank(ranks):
         assert kind == "ValueError" and "'float32'), rank 0 has" in message
 
 
+def test_random_streams_are_distinct_per_rank_and_reproducible(ranks):
+    keys = [report["stream"]["key"] for report, _ in ranks]
+    assert keys[0] == 11  # root keeps its stream
+    for rank, (report, _) in enumerate(ranks[1:], 1):
+        seq = np.random.SeedSequence([11, rank])  # from root's key and the rank only
+        assert report["stream"] == {"key": int(seq.generate_state(1, np.uint64)[0]), "counter": 3}
+    assert len(set(keys)) == len(keys)
+
+
 def test_broadcast_optimizer_state(ranks):
     for report, arrays in ranks:
         assert report["adam_step_count"] == 1  # rank 0 took one step, the others more

@@ -100,16 +100,33 @@ def _agree_signatures(what, sig, comm, root):
 
 
 def broadcast_parameters(model, comm, root=0):
-    """Copies root's parameters into every rank's model (one Bcast per flat buffer).
+    """Copies root's parameters into every rank's model (one Bcast per flat buffer); a
+    Dropout's mask stream becomes root's, made distinct per rank.
 
     A ValueError on every rank (and nothing changed) if the models' parameter names, shapes
     or dtypes differ across ranks."""
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
     sig = [(name, p.shape, str(p.dtype)) for name, p in model.named_parameters()]
+    sig.append(("modules", [type(m).__name__ for m in model.modules()]))
     _agree_signatures("models", sig, comm, root)
     for data, _ in flat_runs(model.parameters()):
         comm.Bcast(data, root=root)
+    _distinct_streams(model, comm, root)
+
+
+def _distinct_streams(model, comm, root):
+    """Modules with a random stream (Dropout: rng_state / set_rng_state) get one per rank,
+    derived from root's and the rank: distinct masks on every rank, reproducible from the
+    seed (root keeps its own stream, so one rank trains as one process)."""
+    for m in model.modules():
+        if not callable(getattr(m, "set_rng_state", None)):
+            continue
+        state = comm.bcast(m.rng_state(), root=root)
+        if comm.Get_rank() != root:
+            seq = np.random.SeedSequence([state["key"], comm.Get_rank()])
+            state = {"key": int(seq.generate_state(1, np.uint64)[0]), "counter": state["counter"]}
+        m.set_rng_state(state)
 
 
 def broadcast_optimizer_state(optimizer, comm, root=0):

@@ -49,6 +49,23 @@ if rank == size - 1:
     m32 = fp.Sequential(fp.Linear(5, 8), fp.Tanh(), fp.Linear(8, 8), fp.ReLU(), fp.Linear(8, 3))
 report["mismatch_dtype"] = error_of(lambda: distributed.broadcast_parameters(m32, comm))
 
+# random streams (Dropout's rng_state / set_rng_state): root's, made distinct per rank
+class Stream(fp.Identity):
+    def __init__(self, key):
+        super().__init__()
+        self.state = {"key": key, "counter": 3}
+
+    def rng_state(self):
+        return dict(self.state)
+
+    def set_rng_state(self, state):
+        self.state = dict(state)
+
+
+streams = fp.Sequential(fp.Linear(5, 3, dtype=np.float64), Stream(11 if rank == 0 else 100 + rank))
+distributed.broadcast_parameters(streams, comm)
+report["stream"] = streams[1].state
+
 # optimizer state: rank 0's moments and step count everywhere; a different optimizer is an error
 model = scenarios.sequential()
 opt = fp.Adam(model.parameters(), 1e-2)
