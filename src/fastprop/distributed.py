@@ -12,7 +12,8 @@ Launch one process per rank (``mpiexec -n 2 python train.py``) and pass the comm
     fp.fit(model, X, y, loss=loss_fn, optimizer=opt, comm=comm)   # every rank passes all of X, y
 
 A step's gradient is the mean over ALL ranks' rows: each rank's mean gradient weighted by
-its row count (uneven shards are exact; a rank may have no rows), then one in-place
+its row count (or its samples' total weight, where the loss is a weighted mean), so
+uneven shards are exact and a rank may have no rows; then one in-place
 Allreduce of the model's flat gradient buffer. The ranks first agree on one small vector
 (an error flag, their row counts and loss sums), so a rank that fails (bad input, a
 non-finite loss) makes every rank raise the same error instead of leaving the others
@@ -170,12 +171,20 @@ def _rows(x):
     return shape[0] if shape else 1
 
 
-def _agree(comm, error, rows, loss_sum):
-    """One small Allreduce: (the number of failed ranks, rows, Σ rows·loss) over all ranks.
+def _mass(loss, x, y, sample_weight):
+    """A batch's weight in the global mean: its rows, or the sum of its samples' weights
+    where the loss is a weighted mean (sample_weight, class weights: loss.weight_total)."""
+    if sample_weight is None and getattr(loss, "weight", None) is None:
+        return _rows(x)
+    return float(loss.weight_total(np.asarray(y), sample_weight))
+
+
+def _agree(comm, error, mass, loss_sum):
+    """One small Allreduce: (the number of failed ranks, Σ mass, Σ mass·loss) over all ranks.
 
     If some rank failed, every rank raises the first failed rank's error (its type and
     message), so none is left waiting in a collective."""
-    stats = np.array([error is not None, rows, loss_sum], dtype=np.float64)
+    stats = np.array([error is not None, mass, loss_sum], dtype=np.float64)
     comm.Allreduce(MPI.IN_PLACE, stats, op=MPI.SUM)
     if stats[0]:
         kind = type(error)
@@ -190,7 +199,7 @@ def _agree(comm, error, rows, loss_sum):
         except Exception:  # a class that is not importable here, or another constructor
             agreed = RuntimeError(f"rank {rank}: {module}.{name}: {message}")
         raise agreed from error
-    return int(stats[1]), stats[2]
+    return stats[1], stats[2]
 
 
 class Overlap:
@@ -230,65 +239,66 @@ class GradientSync:
             raise TypeError(f"distributed.Overlap needs a Sequential model (its layers' backward "
                             f"runs one by one), got {type(step.model).__name__}")
 
-    def __call__(self, x, y):
+    def __call__(self, x, y, sample_weight=None):
         """One data-parallel step (inside TrainStep.__call__, which holds the model)."""
         ts = self.step
         self.reached = False
         try:
-            rows = _rows(x)  # (a ragged list raises here: on this rank only, so agreed below)
+            # (a ragged x raises here: on this rank only, so it is agreed on below)
+            self.mass = _mass(ts.loss, x, y, sample_weight)
             if self.overlap:
-                return self._overlapped(x, y, rows)
-            if rows == 0:  # nothing to compute: contribute a zero gradient and no loss
-                return self.before_update(0.0, 0, zero=True)
-            return ts._step(x, y)  # calls before_update between its backward and its update
+                return self._overlapped(x, y, sample_weight)
+            if not self.mass:  # no rows (or no weight): a zero gradient and no loss
+                return self.before_update(0.0)
+            weighted = () if sample_weight is None else (sample_weight,)
+            return ts._step(x, y, *weighted)  # calls before_update between backward and update
         except Exception as e:
             if self.reached:  # the ranks already agreed: every rank raises this error
                 raise
-            _agree(self.comm, e, 0, 0.0)
+            _agree(self.comm, e, 0.0, 0.0)
 
-    def before_update(self, J, x, zero=False):
+    def before_update(self, J):
         """Called by TrainStep between the local backward and the update: agree, then the
-        gradient becomes all ranks' mean; returns the global loss. A rank without rows
-        (zero=True) runs no TrainStep part, so the update is made here."""
-        ts, comm = self.step, self.comm
-        rows = x if zero else _rows(x)
+        gradient becomes all ranks' mean; returns the global loss. A rank without rows runs
+        no TrainStep part, so its update is made here."""
+        ts, comm, mass = self.step, self.comm, self.mass
         self.reached = True
-        total, loss_sum = _agree(comm, None, rows, rows * J if rows else 0.0)
+        total, loss_sum = _agree(comm, None, mass, mass * J if mass else 0.0)
         for _, grad in flat_runs(ts.model.parameters()):
-            if rows:
-                grad *= rows / total  # this rank's weight in the global mean
+            if mass:
+                grad *= mass / total  # this rank's weight in the global mean
             else:
                 grad.fill(0)
             comm.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
         J = loss_sum / total if total else float("nan")
         ts._diverged(J)
-        if zero:
+        if not mass:
             ts.optimizer._step_holding(ts.model._busy)
         return J
 
     # ---------------------------------------------------------------- DDP-style overlap
-    def _overlapped(self, x, y, rows):
+    def _overlapped(self, x, y, sample_weight):
         from .train import _finite_batch
-        ts, comm, model = self.step, self.comm, self.step.model
+        ts, comm, model, mass = self.step, self.comm, self.step.model, self.mass
         J = 0.0
-        if rows:
+        if mass:
             x = model._check_input(x)
             if ts._check_batches:
                 _finite_batch(x, y)
             out = model._forward(x)
-            J = ts.loss(out, y)
+            J = ts.loss(out, y) if sample_weight is None else ts.loss(out, y, sample_weight)
             ts._diverged(J)
         self.reached = True
-        total, loss_sum = _agree(comm, None, rows, rows * J)
+        total, loss_sum = _agree(comm, None, mass, mass * J)
         model.zero_grad()
         (_, grad), = flat_runs(model.parameters())
         buckets, starts = self._buckets(model, grad)
         pending, b = [], 0
-        if rows:
+        if mass:
             g = ts.loss.backward()
-            g *= rows / total  # every parameter gradient comes out weighted for the global mean
+            g *= mass / total  # every parameter gradient comes out weighted for the global mean
         for i in range(len(model.layers) - 1, -1, -1):
-            if rows:
+            if mass:
                 g = model.layers[i]._backward(g, i > 0)
             while b < len(buckets) and buckets[b][0] >= starts[i]:  # this bucket is final
                 lo, hi = buckets[b]
@@ -297,7 +307,7 @@ class GradientSync:
             if pending:
                 MPI.Request.Testall(pending)  # lets MPI progress the reductions meanwhile
         MPI.Request.Waitall(pending)
-        if rows:
+        if mass:
             ts._out = out
         J = loss_sum / total if total else float("nan")
         ts._diverged(J)

@@ -127,7 +127,7 @@ class TrainStep:
             model._backward(self.loss.backward(), False)
             self._out = out
         if self._sync is not None:  # between backward and update: all ranks' mean, global J
-            J = self._sync.before_update(J, x)
+            J = self._sync.before_update(J)
         self.optimizer._step_holding(model._busy)
         return J
 
