@@ -210,7 +210,8 @@ class Overlap:
     non-blocking Iallreduce in buckets of about ``bucket_bytes``, while the earlier layers'
     backward runs; the step waits for all buckets before the update. Measured on one
     machine it does not beat the fused path plus one Allreduce (benchmarks/distributed.py),
-    which is why ``comm=comm`` alone takes the latter.
+    which is why ``comm=comm`` alone takes the latter. MPICH progresses the reductions only
+    inside MPI calls (between layers, here) unless MPIR_CVAR_ASYNC_PROGRESS=1.
     """
 
     def __init__(self, comm, bucket_bytes=1 << 20):
