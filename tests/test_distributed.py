@@ -51,7 +51,8 @@ def test_import_fastprop_does_not_import_mpi4py():
 @pytest.mark.parametrize("name", list(scenarios.SETUPS))
 def test_n_ranks_equal_one_process(ranks, name):
     """sgd / adam / graph, uneven shards (10 rows on 3 ranks), ranks without rows (2 rows on
-    3 ranks) and the overlapped backward: 20 steps give one process's parameters and losses."""
+    3 ranks), the overlapped backward and DP-SGD (clipped per example, noised once): 20
+    steps give one process's parameters and losses."""
     theta, losses = scenarios.train(name)
     for report, arrays in ranks:
         assert report["size"] == len(ranks)

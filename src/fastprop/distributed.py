@@ -236,6 +236,12 @@ class GradientSync:
         if step.closure:
             raise TypeError("TrainStep(comm=...) does not take an optimizer that needs a "
                             "closure (HessianFree)")
+        dp = getattr(step, "_dp", None)  # DP-SGD (per_example_clip): clipping is per example,
+        if dp is not None:               # and the noise σCξ is added once, by rank 0, as in one process
+            if self.overlap:
+                raise TypeError("distributed.Overlap does not take per_example_clip (DP-SGD)")
+            if self.comm.Get_rank() != 0:
+                dp.sigma = 0.0
         if self.overlap and not isinstance(step.model, Sequential):
             raise TypeError(f"distributed.Overlap needs a Sequential model (its layers' backward "
                             f"runs one by one), got {type(step.model).__name__}")

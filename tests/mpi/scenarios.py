@@ -35,6 +35,9 @@ SETUPS = {
                 lambda p: fp.Adam(p, 1e-2), B),
     "overlap_tiny": (lambda seed=0: sequential(seed, hidden=64), fp.SoftmaxCrossEntropy,
                      lambda p: fp.Adam(p, 1e-2), 2),
+    # DP-SGD: per-example clipping on each rank, the noise once (rank 0's rng)
+    "dp_sgd": (sequential, fp.SoftmaxCrossEntropy, lambda p: fp.SGD(p, 0.1), B,
+               dict(per_example_clip=0.5, noise_multiplier=1.1, rng=5)),
 }
 
 
@@ -51,13 +54,13 @@ def data(name, n=None):
 def train(name, comm=None, shard=None, step_comm=None):
     """STEPS TrainSteps of the global batch; shard(lo, hi) -> this rank's (lo, hi).
     Returns (flat parameters, losses)."""
-    build, loss, make_opt, batch = SETUPS[name]
+    build, loss, make_opt, batch, *options = SETUPS[name]
     model = build(seed=0 if comm is None else comm.Get_rank())  # broadcast makes them equal
     opt = make_opt(model.parameters())
     if comm is not None:
         from fastprop import distributed
         distributed.broadcast_parameters(model, comm)
-    step = fp.TrainStep(model, loss(), opt, comm=step_comm)
+    step = fp.TrainStep(model, loss(), opt, comm=step_comm, **(options[0] if options else {}))
     X, y = data(name)
     losses = []
     for k in range(STEPS):
