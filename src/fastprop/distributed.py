@@ -236,11 +236,16 @@ class GradientSync:
         if step.closure:
             raise TypeError("TrainStep(comm=...) does not take an optimizer that needs a "
                             "closure (HessianFree)")
-        dp = getattr(step, "_dp", None)  # DP-SGD (per_example_clip): clipping is per example,
-        if dp is not None:               # and the noise σCξ is added once, by rank 0, as in one process
+        # DP-SGD (per_example_clip): each rank clips its own examples, and the noise σCξ is
+        # added once, by the last rank (fit's shards always give it rows), as in one process
+        dp = getattr(step, "_dp", None)
+        self.noise = None
+        if dp is not None:
             if self.overlap:
                 raise TypeError("distributed.Overlap does not take per_example_clip (DP-SGD)")
-            if self.comm.Get_rank() != 0:
+            if self.comm.Get_rank() == self.comm.Get_size() - 1:
+                self.noise = dp if dp.sigma > 0 else None
+            else:
                 dp.sigma = 0.0
         if self.overlap and not isinstance(step.model, Sequential):
             raise TypeError(f"distributed.Overlap needs a Sequential model (its layers' backward "
@@ -274,6 +279,10 @@ class GradientSync:
         for _, grad in flat_runs(ts.model.parameters()):
             if mass:
                 grad *= mass / total  # this rank's weight in the global mean
+            elif self.noise is not None and total:  # no rows, but DP-SGD's noise, once a step
+                dp = self.noise
+                dp.rng.standard_normal(dtype=grad.dtype, out=grad)
+                grad *= grad.dtype.type(dp.sigma * dp.clip / total)
             else:
                 grad.fill(0)
             comm.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)

@@ -38,6 +38,9 @@ SETUPS = {
     # DP-SGD: per-example clipping on each rank, the noise once (rank 0's rng)
     "dp_sgd": (sequential, fp.SoftmaxCrossEntropy, lambda p: fp.SGD(p, 0.1), B,
                dict(per_example_clip=0.5, noise_multiplier=1.1, rng=5)),
+    # ... with 2 rows on 3 ranks given to the first ranks: the noise comes from a rank without rows
+    "dp_sgd_tiny": (sequential, fp.SoftmaxCrossEntropy, lambda p: fp.SGD(p, 0.1), 2,
+                    dict(per_example_clip=0.5, noise_multiplier=1.1, rng=5)),
 }
 
 
