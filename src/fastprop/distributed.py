@@ -101,18 +101,23 @@ def _agree_signatures(what, sig, comm, root):
 
 
 def broadcast_parameters(model, comm, root=0):
-    """Copies root's parameters into every rank's model (one Bcast per flat buffer); a
-    Dropout's mask stream becomes root's, made distinct per rank.
+    """Copies root's parameters into every rank's model (one Bcast per flat buffer), and its
+    buffers (running statistics); a Dropout's mask stream becomes root's, made distinct per
+    rank.
 
     A ValueError on every rank (and nothing changed) if the models' parameter names, shapes
     or dtypes differ across ranks."""
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
+    buffers = getattr(model, "named_buffers", list)()  # BatchNorm's running statistics
     sig = [(name, p.shape, str(p.dtype)) for name, p in model.named_parameters()]
+    sig += [(name, np.shape(b), str(b.dtype)) for name, b in buffers]
     sig.append(("modules", [type(m).__name__ for m in model.modules()]))
     _agree_signatures("models", sig, comm, root)
     for data, _ in flat_runs(model.parameters()):
         comm.Bcast(data, root=root)
+    for _, b in buffers:
+        comm.Bcast(b, root=root)
     _distinct_streams(model, comm, root)
 
 
