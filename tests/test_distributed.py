@@ -141,3 +141,17 @@ def test_example_under_mpiexec_matches_one_process():
                          text=True, timeout=120)
     assert two.stdout.count("saved") == 1  # rank 0 only
     assert two.stdout.splitlines()[0] == one.stdout.splitlines()[0].replace("1 rank", "2 rank")
+
+
+def test_benchmark_script_runs():
+    """benchmarks/distributed.py on the tiny workload, one round: its table has both rank counts."""
+    pytest.importorskip("mpi4py")
+    if mpiexec() is None:
+        pytest.skip("no mpiexec")
+    bench = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "distributed.py")
+    run = subprocess.run([sys.executable, bench, "--workloads", "tiny", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith("tiny")]
+    assert [r[1] for r in rows] == ["1", "2"]
+    assert all(float(v) > 0 for r in rows for v in r[2:6])  # the four step times, in ms
