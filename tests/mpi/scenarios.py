@@ -41,6 +41,9 @@ SETUPS = {
     # ... with 2 rows on 3 ranks given to the first ranks: the noise comes from a rank without rows
     "dp_sgd_tiny": (sequential, fp.SoftmaxCrossEntropy, lambda p: fp.SGD(p, 0.1), 2,
                     dict(per_example_clip=0.5, noise_multiplier=1.1, rng=5)),
+    # sample and class weights: each rank's share of the mean is its rows' total weight
+    "weighted": (sequential, lambda: fp.SoftmaxCrossEntropy(weight=np.array([1.0, 3.0, 0.5])),
+                 lambda p: fp.SGD(p, 0.1, momentum=0.9), 10),
 }
 
 
@@ -70,5 +73,6 @@ def train(name, comm=None, shard=None, step_comm=None):
         lo, hi = k * batch, (k + 1) * batch
         if shard is not None:
             lo, hi = shard(lo, hi)
-        losses.append(step(X[lo:hi], y[lo:hi]))
+        w = None if name != "weighted" else np.linspace(0.0, 2.0, STEPS * batch)[lo:hi]
+        losses.append(step(X[lo:hi], y[lo:hi], w))
     return fp.parameters_to_vector(model.parameters()), np.array(losses)
