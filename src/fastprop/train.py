@@ -100,10 +100,14 @@ class TrainStep:
     added to their sum before dividing by the batch size (``fastprop.autodiff.DPGradient``
     gives the exact normalisation). It needs a Sequential (nested) of Linear,
     LowRankLinear, PReLU and the activations.
+
+    With ``comm`` (an mpi4py communicator, or ``distributed.Overlap(comm, bucket_bytes)``)
+    the step is data-parallel: each rank passes its own rows, the gradient becomes the mean
+    over all ranks' rows before the update, and J is the global mean (fastprop.distributed).
     """
 
     def __init__(self, model, loss, optimizer, stop_on_nonfinite=True, per_example_clip=None,
-                 noise_multiplier=0.0, rng=None):
+                 noise_multiplier=0.0, rng=None, comm=None):
         if not isinstance(model, Module):
             raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -123,6 +127,10 @@ class TrainStep:
             raise ValueError("noise_multiplier needs per_example_clip: the noise is "
                              "noise_multiplier × per_example_clip")
         self._compile()
+        self._sync = None
+        if comm is not None:  # data-parallel over MPI: the gradient is all ranks' mean
+            from .distributed import GradientSync
+            self._sync = GradientSync(self, comm)
 
     def _compile(self):
         self._params = self.model.parameters()
@@ -155,6 +163,8 @@ class TrainStep:
         if not busy.acquire(False):
             raise busy_error(type(self.model).__name__)
         try:
+            if self._sync is not None:  # runs _step, whose hook below averages the gradient
+                return self._sync(x, y, sample_weight)
             return self._step(x, y, sample_weight)
         finally:
             busy.release()
@@ -198,6 +208,8 @@ class TrainStep:
             model.zero_grad()
             model._backward(self.loss.backward(), False)
             self._out = out
+        if self._sync is not None:  # between backward and update: all ranks' mean, global J
+            J = self._sync.before_update(J)
         self.optimizer._step_holding(model._busy)
         return J
 
@@ -358,7 +370,7 @@ def _check_targets(loss, y, n_out, name="y"):
 
 def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, seed=0,
         validation_data=None, progress=True, stop_on_nonfinite=True, drop_last=False,
-        sample_weight=None):
+        sample_weight=None, comm=None):
     """Trains model on (X, y) with minibatches; returns a History of per-epoch metrics.
 
     Each step is a ``TrainStep`` (the fused C path where the model allows it). The data
@@ -370,6 +382,12 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     skips the last partial batch of each epoch (as torch's DataLoader). ``sample_weight``
     (samples,) weights each sample's loss (shuffled with it; each batch's loss is its weighted
     mean, and the epoch's "loss" the weighted mean over the epoch).
+
+    With ``comm`` (an mpi4py communicator; every rank passes the same X, y and seed) the
+    training is data-parallel (fastprop.distributed): rank 0's parameters and optimizer
+    state are broadcast first, each batch is split across the ranks and its gradient is
+    the mean over the whole batch, the validation metrics are reduced over the ranks, and
+    only rank 0 shows progress.
     """
     X, y = _dataset(model, X, y)
     w = _sample_weights(sample_weight, X.shape[0], model.dtype)
@@ -382,7 +400,13 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         Xv, yv = _dataset(model, *validation_data, name="X_val")
         _check_targets(loss, yv, model.out_features, "y_val")
     _check_targets(loss, y, model.out_features)
-    step = TrainStep(model, loss, optimizer, stop_on_nonfinite)
+    step = TrainStep(model, loss, optimizer, stop_on_nonfinite, comm=comm)
+    if comm is not None:
+        from . import distributed
+        distributed.check_same_data(comm, X, y)
+        distributed.broadcast_parameters(model, comm)
+        distributed.broadcast_optimizer_state(optimizer, comm)
+        progress = progress and distributed.is_root(comm)
     step._check_batches = False  # X and y were checked whole above (_dataset, _check_targets)
     rng = np.random.default_rng(seed)
     n = X.shape[0]
@@ -400,6 +424,7 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
             np.take(w, order, out=ws)
         bar.start(epoch)
         total_loss, correct, seen, has_acc, loss_mass = 0.0, 0.0, 0, False, 0.0
+        mine = 0  # this rank's rows (all of them without comm)
         t0 = time.perf_counter()
         for a in range(0, n_used, batch_size):
             b = min(a + batch_size, n_used)
@@ -407,28 +432,32 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
             mass = loss.weight_total(ys[a:b], wb) if weighted else b - a
             if not mass > 0:  # a batch of zero weights has no mean and adds nothing: skipped
                 continue
+            lo, hi = (a, b) if comm is None else distributed.rows_of(a, b, comm)
             try:
-                J = step(Xs[a:b], ys[a:b], wb)
+                J = step(Xs[lo:hi], ys[lo:hi], None if ws is None else ws[lo:hi])
             except (FloatingPointError, ValueError) as e:  # divergence, or a bad target
                 bar.end()
                 kind = FloatingPointError if isinstance(e, FloatingPointError) else ValueError
                 raise kind(f"epoch {epoch}, samples {a}:{b}: {e}") from None
-            acc = loss.accuracy(step.output, ys[a:b])
-            total_loss += J * mass
-            seen += b - a
+            acc = loss.accuracy(step.output, ys[lo:hi]) if hi > lo else None
+            total_loss += J * mass  # J is the whole batch's mean, also with comm
+            seen, mine = seen + b - a, mine + hi - lo
             loss_mass += mass
             if acc is not None:
-                correct, has_acc = correct + acc * (b - a), True
-            bar.update(b - a, total_loss / max(loss_mass, 1e-300), correct / seen if has_acc else None,
+                correct, has_acc = correct + acc * (hi - lo), True
+            bar.update(b - a, total_loss / max(loss_mass, 1e-300), correct / mine if has_acc else None,
                        force=b == n_used)
         elapsed = time.perf_counter() - t0
+        if comm is not None:
+            correct, has_acc = distributed.sum_over_ranks(comm, correct, has_acc)
         epoch_acc = correct / max(seen, 1) if has_acc else None
         history.history["loss"].append(total_loss / loss_mass if loss_mass > 0 else 0.0)
         history.history["accuracy"].append(epoch_acc)
         history.history["samples_per_s"].append(seen / max(elapsed, 1e-12))
         val = None
         if validation_data is not None:
-            scores = evaluate(model, Xv, yv, loss)
+            scores = (evaluate(model, Xv, yv, loss) if comm is None
+                      else distributed.evaluate(model, Xv, yv, loss, comm))
             history.history["val_loss"].append(scores["loss"])
             history.history["val_accuracy"].append(scores["accuracy"])
             val = f"val_loss {scores['loss']:.4f}" + (
