@@ -6,6 +6,7 @@ from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_ve
                         vector_to_parameters, vector_views)
 from .hessian_free import Closure, HessianFree
 from .io import gradcheck, load, save
+from .layers import BatchNorm1d, Dropout, LayerNorm
 from .losses import MSE, GaussianNLL, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
@@ -23,4 +24,5 @@ __all__ = [
     "save", "load", "gradcheck", "set_num_threads", "get_num_threads",
     "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
+    "Dropout", "LayerNorm", "BatchNorm1d",
 ]

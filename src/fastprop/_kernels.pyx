@@ -1507,3 +1507,7 @@ def concat_backward(grad, widths, *, outs=None, needed=None, accumulate=False):
             _check(rc, "concat_backward")
         offset += w
     return result
+
+
+# ---------------------------------------------------------------- dropout and normalization
+include "_norm.pxi"
