@@ -2,8 +2,8 @@
  * feature's batch), each forward next to its backward, and their R-operators.
  *
  * PyTorch's definitions: x̂ = (x − μ) / √(σ² + eps) with the biased variance σ², then
- * y = x̂ w + b (w, b NULL: no affine part). The variance is two-pass, Σ (x − μ)² after μ,
- * so a large mean does not cancel. Row sums run in FP_LANES partial sums (fastmath.h) so
+ * y = x̂ w + b (w, b NULL: no affine part). The variance is two-pass, Σ (x − μ)² after μ
+ * (with the mean's rounding corrected), so a large mean does not cancel. Row sums run in FP_LANES partial sums (fastmath.h) so
  * that they vectorize; BatchNorm's column sums run along the rows, lanes across the columns.
  * The backward keeps no x̂: it recomputes it from x and the saved (mean, rstd). */
 #ifndef R
@@ -37,27 +37,32 @@ FP_INLINE void F(row_sums)(double *s1, double *s2, const R *a, const R *w, const
     *s2 = t2;
 }
 
-// the mean and 1/√(σ² + eps) of one row of n ≥ 1, two-pass
+// the mean and 1/√(σ² + eps) of one row of n ≥ 1: the corrected two-pass algorithm (Chan,
+// Golub & LeVeque 1983): μ₀ from a first pass, then d = x − μ₀ gives μ = μ₀ + Σd/n and
+// σ² = Σd²/n − (Σd/n)², which stays exact when a float32 μ₀ is off by rounding
 FP_INLINE void F(row_stats)(R *mean, R *rstd, const R *x, int64_t n, double eps)
 {
     double s, unused;
     F(row_sums)(&s, &unused, x, NULL, x, 0, n);
     R mu = (R)(s / (double)n);
-    R acc[FP_LANES] = {0};
+    R acc[FP_LANES] = {0}, acc2[FP_LANES] = {0};
     int64_t j = 0;
     for (; j + FP_LANES <= n; j += FP_LANES)
         for (int l = 0; l < FP_LANES; l++) {
             R d = x[j + l] - mu;
-            acc[l] += d * d;
+            acc[l] += d;
+            acc2[l] += d * d;
         }
-    double ss = 0;
-    for (int l = 0; l < FP_LANES; l++) ss += acc[l];
+    double sd = 0, ss = 0;
+    for (int l = 0; l < FP_LANES; l++) sd += acc[l], ss += acc2[l];
     for (; j < n; j++) {
         R d = x[j] - mu;
+        sd += d;
         ss += d * d;
     }
-    *mean = mu;
-    *rstd = (R)(1.0 / sqrt(ss / (double)n + eps));
+    double c = sd / (double)n, var = ss / (double)n - c * c;
+    *mean = (R)(mu + c);
+    *rstd = (R)(1.0 / sqrt((var > 0 ? var : 0) + eps));
 }
 
 // ------------------------------------------------------------------------------ LayerNorm
@@ -212,6 +217,10 @@ FP_SIMD int F(batchnorm_forward)(R *y, R *mean, R *rstd, R *running_mean, R *run
         for (int64_t i = 0; i < batch; i++)
             for (int64_t k = 0; k < c; k++) mean[k] += x[i * c + k];
         for (int64_t k = 0; k < c; k++) mean[k] /= (R)batch;
+        // the rounding of the float32 mean corrected by the mean of x − μ₀ (as row_stats does)
+        for (int64_t i = 0; i < batch; i++)
+            for (int64_t k = 0; k < c; k++) rstd[k] += x[i * c + k] - mean[k];
+        for (int64_t k = 0; k < c; k++) mean[k] += rstd[k] / (R)batch, rstd[k] = 0;
         for (int64_t i = 0; i < batch; i++)
             for (int64_t k = 0; k < c; k++) {
                 R d = x[i * c + k] - mean[k];

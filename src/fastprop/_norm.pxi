@@ -3,7 +3,9 @@
 # Each public function checks its arrays with the helpers of _kernels.pyx (naming the
 # argument, nothing written on error), then hands them to a `_c_*` function whose typed
 # memoryviews take float32 or float64 through one fused type: Cython picks the precision
-# from the arrays, and `if floating is float` picks the C symbol.
+# from the first argument (so each `_c_*` takes an array that is never None first, even where
+# the C kernel puts an output that may be NULL first), and `if floating is float` picks the
+# C symbol.
 from cython cimport floating
 from libc.stdint cimport uint8_t, uint64_t
 
@@ -144,8 +146,8 @@ def _c_layernorm_forward(floating[:, ::1] y, floating[::1] mean, floating[::1] r
     _check(rc, "layernorm_forward")
 
 
-def _c_layernorm_backward(floating[:, ::1] dx, floating[::1] dw, floating[::1] db,
-                          const floating[:, ::1] g, const floating[:, ::1] x,
+def _c_layernorm_backward(const floating[:, ::1] g, floating[:, ::1] dx, floating[::1] dw,
+                          floating[::1] db, const floating[:, ::1] x,
                           const floating[::1] mean, const floating[::1] rstd,
                           const floating[::1] w, bint accumulate):
     cdef int rc
@@ -175,8 +177,8 @@ def _c_layernorm_rforward(floating[:, ::1] y, floating[:, ::1] ry, const floatin
     _check(rc, "layernorm_rforward")
 
 
-def _c_layernorm_rbackward(floating[:, ::1] dx, floating[:, ::1] rdx, floating[::1] hvw,
-                           floating[::1] hvb, const floating[:, ::1] g, const floating[:, ::1] rg,
+def _c_layernorm_rbackward(const floating[:, ::1] rg, floating[:, ::1] dx, floating[:, ::1] rdx,
+                           floating[::1] hvw, floating[::1] hvb, const floating[:, ::1] g,
                            const floating[:, ::1] x, const floating[:, ::1] rx,
                            const floating[::1] w, const floating[::1] vw, double eps,
                            bint accumulate):
@@ -256,7 +258,7 @@ def layernorm_backward(grad, x, mean, rstd, weight=None, *, input_grad=True, out
         D = _out(out, "out", G.shape, G)
         _separate(D, "out", ((G, "grad"),), True)
         _separate(D, "out", inputs[1:] + ((dW, "grad_weight"), (dB, "grad_bias")))
-    _c_layernorm_backward(D, dW, dB, G, X, M, S, W, acc)
+    _c_layernorm_backward(G, D, dW, dB, X, M, S, W, acc)
     return D, dW, dB
 
 
@@ -312,7 +314,7 @@ def layernorm_rbackward(grad, rgrad, x, rx=None, weight=None, v_weight=None, *, 
         _separate(RD, "rout", ((RG, "rgrad"),), True)
         _separate(RD, "rout", inputs + ((G, "grad"), (D, "out"), (dW, "hv_weight"),
                                         (dB, "hv_bias")))
-    _c_layernorm_rbackward(D, RD, dW, dB, G, RG, X, RX, W, VW, e, acc)
+    _c_layernorm_rbackward(RG, D, RD, dW, dB, G, X, RX, W, VW, e, acc)
     return D, RD, dW, dB
 
 
@@ -336,8 +338,8 @@ def _c_batchnorm_forward(floating[:, ::1] y, floating[::1] mean, floating[::1] r
     _check(rc, "batchnorm_forward")
 
 
-def _c_batchnorm_backward(floating[:, ::1] dx, floating[::1] dw, floating[::1] db,
-                          floating[::1] ws, const floating[:, ::1] g, const floating[:, ::1] x,
+def _c_batchnorm_backward(const floating[:, ::1] g, floating[:, ::1] dx, floating[::1] dw,
+                          floating[::1] db, floating[::1] ws, const floating[:, ::1] x,
                           const floating[::1] mean, const floating[::1] rstd,
                           const floating[::1] w, bint batch_stats, bint accumulate):
     cdef int rc
@@ -370,8 +372,8 @@ def _c_batchnorm_rforward(floating[:, ::1] y, floating[:, ::1] ry, const floatin
     _check(rc, "batchnorm_rforward")
 
 
-def _c_batchnorm_rbackward(floating[:, ::1] dx, floating[:, ::1] rdx, floating[::1] hvw,
-                           floating[::1] hvb, const floating[:, ::1] g, const floating[:, ::1] rg,
+def _c_batchnorm_rbackward(const floating[:, ::1] rg, floating[:, ::1] dx, floating[:, ::1] rdx,
+                           floating[::1] hvw, floating[::1] hvb, const floating[:, ::1] g,
                            const floating[:, ::1] x, const floating[:, ::1] rx,
                            const floating[::1] mean, const floating[::1] rstd,
                            const floating[::1] w, const floating[::1] vw, bint accumulate):
@@ -461,7 +463,7 @@ def batchnorm_backward(grad, x, mean, rstd, weight=None, *, batch_stats=True, in
         _separate(D, "out", ((G, "grad"),), True)
         _separate(D, "out", inputs[1:] + ((WS, "workspace"), (dW, "grad_weight"),
                                           (dB, "grad_bias")))
-    _c_batchnorm_backward(D, dW, dB, WS, G, X, M, S, W, bool(batch_stats), acc)
+    _c_batchnorm_backward(G, D, dW, dB, WS, X, M, S, W, bool(batch_stats), acc)
     return D, dW, dB
 
 
@@ -520,5 +522,5 @@ def batchnorm_rbackward(grad, rgrad, x, rx, mean, rstd, weight=None, v_weight=No
         _separate(RD, "rout", ((RG, "rgrad"),), True)
         _separate(RD, "rout", inputs + ((G, "grad"), (D, "out"), (dW, "hv_weight"),
                                         (dB, "hv_bias")))
-    _c_batchnorm_rbackward(D, RD, dW, dB, G, RG, X, RX, vecs[0], vecs[1], vecs[2], vecs[3], acc)
+    _c_batchnorm_rbackward(RG, D, RD, dW, dB, G, X, RX, vecs[0], vecs[1], vecs[2], vecs[3], acc)
     return D, RD, dW, dB
