@@ -1,6 +1,7 @@
 """Dropout, LayerNorm and BatchNorm1d: the two targets of issue 13, in interleaved rounds.
 
     python benchmarks/layers.py [--rounds 30]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/layers.py --threads 1   (one core each, for a loaded machine)
 
 1. Dropout forward + backward on 512x4096 float32: fastprop's C pass (Philox mask, one byte
    per unit) against the NumPy expression (rng.random(x.shape) < keep, multiply, scale, and
@@ -72,8 +73,11 @@ def step_contenders(batch=128, with_torch=True):
     x = r.standard_normal((batch, 784)).astype(np.float32)
     y = r.integers(0, 10, batch)
     out = {}
-    for name, layers in (("plain ReLU chain (fused)", False), ("LayerNorm + Dropout", True)):
+    for name, layers in (("plain ReLU chain (fused)", False), ("plain ReLU chain (modular)", False),
+                         ("LayerNorm + Dropout", True)):
         model = _fp_model(layers)
+        if "modular" in name:   # a nested Sequential is not a chain of Linear layers: the modular path
+            model = fp.Sequential(model)
         step = fp.TrainStep(model, fp.SoftmaxCrossEntropy(), fp.SGD(model.parameters(), 0.01, momentum=0.9))
         out[name] = (lambda s=step: s(x, y))
     if with_torch:
@@ -102,7 +106,14 @@ def step_contenders(batch=128, with_torch=True):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
     d = _median_us(dropout_contenders(), args.rounds, 3)
     print("Dropout(0.1) forward + backward, 512x4096 float32 (median µs):")
     for name, t in d.items():

@@ -17,12 +17,20 @@ FP_INLINE void F(row_sums)(double *s1, double *s2, const R *a, const R *w, const
 {
     R acc1[FP_LANES] = {0}, acc2[FP_LANES] = {0};
     int64_t j = 0;
-    for (; j + FP_LANES <= n; j += FP_LANES)
-        for (int l = 0; l < FP_LANES; l++) {
-            R aw = a[j + l] * (w ? w[j + l] : 1);
-            acc1[l] += aw;
-            acc2[l] += aw * (x[j + l] - mu);
-        }
+    if (w)   /* two loops: a load under a condition (w ? w[j] : 1) would not vectorize */
+        for (; j + FP_LANES <= n; j += FP_LANES)
+            for (int l = 0; l < FP_LANES; l++) {
+                R aw = a[j + l] * w[j + l];
+                acc1[l] += aw;
+                acc2[l] += aw * (x[j + l] - mu);
+            }
+    else
+        for (; j + FP_LANES <= n; j += FP_LANES)
+            for (int l = 0; l < FP_LANES; l++) {
+                R aw = a[j + l];
+                acc1[l] += aw;
+                acc2[l] += aw * (x[j + l] - mu);
+            }
     double t1 = 0, t2 = 0;
     for (int l = 0; l < FP_LANES; l++) {
         t1 += acc1[l];
@@ -78,8 +86,13 @@ FP_SIMD int F(layernorm_forward)(R *y, R *mean, R *rstd, const R *x, const R *w,
         R *yi = y + i * n;
         F(row_stats)(mean + i, rstd + i, xi, n, eps);
         R mu = mean[i], r = rstd[i];
-        for (int64_t j = 0; j < n; j++)
-            yi[j] = (xi[j] - mu) * r * (w ? w[j] : 1) + (b ? b[j] : 0);
+        if (w && b) {   /* the common case in one loop; the others in passes over the row (in L1) */
+            for (int64_t j = 0; j < n; j++) yi[j] = (xi[j] - mu) * r * w[j] + b[j];
+            continue;
+        }
+        for (int64_t j = 0; j < n; j++) yi[j] = (xi[j] - mu) * r;
+        if (w) for (int64_t j = 0; j < n; j++) yi[j] *= w[j];
+        if (b) for (int64_t j = 0; j < n; j++) yi[j] += b[j];
     }
     return FP_OK;
 }
@@ -102,6 +115,16 @@ FP_SIMD int F(layernorm_backward)(R *dx, R *dw, R *db, const R *g, const R *x, c
         F(row_sums)(&s1, &s2, gi, w, xi, mu, n);
         R m1 = (R)(s1 / (double)n), m2 = (R)(s2 / (double)n) * r;
         R *dxi = dx ? dx + i * n : NULL;
+        if (dxi && dw && db && w) {   /* the common case: two conditionless loops, which vectorize */
+            for (int64_t j = 0; j < n; j++) {
+                R gj = gi[j];
+                dw[j] += gj * ((xi[j] - mu) * r);
+                db[j] += gj;
+            }
+            for (int64_t j = 0; j < n; j++)   /* after the sums: dxi may be gi */
+                dxi[j] = r * (gi[j] * w[j] - m1 - ((xi[j] - mu) * r) * m2);
+            continue;
+        }
         for (int64_t j = 0; j < n; j++) {
             R gj = gi[j], xh = (xi[j] - mu) * r;
             if (dw) dw[j] += gj * xh;
