@@ -2,6 +2,7 @@
 from . import datasets, ops, reference
 from ._kernels import get_num_threads, set_num_threads
 from .graph import Add, Concat, Graph, Mul, Residual
+from .autodiff import hessian, jacobian, jvp, per_example_grad_norms, per_example_grads, vjp
 from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_vector,
                         vector_to_parameters, vector_views)
 from .hessian_free import Closure, HessianFree
@@ -25,4 +26,5 @@ __all__ = [
     "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
     "Dropout", "LayerNorm", "BatchNorm1d",
+    "jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms",
 ]
