@@ -13,6 +13,16 @@ __all__ = ["Dropout", "LayerNorm", "BatchNorm1d"]
 
 _U64 = 1 << 64
 
+# The training step's hot path calls the kernels' typed entries (_kernels._c_*) directly: the
+# module owns every buffer but x and g, whose shapes it checks below, and the typed memoryviews
+# refuse a wrong dtype or layout; the public bindings' full checks cost more than the kernels on
+# small batches. The R passes and fastprop.ops keep the checked bindings.
+
+
+def _same_shape(a, like, what):
+    if a.shape != like.shape:
+        raise ValueError(f"{what} has shape {a.shape}, expected {like.shape}")
+
 
 def _positive_int(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -102,7 +112,8 @@ class Dropout(Module):
 
     def _draw(self, x, y, mask):
         """y = the mask of the stream's next block applied to x; advances the stream."""
-        _kernels.dropout_forward(x, self._p, self._key, self._counter, out=y, mask_out=mask)
+        _kernels._c_dropout_forward(y.reshape(-1), mask.reshape(-1), x.reshape(-1), self._p,
+                                    self._key, self._counter)
         self._counter = (self._counter + _kernels.dropout_blocks(x.size)) % _U64
         return y
 
@@ -119,7 +130,10 @@ class Dropout(Module):
     def _backward(self, g, need_input_grad):
         if not self._masked:
             return g
-        return _kernels.dropout_backward(g, self._mask, self._p, out=g)
+        _same_shape(g, self._mask, "the gradient")
+        g = np.ascontiguousarray(g)   # written in place through a flat view
+        _kernels._c_dropout_backward(g.reshape(-1), g.reshape(-1), self._mask.reshape(-1), self._p)
+        return g
 
     def _output_like(self):
         return self._y
@@ -202,18 +216,20 @@ class LayerNorm(Module):
         self._y = _workspace(self._y, x.shape, x.dtype)
         self._mean = _workspace(self._mean, (batch,), x.dtype)
         self._rstd = _workspace(self._rstd, (batch,), x.dtype)
+        if x.ndim != 2 or x.shape[1] != self.normalized_shape[0]:
+            raise ValueError(f"x has shape {x.shape}, expected (batch, {self.normalized_shape[0]})")
         w, b = self._vectors()
-        _kernels.layernorm_forward(x, w, b, eps=self.eps, out=self._y, mean_out=self._mean,
-                                   rstd_out=self._rstd)
+        _kernels._c_layernorm_forward(self._y, self._mean, self._rstd, x, w, b, self.eps)
         self._x, self._ready = x, True
         return self._y
 
     def _backward(self, g, need_input_grad):
         w, b = self.weight, self.bias
-        gx, _, _ = _kernels.layernorm_backward(
-            g, self._x, self._mean, self._rstd, None if w is None else w.data,
-            input_grad=need_input_grad, out=g, grad_weight=None if w is None else w.grad,
-            grad_bias=None if b is None else b.grad, accumulate=True)
+        _same_shape(g, self._x, "the gradient")
+        gx = g if need_input_grad else None
+        _kernels._c_layernorm_backward(g, gx, None if w is None else w.grad,
+                                       None if b is None else b.grad, self._x, self._mean,
+                                       self._rstd, None if w is None else w.data, True)
         return gx
 
     def _output_like(self):
