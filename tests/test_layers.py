@@ -649,3 +649,15 @@ def test_norm_kernels_bad_input_writes_nothing():
         with pytest.raises(kind):
             call()
         assert np.all(out == 7.0)
+
+
+def test_dropout_never_writes_into_an_earlier_input():
+    d = fp.Dropout(0.5, rng=0)
+    a = rng().standard_normal((4, 6))
+    keep = a.copy()
+    d.eval()
+    d._forward(a)          # the identity: passes a through
+    d.train()
+    y = d._forward(rng(1).standard_normal((4, 6)))
+    assert y is not a
+    np.testing.assert_array_equal(a, keep)

@@ -70,7 +70,7 @@ class Dropout(Module):
     """
     width_preserving = True
     r_supported = True
-    _workspace_keys = ("_y", "_mask")
+    _workspace_keys = ("_y", "_ybuf", "_mask")
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
@@ -78,7 +78,7 @@ class Dropout(Module):
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self._key = int(rng.integers(0, _U64, dtype=np.uint64))
         self._counter = 0
-        self._y = self._mask = None
+        self._y = self._ybuf = self._mask = None   # the last output; the masked output's workspace
         self._masked = False   # the last forward applied a mask (training mode and p > 0)
 
     @property
@@ -122,7 +122,7 @@ class Dropout(Module):
         if not self._masked:
             self._y, self._ready = x, True
             return x
-        self._y = y = _workspace(self._y if self._y is not x else None, x.shape, x.dtype)
+        self._y = self._ybuf = y = _workspace(self._ybuf, x.shape, x.dtype)
         self._mask = _workspace(self._mask, x.shape, np.uint8)
         self._ready = True
         return self._draw(x, y, self._mask)
