@@ -14,7 +14,7 @@ from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Mod
 from .optim import SGD, Adam, AdamW
 from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = [
     "ops", "reference", "datasets",
     "Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU", "PReLU",
