@@ -8,7 +8,7 @@ from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_ve
 from .hessian_free import Closure, HessianFree
 from .io import gradcheck, load, save
 from .layers import BatchNorm1d, Dropout, LayerNorm
-from .losses import MSE, GaussianNLL, SigmoidBCE, SoftmaxCrossEntropy
+from .losses import MSE, GaussianNLL, HuberLoss, L1Loss, SigmoidBCE, SmoothL1Loss, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
 from .optim import SGD, Adam, AdamW
@@ -27,4 +27,5 @@ __all__ = [
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
     "Dropout", "LayerNorm", "BatchNorm1d",
     "jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms",
+    "L1Loss", "HuberLoss", "SmoothL1Loss",
 ]
