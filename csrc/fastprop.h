@@ -195,6 +195,43 @@ FP_DECLARE(float, f32)
 FP_DECLARE(double, f64)
 #undef FP_DECLARE
 
+/* Dropout (dropout.c) and the normalization layers (norm.c), for one precision. */
+#define FP_DECLARE_LAYERS(R, S)                                                       \
+    int dropout_forward_##S(R *y, uint8_t *mask, const R *x, int64_t n, double p,      \
+                            uint64_t key, uint64_t counter);                          \
+    int dropout_backward_##S(R *dx, const R *g, const uint8_t *mask, int64_t n,        \
+                             double p);                                               \
+    int layernorm_forward_##S(R *y, R *mean, R *rstd, const R *x, const R *w,          \
+                              const R *b, int64_t batch, int64_t n, double eps);      \
+    int layernorm_backward_##S(R *dx, R *dw, R *db, const R *g, const R *x,            \
+                               const R *mean, const R *rstd, const R *w,              \
+                               int64_t batch, int64_t n, int accumulate);             \
+    int layernorm_rforward_##S(R *y, R *ry, const R *x, const R *rx, const R *w,       \
+                               const R *b, const R *vw, const R *vb, int64_t batch,   \
+                               int64_t n, double eps);                                \
+    int layernorm_rbackward_##S(R *dx, R *rdx, R *hvw, R *hvb, const R *g,             \
+                                const R *rg, const R *x, const R *rx, const R *w,     \
+                                const R *vw, int64_t batch, int64_t n, double eps,    \
+                                int accumulate);                                      \
+    int batchnorm_forward_##S(R *y, R *mean, R *rstd, R *running_mean,                 \
+                              R *running_var, const R *x, const R *w, const R *b,     \
+                              int64_t batch, int64_t c, double eps, double momentum,  \
+                              int batch_stats);                                       \
+    int batchnorm_backward_##S(R *dx, R *dw, R *db, R *ws, const R *g, const R *x,     \
+                               const R *mean, const R *rstd, const R *w,              \
+                               int64_t batch, int64_t c, int batch_stats,             \
+                               int accumulate);                                       \
+    int batchnorm_rforward_##S(R *y, R *ry, const R *x, const R *rx, const R *mean,    \
+                               const R *rstd, const R *w, const R *b, const R *vw,    \
+                               const R *vb, int64_t batch, int64_t c);                \
+    int batchnorm_rbackward_##S(R *dx, R *rdx, R *hvw, R *hvb, const R *g,             \
+                                const R *rg, const R *x, const R *rx, const R *mean,  \
+                                const R *rstd, const R *w, const R *vw,               \
+                                int64_t batch, int64_t c, int accumulate);
+
+FP_DECLARE_LAYERS(float, f32)
+FP_DECLARE_LAYERS(double, f64)
+#undef FP_DECLARE_LAYERS
 /* Weighted and robust losses (loss.c): sample_weight (batch,) and class_weight (classes,) may
  * be NULL (all ones); kind is an FP_LOSS_ code other than SOFTMAX_XENT, param Huber's δ or
  * SmoothL1's β. */

@@ -83,9 +83,22 @@ def test_containers_positional():
         merge()
 
 
+def test_dropout_and_norms_positional():
+    a, b = fp.Dropout(0.3, 5), fp.Dropout(p=0.3, rng=5)
+    assert a.p == 0.3 and a.rng_state() == b.rng_state()
+    ln, lk = fp.LayerNorm(4, 1e-3, True, False, np.float64), \
+        fp.LayerNorm(normalized_shape=4, eps=1e-3, elementwise_affine=True, bias=False, dtype=np.float64)
+    assert ln._config() == lk._config() and ln.bias is None and ln.weight.dtype == np.float64
+    bn, bk = fp.BatchNorm1d(3, 1e-3, None, False, False, np.float64), \
+        fp.BatchNorm1d(num_features=3, eps=1e-3, momentum=None, affine=False, track_running_stats=False,
+                       dtype=np.float64)
+    assert bn._config() == bk._config() and bn.momentum is None and bn.running_mean is None
+
+
 def test_every_exported_module_is_covered():
     covered = set(ACTIVATION_ARGS) | {"PReLU", "Linear", "LowRankLinear", "Sequential",
-                                      "Residual", "Add", "Mul", "Concat", "Graph", "Module"}
+                                      "Residual", "Add", "Mul", "Concat", "Graph", "Module",
+                                      "Dropout", "LayerNorm", "BatchNorm1d"}
     modules = {n for n in fp.__all__ if isinstance(getattr(fp, n), type)
                and issubclass(getattr(fp, n), fp.Module)}
     assert modules <= covered, sorted(modules - covered)

@@ -7,6 +7,7 @@ from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_ve
                         vector_to_parameters, vector_views)
 from .hessian_free import Closure, HessianFree
 from .io import gradcheck, load, save
+from .layers import BatchNorm1d, Dropout, LayerNorm
 from .losses import MSE, GaussianNLL, HuberLoss, L1Loss, SigmoidBCE, SmoothL1Loss, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
@@ -27,6 +28,7 @@ __all__ = [
     "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
     "export_onnx", "from_torch", "to_torch",
+    "Dropout", "LayerNorm", "BatchNorm1d",
     "jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms",
     "L1Loss", "HuberLoss", "SmoothL1Loss",
 ]

@@ -1,5 +1,6 @@
 # C declarations of csrc/fastprop.h, for the bindings in _kernels.pyx.
 from libc.stdint cimport int64_t
+from libc.stdint cimport uint8_t, uint64_t
 
 cdef extern from "fastprop.h" nogil:
     enum:
@@ -190,6 +191,61 @@ cdef extern from "fastprop.h" nogil:
                                       const double *sample_weight, double label_smoothing,
                                       int64_t batch, int64_t classes)
 
+    # Dropout (dropout.c) and the normalization layers (norm.c)
+    int dropout_forward_f32(float *y, uint8_t *mask, const float *x, int64_t n, double p,
+                            uint64_t key, uint64_t counter)
+    int dropout_forward_f64(double *y, uint8_t *mask, const double *x, int64_t n, double p,
+                            uint64_t key, uint64_t counter)
+    int dropout_backward_f32(float *dx, const float *g, const uint8_t *mask, int64_t n, double p)
+    int dropout_backward_f64(double *dx, const double *g, const uint8_t *mask, int64_t n, double p)
+    int layernorm_forward_f32(float *y, float *mean, float *rstd, const float *x, const float *w,
+                              const float *b, int64_t batch, int64_t n, double eps)
+    int layernorm_forward_f64(double *y, double *mean, double *rstd, const double *x, const double *w,
+                              const double *b, int64_t batch, int64_t n, double eps)
+    int layernorm_backward_f32(float *dx, float *dw, float *db, const float *g, const float *x,
+                               const float *mean, const float *rstd, const float *w, int64_t batch,
+                               int64_t n, int accumulate)
+    int layernorm_backward_f64(double *dx, double *dw, double *db, const double *g, const double *x,
+                               const double *mean, const double *rstd, const double *w, int64_t batch,
+                               int64_t n, int accumulate)
+    int layernorm_rforward_f32(float *y, float *ry, const float *x, const float *rx, const float *w,
+                               const float *b, const float *vw, const float *vb, int64_t batch,
+                               int64_t n, double eps)
+    int layernorm_rforward_f64(double *y, double *ry, const double *x, const double *rx, const double *w,
+                               const double *b, const double *vw, const double *vb, int64_t batch,
+                               int64_t n, double eps)
+    int layernorm_rbackward_f32(float *dx, float *rdx, float *hvw, float *hvb, const float *g,
+                                const float *rg, const float *x, const float *rx, const float *w,
+                                const float *vw, int64_t batch, int64_t n, double eps, int accumulate)
+    int layernorm_rbackward_f64(double *dx, double *rdx, double *hvw, double *hvb, const double *g,
+                                const double *rg, const double *x, const double *rx, const double *w,
+                                const double *vw, int64_t batch, int64_t n, double eps, int accumulate)
+    int batchnorm_forward_f32(float *y, float *mean, float *rstd, float *running_mean,
+                              float *running_var, const float *x, const float *w, const float *b,
+                              int64_t batch, int64_t c, double eps, double momentum, int batch_stats)
+    int batchnorm_forward_f64(double *y, double *mean, double *rstd, double *running_mean,
+                              double *running_var, const double *x, const double *w, const double *b,
+                              int64_t batch, int64_t c, double eps, double momentum, int batch_stats)
+    int batchnorm_backward_f32(float *dx, float *dw, float *db, float *ws, const float *g,
+                               const float *x, const float *mean, const float *rstd, const float *w,
+                               int64_t batch, int64_t c, int batch_stats, int accumulate)
+    int batchnorm_backward_f64(double *dx, double *dw, double *db, double *ws, const double *g,
+                               const double *x, const double *mean, const double *rstd, const double *w,
+                               int64_t batch, int64_t c, int batch_stats, int accumulate)
+    int batchnorm_rforward_f32(float *y, float *ry, const float *x, const float *rx, const float *mean,
+                               const float *rstd, const float *w, const float *b, const float *vw,
+                               const float *vb, int64_t batch, int64_t c)
+    int batchnorm_rforward_f64(double *y, double *ry, const double *x, const double *rx, const double *mean,
+                               const double *rstd, const double *w, const double *b, const double *vw,
+                               const double *vb, int64_t batch, int64_t c)
+    int batchnorm_rbackward_f32(float *dx, float *rdx, float *hvw, float *hvb, const float *g,
+                                const float *rg, const float *x, const float *rx, const float *mean,
+                                const float *rstd, const float *w, const float *vw, int64_t batch,
+                                int64_t c, int accumulate)
+    int batchnorm_rbackward_f64(double *dx, double *rdx, double *hvw, double *hvb, const double *g,
+                                const double *rg, const double *x, const double *rx, const double *mean,
+                                const double *rstd, const double *w, const double *vw, int64_t batch,
+                                int64_t c, int accumulate)
 
 # The float/double choice, written once: c_NAME(f64, ...) calls NAME_f64 or NAME_f32 with the
 # same arguments (C converts the void pointers), so a binding has one call, not two branches.

@@ -68,6 +68,9 @@ def _check(model, loss):
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
     for m in model.modules():
+        why = getattr(m, "r_unsupported", None)   # a module that says why (BatchNorm1d in training)
+        if why:
+            raise TypeError(why)
         if not m.r_supported and not m._children:
             raise TypeError(f"{type(m).__name__} has no R-operator: Hessian–vector products "
                             f"support Sequential and Graph models of Linear, PReLU, the "

@@ -545,6 +545,14 @@ class Graph(Module):
             return None
         return self._pick(table, self._inputs)
 
+    def _mode_children(self):
+        # a module shared by several nodes runs as copies (_twin) beside the original
+        mods = list(self._children.values())
+        if self._built:
+            mods += [s.module for s in self._steps
+                     if s.kind != "input" and all(s.module is not m for m in mods)]
+        return mods
+
     # ------------------------------------------------------------ the R-operator (curvature)
     @property
     def r_supported(self):

@@ -6,7 +6,7 @@ import tempfile
 
 import numpy as np
 
-from . import graph, nn, registry
+from . import graph, layers, nn, registry
 
 __all__ = ["save", "load", "gradcheck", "architecture", "build"]
 
@@ -14,7 +14,8 @@ FORMAT = "fastprop-model"
 VERSION = 1
 # every activation, layer and container of the registry, by its save/load type name
 _BUILDABLE = {a.cls: getattr(nn, a.cls) for a in registry.ACTIVATIONS}
-_BUILDABLE.update({l.cls: getattr({"nn": nn, "graph": graph}[l.module], l.cls) for l in registry.LAYERS})
+_MODULES = {"nn": nn, "graph": graph, "layers": layers}
+_BUILDABLE.update({l.cls: getattr(_MODULES[l.module], l.cls) for l in registry.LAYERS})
 
 
 def architecture(module):
@@ -92,6 +93,8 @@ def save(model, path):
     arrays = {"__architecture__": np.array(arch)}
     for name, p in model.named_parameters():
         arrays["param:" + name] = p.data
+    for name, b in model.named_buffers():   # BatchNorm1d's running statistics
+        arrays["buffer:" + name] = b
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastprop-", suffix=".tmp")
@@ -154,6 +157,12 @@ def _parameter_shapes(arch, prefix=""):
         return shapes
     if kind == "PReLU":
         return {prefix + "weight": (int(args.get("num_parameters", 1)),)}
+    if kind == "LayerNorm" and args.get("elementwise_affine", True):
+        shape = tuple(int(n) for n in args["normalized_shape"])
+        return {prefix + "weight": shape, **({prefix + "bias": shape} if args.get("bias", True) else {})}
+    if kind == "BatchNorm1d" and args.get("affine", True):
+        shape = (int(args["num_features"]),)
+        return {prefix + "weight": shape, prefix + "bias": shape}
     return {}
 
 
@@ -168,6 +177,7 @@ def load(path):
                 raise ValueError("no architecture record")
             meta = json.loads(str(f["__architecture__"]))
             params = {k[len("param:"):]: f[k] for k in f.files if k.startswith("param:")}
+            buffers = {k[len("buffer:"):]: f[k] for k in f.files if k.startswith("buffer:")}
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError("not a fastprop model")
         if meta.get("version") != VERSION:
@@ -181,7 +191,7 @@ def load(path):
                 raise ValueError(f"{name} has shape {params[name].shape}, the architecture "
                                  f"declares {shape}")
         model = build(meta["model"])
-        model.load_state_dict(params)
+        model.load_state_dict({**params, **buffers})
     except Exception as e:  # a truncated zip can fail in zipfile, zlib, numpy or json
         raise ValueError(f"{path} is not a readable fastprop model file: "
                          f"{type(e).__name__}: {e}") from None
@@ -197,6 +207,17 @@ def gradcheck(model, loss, x, y, eps=1e-6, max_checks=None, seed=0):
     """
     m64 = build(architecture(model), np.float64)
     m64.load_state_dict(model.state_dict())
+    # the same modes, and every forward below draws the same dropout masks
+    rngs = []
+    for a, b in zip(model.modules(), m64.modules()):
+        b.training = a.training
+        if hasattr(a, "rng_state"):
+            b.set_rng_state(a.rng_state())
+            rngs.append((b, a.rng_state()))
+
+    def rewind():
+        for b, state in rngs:
+            b.set_rng_state(state)
     loss = copy.deepcopy(loss)
     if isinstance(x, dict):   # the named inputs of a Graph
         x = {k: np.asarray(v, dtype=np.float64) for k, v in x.items()}
@@ -205,6 +226,7 @@ def gradcheck(model, loss, x, y, eps=1e-6, max_checks=None, seed=0):
     else:
         x = np.asarray(x, dtype=np.float64)
     m64.zero_grad()
+    rewind()
     out = m64.forward(x)
     loss(out, y)
     m64.backward(loss.backward())
@@ -217,8 +239,10 @@ def gradcheck(model, loss, x, y, eps=1e-6, max_checks=None, seed=0):
     for i in idx:  # one forward per perturbation: a test utility, not a hot path
         old = data[i]
         data[i] = old + eps
+        rewind()
         jp = loss(m64.forward(x), y)
         data[i] = old - eps
+        rewind()
         jm = loss(m64.forward(x), y)
         data[i] = old
         num = (jp - jm) / (2 * eps)

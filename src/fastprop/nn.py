@@ -173,6 +173,8 @@ class Module:
         self._busy = threading.Lock()  # one thread at a time: workspaces are shared state
         self._rws = {}        # workspaces of the R-operator pass (curvature), apart from the forward's
         self._rsaved = None   # what _rforward keeps for _rbackward
+        self._buffers = {}    # name -> ndarray: state that is not learned (running statistics)
+        self.training = True  # train()/eval(): Dropout and BatchNorm1d behave differently
 
     # -------------------------------------------------------------- the public pass
     def __call__(self, x):
@@ -284,6 +286,24 @@ class Module:
             buf = self._rws[key] = np.empty(shape, dtype)
         return buf
 
+    # -------------------------------------------------------------- modes
+    def train(self, mode=True):
+        """Sets ``training`` on this module and every module inside it; returns self."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"mode must be a bool, got {type(mode).__name__}")
+        self.training = bool(mode)
+        for child in self._mode_children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        """``train(False)``: Dropout is the identity, BatchNorm1d uses its running statistics."""
+        return self.train(False)
+
+    def _mode_children(self):
+        """The modules train() reaches from here (a Graph adds the copies of shared modules)."""
+        return list(self._children.values())
+
     # -------------------------------------------------------------- parameters
     def named_parameters(self, prefix=""):
         out = [(prefix + name, p) for name, p in self._params.items()]
@@ -314,13 +334,29 @@ class Module:
     def num_parameters(self):
         return sum(p.size for p in self.parameters())
 
+    def named_buffers(self, prefix=""):
+        """[(name, array)] of the buffers (BatchNorm1d's running statistics), as named_parameters."""
+        out = [(prefix + name, b) for name, b in self._buffers.items() if b is not None]
+        for cname, child in self._children.items():
+            out += child.named_buffers(prefix + cname + ".")
+        return out
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
     def state_dict(self):
-        """{name: copy of the parameter's data}."""
-        return {name: p.data.copy() for name, p in self.named_parameters()}
+        """{name: copy}: each module's parameters, then its buffers, then its children's (torch's order)."""
+        state = {name: p.data.copy() for name, p in self._params.items()}
+        state.update((name, b.copy()) for name, b in self._buffers.items() if b is not None)
+        for cname, child in self._children.items():
+            state.update((cname + "." + k, v) for k, v in child.state_dict().items())
+        return state
 
     def load_state_dict(self, state):
-        """Copies arrays into the parameters; checks every name and shape before writing any."""
+        """Copies arrays into the parameters and buffers; checks every name and shape before
+        writing any."""
         own = dict(self.named_parameters())
+        own.update(self.named_buffers())
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
@@ -334,7 +370,7 @@ class Module:
                 raise TypeError(f"{name}: dtype {a.dtype} in state_dict is not a real number type")
             arrays[name] = a
         for name, p in own.items():
-            p.data[...] = arrays[name]
+            (p.data if isinstance(p, Parameter) else p)[...] = arrays[name]
 
     def load_torch_state_dict(self, state_dict):
         """Loads a PyTorch state dict (torch tensors or arrays, by name) as load_state_dict
@@ -374,6 +410,27 @@ class Module:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class evaluating:
+    """``with evaluating(model):`` runs the block in eval mode, then gives every module
+    (Graph copies of shared modules too) back the mode it had."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.modes, stack = [], [self.model]
+        while stack:
+            m = stack.pop()
+            self.modes.append((m, m.training))
+            stack += m._mode_children()
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, mode in self.modes:
+            m.training = mode
 
 
 def busy_error(what):

@@ -43,6 +43,18 @@ from ._kernels import (
     softmax_cross_entropy,
     softmax_cross_entropy_hvp,
 )
+from ._kernels import (  # Dropout, LayerNorm and BatchNorm1d (csrc/dropout.c, csrc/norm.c)
+    batchnorm_backward,
+    batchnorm_forward,
+    batchnorm_rbackward,
+    batchnorm_rforward,
+    dropout_backward,
+    dropout_forward,
+    layernorm_backward,
+    layernorm_forward,
+    layernorm_rbackward,
+    layernorm_rforward,
+)
 
 __all__ = [
     "gemm",
@@ -73,6 +85,16 @@ __all__ = [
     "mse_hvp",
     "sgd_step",
     "adam_step",
+    "dropout_forward",
+    "dropout_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "layernorm_rforward",
+    "layernorm_rbackward",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "batchnorm_rforward",
+    "batchnorm_rbackward",
     "l1_loss",
     "huber_loss",
     "smooth_l1_loss",

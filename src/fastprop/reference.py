@@ -68,6 +68,16 @@ __all__ = [
     "mlp_forward",
     "mlp_backward",
     "NumpyMLPTrainer",
+    "dropout_forward",
+    "dropout_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "layernorm_rforward",
+    "layernorm_rbackward",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "batchnorm_rforward",
+    "batchnorm_rbackward",
 ]
 
 ACTIVATIONS = registry.activation_names()
@@ -873,3 +883,171 @@ class NumpyMLPTrainer:
     def _all_bufs(self):
         """Momentum buffers in the order of ``params()``."""
         return [b for bb in zip(self._buf_weights, self._buf_biases) for b in bb]
+
+
+# --------------------------------------------------------------------------- Dropout, LayerNorm, BatchNorm1d
+
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _philox_words(n, key, counter):
+    """The n 32-bit words of csrc/dropout.c's stream: Philox4x32-10 over blocks counter,
+    counter + 1, …; element i takes word k of block counter + 64·(i // 256) + l, where
+    r = i % 256, k = r // 64, l = r % 64."""
+    chunks = -(-n // 256)
+    with np.errstate(over="ignore"):
+        blocks = (np.uint64(counter) + np.arange(chunks * 64, dtype=np.uint64)).reshape(chunks, 64)
+        c = [blocks & _M32, blocks >> np.uint64(32), np.zeros_like(blocks), np.zeros_like(blocks)]
+        k0, k1 = np.uint64(int(key) & 0xFFFFFFFF), np.uint64(int(key) >> 32)
+        for _ in range(10):
+            p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
+            c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & _M32, (p0 >> np.uint64(32)) ^ c[3] ^ k1,
+                 p0 & _M32]
+            k0, k1 = (k0 + np.uint64(0x9E3779B9)) & _M32, (k1 + np.uint64(0xBB67AE85)) & _M32
+    return np.stack(c, axis=1).reshape(-1)[:n]
+
+
+def dropout_forward(x, p, key, counter, *, out=None, mask_out=None):
+    """(x·mask/(1 − p), mask) with mask = word < (1 − p)·2³² of the Philox stream."""
+    x = np.asarray(x)
+    if p == 1:
+        mask = np.zeros(x.shape, np.uint8)
+    else:
+        t = min(int((1 - p) * 4294967296.0), 4294967295)
+        mask = (_philox_words(x.size, key, counter) < t).astype(np.uint8).reshape(x.shape)
+    scale = x.dtype.type(1) / x.dtype.type(1 - p) if p < 1 else 0
+    y = np.where(mask == 1, x * scale, 0).astype(x.dtype)
+    return _into(out, y), _into(mask_out, mask)
+
+
+def dropout_backward(grad, mask, p, *, out=None):
+    """grad·mask/(1 − p), the forward's mask."""
+    grad = np.asarray(grad)
+    scale = grad.dtype.type(1) / grad.dtype.type(1 - p) if p < 1 else 0
+    return _into(out, np.where(np.asarray(mask) == 1, grad * scale, 0).astype(grad.dtype))
+
+
+def _row_stats(x, eps):
+    mean = x.mean(axis=1)
+    return mean, 1 / np.sqrt(((x - mean[:, None]) ** 2).mean(axis=1) + eps)
+
+
+def layernorm_forward(x, weight=None, bias=None, *, eps=1e-5, out=None, mean_out=None,
+                      rstd_out=None):
+    """((x − μ)·rstd·weight + bias per row, μ, rstd) with the biased variance."""
+    x = np.asarray(x)
+    mean, rstd = _row_stats(x, eps)
+    y = (x - mean[:, None]) * rstd[:, None]
+    y = y * (1 if weight is None else weight) + (0 if bias is None else bias)
+    return _into(out, y), _into(mean_out, mean), _into(rstd_out, rstd)
+
+
+def layernorm_backward(grad, x, mean, rstd, weight=None, *, input_grad=True, out=None,
+                       grad_weight=None, grad_bias=None, accumulate=False):
+    """(rstd (d − mean(d) − x̂ mean(d x̂)) with d = grad·weight, Σ grad x̂, Σ grad)."""
+    grad, x = np.asarray(grad), np.asarray(x)
+    xh = (x - mean[:, None]) * rstd[:, None]
+    d = grad * (1 if weight is None else weight)
+    gx = rstd[:, None] * (d - d.mean(1, keepdims=True) - xh * (d * xh).mean(1, keepdims=True))
+    gw = None if grad_weight is None else _into(grad_weight, (grad * xh).sum(0), accumulate)
+    gb = None if grad_bias is None else _into(grad_bias, grad.sum(0), accumulate)
+    return (_into(out, gx) if input_grad else None), gw, gb
+
+
+def _layernorm_rxh(x, rx, eps):
+    mean, rstd = _row_stats(x, eps)
+    xh = (x - mean[:, None]) * rstd[:, None]
+    if rx is None:
+        return xh, rstd, np.zeros_like(x), np.zeros(x.shape[0], x.dtype)
+    s = (xh * rx).mean(1)
+    return xh, rstd, rstd[:, None] * (rx - rx.mean(1, keepdims=True) - xh * s[:, None]), s
+
+
+def layernorm_rforward(x, rx, weight=None, bias=None, v_weight=None, v_bias=None, *, eps=1e-5,
+                       out=None, rout=None):
+    """(y, R{y} = R{x̂} weight + x̂ v_weight + v_bias)."""
+    x = np.asarray(x)
+    xh, _, rxh, _ = _layernorm_rxh(x, rx, eps)
+    w = 1 if weight is None else weight
+    y = xh * w + (0 if bias is None else bias)
+    ry = rxh * w + (0 if v_weight is None else xh * v_weight) + (0 if v_bias is None else v_bias)
+    return _into(out, y), _into(rout, ry)
+
+
+def layernorm_rbackward(grad, rgrad, x, rx=None, weight=None, v_weight=None, *, eps=1e-5,
+                        input_grad=True, out=None, rout=None, hv_weight=None, hv_bias=None,
+                        accumulate=False):
+    """LayerNorm's R-backward: the derivative along (R{x}, v) of its backward (csrc/norm.c)."""
+    x, rg = np.asarray(x), np.asarray(rgrad)
+    g = np.zeros_like(rg) if grad is None else np.asarray(grad)
+    xh, rstd, rxh, s = _layernorm_rxh(x, rx, eps)
+    w = 1 if weight is None else weight
+    d, rd = g * w, rg * w + (0 if v_weight is None else g * v_weight)
+    m1, m2 = d.mean(1, keepdims=True), (d * xh).mean(1, keepdims=True)
+    gx = rstd[:, None] * (d - m1 - xh * m2)
+    rm2 = (rd * xh + d * rxh).mean(1, keepdims=True)
+    rgx = -(rstd * s)[:, None] * gx + rstd[:, None] * (rd - rd.mean(1, keepdims=True) - rxh * m2 - xh * rm2)
+    hw = None if hv_weight is None else _into(hv_weight, (rg * xh + g * rxh).sum(0), accumulate)
+    hb = None if hv_bias is None else _into(hv_bias, rg.sum(0), accumulate)
+    if not input_grad:
+        return None, None, hw, hb
+    return (None if grad is None else _into(out, gx)), _into(rout, rgx), hw, hb
+
+
+def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *,
+                      batch_stats=True, eps=1e-5, momentum=0.1, out=None, mean_out=None,
+                      rstd_out=None):
+    """torch's batch_norm over the batch; moves the running statistics in place."""
+    x = np.asarray(x)
+    if batch_stats:
+        mean, var = x.mean(0), x.var(0)
+        if running_mean is not None:
+            n = x.shape[0]
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+            running_var[...] = (1 - momentum) * running_var + momentum * var * n / (n - 1)
+    else:
+        mean, var = np.array(running_mean), np.array(running_var)
+    rstd = (1 / np.sqrt(var + eps)).astype(x.dtype)
+    y = (x - mean) * (rstd * (1 if weight is None else weight)) + (0 if bias is None else bias)
+    return _into(out, y), _into(mean_out, mean), _into(rstd_out, rstd)
+
+
+def batchnorm_backward(grad, x, mean, rstd, weight=None, *, batch_stats=True, input_grad=True,
+                       out=None, grad_weight=None, grad_bias=None, accumulate=False,
+                       workspace=None):
+    """(grad_input, Σ grad x̂, Σ grad) of batch_norm with the forward's statistics."""
+    grad, x = np.asarray(grad), np.asarray(x)
+    xh = (x - mean) * rstd
+    sg, sgx = grad.sum(0), (grad * xh).sum(0)
+    a = rstd * (1 if weight is None else weight)
+    gx = a * (grad - sg / len(x) - xh * sgx / len(x)) if batch_stats else grad * a
+    gw = None if grad_weight is None else _into(grad_weight, sgx, accumulate)
+    gb = None if grad_bias is None else _into(grad_bias, sg, accumulate)
+    return (_into(out, gx) if input_grad else None), gw, gb
+
+
+def batchnorm_rforward(x, rx, mean, rstd, weight=None, bias=None, v_weight=None, v_bias=None, *,
+                       out=None, rout=None):
+    """(y, R{y} = R{x} rstd w + x̂ v_weight + v_bias) with fixed statistics."""
+    x = np.asarray(x)
+    xh, w = (x - mean) * rstd, 1 if weight is None else weight
+    y = xh * w + (0 if bias is None else bias)
+    ry = (0 if rx is None else rx * rstd * w) + (0 if v_weight is None else xh * v_weight) + \
+        (0 if v_bias is None else v_bias)
+    return _into(out, y), _into(rout, np.broadcast_to(ry, x.shape).astype(x.dtype))
+
+
+def batchnorm_rbackward(grad, rgrad, x, rx, mean, rstd, weight=None, v_weight=None, *,
+                        input_grad=True, out=None, rout=None, hv_weight=None, hv_bias=None,
+                        accumulate=False):
+    """BatchNorm's R-backward with fixed statistics (eval mode: an affine map per feature)."""
+    x, rg = np.asarray(x), np.asarray(rgrad)
+    g = np.zeros_like(rg) if grad is None else np.asarray(grad)
+    xh, w = (x - mean) * rstd, 1 if weight is None else weight
+    rgx = rg * rstd * w + (0 if v_weight is None else g * rstd * v_weight)
+    hw = None if hv_weight is None else _into(
+        hv_weight, (rg * xh + (0 if rx is None else g * rx * rstd)).sum(0), accumulate)
+    hb = None if hv_bias is None else _into(hv_bias, rg.sum(0), accumulate)
+    if not input_grad:
+        return None, None, hw, hb
+    return (None if grad is None else _into(out, g * rstd * w)), _into(rout, rgx), hw, hb

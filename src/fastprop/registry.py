@@ -50,6 +50,11 @@ LAYERS = (
     Layer("Mul", "graph", ("mul_forward", "mul_backward")),
     Layer("Graph", "graph", ()),
     Layer("Residual", "graph", ()),
+    Layer("Dropout", "layers", ("dropout_forward", "dropout_backward")),
+    Layer("LayerNorm", "layers", ("layernorm_forward", "layernorm_backward", "layernorm_rforward",
+                                  "layernorm_rbackward")),
+    Layer("BatchNorm1d", "layers", ("batchnorm_forward", "batchnorm_backward", "batchnorm_rforward",
+                                    "batchnorm_rbackward")),
 )
 
 # kernel: the fused value+gradient kernel in ops (and reference); code: its FP_LOSS_*; chain:

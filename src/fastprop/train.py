@@ -9,7 +9,7 @@ from . import _kernels, ops, plan, registry
 from .autodiff import DPGradient
 from .hessian_free import Closure
 from .losses import MSE, HuberLoss, L1Loss, Loss, SigmoidBCE, SmoothL1Loss, SoftmaxCrossEntropy
-from .nn import Activation, Linear, Module, Sequential, as_input, busy_error, flatten_count
+from .nn import Activation, Linear, Module, Sequential, as_input, busy_error, evaluating, flatten_count
 from .optim import Optimizer
 
 __all__ = ["TrainStep", "fit", "History", "predict", "predict_proba", "evaluate"]
@@ -468,12 +468,14 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
 
 
 def predict(model, X, batch_size=4096):
-    """The model's outputs for X (samples, features), computed in chunks; a new array."""
+    """The model's outputs for X (samples, features), computed in chunks, in eval mode (the
+    modes are restored after); a new array."""
     X = as_input(X, model.dtype or np.float32)
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
     batch_size = _batch_size(batch_size)
-    chunks = [model.forward(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
+    with evaluating(model):
+        chunks = [model.forward(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
     if not chunks:
         raise ValueError("X has no samples")
     return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
@@ -488,14 +490,15 @@ def predict_proba(model, X, batch_size=4096):
 
 
 def evaluate(model, X, y, loss, batch_size=4096, sample_weight=None):
-    """{"loss": mean loss, "accuracy": fraction correct (None for MSE)} over (X, y).
+    """{"loss": mean loss, "accuracy": fraction correct (None for MSE)} over (X, y), in eval
+    mode (the modes are restored after).
 
     sample_weight (samples,): the loss is the weighted mean Σ_i w_i l_i / Σ_i w_i (the
     accuracy stays the plain fraction)."""
     X, y = _dataset(model, X, y)
     batch_size = _batch_size(batch_size)
     w = _sample_weights(sample_weight, X.shape[0], model.dtype)
-    with model.exclusive():
+    with model.exclusive(), evaluating(model):
         return _evaluate(model, X, y, loss, batch_size, w)
 
 
