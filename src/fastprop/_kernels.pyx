@@ -1507,3 +1507,6 @@ def concat_backward(grad, widths, *, outs=None, needed=None, accumulate=False):
             _check(rc, "concat_backward")
         offset += w
     return result
+
+
+include "_optim2.pxi"
