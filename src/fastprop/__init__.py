@@ -9,7 +9,11 @@ from .io import gradcheck, load, save
 from .losses import MSE, GaussianNLL, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
-from .optim import SGD, Adam, AdamW
+from .optim import SGD, Adagrad, Adam, AdamW, RMSprop
+from . import lr_scheduler
+from .callbacks import Callback, EarlyStopping, ModelCheckpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .clip import clip_grad_norm_, clip_grad_value_
 from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
 __version__ = "0.1.0"
@@ -23,4 +27,6 @@ __all__ = [
     "save", "load", "gradcheck", "set_num_threads", "get_num_threads",
     "hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
+    "RMSprop", "Adagrad", "lr_scheduler", "clip_grad_norm_", "clip_grad_value_",
+    "Callback", "EarlyStopping", "ModelCheckpoint", "save_checkpoint", "load_checkpoint",
 ]

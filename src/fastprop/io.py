@@ -94,6 +94,11 @@ def save(model, path):
     arrays = {"__architecture__": np.array(arch)}
     for name, p in model.named_parameters():
         arrays["param:" + name] = p.data
+    savez_atomic(path, arrays)
+
+
+def savez_atomic(path, arrays):
+    """np.savez(path, **arrays) through a temporary file in the same folder and os.replace."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastprop-", suffix=".tmp")
