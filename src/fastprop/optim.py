@@ -241,7 +241,7 @@ class Optimizer:
             groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
             names = [n for n in self._state_order if slot.runs and n in slot.state[0]
                      and n not in slot.fresh]
-            if not names and slot.step == 0:
+            if not names and not (self._has_step and slot.step):
                 continue
             views = self._param_views(slot, params)
             for pid, view in zip(ids, views):
@@ -503,7 +503,7 @@ class Adagrad(Optimizer):
         return self._state_order
 
     def _init_value(self, name, group):
-        return group["initial_accumulator_value"]
+        return self.defaults["initial_accumulator_value"]  # torch's: not the group's
 
     def _call(self, run, state, group):
         return FlatRun(run[0], run[1], state["sum"])
