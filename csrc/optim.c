@@ -202,10 +202,13 @@ FP_SIMD int F(grad_norm_pow)(double *out, const R *g, int64_t n, double p)
     if (!out || (!g && n > 0) || n < 0 || !(p > 0)) return FP_ERR_ARG;
     double s = 0;
     if (isinf(p)) {
+        int nan = 0;
         for (int64_t i = 0; i < n; i++) {
             double x = FABS(g[i]);
-            if (!(x <= s)) s = x;  /* NaN wins */
+            nan |= x != x;
+            s = x > s ? x : s;
         }
+        if (nan) s = NAN;  /* as torch's: a NaN anywhere makes the norm NaN */
     } else if (p == 2) {  /* 8 partial sums in a fixed order: vectorizes, same bits every run */
         double acc[8] = {0};
         int64_t i = 0;
