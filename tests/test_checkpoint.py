@@ -329,9 +329,18 @@ def test_fit_killed_mid_epoch_and_resumed_is_bitwise_the_uninterrupted_fit(tmp_p
     assert a.tobytes() == b.tobytes()
 
 
-def test_resume_from_a_save_checkpoint_file_is_an_error(tmp_path):
+def test_resume_errors_change_nothing(tmp_path):
     a, oa, sa, _, X, y = trained()
     fp.save_checkpoint(tmp_path / "c.npz", a, oa)
+    fp.fit(a, X, y, fp.SoftmaxCrossEntropy(), oa, epochs=1, progress=False,
+           checkpoint=tmp_path / "f.npz", callbacks=[fp.EarlyStopping(monitor="loss")])
+    b, ob, _, _, _, _ = trained(steps=2, seed=5)
+    snap = snapshot(b, ob)
     with pytest.raises(ValueError, match="not by fit"):
-        fp.fit(a, X, y, fp.SoftmaxCrossEntropy(), oa, epochs=2, progress=False,
+        fp.fit(b, X, y, fp.SoftmaxCrossEntropy(), ob, epochs=2, progress=False,
                resume=tmp_path / "c.npz")
+    assert_unchanged(b, snap, ob)
+    with pytest.raises(ValueError, match="1 callbacks, fit got 0"):
+        fp.fit(b, X, y, fp.SoftmaxCrossEntropy(), ob, epochs=2, progress=False,
+               resume=tmp_path / "f.npz")
+    assert_unchanged(b, snap, ob)

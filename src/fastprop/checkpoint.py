@@ -94,9 +94,10 @@ def write(path, model, optimizer, scheduler=None, extra=None, fit_state=None):
     io.savez_atomic(path, arrays)
 
 
-def read(path, model, optimizer, scheduler=None):
+def read(path, model, optimizer, scheduler=None, check_fit=None):
     """Loads a checkpoint into model, optimizer and scheduler; returns (extra, fit state).
-    Anything that does not match is a ValueError, with everything as it was."""
+    Anything that does not match is a ValueError, with everything as it was (check_fit(fit
+    state) runs before anything is loaded: fit's own checks)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(path)
@@ -136,6 +137,8 @@ def read(path, model, optimizer, scheduler=None):
     if len(state["rng"]) != len(rng_modules):
         raise ValueError(f"{path} holds {len(state['rng'])} module RNG states, the model has "
                          f"{len(rng_modules)} modules with one")
+    if check_fit is not None:
+        check_fit(state["fit"])
     # load; on any error put back what was there
     before = (own, optimizer.state_dict(), None if scheduler is None else scheduler.state_dict(),
               [m.rng_state() for m in rng_modules])

@@ -441,14 +441,16 @@ def _fit_callbacks(callbacks, scheduler, interval, optimizer, has_validation):
 
 def _resume(path, model, optimizer, scheduler, rng, history, callbacks):
     """Loads fit's checkpoint; returns (first epoch to run, whether training had stopped)."""
-    _, state = _checkpoint.read(path, model, optimizer, scheduler)
-    if state is None:
-        raise ValueError(f"{path} was written by save_checkpoint, not by fit(checkpoint=...): "
-                         f"it has no epoch and shuffling state to resume from")
+    def check(state):
+        if state is None:
+            raise ValueError(f"{path} was written by save_checkpoint, not by fit(checkpoint=...): "
+                             f"it has no epoch and shuffling state to resume from")
+        if len(state["callbacks"]) != len(callbacks):
+            raise ValueError(f"{path} holds the states of {len(state['callbacks'])} callbacks, "
+                             f"fit got {len(callbacks)}")
+
+    _, state = _checkpoint.read(path, model, optimizer, scheduler, check)
     saved = state["callbacks"]
-    if len(saved) != len(callbacks):
-        raise ValueError(f"{path} holds the states of {len(saved)} callbacks, fit got "
-                         f"{len(callbacks)}")
     rng.bit_generator.state = state["rng"]
     for key, values in state["history"].items():
         history.history[key] = list(values)
