@@ -135,3 +135,31 @@ def test_trainstep_clip_bad_input():
             fp.TrainStep(model, fp.MSE(), opt, clip_grad_norm=bad)
     with pytest.raises(ValueError, match="closure"):
         fp.TrainStep(model, fp.MSE(), fp.HessianFree(model.parameters()), clip_grad_norm=1.0)
+
+
+def test_kernel_bindings_refuse_bad_arrays():
+    """The bindings check what C would read or write: shapes, dtypes, contiguity, aliasing."""
+    from fastprop import _kernels
+    p, g = np.zeros(6), np.zeros(6)
+    for args, exc in (((p, g, np.zeros(5)), ValueError), ((p, g, np.zeros(6, F32)), (TypeError, ValueError)),
+                      ((p, g, p), ValueError), ((p, np.zeros(5)), ValueError),
+                      ((p.astype(int), g), TypeError), ((p, g, g), ValueError),
+                      ((p, g, None, None, None, None), ValueError)):
+        with pytest.raises(exc):
+            _kernels.FlatRun(*args)
+    run = _kernels.FlatRun(p, g, np.zeros(6))
+    with pytest.raises(ValueError, match="amsgrad"):
+        run.amsgrad(1, 1e-3, 0.9, 0.999, 1e-8, 0.0, False)
+    with pytest.raises(ValueError, match="rmsprop"):
+        run.rmsprop(1e-2, 0.99, 1e-8, 0.0, 0.9, False)   # momentum without its buffer
+    for bad, exc in ((np.zeros((4, 4))[:, ::2], ValueError), (np.zeros(3, int), TypeError),
+                     ([1.0, 2.0], TypeError)):
+        with pytest.raises(exc):
+            _kernels.grad_norm_pow(bad, 2.0)
+        with pytest.raises(exc):
+            _kernels.grad_scale(bad, 0.5)
+    ro = np.zeros(3)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _kernels.grad_scale(ro, 0.5)
+    assert _kernels.grad_norm_pow(ro, 2.0) == 0.0

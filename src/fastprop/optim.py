@@ -57,7 +57,7 @@ class _Slot:
     """What the optimizer keeps for one parameter group: its flat runs, one dict of state
     buffers per run, its step count, and the cached C-call objects (rebuilt when a buffer
     is added)."""
-    __slots__ = ("runs", "state", "step", "fresh", "calls", "key")
+    __slots__ = ("runs", "state", "step", "fresh", "calls", "key")  # key: the _state_names
 
     def __init__(self, params):
         self.runs = flat_runs(params)
@@ -145,9 +145,12 @@ class Optimizer:
             g["lr"] = value
 
     # ------------------------------------------------------------------ state
+    _NONE = ()
+
     def _state_names(self, group):
-        """The state buffers a group's update needs (a constant tuple: no allocation)."""
-        return ()
+        """The state buffers a group's update needs: one of the class's constant tuples (the
+        cached C calls are rebuilt when it is another one; no allocation per step)."""
+        return self._NONE
 
     def _init_value(self, name, group):
         return 0.0
@@ -201,20 +204,16 @@ class Optimizer:
         if self._flattens != flatten_count():
             self._current_runs()
         for group, slot in zip(self.param_groups, self._slots):
-            self._alloc(slot, group)
-            key = self._call_key(group)
-            if slot.calls is None or slot.key != key:
-                slot.key = key
+            names = self._state_names(group)
+            if names is not slot.key or slot.calls is None:  # the hyperparameters changed
+                self._alloc(slot, group)
+                slot.key = names
                 slot.calls = [self._call(run, st, group) for run, st in zip(slot.runs, slot.state)]
             slot.step += 1
             self._update(group, slot)
             if slot.fresh:
                 slot.fresh.clear()
         self.step_count += 1
-
-    def _call_key(self, group):
-        """What the cached C-call objects depend on besides the buffers."""
-        return None
 
     def _call(self, run, state, group):
         """The object whose method updates one run (FlatUpdate or FlatRun)."""
@@ -381,7 +380,7 @@ class SGD(Optimizer):
         return out
 
     def _state_names(self, group):
-        return self._MOMENTUM if group["momentum"] else ()
+        return self._MOMENTUM if group["momentum"] else self._NONE
 
     def _call(self, run, state, group):
         return FlatUpdate(run[0], run[1], state.get("momentum_buffer"))
@@ -472,9 +471,6 @@ class RMSprop(Optimizer):
     def _call(self, run, state, group):
         return FlatRun(run[0], run[1], state["square_avg"], state.get("momentum_buffer"),
                        state.get("grad_avg") if group["centered"] else None)
-
-    def _call_key(self, group):
-        return group["centered"]
 
     def _update(self, group, slot):
         lr, alpha, eps, wd, mu, c = (group["lr"], group["alpha"], group["eps"],
