@@ -163,3 +163,28 @@ def test_kernel_bindings_refuse_bad_arrays():
     with pytest.raises(ValueError, match="writeable"):
         _kernels.grad_scale(ro, 0.5)
     assert _kernels.grad_norm_pow(ro, 2.0) == 0.0
+
+
+def test_trainstep_clip_on_the_modular_path():
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((16, 6)) * 3, rng.integers(0, 4, 16)
+
+    def build():
+        model = fp.Sequential(fp.LowRankLinear(6, 9, rank=2, dtype=F64, rng=0), fp.ReLU(),
+                              fp.Linear(9, 4, dtype=F64, rng=1))
+        return model, fp.SGD(model.parameters(), lr=0.5)
+
+    a, oa = build()
+    step = fp.TrainStep(a, fp.SoftmaxCrossEntropy(), oa, clip_grad_norm=0.2)
+    assert not step.fused
+    b, ob = build()
+    loss = fp.SoftmaxCrossEntropy()
+    for _ in range(3):
+        step(X, y)
+        b.zero_grad()
+        loss(b(X), y)
+        b.backward(loss.backward())
+        assert fp.clip_grad_norm_(b.parameters(), 0.2) > 0.2
+        ob.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert p.data.tobytes() == q.data.tobytes()
