@@ -2,6 +2,7 @@
 from . import datasets, ops, reference
 from ._kernels import get_num_threads, set_num_threads
 from .graph import Add, Concat, Graph, Mul, Residual
+from .autodiff import hessian, jacobian, jvp, per_example_grad_norms, per_example_grads, vjp
 from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_vector,
                         vector_to_parameters, vector_views)
 from .hessian_free import Closure, HessianFree
@@ -29,4 +30,5 @@ __all__ = [
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
     "RMSprop", "Adagrad", "lr_scheduler", "clip_grad_norm_", "clip_grad_value_",
     "Callback", "EarlyStopping", "ModelCheckpoint", "save_checkpoint", "load_checkpoint",
+    "jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms",
 ]

@@ -144,3 +144,102 @@ cdef extern from "fastprop.h" nogil:
     int network_train_f64(double *loss, const fp_dense_block *blocks, int n_blocks, const double *x,
                           int64_t batch, int loss_kind, const int64_t *labels, const double *target,
                           double *g0, double *g1)
+
+
+# The float/double choice, written once: c_NAME(f64, ...) calls NAME_f64 or NAME_f32 with the
+# same arguments (C converts the void pointers), so a binding has one call, not two branches.
+# A new kernel NAME adds one #define line below and one c_NAME declaration (its _f32 signature
+# with float* as void*, float as double, after a leading bint f64).
+cdef extern from *:
+    """
+    #define FP_BY_DTYPE(name, f64, ...) ((f64) ? name##_f64(__VA_ARGS__) : name##_f32(__VA_ARGS__))
+    #define c_gemm(f64, ...) FP_BY_DTYPE(gemm, f64, __VA_ARGS__)
+    #define c_dense_forward(f64, ...) FP_BY_DTYPE(dense_forward, f64, __VA_ARGS__)
+    #define c_dense_backward(f64, ...) FP_BY_DTYPE(dense_backward, f64, __VA_ARGS__)
+    #define c_activation_forward(f64, ...) FP_BY_DTYPE(activation_forward, f64, __VA_ARGS__)
+    #define c_activation_backward(f64, ...) FP_BY_DTYPE(activation_backward, f64, __VA_ARGS__)
+    #define c_activation_second(f64, ...) FP_BY_DTYPE(activation_second, f64, __VA_ARGS__)
+    #define c_activation_rbackward(f64, ...) FP_BY_DTYPE(activation_rbackward, f64, __VA_ARGS__)
+    #define c_prelu_forward(f64, ...) FP_BY_DTYPE(prelu_forward, f64, __VA_ARGS__)
+    #define c_prelu_backward(f64, ...) FP_BY_DTYPE(prelu_backward, f64, __VA_ARGS__)
+    #define c_prelu_rforward(f64, ...) FP_BY_DTYPE(prelu_rforward, f64, __VA_ARGS__)
+    #define c_prelu_rbackward(f64, ...) FP_BY_DTYPE(prelu_rbackward, f64, __VA_ARGS__)
+    #define c_softmax_forward(f64, ...) FP_BY_DTYPE(softmax_forward, f64, __VA_ARGS__)
+    #define c_softmax_xent_forward_backward(f64, ...) FP_BY_DTYPE(softmax_xent_forward_backward, f64, __VA_ARGS__)
+    #define c_sigmoid_bce_forward_backward(f64, ...) FP_BY_DTYPE(sigmoid_bce_forward_backward, f64, __VA_ARGS__)
+    #define c_mse_forward_backward(f64, ...) FP_BY_DTYPE(mse_forward_backward, f64, __VA_ARGS__)
+    #define c_gaussian_nll_forward_backward(f64, ...) FP_BY_DTYPE(gaussian_nll_forward_backward, f64, __VA_ARGS__)
+    #define c_add_forward(f64, ...) FP_BY_DTYPE(add_forward, f64, __VA_ARGS__)
+    #define c_add_backward(f64, ...) FP_BY_DTYPE(add_backward, f64, __VA_ARGS__)
+    #define c_mul_forward(f64, ...) FP_BY_DTYPE(mul_forward, f64, __VA_ARGS__)
+    #define c_mul_backward(f64, ...) FP_BY_DTYPE(mul_backward, f64, __VA_ARGS__)
+    #define c_concat_forward(f64, ...) FP_BY_DTYPE(concat_forward, f64, __VA_ARGS__)
+    #define c_concat_backward(f64, ...) FP_BY_DTYPE(concat_backward, f64, __VA_ARGS__)
+    #define c_softmax_xent_hvp(f64, ...) FP_BY_DTYPE(softmax_xent_hvp, f64, __VA_ARGS__)
+    #define c_sigmoid_bce_hvp(f64, ...) FP_BY_DTYPE(sigmoid_bce_hvp, f64, __VA_ARGS__)
+    #define c_mse_hvp(f64, ...) FP_BY_DTYPE(mse_hvp, f64, __VA_ARGS__)
+    #define c_first_outside(f64, ...) FP_BY_DTYPE(first_outside, f64, __VA_ARGS__)
+    #define c_sgd_step(f64, ...) FP_BY_DTYPE(sgd_step, f64, __VA_ARGS__)
+    #define c_adam_step(f64, ...) FP_BY_DTYPE(adam_step, f64, __VA_ARGS__)
+    #define c_network_forward(f64, ...) FP_BY_DTYPE(network_forward, f64, __VA_ARGS__)
+    #define c_network_train(f64, ...) FP_BY_DTYPE(network_train, f64, __VA_ARGS__)
+    """
+    int c_gemm(bint f64, char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha,
+        const void *a, const void *b, double beta, void *c) nogil
+    int c_dense_forward(bint f64, void *y, void *preact, const void *x, const void *w,
+        const void *b, int64_t batch, int64_t n_in, int64_t n_out, int act,
+        const fp_act_params *p) nogil
+    int c_dense_backward(bint f64, void *dx, void *dw, void *db, const void *g, const void *x,
+        const void *w, int64_t batch, int64_t n_in, int64_t n_out, int accumulate,
+        int accumulate_dx) nogil
+    int c_activation_forward(bint f64, void *y, const void *x, int64_t n, int act,
+        const fp_act_params *p) nogil
+    int c_activation_backward(bint f64, void *dx, const void *g, const void *x, const void *y,
+        int64_t n, int act, const fp_act_params *p) nogil
+    int c_activation_second(bint f64, void *d2x, const void *g, const void *x, int64_t n, int act,
+        const fp_act_params *p) nogil
+    int c_activation_rbackward(bint f64, void *dx, void *rdx, const void *g, const void *rg,
+        const void *rx, const void *x, int64_t n, int act, const fp_act_params *p) nogil
+    int c_prelu_forward(bint f64, void *y, const void *x, const void *w, int64_t batch,
+        int64_t channels, int64_t n_w) nogil
+    int c_prelu_backward(bint f64, void *dx, void *dw, const void *g, const void *x, const void *w,
+        int64_t batch, int64_t channels, int64_t n_w, int accumulate) nogil
+    int c_prelu_rforward(bint f64, void *ry, const void *rx, const void *x, const void *w,
+        const void *vw, int64_t batch, int64_t channels, int64_t n_w) nogil
+    int c_prelu_rbackward(bint f64, void *dx, void *rdx, void *dw, const void *g, const void *rg,
+        const void *x, const void *rx, const void *w, const void *vw, int64_t batch,
+        int64_t channels, int64_t n_w, int accumulate) nogil
+    int c_softmax_forward(bint f64, void *p, const void *z, int64_t batch, int64_t classes,
+        int log_space) nogil
+    int c_softmax_xent_forward_backward(bint f64, double *loss, void *dz, const void *z,
+        const void *labels, const void *target, int64_t batch, int64_t classes) nogil
+    int c_sigmoid_bce_forward_backward(bint f64, double *loss, void *dz, const void *z,
+        const void *target, int64_t n) nogil
+    int c_mse_forward_backward(bint f64, double *loss, void *dp, const void *pred,
+        const void *target, int64_t n) nogil
+    int c_gaussian_nll_forward_backward(bint f64, double *loss, void *dz, const void *z,
+        const void *target, int64_t batch, int64_t k) nogil
+    int c_add_forward(bint f64, void *y, const void *xs, int k, int64_t n) nogil
+    int c_add_backward(bint f64, void *dx, const void *g, int64_t n, int accumulate) nogil
+    int c_mul_forward(bint f64, void *y, const void *a, const void *b, int64_t n) nogil
+    int c_mul_backward(bint f64, void *da, void *db, const void *g, const void *a, const void *b,
+        int64_t n, int accumulate_a, int accumulate_b) nogil
+    int c_concat_forward(bint f64, void *y, const void *x, int64_t batch, int64_t width,
+        int64_t offset, int64_t w) nogil
+    int c_concat_backward(bint f64, void *dx, const void *g, int64_t batch, int64_t width,
+        int64_t offset, int64_t w, int accumulate) nogil
+    int c_softmax_xent_hvp(bint f64, void *hv, const void *z, const void *v, const void *target,
+        int64_t batch, int64_t classes) nogil
+    int c_sigmoid_bce_hvp(bint f64, void *hv, const void *z, const void *v, int64_t n) nogil
+    int c_mse_hvp(bint f64, void *hv, const void *v, int64_t n) nogil
+    int64_t c_first_outside(bint f64, const void *a, int64_t n, double lo, double hi) nogil
+    int c_sgd_step(bint f64, void *param, const void *grad, void *buf, int64_t n, double lr,
+        double momentum, double dampening, int nesterov, double weight_decay, int first_step) nogil
+    int c_adam_step(bint f64, void *param, const void *grad, void *m, void *v, int64_t n, double lr,
+        double beta1, double beta2, double eps, double weight_decay, int decoupled,
+        int64_t step) nogil
+    int c_network_forward(bint f64, const fp_dense_block *blocks, int n_blocks, const void *x,
+        int64_t batch) nogil
+    int c_network_train(bint f64, double *loss, const fp_dense_block *blocks, int n_blocks,
+        const void *x, int64_t batch, int loss_kind, const void *labels, const void *target,
+        void *g0, void *g1) nogil

@@ -1,61 +1,31 @@
 # ---------------------------------------------------------------- RMSprop, Adagrad, AMSGrad, clipping
-# Included from _kernels.pyx. The C kernels are csrc/optim.c's; each binding is written once
-# over the fused type `real` (the float/double choice is the C symbol's suffix).
+# Included from _kernels.pyx. The C kernels are csrc/optim.c's.
 
-cdef extern from "fastprop.h" nogil:
-    int amsgrad_step_f32(float *param, const float *grad, float *m, float *v, float *vmax,
-                         int64_t n, double lr, double beta1, double beta2, double eps,
-                         double weight_decay, int decoupled, int64_t step)
-    int amsgrad_step_f64(double *param, const double *grad, double *m, double *v, double *vmax,
-                         int64_t n, double lr, double beta1, double beta2, double eps,
-                         double weight_decay, int decoupled, int64_t step)
-    int rmsprop_step_f32(float *param, const float *grad, float *square_avg, float *momentum_buf,
-                         float *grad_avg, int64_t n, double lr, double alpha, double eps,
-                         double weight_decay, double momentum)
-    int rmsprop_step_f64(double *param, const double *grad, double *square_avg,
-                         double *momentum_buf, double *grad_avg, int64_t n, double lr,
-                         double alpha, double eps, double weight_decay, double momentum)
-    int adagrad_step_f32(float *param, const float *grad, float *sum, int64_t n, double clr,
-                         double eps, double weight_decay)
-    int adagrad_step_f64(double *param, const double *grad, double *sum, int64_t n, double clr,
-                         double eps, double weight_decay)
-    int grad_norm_pow_f32(double *out, const float *g, int64_t n, double p)
-    int grad_norm_pow_f64(double *out, const double *g, int64_t n, double p)
-    int grad_scale_f32(float *g, int64_t n, double c)
-    int grad_scale_f64(double *g, int64_t n, double c)
-    int grad_clamp_f32(float *g, int64_t n, double c)
-    int grad_clamp_f64(double *g, int64_t n, double c)
-
-ctypedef fused real:
-    float
-    double
-
-
-cdef int _amsgrad(real *param, FlatRun r, int64_t step, double lr, double beta1, double beta2,
-                  double eps, double weight_decay, bint decoupled) noexcept nogil:
-    if real is float:
-        return amsgrad_step_f32(param, <float*>r.pg, <float*>r.s[0], <float*>r.s[1],
-                                <float*>r.s[2], r.n, lr, beta1, beta2, eps, weight_decay,
-                                decoupled, step)
-    return amsgrad_step_f64(param, <double*>r.pg, <double*>r.s[0], <double*>r.s[1],
-                            <double*>r.s[2], r.n, lr, beta1, beta2, eps, weight_decay,
-                            decoupled, step)
-
-
-cdef int _rmsprop(real *param, FlatRun r, double lr, double alpha, double eps,
-                  double weight_decay, double momentum) noexcept nogil:
-    if real is float:
-        return rmsprop_step_f32(param, <float*>r.pg, <float*>r.s[0], <float*>r.s[1],
-                                <float*>r.s[2], r.n, lr, alpha, eps, weight_decay, momentum)
-    return rmsprop_step_f64(param, <double*>r.pg, <double*>r.s[0], <double*>r.s[1],
-                            <double*>r.s[2], r.n, lr, alpha, eps, weight_decay, momentum)
-
-
-cdef int _adagrad(real *param, FlatRun r, double clr, double eps,
-                  double weight_decay) noexcept nogil:
-    if real is float:
-        return adagrad_step_f32(param, <float*>r.pg, <float*>r.s[0], r.n, clr, eps, weight_decay)
-    return adagrad_step_f64(param, <double*>r.pg, <double*>r.s[0], r.n, clr, eps, weight_decay)
+# the float/double choice written once, as _kernels.pxd's c_NAME: c_NAME(f64, ...) calls
+# NAME_f64 or NAME_f32 (declared in csrc/fastprop.h) with the same arguments
+cdef extern from *:
+    """
+    #ifndef FP_BY_DTYPE
+    #define FP_BY_DTYPE(name, f64, ...) ((f64) ? name##_f64(__VA_ARGS__) : name##_f32(__VA_ARGS__))
+    #endif
+    #define c_amsgrad_step(f64, ...) FP_BY_DTYPE(amsgrad_step, f64, __VA_ARGS__)
+    #define c_rmsprop_step(f64, ...) FP_BY_DTYPE(rmsprop_step, f64, __VA_ARGS__)
+    #define c_adagrad_step(f64, ...) FP_BY_DTYPE(adagrad_step, f64, __VA_ARGS__)
+    #define c_grad_norm_pow(f64, ...) FP_BY_DTYPE(grad_norm_pow, f64, __VA_ARGS__)
+    #define c_grad_scale(f64, ...) FP_BY_DTYPE(grad_scale, f64, __VA_ARGS__)
+    #define c_grad_clamp(f64, ...) FP_BY_DTYPE(grad_clamp, f64, __VA_ARGS__)
+    """
+    int c_amsgrad_step(bint f64, void *param, const void *grad, void *m, void *v, void *vmax,
+        int64_t n, double lr, double beta1, double beta2, double eps, double weight_decay,
+        int decoupled, int64_t step) nogil
+    int c_rmsprop_step(bint f64, void *param, const void *grad, void *square_avg,
+        void *momentum_buf, void *grad_avg, int64_t n, double lr, double alpha, double eps,
+        double weight_decay, double momentum) nogil
+    int c_adagrad_step(bint f64, void *param, const void *grad, void *sum, int64_t n,
+        double clr, double eps, double weight_decay) nogil
+    int c_grad_norm_pow(bint f64, double *out, const void *g, int64_t n, double p) nogil
+    int c_grad_scale(bint f64, void *g, int64_t n, double c) nogil
+    int c_grad_clamp(bint f64, void *g, int64_t n, double c) nogil
 
 
 cdef class FlatRun:
@@ -97,12 +67,8 @@ cdef class FlatRun:
             raise ValueError("amsgrad needs exp_avg, exp_avg_sq and max_exp_avg_sq buffers")
         cdef int rc
         with nogil:
-            if self.f32:
-                rc = _amsgrad(<float*>self.pp, self, step, lr, beta1, beta2, eps, weight_decay,
-                              decoupled)
-            else:
-                rc = _amsgrad(<double*>self.pp, self, step, lr, beta1, beta2, eps, weight_decay,
-                              decoupled)
+            rc = c_amsgrad_step(not self.f32, self.pp, self.pg, self.s[0], self.s[1], self.s[2],
+                                self.n, lr, beta1, beta2, eps, weight_decay, decoupled, step)
         _check(rc, "amsgrad")
 
     def rmsprop(self, double lr, double alpha, double eps, double weight_decay, double momentum,
@@ -113,10 +79,8 @@ cdef class FlatRun:
                              "grad_avg exactly when centered")
         cdef int rc
         with nogil:
-            if self.f32:
-                rc = _rmsprop(<float*>self.pp, self, lr, alpha, eps, weight_decay, momentum)
-            else:
-                rc = _rmsprop(<double*>self.pp, self, lr, alpha, eps, weight_decay, momentum)
+            rc = c_rmsprop_step(not self.f32, self.pp, self.pg, self.s[0], self.s[1], self.s[2],
+                                self.n, lr, alpha, eps, weight_decay, momentum)
         _check(rc, "rmsprop")
 
     def adagrad(self, double clr, double eps, double weight_decay):
@@ -124,23 +88,9 @@ cdef class FlatRun:
             raise ValueError("adagrad needs its sum buffer")
         cdef int rc
         with nogil:
-            if self.f32:
-                rc = _adagrad(<float*>self.pp, self, clr, eps, weight_decay)
-            else:
-                rc = _adagrad(<double*>self.pp, self, clr, eps, weight_decay)
+            rc = c_adagrad_step(not self.f32, self.pp, self.pg, self.s[0], self.n, clr, eps,
+                                weight_decay)
         _check(rc, "adagrad")
-
-
-cdef int _norm_pow(double *out, real *g, int64_t n, double p) noexcept nogil:
-    if real is float:
-        return grad_norm_pow_f32(out, g, n, p)
-    return grad_norm_pow_f64(out, g, n, p)
-
-
-cdef int _scale(real *g, int64_t n, double c, bint clamp) noexcept nogil:
-    if real is float:
-        return grad_clamp_f32(g, n, c) if clamp else grad_scale_f32(g, n, c)
-    return grad_clamp_f64(g, n, c) if clamp else grad_scale_f64(g, n, c)
 
 
 cdef object _grad_array(object g):
@@ -163,12 +113,9 @@ def grad_norm_pow(grad, double norm_type):
     cdef int rc
     cdef void *p = _ptr(G)
     cdef int64_t n = G.size
-    cdef bint f32 = _f32(G)
+    cdef bint f64 = not _f32(G)
     with nogil:
-        if f32:
-            rc = _norm_pow(&out, <float*>p, n, norm_type)
-        else:
-            rc = _norm_pow(&out, <double*>p, n, norm_type)
+        rc = c_grad_norm_pow(f64, &out, p, n, norm_type)
     _check(rc, "grad_norm_pow")
     return out
 
@@ -183,10 +130,7 @@ def grad_scale(grad, double c, bint clamp=False):
     cdef int rc
     cdef void *p = _ptr(G)
     cdef int64_t n = G.size
-    cdef bint f32 = _f32(G)
+    cdef bint f64 = not _f32(G)
     with nogil:
-        if f32:
-            rc = _scale(<float*>p, n, c, clamp)
-        else:
-            rc = _scale(<double*>p, n, c, clamp)
+        rc = c_grad_clamp(f64, p, n, c) if clamp else c_grad_scale(f64, p, n, c)
     _check(rc, "grad_scale")

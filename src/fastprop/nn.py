@@ -646,7 +646,13 @@ class Activation(Module):
 
 def _activation(cls_name, act, doc, **defaults):
     """An Activation subclass with PyTorch's parameter names and defaults."""
-    def __init__(self, **kw):
+    def __init__(self, *args, **kw):
+        if len(args) > len(defaults):
+            raise TypeError(f"{cls_name}() takes {len(defaults)} positional arguments, got {len(args)}")
+        for k, v in zip(defaults, args):   # PyTorch's positional order: fp.LeakyReLU(0.1)
+            if k in kw:
+                raise TypeError(f"{cls_name}() got multiple values for argument {k!r}")
+            kw[k] = v
         unknown = set(kw) - set(defaults)
         if unknown:
             raise TypeError(f"{cls_name}() got unexpected arguments {sorted(unknown)}")

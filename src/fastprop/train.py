@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _kernels, ops
 from . import checkpoint as _checkpoint
+from .autodiff import DPGradient
 from .clip import clip_by_norm
 from .hessian_free import Closure
 from .losses import MSE, Loss, SigmoidBCE, SoftmaxCrossEntropy
@@ -55,11 +56,18 @@ class TrainStep:
     FloatingPointError before the update: the parameters and the optimizer's state are
     those before the step (the fused path has overwritten the gradients).
 
+    DP-SGD: with ``per_example_clip=C`` each example's gradient is clipped to norm C, and
+    with ``noise_multiplier=σ`` Gaussian noise σC (from ``rng``: a Generator or a seed) is
+    added to their sum before dividing by the batch size (``fastprop.autodiff.DPGradient``
+    gives the exact normalisation). It needs a Sequential (nested) of Linear,
+    LowRankLinear, PReLU and the activations.
+
     ``clip_grad_norm`` (a max_norm): the gradients of the model's parameters are clipped
     to that total 2-norm (``clip_grad_norm_``) after the backward pass, before the update.
     """
 
-    def __init__(self, model, loss, optimizer, stop_on_nonfinite=True, clip_grad_norm=None):
+    def __init__(self, model, loss, optimizer, stop_on_nonfinite=True, per_example_clip=None,
+                 noise_multiplier=0.0, rng=None, clip_grad_norm=None):
         if not isinstance(model, Module):
             raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -70,6 +78,15 @@ class TrainStep:
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
         self.clip_grad_norm = _clip_arg(clip_grad_norm, optimizer)
         self._check_batches = True  # fit checks its whole data set once and turns this off
+        self._dp = None  # DP-SGD: the clipped, noised gradient instead of the fused chain
+        if per_example_clip is not None:
+            if getattr(optimizer, "needs_closure", False):
+                raise TypeError(f"per_example_clip cannot be used with "
+                                f"{type(optimizer).__name__}, which needs a closure")
+            self._dp = DPGradient(model, loss, per_example_clip, noise_multiplier, rng)
+        elif noise_multiplier != 0.0:
+            raise ValueError("noise_multiplier needs per_example_clip: the noise is "
+                             "noise_multiplier × per_example_clip")
         self._compile()
 
     def _compile(self):
@@ -78,7 +95,7 @@ class TrainStep:
         self._flattens = flatten_count()
         # an optimizer that needs the batch (HessianFree) gets a Closure, on the modular path
         self.closure = bool(getattr(self.optimizer, "needs_closure", False))
-        blocks = None if self.closure else _chain_blocks(self.model, self.loss)
+        blocks = None if self.closure or self._dp else _chain_blocks(self.model, self.loss)
         self.fused = blocks is not None
         self._net = _kernels.Network(blocks) if self.fused else None
         self._out = None
@@ -109,7 +126,13 @@ class TrainStep:
             J = self.optimizer.step(closure)
             self._out = closure.output
             return J
-        if self.fused:
+        if self._dp is not None:
+            x = model._check_input(x)
+            if self._check_batches:
+                _finite_batch(x, y)
+            J, self._out = self._dp(x, y)
+            self._diverged(J)
+        elif self.fused:
             x = as_input(x, self._net.dtype)
             if self._check_batches:
                 _finite_batch(x, y)
