@@ -349,3 +349,69 @@ def test_every_kernel_call_in_optim2_releases_the_gil():
                         break
             assert inside, f"line {i + 1} calls {name} holding the GIL: {line.strip()}"
     assert called == declared
+
+
+# ---------------------------------------------------------------- fastprop.ops vs reference
+from fastprop import ops, reference  # noqa: E402
+
+OPS_CASES = [
+    ("amsgrad_step", dict(lr=0.01, beta1=0.8, beta2=0.9, weight_decay=0.1), 3),
+    ("amsgrad_step", dict(lr=0.01, weight_decay=0.2, decoupled=True), 3),
+    ("rmsprop_step", dict(lr=0.01, alpha=0.9, weight_decay=0.1), 1),
+    ("rmsprop_step", dict(lr=0.01, momentum=0.9, centered=True), 3),
+    ("adagrad_step", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("name,kw,n_states", OPS_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(OPS_CASES)])
+def test_ops_updates_vs_reference(name, kw, n_states, dtype):
+    rng = np.random.default_rng(5)
+    kw = dict(kw)
+    centered = kw.pop("centered", False)
+
+    def arrays():
+        p = rng.standard_normal((4, 7)).astype(dtype)
+        states = [np.abs(rng.standard_normal((4, 7))).astype(dtype) * 0.1 for _ in range(3)]
+        return p, states
+
+    p, states = arrays()
+    states[2][...] = 0  # grad_avg (centered RMSprop) starts at 0, as in torch
+    q, qs = p.astype(F64), [s.astype(F64) for s in states]
+    for t in range(1, 8):
+        g = rng.standard_normal(p.shape).astype(dtype)
+        for mod, par, st in ((ops, p, states), (reference, q, qs)):
+            gg = g if mod is ops else g.astype(F64)
+            if name == "amsgrad_step":
+                mod.amsgrad_step(par, gg, st[0], st[1], st[2], step=t, **kw)
+            elif name == "rmsprop_step":
+                mod.rmsprop_step(par, gg, st[0], grad_avg=st[2] if centered else None,
+                                 momentum_buffer=st[1] if kw.get("momentum") else None, **kw)
+            else:
+                mod.adagrad_step(par, gg, st[0], step=t, **kw)
+    assert_close(p, q, rtol=2e-5 if dtype == F32 else 1e-12)
+    for s, r in zip(states[:n_states], qs[:n_states]):
+        assert_close(s, r, rtol=2e-5 if dtype == F32 else 1e-12)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda p, g, s: ops.rmsprop_step(p, g[:, :3], s), "grad has shape"),
+    (lambda p, g, s: ops.rmsprop_step(p, g, s, momentum=0.9), "momentum_buffer"),
+    (lambda p, g, s: ops.rmsprop_step(p, g, p), "overlaps"),
+    (lambda p, g, s: ops.rmsprop_step(p, g, s, alpha=2.0), "alpha"),
+    (lambda p, g, s: ops.adagrad_step(p, g, s, step=0), "step"),
+    (lambda p, g, s: ops.adagrad_step(p, g, s.astype(F32), step=1), "dtype"),
+    (lambda p, g, s: ops.adagrad_step(p, g, s, step=1, lr=-1.0), "lr"),
+    (lambda p, g, s: ops.amsgrad_step(p, g, s, s.copy(), None, step=1), "max_exp_avg_sq"),
+    (lambda p, g, s: ops.amsgrad_step(p, g, s, s.copy(), s[:2].copy(), step=1), "shape"),
+    (lambda p, g, s: ops.amsgrad_step(p, g, s, s.copy(), s.copy(), step=1, beta1=1.0), "beta1"),
+], ids=range(10))
+def test_ops_updates_bad_input_change_nothing(call, match):
+    p = np.random.default_rng(0).standard_normal((3, 4))
+    s = np.abs(p) + 1
+    g = p[::-1].copy()
+    p0, s0 = p.copy(), s.copy()
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(p, g, s)
+    assert p.tobytes() == p0.tobytes() and s.tobytes() == s0.tobytes()

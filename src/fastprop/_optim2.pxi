@@ -134,3 +134,84 @@ def grad_scale(grad, double c, bint clamp=False):
     with nogil:
         rc = c_grad_clamp(f64, p, n, c) if clamp else c_grad_scale(f64, p, n, c)
     _check(rc, "grad_scale")
+
+
+# ---------------------------------------------------------------- the functional API (fastprop.ops)
+cdef tuple _update_arrays(param, grad, tuple states):
+    """param, grad (cast to param's dtype) and the in-place state buffers, checked: shapes,
+    dtypes, contiguity, and no two of them overlapping."""
+    P = _param(param)
+    G = _floats(grad, "grad", P.ndim, P, "param")
+    if G.shape != P.shape:
+        raise ValueError(f"grad has shape {G.shape}, expected {P.shape} (param's)")
+    if not G.flags.writeable or not G.flags.c_contiguous:  # FlatRun holds grads it may write
+        G = np.array(G, order="C")
+    arrays = [(P, "param")]
+    for a, name in states:
+        if a is not None:
+            arrays.append((_state(a, name, P), name))
+    for i, (a, name) in enumerate(arrays):
+        _separate(a, name, ((G, "grad"),) + tuple(o for j, o in enumerate(arrays) if j != i))
+    return P, G, [a for a, _ in arrays[1:]]
+
+
+cdef _step_number(step):
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+
+
+def amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, double lr=1e-3,
+                 double beta1=0.9, double beta2=0.999, double eps=1e-8, double weight_decay=0.0,
+                 decoupled=False):
+    """One Adam/AdamW update with amsgrad=True in place, as torch.optim: the denominator
+    uses max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq). step counts from 1."""
+    if exp_avg is None or exp_avg_sq is None or max_exp_avg_sq is None:
+        raise TypeError("exp_avg, exp_avg_sq and max_exp_avg_sq must be arrays shaped like param")
+    P, G, (M, V, VM) = _update_arrays(param, grad, ((exp_avg, "exp_avg"),
+                                                     (exp_avg_sq, "exp_avg_sq"),
+                                                     (max_exp_avg_sq, "max_exp_avg_sq")))
+    _step_number(step)
+    for v, name in ((lr, "lr"), (eps, "eps"), (weight_decay, "weight_decay")):
+        _nonneg(v, name)
+    for v, name in ((beta1, "beta1"), (beta2, "beta2")):
+        if not 0 <= v < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {v}")
+    FlatRun(P, G, M, V, VM).amsgrad(step, lr, beta1, beta2, eps, weight_decay, bool(decoupled))
+
+
+def rmsprop_step(param, grad, square_avg, *, double lr=1e-2, double alpha=0.99, double eps=1e-8,
+                 double weight_decay=0.0, double momentum=0.0, momentum_buffer=None,
+                 grad_avg=None):
+    """One RMSprop update in place, as torch.optim.RMSprop; centered when grad_avg is given,
+    momentum > 0 needs momentum_buffer."""
+    if square_avg is None:
+        raise TypeError("square_avg must be an array shaped like param")
+    if momentum > 0 and momentum_buffer is None:
+        raise ValueError("rmsprop_step with momentum needs momentum_buffer")
+    P, G, states = _update_arrays(param, grad, ((square_avg, "square_avg"),
+                                                (momentum_buffer if momentum > 0 else None,
+                                                 "momentum_buffer"),
+                                                (grad_avg, "grad_avg")))
+    for v, name in ((lr, "lr"), (eps, "eps"), (weight_decay, "weight_decay"),
+                    (momentum, "momentum")):
+        _nonneg(v, name)
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    S = states[0]
+    B = states[1] if momentum > 0 else None
+    A = states[len(states) - 1] if grad_avg is not None else None  # (no wraparound in bindings)
+    FlatRun(P, G, S, B, A).rmsprop(lr, alpha, eps, weight_decay, momentum, A is not None)
+
+
+def adagrad_step(param, grad, state_sum, *, step, double lr=1e-2, double lr_decay=0.0,
+                 double eps=1e-10, double weight_decay=0.0):
+    """One Adagrad update in place, as torch.optim.Adagrad: the step size is
+    lr / (1 + (step − 1)·lr_decay); step counts from 1."""
+    if state_sum is None:
+        raise TypeError("state_sum must be an array shaped like param")
+    P, G, (S,) = _update_arrays(param, grad, ((state_sum, "state_sum"),))
+    _step_number(step)
+    for v, name in ((lr, "lr"), (lr_decay, "lr_decay"), (eps, "eps"),
+                    (weight_decay, "weight_decay")):
+        _nonneg(v, name)
+    FlatRun(P, G, S).adagrad(lr / (1 + (step - 1) * lr_decay), eps, weight_decay)
