@@ -114,6 +114,10 @@ def read(path, model, optimizer, scheduler=None, check_fit=None):
         if meta.get("version") != VERSION:
             raise ValueError(f"format version {meta.get('version')} (this fastprop reads {VERSION})")
         state = _decode(meta["state"], arrays)
+        keys = {"model", "optimizer", "scheduler", "rng", "extra", "fit"}
+        if not isinstance(state, dict) or set(state) != keys or \
+                not isinstance(state["model"], dict) or not isinstance(state["rng"], list):
+            raise ValueError("the checkpoint record is incomplete")
     except Exception as e:  # a truncated zip can fail in zipfile, zlib, numpy or json
         raise ValueError(f"{path} is not a readable fastprop checkpoint: "
                          f"{type(e).__name__}: {e}") from None
