@@ -188,3 +188,15 @@ def test_trainstep_clip_on_the_modular_path():
         ob.step()
     for p, q in zip(a.parameters(), b.parameters()):
         assert p.data.tobytes() == q.data.tobytes()
+
+
+def test_clipping_while_another_thread_uses_the_model_is_refused():
+    model = model_with_grads()
+    snap = snapshot(model)
+    with model.exclusive():  # as a training thread holds it
+        with pytest.raises(RuntimeError):
+            fp.clip_grad_norm_(model.parameters(), 0.1)
+        with pytest.raises(RuntimeError):
+            fp.clip_grad_value_(model.parameters(), 0.1)
+    assert_unchanged(model, snap)
+    fp.clip_grad_norm_(model.parameters(), 0.1)

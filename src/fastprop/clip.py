@@ -3,13 +3,23 @@ flat run of the gradients (one for a model's parameters), no temporaries."""
 import math
 
 from . import _kernels
-from .nn import Parameter, flat_runs
+from .nn import Parameter, _Exclusive, flat_runs
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
+def _guards(params):
+    """The locks of the models the parameters belong to (as an optimizer step takes them)."""
+    out = []
+    for p in params:
+        g = p._guard
+        if g is not None and all(g is not h for h in out):
+            out.append(g)
+    return out
+
+
 def _grad_runs(parameters):
-    """The gradient views of the parameters' flat runs."""
+    """The gradient views of the parameters' flat runs, and their models' locks."""
     if isinstance(parameters, Parameter):
         parameters = [parameters]
     try:
@@ -20,7 +30,7 @@ def _grad_runs(parameters):
     for i, p in enumerate(params):
         if not isinstance(p, Parameter):
             raise TypeError(f"parameters[{i}] is a {type(p).__name__}, not a fastprop Parameter")
-    return [grad for _, grad in flat_runs(params)]
+    return [grad for _, grad in flat_runs(params)], _guards(params)
 
 
 def _norm_type(norm_type):
@@ -76,18 +86,21 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     Returns the total norm before clipping (a float). With error_if_nonfinite a NaN or
     infinite norm is a RuntimeError and nothing changes.
     """
-    grads = _grad_runs(parameters)
-    return clip_by_norm(grads, _max_norm(max_norm), _norm_type(norm_type), error_if_nonfinite)
+    grads, guards = _grad_runs(parameters)
+    max_norm, norm_type = _max_norm(max_norm), _norm_type(norm_type)
+    with _Exclusive(guards, "model"):  # a RuntimeError while another thread uses the model
+        return clip_by_norm(grads, max_norm, norm_type, error_if_nonfinite)
 
 
 def clip_grad_value_(parameters, clip_value):
     """Clamps every gradient element into [−clip_value, clip_value] in place."""
-    grads = _grad_runs(parameters)
+    grads, guards = _grad_runs(parameters)
     try:
         c = float(clip_value)
     except (TypeError, ValueError):
         raise TypeError(f"clip_value must be a number, got {clip_value!r}") from None
     if not c >= 0:
         raise ValueError(f"clip_value must be a number >= 0, got {clip_value!r}")
-    for g in grads:
-        _kernels.grad_scale(g, c, True)
+    with _Exclusive(guards, "model"):
+        for g in grads:
+            _kernels.grad_scale(g, c, True)
