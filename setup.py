@@ -27,11 +27,15 @@ if os.environ.get("FASTPROP_SANITIZE") == "1":
 # template.h includes the family files back, so compile only the families themselves
 sources = ["src/fastprop/_kernels.pyx"] + sorted(glob.glob("csrc/*.c"))
 
+# recorded in the extension for `python -m fastprop info`
+define_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                 ("FP_BUILD_FLAGS", '"' + " ".join(compile_args).replace('"', "") + '"')]
+
 ext = Extension(
     "fastprop._kernels",
     sources=sources,
     include_dirs=["csrc", np.get_include()],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    define_macros=define_macros,
     extra_compile_args=compile_args,
     extra_link_args=link_args,
 )

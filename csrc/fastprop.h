@@ -20,15 +20,18 @@
  * two; the polynomials of fastmath.h run 24–28 % faster), so a CPU without FMA (the
  * baseline clone) can differ from one with it in the last bit. ifunc needs glibc on x86-64
  * Linux (musl has none); elsewhere FP_SIMD is empty and the baseline build is all there is.
+ * clang builds no clones: it wants the attribute on every declaration of an extern clone,
+ * which FP_DECLARE does not carry (the wheels are built with gcc; macOS has no ifunc).
  * -DFP_NO_CLONES builds the baseline alone (the C tests run it: an AVX2 machine never would). */
 #if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__has_attribute) && \
     !defined(FP_NO_CLONES)
-#if __has_attribute(target_clones)
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#if __has_attribute(target_clones) && !defined(__clang__)
+#if __GNUC__ >= 12
 #define FP_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else  /* older gcc and clang dispatch on single features */
+#else  /* older gcc dispatches on single features */
 #define FP_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
+#define FP_CLONES 1
 #endif
 #endif
 #ifndef FP_SIMD
@@ -174,6 +177,11 @@ typedef void (*fp_range_fn)(void *ctx, int64_t lo, int64_t hi);
 extern int fp_num_threads;
 int fp_threads(void);
 void fp_parallel_for(int64_t n, int64_t min_piece, fp_range_fn fn, void *ctx);
+
+/* How the kernels were built, and the SIMD clone this CPU runs (info.c). */
+const char *fp_build_compiler(void);
+const char *fp_build_flags(void);
+const char *fp_simd_clone(void);
 
 /* First label outside [0, classes), or -1 when all are valid. */
 int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes);

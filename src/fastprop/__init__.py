@@ -17,7 +17,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .clip import clip_grad_norm_, clip_grad_value_
 from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = [
     "ops", "reference", "datasets",
     "Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU", "PReLU",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastprop demo``."""
+"""Command line: ``python -m fastprop demo``, ``bench``, ``info``."""
 import argparse
 import sys
 
@@ -23,12 +23,17 @@ def main(argv=None):
                        help="also report each workload's peak memory per step")
     bench.add_argument("--csv", default="scaling.csv", help="with --scaling: the CSV to write")
     bench.add_argument("--png", default="scaling.png", help="with --scaling: the plot to write")
+    sub.add_parser("info", help="version, build flags, SIMD clone, BLAS and threads (for bug reports)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from . import demo as demo_module
         result = demo_module.run(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                  seed=args.seed, progress=not args.no_progress)
         return 0 if result["accuracy"] >= 0.95 else 1
+    if args.command == "info":
+        from .info import print_info
+        print_info()
+        return 0
     if args.command == "bench":
         from . import bench as bench_module
         if args.scaling:

@@ -1,0 +1,66 @@
+"""``python -m fastprop info``: what a bug report needs to say about this installation."""
+import os
+import platform
+import sys
+
+import numpy as np
+import scipy
+
+from . import _kernels
+from ._version import __version__
+
+__all__ = ["info", "print_info"]
+
+
+def _blas():
+    """SciPy's BLAS (the one fastprop's kernels call) and its thread count."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    if threadpool_info is not None:
+        import scipy.linalg  # noqa: F401 (loads the BLAS that the kernels use)
+        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        # SciPy's own copy first: NumPy may bundle another one
+        pools.sort(key=lambda p: "scipy" not in p.get("filepath", ""))
+        for p in pools:
+            where = "SciPy's copy" if "scipy" in p.get("filepath", "") else p.get("filepath")
+            return (f"{p.get('internal_api')} {p.get('version')} ({where}, "
+                    f"{p.get('threading_layer', '?')}), {p.get('num_threads')} threads, "
+                    f"kernel {p.get('architecture', '?')}")
+    try:
+        blas = scipy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        name = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # show_config's layout differs between SciPy versions
+        name = "unknown"
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "the BLAS default")
+    return f"{name} (SciPy's), threads: {threads} (pip install threadpoolctl for the live count)"
+
+
+def info():
+    """A dict of the facts ``python -m fastprop info`` prints: versions, build, SIMD clone,
+    BLAS and threads."""
+    build = _kernels.build_info()
+    return {
+        "fastprop": __version__,
+        "location": os.path.dirname(os.path.abspath(__file__)),
+        "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "cpus": str(os.cpu_count()),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "compiler": build["compiler"],
+        "flags": build["flags"],
+        "simd clone": build["simd"],
+        "blas": _blas(),
+        "fastprop threads": f"{_kernels.get_num_threads()} (set_num_threads / FASTPROP_NUM_THREADS; "
+                            "only for optimizer passes of >= 2^20 elements)",
+    }
+
+
+def print_info(file=None):
+    """Print :func:`info`, one ``name: value`` line each."""
+    facts = info()
+    width = max(map(len, facts))
+    for name, value in facts.items():
+        print(f"{name:>{width}}: {value}", file=file or sys.stdout)
