@@ -60,7 +60,17 @@ typedef struct {
 } fp_act_params;
 
 /* Loss kinds of the fused training step. */
-enum { FP_LOSS_SOFTMAX_XENT = 0, FP_LOSS_SIGMOID_BCE, FP_LOSS_MSE };
+enum { FP_LOSS_SOFTMAX_XENT = 0, FP_LOSS_SIGMOID_BCE, FP_LOSS_MSE, FP_LOSS_L1, FP_LOSS_HUBER,
+       FP_LOSS_SMOOTH_L1 };
+
+/* The options of a loss in the fused step: NULL weights are all ones. Pointers are to float or
+ * double, as the network's precision. */
+typedef struct {
+    const void *class_weight;   /* (classes,), cross-entropy */
+    const void *sample_weight;  /* (batch,) */
+    double label_smoothing;     /* cross-entropy, in [0, 1] */
+    double delta;               /* HuberLoss's delta, SmoothL1Loss's beta */
+} fp_loss_opts;
 
 /* One block of a feed-forward chain: y = f(x wᵀ + b). Buffers are (batch, out);
  * preact is kept only for activations whose derivative needs the input (NULL otherwise).
@@ -163,11 +173,40 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
                             int64_t batch);                                               \
     int network_train_##S(double *loss, const fp_dense_block *blocks, int n_blocks,      \
                           const R *x, int64_t batch, int loss_kind,                       \
-                          const int64_t *labels, const R *target, R *g0, R *g1);
+                          const int64_t *labels, const R *target, const fp_loss_opts *opts, \
+                          R *g0, R *g1);
 
 FP_DECLARE(float, f32)
 FP_DECLARE(double, f64)
 #undef FP_DECLARE
+
+/* Weighted and robust losses (loss.c): sample_weight (batch,) and class_weight (classes,) may
+ * be NULL (all ones); kind is an FP_LOSS_ code other than SOFTMAX_XENT, param Huber's δ or
+ * SmoothL1's β. */
+#define FP_DECLARE_LOSSES(R, S)                                                               \
+    int pointwise_loss_forward_backward_##S(double *loss, R *dp, const R *pred,              \
+                                            const R *target, const R *sample_weight,         \
+                                            int64_t batch, int64_t k, int kind, double param); \
+    int pointwise_loss_hvp_##S(R *hv, const R *pred, const R *target, const R *v,            \
+                               const R *sample_weight, int64_t batch, int64_t k, int kind,   \
+                               double param);                                                \
+    int gaussian_nll_weighted_forward_backward_##S(double *loss, R *dz, const R *z,          \
+                                                   const R *target, const R *sample_weight,  \
+                                                   int64_t batch, int64_t k);                \
+    int softmax_xent_weighted_forward_backward_##S(double *loss, R *dz, const R *z,          \
+                                                   const int64_t *labels, const R *target,   \
+                                                   const R *class_weight,                    \
+                                                   const R *sample_weight,                   \
+                                                   double label_smoothing, int64_t batch,    \
+                                                   int64_t classes);                         \
+    int softmax_xent_weighted_hvp_##S(R *hv, const R *z, const R *v, const int64_t *labels,  \
+                                      const R *target, const R *class_weight,                \
+                                      const R *sample_weight, double label_smoothing,        \
+                                      int64_t batch, int64_t classes);
+
+FP_DECLARE_LOSSES(float, f32)
+FP_DECLARE_LOSSES(double, f64)
+#undef FP_DECLARE_LOSSES
 
 /* fp_parallel_for(n, min_piece, fn, ctx) runs fn(ctx, lo, hi) over [0, n) cut into at most
  * fp_threads() disjoint pieces of at least min_piece elements, the first on the calling

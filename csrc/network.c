@@ -24,11 +24,15 @@ int F(network_forward)(const fp_dense_block *blocks, int n_blocks, const R *x, i
 // forward; J and g = ∂J/∂(last y) in one fused pass; then for each block from the last:
 // g ← g ⊙ f′ (in place), ∇W = gᵀh, ∇b = Σ g, g ← g W (into the other buffer; skipped for block 0).
 // g0 and g1 are (batch, max width) each; the loss gradient is written into g0.
+// opts (NULL: none) holds the loss's weights, label smoothing and Huber δ / SmoothL1 β.
 int F(network_train)(double *loss, const fp_dense_block *blocks, int n_blocks, const R *x,
                      int64_t batch, int loss_kind, const int64_t *labels, const R *target,
-                     R *g0, R *g1)
+                     const fp_loss_opts *opts, R *g0, R *g1)
 {
     if (!loss || !g0 || !g1 || batch < 1) return FP_ERR_ARG;
+    static const fp_loss_opts none = {NULL, NULL, 0.0, 1.0};
+    const fp_loss_opts *o = opts ? opts : &none;
+    const R *cw = (const R *)o->class_weight, *sw = (const R *)o->sample_weight;
     const fp_dense_block *last = &blocks[n_blocks - 1];
     if (loss_kind == FP_LOSS_SOFTMAX_XENT && labels &&
         fp_first_bad_label(labels, batch, last->out) >= 0)
@@ -36,19 +40,16 @@ int F(network_train)(double *loss, const fp_dense_block *blocks, int n_blocks, c
     int rc = F(network_forward)(blocks, n_blocks, x, batch);
     if (rc) return rc;
     const R *z = (const R *)last->y;
-    switch (loss_kind) {
-    case FP_LOSS_SOFTMAX_XENT:
+    if (loss_kind == FP_LOSS_SOFTMAX_XENT && !cw && !sw && o->label_smoothing == 0)
         rc = F(softmax_xent_forward_backward)(loss, g0, z, labels, target, batch, last->out);
-        break;
-    case FP_LOSS_SIGMOID_BCE:
+    else if (loss_kind == FP_LOSS_SOFTMAX_XENT)
+        rc = F(softmax_xent_weighted_forward_backward)(loss, g0, z, labels, target, cw, sw,
+                                                       o->label_smoothing, batch, last->out);
+    else if (loss_kind == FP_LOSS_SIGMOID_BCE && !sw)
         rc = F(sigmoid_bce_forward_backward)(loss, g0, z, target, batch * last->out);
-        break;
-    case FP_LOSS_MSE:
-        rc = F(mse_forward_backward)(loss, g0, z, target, batch * last->out);
-        break;
-    default:
-        rc = FP_ERR_ARG;
-    }
+    else
+        rc = F(pointwise_loss_forward_backward)(loss, g0, z, target, sw, batch, last->out,
+                                                loss_kind, o->delta);
     if (rc) return rc;
     R *g = g0, *other = g1;
     for (int i = n_blocks - 1; i >= 0; i--) {

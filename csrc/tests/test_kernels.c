@@ -154,6 +154,46 @@ static void test_loss_hvps(void)
     CHECK(mse_hvp_f64(NULL, v, N) == FP_ERR_ARG, "no output");
 }
 
+/* the weighted losses' Hessian–vector products against central differences of their gradients
+ * (sample weights, class weights, label smoothing); a weight sum of 0 is FP_ERR_ARG */
+static void test_weighted_loss_hvps(void)
+{
+    enum { B = 3, C = 4, N = B * C };
+    double z[N], v[N], t[N], zp[N], gp[N], gm[N], hv[N], loss;
+    double sw[B] = {0.5, 2.0, 1.0}, cw[C] = {1.0, 0.3, 2.0, 0.7}, zero[B] = {0, 0, 0};
+    int64_t labels[B] = {0, 3, 2};
+    for (int i = 0; i < N; i++) z[i] = 2 * rnd(), v[i] = rnd(), t[i] = z[i] + 0.9 * rnd();
+    double h = 1e-6;
+    /* kinds 1..5: the pointwise losses (param 0.6: no residual sits at its kink); 6: xent */
+    for (int kind = FP_LOSS_SIGMOID_BCE; kind <= FP_LOSS_SMOOTH_L1 + 1; kind++) {
+        int xent = kind > FP_LOSS_SMOOTH_L1;
+        for (int sign = -1; sign <= 1; sign += 2) {
+            for (int i = 0; i < N; i++) zp[i] = z[i] + sign * h * v[i];
+            double *g = sign > 0 ? gp : gm;
+            int rc = xent ? softmax_xent_weighted_forward_backward_f64(&loss, g, zp, labels, NULL, cw,
+                                                                        sw, 0.2, B, C)
+                          : pointwise_loss_forward_backward_f64(&loss, g, zp, t, sw, B, C, kind, 0.6);
+            CHECK(rc == FP_OK, "weighted loss %d", kind);
+        }
+        int rc = xent ? softmax_xent_weighted_hvp_f64(hv, z, v, labels, NULL, cw, sw, 0.2, B, C)
+                      : pointwise_loss_hvp_f64(hv, z, t, v, sw, B, C, kind, 0.6);
+        CHECK(rc == FP_OK, "weighted loss hvp %d", kind);
+        for (int i = 0; i < N; i++) {
+            double num = (gp[i] - gm[i]) / (2 * h);
+            CHECK(fabs(hv[i] - num) < 1e-7 * (1 + fabs(num)), "weighted loss hvp %d [%d]: %g vs %g",
+                  kind, i, hv[i], num);
+        }
+        rc = xent ? softmax_xent_weighted_forward_backward_f64(&loss, gp, z, labels, NULL, cw, zero,
+                                                               0.2, B, C)
+                  : pointwise_loss_forward_backward_f64(&loss, gp, z, t, zero, B, C, kind, 0.6);
+        CHECK(rc == FP_ERR_ARG, "weights summing to 0, loss %d", kind);
+    }
+    CHECK(pointwise_loss_forward_backward_f64(&loss, gp, z, t, NULL, B, C, FP_LOSS_HUBER, 0) == FP_ERR_ARG,
+          "huber delta 0");
+    CHECK(softmax_xent_weighted_forward_backward_f64(&loss, gp, z, labels, NULL, NULL, NULL, 1.5, B, C) ==
+          FP_ERR_ARG, "label smoothing > 1");
+}
+
 /* PReLU's R-forward and R-backward against central differences of its forward and backward
  * along (rx, vw), with one slope and one per channel */
 static void test_prelu_r(void)
@@ -224,7 +264,7 @@ static void test_losses_and_network(void)
         {2, 4, FP_RELU, {0.01, 1, 20}, w0, b0, dw0, db0, y0, NULL},
         {4, C, FP_IDENTITY, {0.01, 1, 20}, w1, b1, dw1, db1, y1, NULL},
     };
-    CHECK(network_train_f32(&loss, blocks, 2, x, B, FP_LOSS_SOFTMAX_XENT, labels, NULL, g0, g1) == FP_OK,
+    CHECK(network_train_f32(&loss, blocks, 2, x, B, FP_LOSS_SOFTMAX_XENT, labels, NULL, NULL, g0, g1) == FP_OK,
           "network_train");
     double direct;
     softmax_xent_forward_backward_f32(&direct, NULL, y1, labels, NULL, B, C);
@@ -724,6 +764,7 @@ int main(void)
     test_activations();
     test_second_derivatives();
     test_loss_hvps();
+    test_weighted_loss_hvps();
     test_prelu_r();
     test_losses_and_network();
     test_parallel_updates();

@@ -7,7 +7,7 @@ from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_ve
                         vector_to_parameters, vector_views)
 from .hessian_free import Closure, HessianFree
 from .io import gradcheck, load, save
-from .losses import MSE, GaussianNLL, SigmoidBCE, SoftmaxCrossEntropy
+from .losses import MSE, GaussianNLL, HuberLoss, L1Loss, SigmoidBCE, SmoothL1Loss, SoftmaxCrossEntropy
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
 from .optim import SGD, Adagrad, Adam, AdamW, RMSprop
@@ -31,4 +31,5 @@ __all__ = [
     "RMSprop", "Adagrad", "lr_scheduler", "clip_grad_norm_", "clip_grad_value_",
     "Callback", "EarlyStopping", "ModelCheckpoint", "save_checkpoint", "load_checkpoint",
     "jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms",
+    "L1Loss", "HuberLoss", "SmoothL1Loss",
 ]

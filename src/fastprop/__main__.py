@@ -21,6 +21,16 @@ def main(argv=None):
                        help="fastprop.ops against fastprop.reference, one line per kernel family")
     bench.add_argument("--memory", action="store_true",
                        help="also report each workload's peak memory per step")
+    bench.add_argument("--sklearn", action="store_true",
+                       help="fastprop.sklearn.MLPClassifier's fit against scikit-learn's")
+    bench.add_argument("--peers", action="store_true",
+                       help="TrainStep against NumPy, PyTorch eager, torch.compile and JAX jit")
+    bench.add_argument("--gemm", action="store_true",
+                       help="GFLOP/s of each GEMM backend at every shape the workloads use")
+    bench.add_argument("--rounds", type=int, default=None,
+                       help="with --peers or --gemm: interleaved rounds (default 3 and 2)")
+    bench.add_argument("--batches", type=int, nargs="*", default=None,
+                       help="with --gemm: batch sizes instead of each workload's own")
     bench.add_argument("--csv", default="scaling.csv", help="with --scaling: the CSV to write")
     bench.add_argument("--png", default="scaling.png", help="with --scaling: the plot to write")
     sub.add_parser("info", help="version, build flags, SIMD clone, BLAS and threads (for bug reports)")
@@ -40,6 +50,13 @@ def main(argv=None):
             bench_module.scaling(csv_path=args.csv, png_path=args.png)
         elif args.kernels:
             bench_module.kernel_table()
+        elif args.sklearn:
+            from . import bench_sklearn
+            bench_sklearn.sklearn_table()
+        elif args.peers:
+            bench_module.peer_table(args.workloads, rounds=args.rounds or 3)
+        elif args.gemm:
+            bench_module.gemm_table(args.workloads, args.batches, rounds=args.rounds or 2)
         else:
             bench_module.step_table(args.workloads)
             if args.memory:

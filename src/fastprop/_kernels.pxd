@@ -19,6 +19,15 @@ cdef extern from "fastprop.h" nogil:
         FP_LOSS_SOFTMAX_XENT
         FP_LOSS_SIGMOID_BCE
         FP_LOSS_MSE
+        FP_LOSS_L1
+        FP_LOSS_HUBER
+        FP_LOSS_SMOOTH_L1
+
+    ctypedef struct fp_loss_opts:
+        const void *class_weight
+        const void *sample_weight
+        double label_smoothing
+        double delta
 
     ctypedef struct fp_dense_block:
         int64_t in_ "in"
@@ -140,10 +149,45 @@ cdef extern from "fastprop.h" nogil:
     int network_forward_f64(const fp_dense_block *blocks, int n_blocks, const double *x, int64_t batch)
     int network_train_f32(double *loss, const fp_dense_block *blocks, int n_blocks, const float *x,
                           int64_t batch, int loss_kind, const int64_t *labels, const float *target,
-                          float *g0, float *g1)
+                          const fp_loss_opts *opts, float *g0, float *g1)
     int network_train_f64(double *loss, const fp_dense_block *blocks, int n_blocks, const double *x,
                           int64_t batch, int loss_kind, const int64_t *labels, const double *target,
-                          double *g0, double *g1)
+                          const fp_loss_opts *opts, double *g0, double *g1)
+    # weighted and robust losses (loss.c), bound in _loss_weighted.pxi
+    int pointwise_loss_forward_backward_f32(double *loss, float *dp, const float *pred,
+                                            const float *target, const float *sample_weight,
+                                            int64_t batch, int64_t k, int kind, double param)
+    int pointwise_loss_forward_backward_f64(double *loss, double *dp, const double *pred,
+                                            const double *target, const double *sample_weight,
+                                            int64_t batch, int64_t k, int kind, double param)
+    int pointwise_loss_hvp_f32(float *hv, const float *pred, const float *target, const float *v,
+                               const float *sample_weight, int64_t batch, int64_t k, int kind,
+                               double param)
+    int pointwise_loss_hvp_f64(double *hv, const double *pred, const double *target, const double *v,
+                               const double *sample_weight, int64_t batch, int64_t k, int kind,
+                               double param)
+    int gaussian_nll_weighted_forward_backward_f32(double *loss, float *dz, const float *z,
+                                                   const float *target, const float *sample_weight,
+                                                   int64_t batch, int64_t k)
+    int gaussian_nll_weighted_forward_backward_f64(double *loss, double *dz, const double *z,
+                                                   const double *target, const double *sample_weight,
+                                                   int64_t batch, int64_t k)
+    int softmax_xent_weighted_forward_backward_f32(double *loss, float *dz, const float *z,
+                                                   const int64_t *labels, const float *target,
+                                                   const float *class_weight, const float *sample_weight,
+                                                   double label_smoothing, int64_t batch, int64_t classes)
+    int softmax_xent_weighted_forward_backward_f64(double *loss, double *dz, const double *z,
+                                                   const int64_t *labels, const double *target,
+                                                   const double *class_weight, const double *sample_weight,
+                                                   double label_smoothing, int64_t batch, int64_t classes)
+    int softmax_xent_weighted_hvp_f32(float *hv, const float *z, const float *v, const int64_t *labels,
+                                      const float *target, const float *class_weight,
+                                      const float *sample_weight, double label_smoothing,
+                                      int64_t batch, int64_t classes)
+    int softmax_xent_weighted_hvp_f64(double *hv, const double *z, const double *v, const int64_t *labels,
+                                      const double *target, const double *class_weight,
+                                      const double *sample_weight, double label_smoothing,
+                                      int64_t batch, int64_t classes)
 
 
 # The float/double choice, written once: c_NAME(f64, ...) calls NAME_f64 or NAME_f32 with the
@@ -183,6 +227,11 @@ cdef extern from *:
     #define c_adam_step(f64, ...) FP_BY_DTYPE(adam_step, f64, __VA_ARGS__)
     #define c_network_forward(f64, ...) FP_BY_DTYPE(network_forward, f64, __VA_ARGS__)
     #define c_network_train(f64, ...) FP_BY_DTYPE(network_train, f64, __VA_ARGS__)
+    #define c_pointwise_loss_forward_backward(f64, ...) FP_BY_DTYPE(pointwise_loss_forward_backward, f64, __VA_ARGS__)
+    #define c_pointwise_loss_hvp(f64, ...) FP_BY_DTYPE(pointwise_loss_hvp, f64, __VA_ARGS__)
+    #define c_gaussian_nll_weighted_forward_backward(f64, ...) FP_BY_DTYPE(gaussian_nll_weighted_forward_backward, f64, __VA_ARGS__)
+    #define c_softmax_xent_weighted_forward_backward(f64, ...) FP_BY_DTYPE(softmax_xent_weighted_forward_backward, f64, __VA_ARGS__)
+    #define c_softmax_xent_weighted_hvp(f64, ...) FP_BY_DTYPE(softmax_xent_weighted_hvp, f64, __VA_ARGS__)
     """
     int c_gemm(bint f64, char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha,
         const void *a, const void *b, double beta, void *c) nogil
@@ -242,4 +291,18 @@ cdef extern from *:
         int64_t batch) nogil
     int c_network_train(bint f64, double *loss, const fp_dense_block *blocks, int n_blocks,
         const void *x, int64_t batch, int loss_kind, const void *labels, const void *target,
-        void *g0, void *g1) nogil
+        const fp_loss_opts *opts, void *g0, void *g1) nogil
+    int c_pointwise_loss_forward_backward(bint f64, double *loss, void *dp, const void *pred,
+        const void *target, const void *sample_weight, int64_t batch, int64_t k, int kind,
+        double param) nogil
+    int c_pointwise_loss_hvp(bint f64, void *hv, const void *pred, const void *target,
+        const void *v, const void *sample_weight, int64_t batch, int64_t k, int kind,
+        double param) nogil
+    int c_gaussian_nll_weighted_forward_backward(bint f64, double *loss, void *dz, const void *z,
+        const void *target, const void *sample_weight, int64_t batch, int64_t k) nogil
+    int c_softmax_xent_weighted_forward_backward(bint f64, double *loss, void *dz, const void *z,
+        const void *labels, const void *target, const void *class_weight,
+        const void *sample_weight, double label_smoothing, int64_t batch, int64_t classes) nogil
+    int c_softmax_xent_weighted_hvp(bint f64, void *hv, const void *z, const void *v,
+        const void *labels, const void *target, const void *class_weight,
+        const void *sample_weight, double label_smoothing, int64_t batch, int64_t classes) nogil

@@ -236,6 +236,7 @@ cdef int _check(int rc, str where) except -1:
 include "_dense.pxi"
 include "_activation.pxi"
 include "_loss.pxi"
+include "_loss_weighted.pxi"
 include "_optim.pxi"
 include "_network.pxi"
 include "_merge.pxi"

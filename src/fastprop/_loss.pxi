@@ -62,13 +62,18 @@ cdef tuple _xent_target(object target, object Z):
     return labels, None
 
 
-def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
+def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True, weight=None,
+                          label_smoothing=0.0, sample_weight=None):
     """Softmax + cross-entropy, value and gradient in one pass.
 
     logits : (B, C); target : integer labels (B,) in [0, C) or soft targets (B, C).
     loss = mean_i [logsumexp(z_i) − Σ_j t_ij z_ij]; grad = (softmax(z) Σ_j t_ij − t) / B.
-    Returns (loss as float, grad or None); grad_out=logits works in place.
+    weight (C,), label_smoothing and sample_weight (B,) as torch's CrossEntropyLoss (see
+    losses.SoftmaxCrossEntropy). Returns (loss as float, grad or None); grad_out=logits works in place.
     """
+    if weight is not None or sample_weight is not None or label_smoothing != 0:
+        return _xent_weighted(logits, target, grad_out, compute_grad, weight, label_smoothing,
+                              sample_weight)
     Z = _floats(logits, "logits", 2)
     cdef int64_t batch = Z.shape[0], classes = Z.shape[1]
     if batch < 1 or classes < 1:
@@ -85,12 +90,15 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
     return loss, D
 
 
-def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
+def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """Sigmoid + binary cross-entropy from logits, value and gradient in one pass.
 
     loss = mean(max(z, 0) − z·y + log1p(exp(−|z|))); grad = (σ(z) − y) / n.
     target has the shape of logits (any real dtype, cast to the logits' dtype).
     """
+    if sample_weight is not None:
+        return _pointwise_loss("sigmoid_bce", "logits", logits, target, grad_out, compute_grad,
+                               sample_weight, 0)
     Z = _floats(logits, "logits", -1)
     if Z.size < 1:
         raise ValueError("logits is empty: the loss is a mean over its elements")
@@ -108,8 +116,10 @@ def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
     return loss, D
 
 
-def mse(pred, target, *, grad_out=None, compute_grad=True):
+def mse(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """Mean squared error: loss = mean((pred − target)²); grad = 2 (pred − target) / n."""
+    if sample_weight is not None:
+        return _pointwise_loss("mse", "pred", pred, target, grad_out, compute_grad, sample_weight, 0)
     P = _floats(pred, "pred", -1)
     if P.size < 1:
         raise ValueError("pred is empty: the loss is a mean over its elements")
@@ -142,13 +152,16 @@ cdef tuple _hvp_args(z, str zname, target, v, out):
     return Z, T, V, D
 
 
-def softmax_cross_entropy_hvp(logits, target, v, *, out=None):
+def softmax_cross_entropy_hvp(logits, target, v, *, out=None, weight=None, label_smoothing=0.0,
+                              sample_weight=None):
     """``(∂²J/∂z²) v`` of softmax_cross_entropy at logits z, row-wise:
     ``Σ_j t_ij (p ⊙ v − p (pᵀv)) / B`` with p = softmax(z) (Σ_j t_ij = 1 for labels).
 
     logits, v, out : (B, C); target : labels (B,) or soft targets (B, C). out must not
-    overlap logits or v.
+    overlap logits or v. weight, label_smoothing, sample_weight: as softmax_cross_entropy's.
     """
+    if weight is not None or sample_weight is not None or label_smoothing != 0:
+        return _xent_weighted_hvp(logits, target, v, out, weight, label_smoothing, sample_weight)
     Z = _floats(logits, "logits", 2)
     cdef int64_t batch = Z.shape[0], classes = Z.shape[1]
     if batch < 1 or classes < 1:
@@ -168,8 +181,10 @@ def softmax_cross_entropy_hvp(logits, target, v, *, out=None):
     return D
 
 
-def sigmoid_bce_hvp(logits, target, v, *, out=None):
+def sigmoid_bce_hvp(logits, target, v, *, out=None, sample_weight=None):
     """``(∂²J/∂z²) v`` of sigmoid_bce: ``σ(z)(1 − σ(z)) v / n``; target only checked."""
+    if sample_weight is not None:
+        return _pointwise_hvp("sigmoid_bce", "logits", logits, target, v, out, sample_weight, 0)
     Z, T, V, D = _hvp_args(logits, "logits", target, v, out)
     _separate(D, "out", ((V, "v"),), True)
     cdef int64_t n = Z.size
@@ -182,8 +197,10 @@ def sigmoid_bce_hvp(logits, target, v, *, out=None):
     return D
 
 
-def mse_hvp(pred, target, v, *, out=None):
+def mse_hvp(pred, target, v, *, out=None, sample_weight=None):
     """``(∂²J/∂p²) v`` of mse: ``2 v / n``; pred and target only checked."""
+    if sample_weight is not None:
+        return _pointwise_hvp("mse", "pred", pred, target, v, out, sample_weight, 0)
     P, T, V, D = _hvp_args(pred, "pred", target, v, out)
     _separate(D, "out", ((V, "v"),), True)
     cdef int64_t n = P.size
@@ -198,15 +215,18 @@ def mse_hvp(pred, target, v, *, out=None):
 
 # ---------------------------------------------------------------- Gaussian output unit
 
-def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True):
+def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """Gaussian negative log-likelihood (without its constant ½ log 2π), value and gradient in one pass.
 
     pred : (B, 2k) = [μ, log σ²]; target : (B, k) (any real dtype, cast to pred's).
     loss = mean(½ log σ² + ½ (target − μ)² / σ²) over the B·k elements;
     grad = [−(target − μ)/σ², ½ (1 − (target − μ)²/σ²)] / (B·k). σ² is never formed
     (e^{−log σ²/2} multiplies instead), so large |log σ²| neither overflows nor divides by 0.
+    sample_weight (B,): Σ_i w_i l_i / Σ_i w_i with l_i row i's mean over its k elements.
     Returns (loss as float, grad or None); grad_out=pred works in place.
     """
+    if sample_weight is not None:
+        return _gaussian_nll_weighted(pred, target, grad_out, compute_grad, sample_weight)
     Z = _floats(pred, "pred", 2)
     cdef int64_t batch = Z.shape[0], k = Z.shape[1] // 2
     if batch < 1 or Z.shape[1] < 2 or Z.shape[1] % 2:

@@ -4,7 +4,7 @@
 # ---------------------------------------------------------------- the fused training step
 
 
-LOSSES = ("softmax_cross_entropy", "sigmoid_bce", "mse")
+LOSSES = ("softmax_cross_entropy", "sigmoid_bce", "mse", "l1_loss", "huber_loss", "smooth_l1_loss")
 
 
 cdef class Network:
@@ -24,9 +24,15 @@ cdef class Network:
     cdef list arrays, ys, preacts
     cdef object g0, g1
     cdef dict spaces
+    cdef fp_loss_opts opts
+    cdef object class_weight
 
     def __cinit__(self):
         self.blocks = NULL
+        self.opts.class_weight = NULL
+        self.opts.sample_weight = NULL
+        self.opts.label_smoothing = 0.0
+        self.opts.delta = 1.0
 
     def __init__(self, list blocks):
         if not blocks:
@@ -124,11 +130,22 @@ cdef class Network:
         _check(rc, "Network.forward")
         return self.ys[self.n - 1]
 
-    def train(self, x, target, str loss):
+    def loss_options(self, weight=None, label_smoothing=0.0, delta=1.0):
+        """The options of the loss that ``train`` runs, kept until changed: cross-entropy's
+        class weight (n_out,) and label_smoothing, huber_loss's delta or smooth_l1_loss's beta."""
+        C = _weights(weight, "weight", self.n_out, np.empty(0, self.dtype), "one weight per class")
+        eps = check_label_smoothing(label_smoothing)
+        self.opts.delta = check_loss_param(delta, "delta", True)
+        self.opts.label_smoothing = eps
+        self.class_weight = C
+        self.opts.class_weight = _ptr(C)
+
+    def train(self, x, target, str loss, sample_weight=None):
         """Forward, the loss and its gradient, and the backward; overwrites every gradient.
 
         target: integer labels (batch,) or soft targets (batch, n_out) for
-        softmax_cross_entropy; an array shaped like the output for sigmoid_bce and mse.
+        softmax_cross_entropy; an array shaped like the output for the other losses.
+        sample_weight (batch,): the loss is Σ_i w_i l_i / Σ_i w_i (see loss_options for the rest).
         Returns the loss. Nothing is written when an argument is invalid.
         """
         X = self._input(x)
@@ -159,6 +176,11 @@ cdef class Network:
             T = _target(t, "target", out_shape, self.dtype, "the network's output")
             if kind == FP_LOSS_SIGMOID_BCE:
                 _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
+        if kind == FP_LOSS_HUBER and not self.opts.delta > 0:
+            raise ValueError(f"delta must be > 0 for huber_loss, got {self.opts.delta}")
+        S = _weights(sample_weight, "sample_weight", batch, X, "one weight per row of x")
+        cdef fp_loss_opts opts = self.opts
+        opts.sample_weight = _ptr(S)
         self._workspace(batch)
         cdef double value = 0
         cdef vptr px = _ptr(X), pl = _ptr(labels), pt = _ptr(T), g0 = _ptr(self.g0)
@@ -166,6 +188,7 @@ cdef class Network:
         cdef int rc
         cdef bint f64 = not _f32(X)
         with nogil:
-            rc = c_network_train(f64, &value, self.blocks, self.n, px, batch, kind, pl, pt, g0, g1)
-        _check(rc, "Network.train")
+            rc = c_network_train(f64, &value, self.blocks, self.n, px, batch, kind, pl, pt, &opts,
+                                 g0, g1)
+        _check_weighted(rc, "Network.train")
         return value

@@ -331,10 +331,11 @@ def _block_rpass(leaves, params, loss, x, y, V, HV):
     z, rz = x, rx
     if rz is None:  # the block moves nothing
         return HV
-    _, g = getattr(ops, loss.kernel)(z, y)
+    args = loss.kernel_args(z.dtype)  # the loss's options: class weights, Huber's delta, ...
+    _, g = getattr(ops, loss.kernel)(z, y, **args)
     # the hvp kernel takes the mean over its k·B rows: k times the mean over B
     rg = getattr(ops, f"{loss.kernel}_hvp")(np.tile(z, (k, 1)), np.tile(y, (k,) + (1,) * (y.ndim - 1)),
-                                            rz.reshape(k * B, -1))
+                                            rz.reshape(k * B, -1), **args)
     rg = rg.reshape(k, B, -1) * z.dtype.type(k)
     first = next(i for i, m in enumerate(leaves) if m.parameters())
     for i in range(len(leaves) - 1, first - 1, -1):  # R-backward
@@ -478,7 +479,8 @@ def _per_example_chain(model, leaves, loss, x, y):
     """The loss and the records of each example's own loss gradient (loss a mean over rows:
     example i's gradient is B times row i of the batch loss's)."""
     z, saved = _chain_forward(model, leaves, x)
-    J, g = getattr(ops, loss.kernel)(z, y, grad_out=_buf(model, ("loss_g",), z.shape, z.dtype))
+    J, g = getattr(ops, loss.kernel)(z, y, grad_out=_buf(model, ("loss_g",), z.shape, z.dtype),
+                                     **loss.kernel_args(z.dtype))
     g *= g.dtype.type(g.shape[0])
     return J, z, _chain_backward(model, leaves, saved, g)
 
@@ -489,7 +491,7 @@ def _rows_by_vjp(model, params, loss, x, y):
     B = _rows(x)
     zero = _zero_direction(params, dtype)
     z, _ = _rforward(model, x, None, zero)
-    _, g = getattr(ops, loss.kernel)(z, y)
+    _, g = getattr(ops, loss.kernel)(z, y, **loss.kernel_args(z.dtype))
     g *= dtype.type(B)
     G = np.zeros((B, sum(p.size for p in params)), dtype)
     for i in range(B):

@@ -37,16 +37,21 @@ def step_flops(sizes, batch):
     return 6 * batch * edges(sizes) - 2 * batch * sizes[0] * sizes[1]
 
 
-def median_time(fn, min_time=0.2, max_reps=1000, min_reps=3):
-    """Median wall time of fn() over repeats filling about min_time seconds."""
-    fn()  # warm-up: workspaces, caches, BLAS threads
+def repeat_times(fn, min_time=0.2, max_reps=1000, min_reps=3):
+    """Wall times of fn() over repeats filling about min_time seconds, after one warm-up call."""
+    fn()  # warm-up: workspaces, caches, BLAS threads, JIT compilation
     times = []
     start = time.perf_counter()
     while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return times
+
+
+def median_time(fn, min_time=0.2, max_reps=1000, min_reps=3):
+    """Median wall time of fn() over repeats filling about min_time seconds."""
+    return float(np.median(repeat_times(fn, min_time, max_reps, min_reps)))
 
 
 def mlp(sizes, dtype=np.float32, seed=0):
@@ -394,4 +399,321 @@ def residual_scaling(blocks=(1, 2, 4, 8, 16, 32), width=256, batch=128, classes=
         out(f"{kind:14s} time ≈ {alpha * 1e12:.2f} ps · B·E + {beta * 1e6:.1f} us")
     if csv_path:
         write_csv(csv_path, rows, out)
+    return rows
+
+
+# ---------------------------------------------------------------- peers: PyTorch, torch.compile, JAX
+
+def load():
+    """The 1-minute load average against the core count: above the cores, timings are noisy."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except (AttributeError, OSError):   # not on Windows
+        return "load average unknown"
+
+
+PEERS = ("numpy", "torch", "torch.compile", "jax")
+
+
+def initial_weights(sizes, dtype=np.float32, seed=0):
+    """[(W, b), ...]: copies of the initial weights StepSetup's models start from."""
+    return [(lin.weight.data.copy(), lin.bias.data.copy()) for lin in mlp(sizes, dtype, seed).layers[::2]]
+
+
+def torch_step(weights, x, y, lr=1e-3, momentum=0.9, compiled=False):
+    """One PyTorch training step as a callable returning the loss (eager, or torch.compile'd
+    model + loss and optimizer step); None when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    layers = []
+    for W, b in weights:
+        lin = torch.nn.Linear(W.shape[1], W.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers += [lin, torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(np.asarray(y, np.int64))
+
+    def loss_fn(a, labels):
+        return torch.nn.functional.cross_entropy(model(a), labels)
+
+    update = opt.step
+    if compiled:
+        loss_fn, update = torch.compile(loss_fn), torch.compile(opt.step)
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(tx, ty)
+        loss.backward()
+        update()
+        return loss.item()
+    return step
+
+
+def jax_step(weights, x, y, lr=1e-3, momentum=0.9):
+    """One JAX training step (jax.jit of value_and_grad + the SGD-momentum update, parameter and
+    momentum buffers donated) as a callable returning the loss; None when JAX is not installed."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+
+    def loss_fn(params, a, labels):
+        for i, (W, b) in enumerate(params):
+            a = a @ W.T + b
+            if i < len(params) - 1:
+                a = jax.nn.relu(a)
+        logp = jax.nn.log_softmax(a)
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+    def update(params, bufs, a, labels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, a, labels)
+        # torch's rule: buf = momentum·buf + g (the first step sets buf = g: buf starts at 0)
+        bufs = jax.tree_util.tree_map(lambda m, g: momentum * m + g, bufs, grads)
+        params = jax.tree_util.tree_map(lambda p, m: p - lr * m, params, bufs)
+        return params, bufs, loss
+
+    update = jax.jit(update, donate_argnums=(0, 1))
+    state = {"params": [(jnp.array(W), jnp.array(b)) for W, b in weights],
+             "bufs": [(jnp.zeros(W.shape, W.dtype), jnp.zeros(b.shape, b.dtype)) for W, b in weights]}
+    jx, jy = jnp.array(x), jnp.array(np.asarray(y, np.int32))
+
+    def step():
+        state["params"], state["bufs"], loss = update(state["params"], state["bufs"], jx, jy)
+        return float(loss)  # waits for the step: one executable produces every output
+    return step
+
+
+def peer_steps(sizes, batch, peers=PEERS, seed=0):
+    """{name: step()} for fastprop's TrainStep and each installed peer, all from the same initial
+    weights and batch; plus the names of the peers that are not installed."""
+    setup = StepSetup(sizes, batch, seed=seed)
+    weights = initial_weights(sizes, seed=seed)
+    steps = {"fastprop": setup.fused}
+    makers = {"numpy": lambda: setup.numpy,
+              "torch": lambda: torch_step(weights, setup.x, setup.y),
+              "torch.compile": lambda: torch_step(weights, setup.x, setup.y, compiled=True),
+              "jax": lambda: jax_step(weights, setup.x, setup.y)}
+    missing = []
+    for name in peers:
+        step = makers[name]()
+        if step is None:
+            missing.append(name)
+        else:
+            steps[name] = step
+    return steps, missing
+
+
+def peer_table(names=None, peers=PEERS, rounds=3, min_time=0.3, settle=0.2, out=print):
+    """Median step times per workload of fastprop's TrainStep, the NumPy reference, PyTorch eager,
+    torch.compile and JAX jit (those installed): the libraries take turns in each of ``rounds``
+    rounds and every round's times are pooled into one median; each library uses its default
+    threads; each turn starts after ``settle`` seconds of sleep (see gemm_table). Returns the rows."""
+    names = list(WORKLOADS) if names is None else names
+    out(f"machine: {machine()}")
+    out(load())
+    out(f"float32, one training step (forward, softmax cross-entropy, backward, SGD momentum 0.9); "
+        f"median us over {rounds} interleaved rounds, each library's default threads")
+    rows, header = [], False
+    for name in names:
+        sizes, batch = WORKLOADS[name]
+        steps, missing = peer_steps(sizes, batch, peers)
+        if not header:
+            for peer in missing:
+                out(f"{peer} is not installed: skipped")
+            cols = list(steps)
+            out(f"{'workload':8s} " + " ".join(f"{c:>13s}" for c in cols) + "  fastprop vs best peer")
+            header = True
+        times = {k: [] for k in steps}
+        for r in range(rounds):
+            order = list(steps)[r % len(steps):] + list(steps)[:r % len(steps)]  # rotate who goes first
+            for k in order:
+                time.sleep(settle)
+                try:
+                    times[k] += repeat_times(steps[k], min_time)
+                except Exception as e:   # e.g. torch.compile without a working C++ compiler
+                    out(f"{k} failed on {name} ({type(e).__name__}: {str(e)[:200]}): skipped")
+                    del steps[k], times[k]
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        best = min((k for k in med if k != "fastprop"), key=med.get, default=None)
+        row = {"workload": name, "sizes": "-".join(map(str, sizes)), "batch": batch,
+               **{f"{k}_us": 1e6 * t for k, t in med.items()}, "best_peer": best,
+               "ratio": med[best] / med["fastprop"] if best else float("nan")}
+        rows.append(row)
+        out(f"{name:8s} " + " ".join(f"{1e6 * med[c]:13.1f}" if c in med else f"{'-':>13s}" for c in cols)
+            + (f"  {row['ratio']:.2f}x ({best})" if best else ""))
+        del steps
+    return rows
+
+
+# ---------------------------------------------------------------- GEMM backends
+
+def gemm_shapes(names=None, batches=None):
+    """[(op, m, n, k, workload)]: every GEMM a training step of the workloads makes (distinct
+    ones, first user named), at each workload's batch or at each of ``batches``.
+    op: "NT" forward y = x Wᵀ, "TN" ∇W = gᵀ x, "NN" ∇x = g W (not for the first layer)."""
+    names = list(WORKLOADS) if names is None else names
+    shapes, seen = [], set()
+    for name in names:
+        sizes, batch = WORKLOADS[name]
+        for B in batches or [batch]:
+            for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+                for shape in (("NT", B, n_out, n_in), ("TN", n_out, n_in, B)) + \
+                        ((("NN", B, n_in, n_out),) if i else ()):
+                    if shape not in seen:
+                        seen.add(shape)
+                        shapes.append(shape + (name,))
+    return shapes
+
+
+def _ctypes_sgemm(kind):
+    """A row-major sgemm(ta, tb, m, n, k, a, b, c) through a BLAS wheel's shared library in
+    sys.prefix/lib (``mkl``: cblas_sgemm of libmkl_rt; ``onednn``: dnnl_sgemm of libdnnl), or None."""
+    import ctypes
+    import glob
+    import sys
+    pattern = {"mkl": "libmkl_rt.so*", "onednn": "libdnnl.so*"}[kind]
+    paths = sorted(glob.glob(os.path.join(sys.prefix, "lib", pattern)))
+    if not paths:
+        return None
+    try:
+        lib = ctypes.CDLL(paths[0])
+    except OSError:
+        return None
+    P, F, L = ctypes.c_void_p, ctypes.c_float, ctypes.c_int64
+    if kind == "mkl":
+        if "MKL_THREADING_LAYER" not in os.environ:
+            # GNU OpenMP: the default (Intel's) needs libiomp5, a separate wheel (intel-openmp)
+            lib.MKL_Set_Threading_Layer(3)
+        fn = lib.cblas_sgemm   # (layout, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), LP64
+        I = ctypes.c_int
+        fn.argtypes = [I, I, I, I, I, I, F, P, I, P, I, F, P, I]
+
+        def sgemm(ta, tb, m, n, k, a, b, c):
+            fn(101, 112 if ta else 111, 112 if tb else 111, m, n, k, 1.0, a.ctypes.data,
+               a.shape[1], b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)
+            return c
+    else:
+        fn = lib.dnnl_sgemm    # row-major (ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        C = ctypes.c_char
+        fn.argtypes = [C, C, L, L, L, F, P, L, P, L, F, P, L]
+
+        def sgemm(ta, tb, m, n, k, a, b, c):
+            fn(b"T" if ta else b"N", b"T" if tb else b"N", m, n, k, 1.0, a.ctypes.data,
+               a.shape[1], b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)
+            return c
+    return sgemm
+
+
+def gemm_backends():
+    """{name: gemm(ta, tb, a, b, c)} for every backend importable here, and the notes on those
+    that are not. Each returns op(a) op(b) in float32, written into c except by JAX;
+    "fastprop" is ``fastprop.ops.gemm`` (SciPy's OpenBLAS via cython_blas, and the small-matrix
+    kernel below its threshold)."""
+    backends = {"fastprop": lambda ta, tb, a, b, c: ops.gemm(a, b, trans_a=ta, trans_b=tb, out=c),
+                "numpy": lambda ta, tb, a, b, c: np.matmul(a.T if ta else a, b.T if tb else b, out=c)}
+    notes = []
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        notes.append("threadpoolctl is not installed: no fixed-thread OpenBLAS columns")
+    else:
+        def limited(threads):
+            def gemm(ta, tb, a, b, c):
+                return ops.gemm(a, b, trans_a=ta, trans_b=tb, out=c)
+            gemm.blas_threads = threads  # gemm_table sets it around the timing: setting costs ~1 ms
+            return gemm
+        backends["fastprop 1t"], backends["fastprop 2t"] = limited(1), limited(2)
+    try:
+        import torch
+    except ImportError:
+        notes.append("torch is not installed: no torch.mm column")
+    else:
+        def torch_mm(ta, tb, a, b, c):
+            ta_, tb_ = torch.from_numpy(a), torch.from_numpy(b)
+            return torch.mm(ta_.T if ta else ta_, tb_.T if tb else tb_, out=torch.from_numpy(c))
+        backends["torch"] = torch_mm
+    try:
+        import jax
+    except ImportError:
+        notes.append("jax is not installed: no JAX column")
+    else:
+        ops_jit = {(ta, tb): jax.jit(lambda a, b, ta=ta, tb=tb: (a.T if ta else a) @ (b.T if tb else b))
+                   for ta in (False, True) for tb in (False, True)}
+        cache = [None, None, None]   # the last operands (held, so `is` is safe) and their copies
+
+        def jax_mm(ta, tb, a, b, c):
+            # the operands are put on the device once; the product stays there
+            if cache[0] is not a or cache[1] is not b:
+                cache[:] = a, b, (jax.device_put(a), jax.device_put(b))
+            return ops_jit[ta, tb](*cache[2]).block_until_ready()
+        backends["jax"] = jax_mm
+    try:
+        import blis.py
+    except ImportError:
+        notes.append("blis is not installed (pip install blis): no BLIS column")
+    else:
+        backends["blis"] = lambda ta, tb, a, b, c: blis.py.gemm(a, b, out=c, trans1=ta, trans2=tb,
+                                                                 beta=0.0)
+    for kind, wheel in (("mkl", "mkl"), ("onednn", "onednn-cpu-gomp")):
+        sgemm = _ctypes_sgemm(kind)
+        if sgemm is None:
+            notes.append(f"no {kind} library in sys.prefix/lib (pip install {wheel}): no {kind} column")
+        else:
+            backends[kind] = lambda ta, tb, a, b, c, f=sgemm: f(ta, tb, c.shape[0], c.shape[1],
+                                                               a.shape[0] if ta else a.shape[1], a, b, c)
+    return backends, notes
+
+
+def gemm_table(names=None, batches=None, rounds=2, min_time=0.1, settle=0.2, backends=None, out=print):
+    """GFLOP/s of each GEMM backend at every shape the workloads' steps use, float32; the
+    backends take turns in each round and the rounds' times are pooled into one median.
+    Each turn starts after ``settle`` seconds of sleep, so that the thread pools of the backend
+    before it (OpenBLAS, OpenMP) have stopped spinning and do not take the next one's cores.
+    Returns the rows."""
+    import contextlib
+    found, notes = gemm_backends()
+    backends = found if backends is None else {k: found[k] for k in backends if k in found}
+    out(f"machine: {machine()}")
+    out(load())
+    for note in notes:
+        out(note)
+    out(f"float32 GFLOP/s, median over {rounds} interleaved rounds; NT: y = x Wᵀ, TN: ∇W = gᵀx, "
+        f"NN: ∇x = g W; 'fastprop Nt': its OpenBLAS held to N threads")
+    cols = list(backends)
+    out(f"{'op':2s} {'m':>5s} {'n':>5s} {'k':>5s} {'workload':8s} " + " ".join(f"{c:>11s}" for c in cols)
+        + "  fastprop vs best")
+    rng = np.random.default_rng(0)
+    rows = []
+    for op, m, n, k, name in gemm_shapes(names, batches):
+        ta, tb = op[0] == "T", op[1] == "T"
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+        c = np.empty((m, n), np.float32)
+        times = {col: [] for col in cols}
+        for r in range(rounds):
+            for col in cols[r % len(cols):] + cols[:r % len(cols)]:
+                threads = getattr(backends[col], "blas_threads", None)
+                if threads:
+                    from threadpoolctl import threadpool_limits
+                    limit = threadpool_limits(limits=threads, user_api="blas")
+                else:
+                    limit = contextlib.nullcontext()
+                time.sleep(settle)
+                with limit:
+                    times[col] += repeat_times(lambda: backends[col](ta, tb, a, b, c), min_time)
+        gflops = {col: 2 * m * n * k / float(np.median(t)) / 1e9 for col, t in times.items()}
+        best = max((col for col in gflops if not col.startswith("fastprop")), key=gflops.get, default=None)
+        row = {"op": op, "m": m, "n": n, "k": k, "workload": name,
+               **{f"{col}_gflops": g for col, g in gflops.items()},
+               "best_peer": best, "ratio": gflops["fastprop"] / gflops[best] if best and "fastprop" in gflops
+               else float("nan")}
+        rows.append(row)
+        out(f"{op:2s} {m:5d} {n:5d} {k:5d} {name:8s} " + " ".join(f"{gflops[col]:11.1f}" for col in cols)
+            + (f"  {row['ratio']:.2f}x ({best})" if best else ""))
     return rows

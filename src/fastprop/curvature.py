@@ -77,8 +77,8 @@ def _check(model, loss):
         raise TypeError(f"model has {len(outputs)} outputs {outputs}: Hessian–vector products "
                         f"need a model with one output (one loss)")
     if not isinstance(loss, Loss) or not hasattr(ops, f"{loss.kernel}_hvp"):
-        raise TypeError(f"loss must be SoftmaxCrossEntropy, SigmoidBCE or MSE, got "
-                        f"{type(loss).__name__}")
+        raise TypeError(f"loss must be SoftmaxCrossEntropy, SigmoidBCE, MSE, L1Loss, HuberLoss "
+                        f"or SmoothL1Loss, got {type(loss).__name__}")
     params = model.parameters()
     if not params:
         raise ValueError("the model has no parameters")
@@ -100,9 +100,11 @@ def _rpass(model, loss, x, y, v, hv, gauss_newton):
     H = dict(zip(params, vector_views(hv, params)))
     z, rz = model._rforward(x, None, V)
     g = None
+    args = loss.kernel_args(z.dtype)  # class weights, label smoothing, Huber's delta, ...
     if not gauss_newton:
-        _, g = getattr(ops, loss.kernel)(z, y, grad_out=model._rbuf("loss_g", z.shape, z.dtype))
-    rg = getattr(ops, f"{loss.kernel}_hvp")(z, y, rz, out=model._rbuf("loss_rg", z.shape, z.dtype))
+        _, g = getattr(ops, loss.kernel)(z, y, grad_out=model._rbuf("loss_g", z.shape, z.dtype), **args)
+    rg = getattr(ops, f"{loss.kernel}_hvp")(z, y, rz, out=model._rbuf("loss_rg", z.shape, z.dtype),
+                                             **args)
     model._rbackward(g, rg, V, H, False)
 
 
@@ -140,14 +142,19 @@ def _chunks(model, loss, x, y, v, step, gauss_newton, out):
     if step >= rows:
         _rpass(model, loss, x, y, v, out, gauss_newton)
         return out
-    # the loss is a mean over rows: the full batch's product is the row-weighted mean
+    # the loss is a mean over rows (weighted by class for a class-weighted cross-entropy): the
+    # full batch's product is the mean of the chunks' weighted by their share of the denominator
     part = np.zeros_like(out)
+    total = loss.weight_total(y)
     for a in range(0, rows, step):
         b = min(a + step, rows)
+        share = loss.weight_total(y[a:b]) / total
+        if share == 0:
+            continue  # a chunk of zero-weight classes adds nothing
         part.fill(0)
         xa = [t[a:b] for t in x] if isinstance(x, list) else x[a:b]
         _rpass(model, loss, xa, y[a:b], v, part, gauss_newton)
-        out += part * out.dtype.type((b - a) / rows)
+        out += part * out.dtype.type(share)
     return out
 
 

@@ -1,14 +1,17 @@
 """Output units fused with their losses: ``J = loss(pred, target)``, ``g = loss.backward()``.
 
 Each call runs one C kernel computing the loss and its gradient in the same pass,
-with PyTorch's mean reductions (CrossEntropyLoss, BCEWithLogitsLoss, MSELoss).
+with PyTorch's mean reductions (CrossEntropyLoss, BCEWithLogitsLoss, MSELoss, L1Loss,
+HuberLoss, SmoothL1Loss). ``loss(pred, target, sample_weight=w)`` is the weighted mean
+Σ_i w_i l_i / Σ_i w_i over the rows, l_i being row i's loss (its mean over its elements).
 """
 import numpy as np
 
-from . import ops
+from . import _kernels, ops
 from .nn import as_input
 
-__all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "GaussianNLL"]
+__all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "GaussianNLL", "L1Loss",
+           "HuberLoss", "SmoothL1Loss"]
 
 
 class Loss:
@@ -20,7 +23,7 @@ class Loss:
         self._grad = None
         self._ready = False
 
-    def __call__(self, pred, target):
+    def __call__(self, pred, target, sample_weight=None):
         pred = np.asarray(pred)
         dtype = pred.dtype if pred.dtype.kind == "f" and pred.dtype.itemsize >= 4 else np.float32
         pred = as_input(pred, dtype, "pred")
@@ -28,9 +31,22 @@ class Loss:
             grad = np.empty_like(pred)
         else:
             grad = self._grad
-        loss, grad = getattr(ops, self.kernel)(pred, target, grad_out=grad)
+        loss, grad = getattr(ops, self.kernel)(pred, target, grad_out=grad,
+                                               sample_weight=sample_weight,
+                                               **self.kernel_args(pred.dtype))
         self._grad, self._ready = grad, True
         return loss
+
+    def kernel_args(self, dtype):
+        """The loss's options as its ops kernel (and ``{kernel}_hvp``) takes them, for arrays of dtype."""
+        return {}
+
+    def weight_total(self, target, sample_weight=None):
+        """The denominator of the loss's mean over these rows: the row count, Σ_i w_i with
+        sample weights (Σ_i w_i c_{y_i} for a class-weighted cross-entropy on labels). The
+        mean over several batches is Σ_b J_b weight_total_b / Σ_b weight_total_b."""
+        rows = np.shape(target)[0]
+        return float(rows) if sample_weight is None else float(np.sum(sample_weight, dtype=np.float64))
 
     forward = __call__
 
@@ -51,16 +67,49 @@ class Loss:
     def __repr__(self):
         return f"{type(self).__name__}()"
 
-    def __getstate__(self):
-        return {"_grad": None, "_ready": False}
+    def __getstate__(self):  # the options are kept, the gradient workspace is not
+        return {**self.__dict__, "_grad": None, "_ready": False}
 
 
 class SoftmaxCrossEntropy(Loss):
     """Softmax + cross-entropy from logits (B, C); targets: int labels (B,) or soft (B, C).
 
     J = mean_i [logsumexp(z_i) − Σ_j t_ij z_ij], ∂J/∂z = (softmax(z) − t)/B.
+
+    ``weight`` (C,) and ``label_smoothing`` ε are torch.nn.CrossEntropyLoss's: row i's loss is
+    Σ_j q_ij (−log p_ij) with q_ij = (1 − ε) c_{y_i} [j = y_i] + (ε/C) c_j for labels, and the
+    mean divides by Σ_i c_{y_i}; for soft targets q_ij = c_j ((1 − ε) t_ij + ε/C) and the mean
+    divides by B. With ``sample_weight`` s the denominator is Σ_i s_i c_{y_i} (Σ_i s_i).
     """
     kernel = "softmax_cross_entropy"
+
+    def __init__(self, weight=None, label_smoothing=0.0):
+        super().__init__()
+        self.label_smoothing = _kernels.check_label_smoothing(label_smoothing)
+        if weight is not None:
+            w = np.asarray(weight)
+            if w.ndim != 1 or w.size < 1:
+                raise ValueError(f"weight must be a 1-D array of one weight per class, got shape {w.shape}")
+            weight = _kernels.check_weights(w, "weight", w.shape[0], "one weight per class")
+            weight.flags.writeable = False
+        self.weight = weight
+        # cast once to each precision: a step passes them as they are, allocating nothing
+        self._weights = {} if weight is None else {np.dtype(t): weight.astype(t) for t in (np.float32, np.float64)}
+
+    def kernel_args(self, dtype):
+        return {"weight": self._weights.get(np.dtype(dtype)), "label_smoothing": self.label_smoothing}
+
+    def weight_total(self, target, sample_weight=None):
+        target = np.asarray(target)
+        if self.weight is None or target.ndim != 1:
+            return super().weight_total(target, sample_weight)
+        c = np.take(self.weight, target, mode="clip")  # a bad label: the loss call raises
+        return float(np.sum(c if sample_weight is None else c * np.asarray(sample_weight, np.float64)))
+
+    def __repr__(self):
+        args = [] if self.weight is None else [f"weight={self.weight.tolist()}"]
+        args += [f"label_smoothing={self.label_smoothing}"] if self.label_smoothing else []
+        return f"SoftmaxCrossEntropy({', '.join(args)})"
 
     def accuracy(self, pred, target):
         target = np.asarray(target)
@@ -97,3 +146,40 @@ class GaussianNLL(Loss):
 
     def target_width(self, n_out):
         return n_out // 2  # [μ, log σ²] for each target column
+
+
+class L1Loss(Loss):
+    """Mean over elements of |pred − target| (torch.nn.L1Loss); its gradient is 0 where they are equal."""
+    kernel = "l1_loss"
+
+
+class HuberLoss(Loss):
+    """torch.nn.HuberLoss: mean over elements of ½ d² where |d| < delta, delta (|d| − ½ delta)
+    elsewhere, d = pred − target (delta > 0)."""
+    kernel = "huber_loss"
+
+    def __init__(self, delta=1.0):
+        super().__init__()
+        self.delta = _kernels.check_loss_param(delta, "delta", False)
+
+    def kernel_args(self, dtype):
+        return {"delta": self.delta}
+
+    def __repr__(self):
+        return f"HuberLoss(delta={self.delta})"
+
+
+class SmoothL1Loss(Loss):
+    """torch.nn.SmoothL1Loss: mean over elements of ½ d²/beta where |d| < beta, |d| − ½ beta
+    elsewhere, d = pred − target (beta ≥ 0; beta = 0 is L1Loss, as torch's)."""
+    kernel = "smooth_l1_loss"
+
+    def __init__(self, beta=1.0):
+        super().__init__()
+        self.beta = _kernels.check_loss_param(beta, "beta", True)
+
+    def kernel_args(self, dtype):
+        return {"beta": self.beta}
+
+    def __repr__(self):
+        return f"SmoothL1Loss(beta={self.beta})"

@@ -55,6 +55,12 @@ __all__ = [
     "softmax_cross_entropy_hvp",
     "sigmoid_bce_hvp",
     "mse_hvp",
+    "l1_loss",
+    "huber_loss",
+    "smooth_l1_loss",
+    "l1_loss_hvp",
+    "huber_loss_hvp",
+    "smooth_l1_loss_hvp",
     "sgd_step",
     "adam_step",
     "mlp_forward",
@@ -335,15 +341,40 @@ def _targets_as_matrix(z, target):
     return target.astype(z.dtype, copy=False)
 
 
-def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
+def _xent_weights(z, target, weight, label_smoothing, sample_weight):
+    """(q, s / D): torch's effective targets q_ij = c_j ((1 - eps) t_ij + eps / C) (t one-hot for
+    labels) and each row's factor s_i / D, D = sum_i s_i c_{y_i} for labels, sum_i s_i for soft."""
+    t = _targets_as_matrix(z, target)
+    c = np.ones(z.shape[1]) if weight is None else np.asarray(weight, np.float64)
+    q = (c * ((1 - label_smoothing) * t + label_smoothing / z.shape[1])).astype(z.dtype)
+    s = np.ones(z.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    d = c[np.asarray(target)] if np.asarray(target).ndim == 1 else np.ones(z.shape[0])
+    return q, s / np.sum(s * d)
+
+
+def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True, weight=None,
+                          label_smoothing=0.0, sample_weight=None):
     """loss = mean_i[-t_i . log_softmax(z_i)]; grad = (softmax(z) * sum_j t_ij - t) / B.
 
     ``target`` is integer labels (B,) or soft targets (B, C).  When the rows of ``t`` sum
     to 1 (always for labels) the loss is mean_i[logsumexp(z_i) - t_i . z_i].
+    ``weight`` (C,), ``label_smoothing`` and ``sample_weight`` (B,): torch's CrossEntropyLoss
+    with t replaced by q (_xent_weights) and the mean by sum_i s_i (...) / D.
     """
     z = np.asarray(logits)
     if z.ndim != 2:
         raise ValueError(f"logits must be (B, C), got shape {z.shape}")
+    if weight is not None or label_smoothing or sample_weight is not None:
+        q, r = _xent_weights(z, target, weight, label_smoothing, sample_weight)
+        shifted = z - z.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        sum_e = e.sum(axis=1, keepdims=True)
+        q_sum = q.sum(axis=1, keepdims=True)
+        per_row = q_sum * np.log(sum_e) - (np.where(q != 0, q * shifted, 0)).sum(axis=1, keepdims=True)
+        loss = float(r @ per_row[:, 0])
+        if not compute_grad:
+            return loss, None
+        return loss, _into(grad_out, ((e / sum_e * q_sum - q) * r[:, None]).astype(z.dtype))
     t = _targets_as_matrix(z, target)
     batch = z.shape[0]
     shifted = z - z.max(axis=1, keepdims=True)
@@ -359,29 +390,48 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True):
     return loss, _into(grad_out, grad)
 
 
-def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True):
+def _row_weighted(values, grads, sample_weight, compute_grad):
+    """(sum_i s_i mean_j values_ij / sum s, grads_ij s_i / (k sum s)): the weighted mean over
+    rows (axis 0) of elementwise values (B, k...) and their gradients (B, ...)."""
+    s = np.asarray(sample_weight, np.float64)
+    v = values.reshape(s.shape[0], -1).astype(np.float64)
+    c = s / (v.shape[1] * s.sum())
+    loss = float(c @ v.sum(axis=1))
+    if not compute_grad:
+        return loss, None
+    return loss, (grads.reshape(s.shape[0], -1) * c[:, None]).reshape(grads.shape).astype(grads.dtype)
+
+
+def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """Mean BCE on logits, max(z,0) - z*y + log1p(exp(-|z|)); grad = (sigmoid(z) - y) / n."""
     z = np.asarray(logits)
     y = np.asarray(target).astype(z.dtype, copy=False)
     if y.shape != z.shape:
         raise ValueError(f"target of shape {y.shape} does not match logits {z.shape}")
+    if sample_weight is not None:
+        loss, g = _row_weighted(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))),
+                                _sigmoid(z) - y, sample_weight, compute_grad)
+        return loss, None if g is None else _into(grad_out, g)
     loss = float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
     if not compute_grad:
         return loss, None
     return loss, _into(grad_out, (_sigmoid(z) - y) / z.size)
 
 
-def mse(pred, target, *, grad_out=None, compute_grad=True):
+def mse(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """loss = mean((pred - target)**2); grad = 2 * (pred - target) / n."""
     pred = np.asarray(pred)
     diff = pred - np.asarray(target).astype(pred.dtype, copy=False)
+    if sample_weight is not None:
+        loss, g = _row_weighted(diff.astype(np.float64) ** 2, 2 * diff, sample_weight, compute_grad)
+        return loss, None if g is None else _into(grad_out, g)
     loss = float(np.mean(diff * diff))
     if not compute_grad:
         return loss, None
     return loss, _into(grad_out, 2 * diff / diff.size)
 
 
-def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True):
+def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """pred = [mu, s = log sigma^2] (B, 2k), target (B, k): loss = mean(s/2 + (t - mu)^2 e^-s / 2).
 
     The Gaussian negative log-likelihood without its constant log(2 pi)/2 (torch's
@@ -393,6 +443,12 @@ def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True):
     d = np.asarray(target).astype(z.dtype, copy=False) - mu
     with np.errstate(over="ignore", invalid="ignore"):
         r = np.where(d == 0, 0, d * np.exp(-0.5 * s))   # (t - mu) / sigma, sigma^2 never formed
+        if sample_weight is not None:
+            grad = np.concatenate([np.where(r == 0, 0, -r * np.exp(-0.5 * s)), 0.5 * (1 - r * r)],
+                                  axis=1).astype(z.dtype, copy=False)
+            loss, g = _row_weighted(0.5 * s.astype(np.float64) + 0.5 * r.astype(np.float64) ** 2,
+                                    grad, sample_weight, compute_grad)
+            return loss, None if g is None else _into(grad_out, g)
         loss = float(np.mean(0.5 * s.astype(np.float64) + 0.5 * r.astype(np.float64) ** 2))
         if not compute_grad:
             return loss, None
@@ -400,6 +456,43 @@ def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True):
         grad = np.concatenate([np.where(r == 0, 0, -r * np.exp(-0.5 * s)) / n,
                                0.5 * (1 - r * r) / n], axis=1).astype(z.dtype, copy=False)
     return loss, _into(grad_out, grad)
+
+
+def _pointwise(name, pred, target, param):
+    """(values, first derivatives, second derivatives) of a pointwise loss at d = pred - target."""
+    p = np.asarray(pred)
+    d = p - np.asarray(target).astype(p.dtype, copy=False)
+    a = np.abs(d)
+    if name == "l1_loss" or (name == "smooth_l1_loss" and param == 0):  # torch: beta = 0 is L1
+        return a, np.sign(d), np.zeros_like(d)
+    inside = a < param
+    if name == "huber_loss":
+        return (np.where(inside, 0.5 * d * d, param * (a - 0.5 * param)),
+                np.where(inside, d, param * np.sign(d)), inside.astype(d.dtype))
+    return (np.where(inside, 0.5 * d * d / param, a - 0.5 * param),
+            np.where(inside, d / param, np.sign(d)), inside / d.dtype.type(param))
+
+
+def _pointwise_loss(name, pred, target, grad_out, compute_grad, sample_weight, param):
+    v, g, _ = _pointwise(name, pred, target, param)
+    s = np.ones(v.shape[0] if v.ndim else 1) if sample_weight is None else sample_weight
+    loss, g = _row_weighted(v, g, s, compute_grad)
+    return loss, None if g is None else _into(grad_out, g)
+
+
+def l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
+    """loss = mean|pred - target| (torch's L1Loss); grad = sign(pred - target) / n."""
+    return _pointwise_loss("l1_loss", pred, target, grad_out, compute_grad, sample_weight, 0)
+
+
+def huber_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, delta=1.0):
+    """torch's HuberLoss: mean of d^2/2 where |d| < delta, delta (|d| - delta/2) elsewhere."""
+    return _pointwise_loss("huber_loss", pred, target, grad_out, compute_grad, sample_weight, delta)
+
+
+def smooth_l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, beta=1.0):
+    """torch's SmoothL1Loss: mean of d^2/(2 beta) where |d| < beta, |d| - beta/2 elsewhere."""
+    return _pointwise_loss("smooth_l1_loss", pred, target, grad_out, compute_grad, sample_weight, beta)
 
 
 # --------------------------------------------------------------------------- graph merge nodes
@@ -541,26 +634,49 @@ def graph_backward(nodes, values, output_grads):
     return table, param_grads
 
 
-def softmax_cross_entropy_hvp(logits, target, v, *, out=None):
-    """(d^2 J / dz^2) v = sum_j t_ij (p * v - p (p . v)) / B row-wise, p = softmax(z)."""
+def softmax_cross_entropy_hvp(logits, target, v, *, out=None, weight=None, label_smoothing=0.0,
+                              sample_weight=None):
+    """(d^2 J / dz^2) v = sum_j t_ij (p * v - p (p . v)) / B row-wise, p = softmax(z)
+    (sum_j q_ij s_i / D in place of sum_j t_ij / B with the options, see _xent_weights)."""
     z, v = np.asarray(logits), np.asarray(v)
-    t = _targets_as_matrix(z, target)
+    q, r = _xent_weights(z, target, weight, label_smoothing, sample_weight)
     p = softmax(z)
     pv = (p * v).sum(axis=1, keepdims=True)
-    return _into(out, t.sum(axis=1, keepdims=True) * p * (v - pv) / z.shape[0])
+    return _into(out, (q.sum(axis=1) * r)[:, None] * p * (v - pv))
 
 
-def sigmoid_bce_hvp(logits, target, v, *, out=None):
-    """(d^2 J / dz^2) v = sigmoid(z) (1 - sigmoid(z)) v / n (target does not enter)."""
-    z, v = np.asarray(logits), np.asarray(v)
-    s = _sigmoid(z)
-    return _into(out, s * (1 - s) * v / z.size)
-
-
-def mse_hvp(pred, target, v, *, out=None):
-    """(d^2 J / dp^2) v = 2 v / n."""
+def _row_scaled(h, v, sample_weight):
+    """h * v scaled by s_i / (k sum s) per row (1 / n without weights)."""
     v = np.asarray(v)
-    return _into(out, 2 * v / v.size)
+    s = np.ones(v.shape[0] if v.ndim else 1) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    c = s / (v.size // s.shape[0] * s.sum())
+    return ((h * v).reshape(s.shape[0], -1) * c[:, None]).reshape(v.shape).astype(v.dtype)
+
+
+def sigmoid_bce_hvp(logits, target, v, *, out=None, sample_weight=None):
+    """(d^2 J / dz^2) v = sigmoid(z) (1 - sigmoid(z)) v / n (target does not enter)."""
+    s = _sigmoid(np.asarray(logits))
+    return _into(out, _row_scaled(s * (1 - s), v, sample_weight))
+
+
+def mse_hvp(pred, target, v, *, out=None, sample_weight=None):
+    """(d^2 J / dp^2) v = 2 v / n."""
+    return _into(out, _row_scaled(2, v, sample_weight))
+
+
+def l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None):
+    """(d^2 J / dp^2) v = 0."""
+    return _into(out, _row_scaled(0, v, sample_weight))
+
+
+def huber_loss_hvp(pred, target, v, *, out=None, sample_weight=None, delta=1.0):
+    """(d^2 J / dp^2) v = v / n where |pred - target| < delta, else 0."""
+    return _into(out, _row_scaled(_pointwise("huber_loss", pred, target, delta)[2], v, sample_weight))
+
+
+def smooth_l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None, beta=1.0):
+    """(d^2 J / dp^2) v = v / (beta n) where |pred - target| < beta, else 0."""
+    return _into(out, _row_scaled(_pointwise("smooth_l1_loss", pred, target, beta)[2], v, sample_weight))
 
 
 # --------------------------------------------------------------------------- optimisers

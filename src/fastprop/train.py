@@ -10,7 +10,7 @@ from . import checkpoint as _checkpoint
 from .autodiff import DPGradient
 from .clip import clip_by_norm
 from .hessian_free import Closure
-from .losses import MSE, Loss, SigmoidBCE, SoftmaxCrossEntropy
+from .losses import MSE, HuberLoss, L1Loss, Loss, SigmoidBCE, SmoothL1Loss, SoftmaxCrossEntropy
 from .lr_scheduler import ReduceLROnPlateau
 from .nn import (Activation, Linear, Module, Sequential, as_input, busy_error, flat_runs,
                  flatten_count)
@@ -19,9 +19,21 @@ from .optim import Optimizer
 __all__ = ["TrainStep", "fit", "History", "predict", "predict_proba", "evaluate"]
 
 
+# the losses network_train runs in C (their kernel names are _kernels.LOSSES)
+_FUSED_LOSSES = (SoftmaxCrossEntropy, SigmoidBCE, MSE, L1Loss, HuberLoss, SmoothL1Loss)
+
+
+def _net_options(loss, dtype):
+    """The loss's options as Network.train takes them (SmoothL1Loss's beta goes in its delta)."""
+    args = loss.kernel_args(dtype)
+    if "beta" in args:
+        args = {"delta": args["beta"]}
+    return args
+
+
 def _chain_blocks(model, loss):
     """The dense blocks of a Sequential of Linear (+ one activation each), or None."""
-    if not isinstance(model, Sequential) or type(loss) not in (SoftmaxCrossEntropy, SigmoidBCE, MSE):
+    if not isinstance(model, Sequential) or type(loss) not in _FUSED_LOSSES:
         return None
     layers = list(model.layers)
     blocks, i = [], 0
@@ -98,6 +110,8 @@ class TrainStep:
         blocks = None if self.closure or self._dp else _chain_blocks(self.model, self.loss)
         self.fused = blocks is not None
         self._net = _kernels.Network(blocks) if self.fused else None
+        if self.fused:
+            self._net.loss_options(**_net_options(self.loss, self._net.dtype))
         self._out = None
         self._grads = [g for _, g in flat_runs(self._params)]  # clip_grad_norm's
 
@@ -106,22 +120,26 @@ class TrainStep:
         """The model's output of the latest step (before the update; a workspace view)."""
         return self._net.output if self.fused else self._out
 
-    def __call__(self, x, y):
+    def __call__(self, x, y, sample_weight=None):
+        """One step on (x, y); sample_weight (batch,): the loss is Σ_i w_i l_i / Σ_i w_i."""
         busy = self.model._busy  # model.exclusive(), inlined: this is the per-step path
         if not busy.acquire(False):
             raise busy_error(type(self.model).__name__)
         try:
-            return self._step(x, y)
+            return self._step(x, y, sample_weight)
         finally:
             busy.release()
 
-    def _step(self, x, y):
+    def _step(self, x, y, sample_weight=None):
         if self._flattens != flatten_count():
             if any(p._flat is not f for p, f in zip(self._params, self._flats)):
                 self._compile()  # the parameters moved to new buffers
             self._flattens = flatten_count()
         model = self.model
         if self.closure:
+            if sample_weight is not None:
+                raise TypeError(f"sample_weight is not supported with {type(self.optimizer).__name__}, "
+                                f"whose step evaluates the loss itself (its Closure is unweighted)")
             closure = Closure(model, self.loss, x, y)
             J = self.optimizer.step(closure)
             self._out = closure.output
@@ -136,14 +154,14 @@ class TrainStep:
             x = as_input(x, self._net.dtype)
             if self._check_batches:
                 _finite_batch(x, y)
-            J = self._net.train(x, y, self.loss.kernel)
+            J = self._net.train(x, y, self.loss.kernel, sample_weight)
             self._diverged(J)
         else:
             x = model._check_input(x)
             if self._check_batches:
                 _finite_batch(x, y)
             out = model._forward(x)
-            J = self.loss(out, y)
+            J = self.loss(out, y, sample_weight)
             self._diverged(J)
             model.zero_grad()
             model._backward(self.loss.backward(), False)
@@ -319,8 +337,8 @@ def _check_targets(loss, y, n_out, name="y"):
 
 def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, seed=0,
         validation_data=None, progress=True, stop_on_nonfinite=True, drop_last=False,
-        callbacks=None, scheduler=None, scheduler_interval="epoch", checkpoint=None,
-        resume=None):
+        sample_weight=None, callbacks=None, scheduler=None, scheduler_interval="epoch",
+        checkpoint=None, resume=None):
     """Trains model on (X, y) with minibatches; returns a History of per-epoch metrics.
 
     Each step is a ``TrainStep`` (the fused C path where the model allows it). The data
@@ -329,7 +347,9 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     ``stop_on_nonfinite`` (default) a NaN or infinite loss stops training with a
     FloatingPointError that says where, instead of training on garbage; the model keeps
     the parameters of the last finite step. ``drop_last``
-    skips the last partial batch of each epoch (as torch's DataLoader).
+    skips the last partial batch of each epoch (as torch's DataLoader). ``sample_weight``
+    (samples,) weights each sample's loss (shuffled with it; each batch's loss is its weighted
+    mean, and the epoch's "loss" the weighted mean over the epoch).
 
     ``callbacks``: objects with some of ``set_model``, ``on_train_begin(logs)``,
     ``on_epoch_end(epoch, logs)`` (True stops) and ``on_train_end(logs)`` (see
@@ -342,6 +362,7 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     epoch, so a killed fit resumed gives bitwise the parameters of an uninterrupted one.
     """
     X, y = _dataset(model, X, y)
+    w = _sample_weights(sample_weight, X.shape[0], model.dtype)
     batch_size = _batch_size(batch_size)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
@@ -359,6 +380,8 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     n = X.shape[0]
     n_used = n - n % batch_size if drop_last and n >= batch_size else n
     Xs, ys = np.empty_like(X), np.empty_like(y)
+    ws = None if w is None else np.empty_like(w)
+    weighted = w is not None or getattr(loss, "weight", None) is not None
     history = History()
     for cb in callbacks:
         if callable(getattr(cb, "set_model", None)):
@@ -379,13 +402,19 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         order = rng.permutation(n) if shuffle else np.arange(n)
         np.take(X, order, axis=0, out=Xs)
         np.take(y, order, axis=0, out=ys)
+        if ws is not None:
+            np.take(w, order, out=ws)
         bar.start(epoch)
-        total_loss, correct, seen, has_acc = 0.0, 0.0, 0, False
+        total_loss, correct, seen, has_acc, loss_mass = 0.0, 0.0, 0, False, 0.0
         t0 = time.perf_counter()
         for a in range(0, n_used, batch_size):
             b = min(a + batch_size, n_used)
+            wb = None if ws is None else ws[a:b]
+            mass = loss.weight_total(ys[a:b], wb) if weighted else b - a
+            if not mass > 0:  # a batch of zero weights has no mean and adds nothing: skipped
+                continue
             try:
-                J = step(Xs[a:b], ys[a:b])
+                J = step(Xs[a:b], ys[a:b], wb)
             except (FloatingPointError, ValueError) as e:  # divergence, or a bad target
                 bar.end()
                 kind = FloatingPointError if isinstance(e, FloatingPointError) else ValueError
@@ -393,14 +422,16 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
             if per_step:
                 scheduler.step()
             acc = loss.accuracy(step.output, ys[a:b])
-            total_loss += J * (b - a)
+            total_loss += J * mass
             seen += b - a
+            loss_mass += mass
             if acc is not None:
                 correct, has_acc = correct + acc * (b - a), True
-            bar.update(b - a, total_loss / seen, correct / seen if has_acc else None, force=b == n_used)
+            bar.update(b - a, total_loss / max(loss_mass, 1e-300), correct / seen if has_acc else None,
+                       force=b == n_used)
         elapsed = time.perf_counter() - t0
         epoch_acc = correct / max(seen, 1) if has_acc else None
-        history.history["loss"].append(total_loss / max(seen, 1))
+        history.history["loss"].append(total_loss / loss_mass if loss_mass > 0 else 0.0)
         history.history["accuracy"].append(epoch_acc)
         history.history["samples_per_s"].append(seen / max(elapsed, 1e-12))
         val = None
@@ -504,23 +535,44 @@ def predict_proba(model, X, batch_size=4096):
     return ops.softmax(out, out=out)
 
 
-def evaluate(model, X, y, loss, batch_size=4096):
-    """{"loss": mean loss, "accuracy": fraction correct (None for MSE)} over (X, y)."""
+def evaluate(model, X, y, loss, batch_size=4096, sample_weight=None):
+    """{"loss": mean loss, "accuracy": fraction correct (None for MSE)} over (X, y).
+
+    sample_weight (samples,): the loss is the weighted mean Σ_i w_i l_i / Σ_i w_i (the
+    accuracy stays the plain fraction)."""
     X, y = _dataset(model, X, y)
     batch_size = _batch_size(batch_size)
+    w = _sample_weights(sample_weight, X.shape[0], model.dtype)
     with model.exclusive():
-        return _evaluate(model, X, y, loss, batch_size)
+        return _evaluate(model, X, y, loss, batch_size, w)
 
 
-def _evaluate(model, X, y, loss, batch_size):
-    total, correct, n = 0.0, 0.0, X.shape[0]
+def _sample_weights(sample_weight, n, dtype):
+    """None, or the (n,) weights of a whole data set checked once (finite, ≥ 0, a positive sum)."""
+    if sample_weight is None:
+        return None
+    w = _kernels.check_weights(sample_weight, "sample_weight", n, "one weight per sample")
+    if not w.sum() > 0:
+        raise ValueError("sample_weight sums to 0: the weighted mean is undefined")
+    return w.astype(dtype or np.float32)
+
+
+def _evaluate(model, X, y, loss, batch_size, sample_weight=None):
+    total, correct, n, mass = 0.0, 0.0, X.shape[0], 0.0
     has_acc = True
+    weighted = sample_weight is not None or getattr(loss, "weight", None) is not None
     for a in range(0, n, batch_size):
         b = min(a + batch_size, n)
         out = model._forward(model._check_input(X[a:b]))
-        total += loss(out, y[a:b]) * (b - a)
+        wb = None if sample_weight is None else sample_weight[a:b]
+        m = loss.weight_total(y[a:b], wb) if weighted else b - a
+        if m > 0:  # a chunk whose weights are all 0 adds nothing (its own mean is undefined)
+            total += loss(out, y[a:b], wb) * m
+            mass += m
         acc = loss.accuracy(out, y[a:b])
         has_acc = acc is not None
         if has_acc:
             correct += acc * (b - a)
-    return {"loss": total / n, "accuracy": correct / n if has_acc else None}
+    if not mass > 0:
+        raise ValueError("the weights of every sample sum to 0: the weighted mean is undefined")
+    return {"loss": total / mass, "accuracy": correct / n if has_acc else None}
