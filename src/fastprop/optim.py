@@ -129,6 +129,11 @@ class Optimizer:
         self._flattens = flatten_count()
 
     @property
+    def _runs(self):
+        """Every group's flat runs, concatenated (what subclasses such as sklearn's read)."""
+        return [run for slot in self._slots for run in slot.runs]
+
+    @property
     def params(self):
         """Every parameter, group after group."""
         return [p for g in self.param_groups for p in g["params"]]
