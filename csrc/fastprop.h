@@ -175,6 +175,18 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
     int adam_step_##S(R *param, const R *grad, R *m, R *v, int64_t n, double lr,      \
                       double beta1, double beta2, double eps, double weight_decay,    \
                       int decoupled, int64_t step);                                   \
+    int amsgrad_step_##S(R *param, const R *grad, R *m, R *v, R *vmax, int64_t n,      \
+                         double lr, double beta1, double beta2, double eps,           \
+                         double weight_decay, int decoupled, int64_t step);           \
+    int rmsprop_step_##S(R *param, const R *grad, R *square_avg, R *momentum_buf,      \
+                         R *grad_avg, int64_t n, double lr, double alpha, double eps, \
+                         double weight_decay, double momentum);                       \
+    int adagrad_step_##S(R *param, const R *grad, R *sum, int64_t n, double clr,       \
+                         double eps, double weight_decay);                            \
+    /* Σ|g|^p (max |g| for p = ∞) in double; g *= c; g = clamp(g, −c, c) */            \
+    int grad_norm_pow_##S(double *out, const R *g, int64_t n, double p);              \
+    int grad_scale_##S(R *g, int64_t n, double c);                                    \
+    int grad_clamp_##S(R *g, int64_t n, double c);                                    \
     /* forward through the blocks, loss value and gradient, backward (no ∇x of the input) */ \
     int network_forward_##S(const fp_dense_block *blocks, int n_blocks, const R *x,      \
                             int64_t batch);                                               \

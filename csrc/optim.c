@@ -86,5 +86,164 @@ int F(adam_step)(R *param, const R *grad, R *m, R *v, int64_t n, double lr, doub
     return FP_OK;
 }
 
+// AMSGrad (Adam/AdamW with amsgrad=True): as adam_piece, with vmax = max(vmax, v) in the denominator
+FP_SIMD static void F(amsgrad_piece)(void *ctx, int64_t lo, int64_t hi)
+{
+    const F(optim_args) *a = ctx;
+    R *param = a->param, *m = a->m, *v = a->v, *vmax = a->buf;
+    const R *grad = a->grad;
+    R step_size = a->eps, bc2_sqrt = a->bc2_sqrt, delta = a->delta, b1 = a->b1, b2 = a->b2;
+    R one_b1 = a->one_b1, one_b2 = a->one_b2, wd = a->wd, shrink = a->shrink;
+    int near_g = a->near_g;
+    for (int64_t i = lo; i < hi; i++) {
+        R p = param[i] * shrink;
+        R g = grad[i] + wd * p;
+        R diff = g - m[i];
+        R mi = near_g ? g - b1 * diff : m[i] + one_b1 * diff;
+        R vi = b2 * v[i] + one_b2 * g * g;
+        R vm = vmax[i] > vi ? vmax[i] : vi;
+        m[i] = mi, v[i] = vi, vmax[i] = vm;
+        param[i] = p - step_size * (mi / (SQRT(vm) / bc2_sqrt + delta));
+    }
+}
+
+int F(amsgrad_step)(R *param, const R *grad, R *m, R *v, R *vmax, int64_t n, double lr,
+                    double beta1, double beta2, double eps, double weight_decay, int decoupled,
+                    int64_t step)
+{
+    if (!param || !grad || !m || !v || !vmax || n < 0 || step < 1) return FP_ERR_ARG;
+    double bc1 = 1 - pow(beta1, (double)step), bc2 = 1 - pow(beta2, (double)step);
+    F(optim_args) a = {.param = param, .grad = grad, .m = m, .v = v, .buf = vmax,
+                       .eps = (R)(lr / bc1), .bc2_sqrt = (R)sqrt(bc2), .delta = (R)eps,
+                       .b1 = (R)beta1, .b2 = (R)beta2, .one_b1 = (R)(1 - beta1),
+                       .one_b2 = (R)(1 - beta2), .wd = decoupled ? 0 : (R)weight_decay,
+                       .near_g = (R)(1 - beta1) >= (R)0.5,
+                       .shrink = decoupled ? (R)(1 - lr * weight_decay) : 1};
+    fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(amsgrad_piece), &a);
+    return FP_OK;
+}
+
+// RMSprop: g = ∇ + λθ; v = αv + (1−α)g²; centered: ḡ = lerp(ḡ, g, 1−α), d = √(v − ḡ²) + δ, else
+// d = √v + δ; momentum μ > 0: buf = μ buf + g/d, θ −= ε buf; else θ −= ε g/d (torch.optim.RMSprop)
+FP_SIMD static void F(rmsprop_piece)(void *ctx, int64_t lo, int64_t hi)
+{
+    const F(optim_args) *a = ctx;
+    R *param = a->param, *sq = a->v, *buf = a->buf, *gavg = a->m;
+    const R *grad = a->grad;
+    R lr = a->eps, alpha = a->b2, one_alpha = a->one_b2, delta = a->delta, wd = a->wd, mu = a->mu;
+    int near_g = a->near_g;
+    for (int64_t i = lo; i < hi; i++) {
+        R g = grad[i] + wd * param[i];
+        R s = alpha * sq[i] + one_alpha * g * g;
+        sq[i] = s;
+        R d;
+        if (gavg) {
+            R diff = g - gavg[i];
+            R ga = near_g ? g - alpha * diff : gavg[i] + one_alpha * diff;
+            gavg[i] = ga;
+            d = SQRT(s - ga * ga) + delta;
+        } else {
+            d = SQRT(s) + delta;
+        }
+        if (buf) {
+            R b = mu * buf[i] + g / d;
+            buf[i] = b;
+            param[i] -= lr * b;
+        } else {
+            param[i] -= lr * (g / d);
+        }
+    }
+}
+
+int F(rmsprop_step)(R *param, const R *grad, R *square_avg, R *momentum_buf, R *grad_avg,
+                    int64_t n, double lr, double alpha, double eps, double weight_decay,
+                    double momentum)
+{
+    if (!param || !grad || !square_avg || n < 0 || (momentum > 0 && !momentum_buf))
+        return FP_ERR_ARG;
+    F(optim_args) a = {.param = param, .grad = grad, .v = square_avg,
+                       .buf = momentum > 0 ? momentum_buf : NULL, .m = grad_avg,
+                       .eps = (R)lr, .b2 = (R)alpha, .one_b2 = (R)(1 - alpha), .delta = (R)eps,
+                       .wd = (R)weight_decay, .mu = (R)momentum,
+                       .near_g = (R)(1 - alpha) >= (R)0.5};  /* torch's lerp, as in adam */
+    fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(rmsprop_piece), &a);
+    return FP_OK;
+}
+
+// Adagrad: g = ∇ + λθ; s += g²; θ −= ε_t g / (√s + δ), ε_t = lr / (1 + (t − 1)·lr_decay) (torch.optim.Adagrad)
+FP_SIMD static void F(adagrad_piece)(void *ctx, int64_t lo, int64_t hi)
+{
+    const F(optim_args) *a = ctx;
+    R *param = a->param, *sum = a->v;
+    const R *grad = a->grad;
+    R clr = a->eps, delta = a->delta, wd = a->wd;
+    for (int64_t i = lo; i < hi; i++) {
+        R g = grad[i] + wd * param[i];
+        R s = sum[i] + g * g;
+        sum[i] = s;
+        param[i] -= clr * (g / (SQRT(s) + delta));
+    }
+}
+
+int F(adagrad_step)(R *param, const R *grad, R *sum, int64_t n, double clr, double eps,
+                    double weight_decay)
+{
+    if (!param || !grad || !sum || n < 0) return FP_ERR_ARG;
+    F(optim_args) a = {.param = param, .grad = grad, .v = sum, .eps = (R)clr, .delta = (R)eps,
+                       .wd = (R)weight_decay};
+    fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(adagrad_piece), &a);
+    return FP_OK;
+}
+
+// ---------------------------------------------------------------- gradient clipping
+// g is (n). *out = Σ|gᵢ|^p (p = 2: Σgᵢ², p = 1: Σ|gᵢ|) or max|gᵢ| (p = ∞), summed in double; NaN propagates
+FP_SIMD int F(grad_norm_pow)(double *out, const R *g, int64_t n, double p)
+{
+    if (!out || (!g && n > 0) || n < 0 || !(p > 0)) return FP_ERR_ARG;
+    double s = 0;
+    if (isinf(p)) {
+        int nan = 0;
+        for (int64_t i = 0; i < n; i++) {
+            double x = FABS(g[i]);
+            nan |= x != x;
+            s = x > s ? x : s;
+        }
+        if (nan) s = NAN;  /* as torch's: a NaN anywhere makes the norm NaN */
+    } else if (p == 2) {  /* 8 partial sums in a fixed order: vectorizes, same bits every run */
+        double acc[8] = {0};
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            for (int k = 0; k < 8; k++) acc[k] += (double)g[i + k] * g[i + k];
+        for (; i < n; i++) acc[0] += (double)g[i] * g[i];
+        s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    } else if (p == 1) {
+        for (int64_t i = 0; i < n; i++) s += FABS(g[i]);
+    } else {
+        for (int64_t i = 0; i < n; i++) s += pow(FABS(g[i]), p);
+    }
+    *out = s;
+    return FP_OK;
+}
+
+// g is (n): g *= c (clip_grad_norm_), or g = clamp(g, −c, c) (clip_grad_value_, NaN stays NaN)
+FP_SIMD int F(grad_scale)(R *g, int64_t n, double c)
+{
+    if ((!g && n > 0) || n < 0) return FP_ERR_ARG;
+    R cr = (R)c;
+    for (int64_t i = 0; i < n; i++) g[i] *= cr;
+    return FP_OK;
+}
+
+FP_SIMD int F(grad_clamp)(R *g, int64_t n, double c)
+{
+    if ((!g && n > 0) || n < 0 || !(c >= 0)) return FP_ERR_ARG;
+    R hi = (R)c, lo = -hi;
+    for (int64_t i = 0; i < n; i++) {
+        R x = g[i];
+        g[i] = x < lo ? lo : (x > hi ? hi : x);
+    }
+    return FP_OK;
+}
+
 #undef FP_OPTIM_MIN_PIECE
 #endif

@@ -607,6 +607,101 @@ static void test_parallel_updates(void)
     free(p1), free(p2), free(g), free(b1), free(b2), free(m1), free(m2), free(v1), free(v2), free(hits);
 }
 
+/* AMSGrad, RMSprop, Adagrad against their formulas (double), the same bits on 1 and 3
+ * threads (float), the gradient norms and clamps, and bad arguments refused */
+static void test_more_updates(void)
+{
+    enum { N = 7 };
+    double p[N], g[N], m[N], v[N], vm[N], q[N], s[N], b[N], ga[N];
+    for (int i = 0; i < N; i++)
+        p[i] = q[i] = rnd(), g[i] = rnd(), m[i] = 0.1 * rnd(), v[i] = 0.5 + rnd() * rnd(),
+        vm[i] = v[i] + 0.01 * (i % 2), s[i] = v[i], b[i] = 0.1 * rnd(), ga[i] = 0.1 * rnd();
+    double P[N], M[N], V[N], VM[N], S[N], B[N], GA[N];
+    memcpy(P, p, sizeof p), memcpy(M, m, sizeof m), memcpy(V, v, sizeof v), memcpy(VM, vm, sizeof vm);
+    CHECK(amsgrad_step_f64(p, g, m, v, vm, N, 1e-2, 0.9, 0.99, 1e-8, 0.1, 0, 3) == FP_OK, "amsgrad");
+    double err = 0;
+    for (int i = 0; i < N; i++) {
+        double gi = g[i] + 0.1 * P[i], mi = 0.9 * M[i] + 0.1 * gi, vi = 0.99 * V[i] + 0.01 * gi * gi;
+        double vmi = fmax(VM[i], vi);
+        double pi = P[i] - 1e-2 / (1 - pow(0.9, 3)) * mi / (sqrt(vmi) / sqrt(1 - pow(0.99, 3)) + 1e-8);
+        err = fmax(err, fabs(pi - p[i]) + fabs(vmi - vm[i]));
+    }
+    CHECK(err < 1e-14, "amsgrad vs formula: %g", err);
+    memcpy(P, q, sizeof q), memcpy(S, s, sizeof s), memcpy(B, b, sizeof b), memcpy(GA, ga, sizeof ga);
+    CHECK(rmsprop_step_f64(q, g, s, b, ga, N, 1e-2, 0.9, 1e-8, 0.01, 0.5) == FP_OK, "rmsprop");
+    err = 0;
+    for (int i = 0; i < N; i++) {
+        double gi = g[i] + 0.01 * P[i], si = 0.9 * S[i] + 0.1 * gi * gi, gai = GA[i] + 0.1 * (gi - GA[i]);
+        double bi = 0.5 * B[i] + gi / (sqrt(si - gai * gai) + 1e-8);
+        err = fmax(err, fabs(P[i] - 1e-2 * bi - q[i]) + fabs(bi - b[i]) + fabs(gai - ga[i]));
+    }
+    CHECK(err < 1e-14, "rmsprop vs formula: %g", err);
+    memcpy(P, q, sizeof q), memcpy(S, s, sizeof s);
+    CHECK(adagrad_step_f64(q, g, s, N, 0.05, 1e-10, 0.2) == FP_OK, "adagrad");
+    err = 0;
+    for (int i = 0; i < N; i++) {
+        double gi = g[i] + 0.2 * P[i], si = S[i] + gi * gi;
+        err = fmax(err, fabs(P[i] - 0.05 * gi / (sqrt(si) + 1e-10) - q[i]));
+    }
+    CHECK(err < 1e-14, "adagrad vs formula: %g", err);
+    /* refused: NULL state, a negative size, p <= 0, a negative clamp */
+    double out;
+    CHECK(amsgrad_step_f64(p, g, m, v, NULL, N, 1e-2, 0.9, 0.99, 1e-8, 0, 0, 1) == FP_ERR_ARG, "amsgrad NULL");
+    CHECK(rmsprop_step_f64(p, g, s, NULL, NULL, N, 1e-2, 0.9, 1e-8, 0, 0.5) == FP_ERR_ARG, "rmsprop NULL buf");
+    CHECK(adagrad_step_f64(p, g, s, -1, 0.1, 1e-10, 0) == FP_ERR_ARG, "adagrad n < 0");
+    CHECK(grad_norm_pow_f64(&out, g, N, 0) == FP_ERR_ARG, "norm p = 0");
+    CHECK(grad_clamp_f64(g, N, -1) == FP_ERR_ARG, "clamp c < 0");
+    /* norms against the plain sums (n not a multiple of 8), NaN propagation, the clamp */
+    enum { K = 1003 };
+    float *x = malloc(K * sizeof *x);
+    double s2 = 0, s1 = 0, s3 = 0, mx = 0;
+    for (int i = 0; i < K; i++) {
+        x[i] = (float)rnd();
+        s2 += (double)x[i] * x[i], s1 += fabs(x[i]), s3 += pow(fabs(x[i]), 3), mx = fmax(mx, fabs(x[i]));
+    }
+    grad_norm_pow_f32(&out, x, K, 2);
+    CHECK(fabs(out - s2) < 1e-12 * s2, "norm 2: %g vs %g", out, s2);
+    grad_norm_pow_f32(&out, x, K, 1);
+    CHECK(fabs(out - s1) < 1e-12 * s1, "norm 1");
+    grad_norm_pow_f32(&out, x, K, 3);
+    CHECK(fabs(out - s3) < 1e-12 * s3, "norm 3");
+    grad_norm_pow_f32(&out, x, K, INFINITY);
+    CHECK(out == mx, "norm inf");
+    x[500] = NAN;
+    grad_norm_pow_f32(&out, x, K, INFINITY);
+    CHECK(isnan(out), "norm inf with a NaN");
+    grad_clamp_f32(x, K, 0.25);
+    int ok = isnan(x[500]);
+    for (int i = 0; i < K; i++) ok &= i == 500 || fabsf(x[i]) <= 0.25f;
+    CHECK(ok, "clamp");
+    free(x);
+    /* threaded: the same bits as one pass */
+    const int64_t n = 3 * ((int64_t)1 << 19) + 77;
+    float *a[2][5];
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 5; j++) a[k][j] = malloc(n * sizeof(float));
+    float *gr = malloc(n * sizeof *gr);
+    for (int64_t i = 0; i < n; i++) {
+        gr[i] = (float)rnd();
+        for (int j = 0; j < 5; j++) a[0][j][i] = a[1][j][i] = (float)(j == 0 ? rnd() : 0.5 + 0.1 * rnd());
+    }
+    int saved = fp_num_threads;
+    for (int k = 0; k < 2; k++) {
+        fp_num_threads = k ? 3 : 1;
+        float **t = a[k];
+        amsgrad_step_f32(t[0], gr, t[1], t[2], t[3], n, 1e-3, 0.9, 0.999, 1e-8, 1e-2, 1, 4);
+        rmsprop_step_f32(t[0], gr, t[2], t[3], t[4], n, 1e-3, 0.99, 1e-8, 0, 0.9);
+        adagrad_step_f32(t[0], gr, t[4], n, 1e-2, 1e-10, 0);
+    }
+    fp_num_threads = saved;
+    int same = 1;
+    for (int j = 0; j < 5; j++) same &= !memcmp(a[0][j], a[1][j], n * sizeof(float));
+    CHECK(same, "threaded AMSGrad/RMSprop/Adagrad differ from one pass");
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 5; j++) free(a[k][j]);
+    free(gr);
+}
+
 /* the graph's merge kernels and the Gaussian output unit, against their formulas */
 static void test_merge_and_gaussian(void)
 {
@@ -673,6 +768,7 @@ int main(void)
     test_prelu_r();
     test_losses_and_network();
     test_parallel_updates();
+    test_more_updates();
     test_merge_and_gaussian();
     printf("c-kernels: %d passed, %d failed\n", checks - failures, failures);
     return failures != 0;

@@ -12,8 +12,12 @@ from .losses import MSE, GaussianNLL, HuberLoss, L1Loss, SigmoidBCE, SmoothL1Los
 from .nn import (GELU, Abs, Cos, Identity, LeakyReLU, Linear, LowRankLinear, Module, Parameter,
                  PReLU, ReLU, Sequential, Sigmoid, SiLU, Softplus, Tanh)
 from .onnx import export_onnx
-from .optim import SGD, Adam, AdamW
 from .pytorch import from_torch, to_torch
+from .optim import SGD, Adagrad, Adam, AdamW, RMSprop
+from . import lr_scheduler
+from .callbacks import Callback, EarlyStopping, ModelCheckpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .clip import clip_grad_norm_, clip_grad_value_
 from .train import History, TrainStep, evaluate, fit, predict, predict_proba
 
 from ._version import __version__
@@ -29,6 +33,8 @@ __all__ = [
     "vector_to_parameters", "vector_views", "HessianFree", "Closure",
     "export_onnx", "from_torch", "to_torch",
     "Dropout", "LayerNorm", "BatchNorm1d",
+    "RMSprop", "Adagrad", "lr_scheduler", "clip_grad_norm_", "clip_grad_value_",
+    "Callback", "EarlyStopping", "ModelCheckpoint", "save_checkpoint", "load_checkpoint",
     "jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms",
     "L1Loss", "HuberLoss", "SmoothL1Loss",
 ]

@@ -95,6 +95,11 @@ def save(model, path):
         arrays["param:" + name] = p.data
     for name, b in model.named_buffers():   # BatchNorm1d's running statistics
         arrays["buffer:" + name] = b
+    savez_atomic(path, arrays)
+
+
+def savez_atomic(path, arrays):
+    """np.savez(path, **arrays) through a temporary file in the same folder and os.replace."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastprop-", suffix=".tmp")

@@ -730,6 +730,57 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
     param -= (lr / bias_correction1) * exp_avg / denom
 
 
+def amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr=1e-3, beta1=0.9,
+                 beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False):
+    """adam_step with amsgrad=True: the denominator uses the running maximum of exp_avg_sq."""
+    if step < 1:
+        raise ValueError(f"step is 1-based, got {step}")
+    g = grad
+    if weight_decay:
+        if decoupled:
+            param *= 1 - lr * weight_decay
+        else:
+            g = grad + weight_decay * param
+    exp_avg *= beta1
+    exp_avg += (1 - beta1) * g
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+    denom = np.sqrt(max_exp_avg_sq) / math.sqrt(1 - beta2 ** step) + eps
+    param -= (lr / (1 - beta1 ** step)) * exp_avg / denom
+
+
+def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, momentum_buffer=None, grad_avg=None):
+    """One in-place step of torch.optim.RMSprop (centered when grad_avg is given)."""
+    g = grad + weight_decay * param if weight_decay else grad
+    square_avg *= alpha
+    square_avg += (1 - alpha) * g * g
+    if grad_avg is not None:
+        grad_avg += (1 - alpha) * (g - grad_avg)
+        avg = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        avg = np.sqrt(square_avg) + eps
+    if momentum > 0:
+        if momentum_buffer is None:
+            raise ValueError("rmsprop_step with momentum needs momentum_buffer")
+        momentum_buffer *= momentum
+        momentum_buffer += g / avg
+        param -= lr * momentum_buffer
+    else:
+        param -= lr * (g / avg)
+
+
+def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, eps=1e-10,
+                 weight_decay=0.0):
+    """One in-place step of torch.optim.Adagrad; step counts from 1."""
+    if step < 1:
+        raise ValueError(f"step is 1-based, got {step}")
+    g = grad + weight_decay * param if weight_decay else grad
+    state_sum += g * g
+    param -= (lr / (1 + (step - 1) * lr_decay)) * g / (np.sqrt(state_sum) + eps)
+
+
 # ------------------------------------------------------------- MLP (Goodfellow 6.3 / 6.4)
 
 def mlp_forward(x, weights, biases, activation="relu", **act_params):

@@ -6,10 +6,14 @@ import time
 import numpy as np
 
 from . import _kernels, ops, plan, registry
+from . import checkpoint as _checkpoint
 from .autodiff import DPGradient
+from .clip import clip_by_norm
 from .hessian_free import Closure
 from .losses import MSE, HuberLoss, L1Loss, Loss, SigmoidBCE, SmoothL1Loss, SoftmaxCrossEntropy
-from .nn import Activation, Linear, Module, Sequential, as_input, busy_error, evaluating, flatten_count
+from .lr_scheduler import ReduceLROnPlateau
+from .nn import (Activation, Linear, Module, Sequential, as_input, busy_error, evaluating, flat_runs,
+                 flatten_count)
 from .optim import Optimizer
 
 __all__ = ["TrainStep", "fit", "History", "predict", "predict_proba", "evaluate"]
@@ -104,10 +108,12 @@ class TrainStep:
     With ``comm`` (an mpi4py communicator, or ``distributed.Overlap(comm, bucket_bytes)``)
     the step is data-parallel: each rank passes its own rows, the gradient becomes the mean
     over all ranks' rows before the update, and J is the global mean (fastprop.distributed).
+    ``clip_grad_norm`` (a max_norm): the gradients of the model's parameters are clipped
+    to that total 2-norm (``clip_grad_norm_``) after the backward pass, before the update.
     """
 
     def __init__(self, model, loss, optimizer, stop_on_nonfinite=True, per_example_clip=None,
-                 noise_multiplier=0.0, rng=None, comm=None):
+                 noise_multiplier=0.0, rng=None, comm=None, clip_grad_norm=None):
         if not isinstance(model, Module):
             raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -116,6 +122,7 @@ class TrainStep:
             raise TypeError(f"optimizer must be a fastprop optimizer, got {type(optimizer).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        self.clip_grad_norm = _clip_arg(clip_grad_norm, optimizer)
         self._check_batches = True  # fit checks its whole data set once and turns this off
         self._dp = None  # DP-SGD: the clipped, noised gradient instead of the fused chain
         if per_example_clip is not None:
@@ -149,6 +156,7 @@ class TrainStep:
         if self._net is not None:
             self._net.loss_options(**_net_options(self.loss, self._net.dtype))
         self._out = None
+        self._grads = [g for _, g in flat_runs(self._params)]  # clip_grad_norm's
 
     @property
     def output(self):
@@ -210,6 +218,8 @@ class TrainStep:
             self._out = out
         if self._sync is not None:  # between backward and update: all ranks' mean, global J
             J = self._sync.before_update(J)
+        if self.clip_grad_norm is not None:
+            clip_by_norm(self._grads, self.clip_grad_norm, 2.0, False)
         self.optimizer._step_holding(model._busy)
         return J
 
@@ -227,6 +237,24 @@ class TrainStep:
             raise FloatingPointError(
                 f"the loss became {J}: the training diverged (try a lower learning rate), or "
                 f"pass stop_on_nonfinite=False; this step's update was not applied")
+
+
+def _clip_arg(clip_grad_norm, optimizer):
+    if clip_grad_norm is None:
+        return None
+    if isinstance(clip_grad_norm, bool):
+        raise TypeError("clip_grad_norm must be a number (the max_norm) or None, got a bool")
+    try:
+        v = float(clip_grad_norm)
+    except (TypeError, ValueError):
+        raise TypeError(f"clip_grad_norm must be a number (the max_norm) or None, got "
+                        f"{clip_grad_norm!r}") from None
+    if not v >= 0 or math.isinf(v):
+        raise ValueError(f"clip_grad_norm must be a finite number >= 0, got {clip_grad_norm!r}")
+    if getattr(optimizer, "needs_closure", False):
+        raise ValueError("clip_grad_norm does not apply to an optimizer that takes a closure "
+                         f"({type(optimizer).__name__})")
+    return v
 
 
 def _finite_batch(x, y):
@@ -252,7 +280,7 @@ class History:
 
     def __init__(self):
         self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
-                        "samples_per_s": []}
+                        "samples_per_s": [], "lr": []}
         self.epoch = []
 
     def __getitem__(self, key):
@@ -370,7 +398,8 @@ def _check_targets(loss, y, n_out, name="y"):
 
 def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, seed=0,
         validation_data=None, progress=True, stop_on_nonfinite=True, drop_last=False,
-        sample_weight=None, comm=None):
+        sample_weight=None, comm=None, callbacks=None, scheduler=None, scheduler_interval="epoch",
+        checkpoint=None, resume=None):
     """Trains model on (X, y) with minibatches; returns a History of per-epoch metrics.
 
     Each step is a ``TrainStep`` (the fused C path where the model allows it). The data
@@ -388,6 +417,15 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     state are broadcast first, each batch is split across the ranks and its gradient is
     the mean over the whole batch, the validation metrics are reduced over the ranks, and
     only rank 0 shows progress.
+    ``callbacks``: objects with some of ``set_model``, ``on_train_begin(logs)``,
+    ``on_epoch_end(epoch, logs)`` (True stops) and ``on_train_end(logs)`` (see
+    fastprop.callbacks). ``scheduler`` (fastprop.lr_scheduler, over this optimizer) steps
+    after each epoch (ReduceLROnPlateau with val_loss, or loss without validation data)
+    or, with ``scheduler_interval="step"``, after each batch. ``history["lr"]`` holds
+    the first group's lr at the start of each epoch. ``checkpoint=path`` writes a
+    checkpoint (save_checkpoint plus fit's own state: epoch, shuffling RNG, history,
+    callbacks) after each epoch; ``resume=path`` loads one and continues with the next
+    epoch, so a killed fit resumed gives bitwise the parameters of an uninterrupted one.
     """
     X, y = _dataset(model, X, y)
     w = _sample_weights(sample_weight, X.shape[0], model.dtype)
@@ -400,6 +438,8 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         Xv, yv = _dataset(model, *validation_data, name="X_val")
         _check_targets(loss, yv, model.out_features, "y_val")
     _check_targets(loss, y, model.out_features)
+    callbacks = _fit_callbacks(callbacks, scheduler, scheduler_interval, optimizer,
+                               validation_data is not None)
     step = TrainStep(model, loss, optimizer, stop_on_nonfinite, comm=comm)
     if comm is not None:
         from . import distributed
@@ -415,8 +455,22 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     ws = None if w is None else np.empty_like(w)
     weighted = w is not None or getattr(loss, "weight", None) is not None
     history = History()
+    for cb in callbacks:
+        if callable(getattr(cb, "set_model", None)):
+            cb.set_model(model)
+        if callable(getattr(cb, "on_train_begin", None)):
+            cb.on_train_begin({})
+    first, stopped = 1, False
+    if resume is not None:
+        first, stopped = _resume(resume, model, optimizer, scheduler, rng, history, callbacks)
+    per_step = scheduler is not None and scheduler_interval == "step"
+    plateau_key = "val_loss" if validation_data is not None else "loss"
+    logs = {}
     bar = _Progress(bool(progress), n_used, epochs)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first, epochs + 1):
+        if stopped:
+            break
+        lr = optimizer.param_groups[0]["lr"]
         order = rng.permutation(n) if shuffle else np.arange(n)
         np.take(X, order, axis=0, out=Xs)
         np.take(y, order, axis=0, out=ys)
@@ -439,6 +493,8 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
                 bar.end()
                 kind = FloatingPointError if isinstance(e, FloatingPointError) else ValueError
                 raise kind(f"epoch {epoch}, samples {a}:{b}: {e}") from None
+            if per_step:
+                scheduler.step()
             acc = loss.accuracy(step.output, ys[lo:hi]) if hi > lo else None
             total_loss += J * mass  # J is the whole batch's mean, also with comm
             seen, mine = seen + b - a, mine + hi - lo
@@ -462,9 +518,78 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
             history.history["val_accuracy"].append(scores["accuracy"])
             val = f"val_loss {scores['loss']:.4f}" + (
                 "" if scores["accuracy"] is None else f" val_acc {100 * scores['accuracy']:.1f}%")
+        history.history["lr"].append(lr)
         history.epoch.append(epoch)
         bar.end(val)
+        logs = {k: history.history[k][-1] for k in ("loss", "accuracy", "val_loss", "val_accuracy",
+                                                     "lr") if history.history[k]}
+        if scheduler is not None and not per_step:
+            if isinstance(scheduler, ReduceLROnPlateau):
+                scheduler.step(logs[plateau_key])
+            else:
+                scheduler.step()
+        for cb in callbacks:  # every callback sees the epoch, even after one said stop
+            if callable(getattr(cb, "on_epoch_end", None)) and cb.on_epoch_end(epoch, logs):
+                stopped = True
+        if checkpoint is not None and (comm is None or distributed.is_root(comm)):  # rank 0 writes
+            _checkpoint.write(checkpoint, model, optimizer, scheduler, fit_state={
+                "epoch": epoch, "stopped": stopped, "rng": rng.bit_generator.state,
+                "history": history.history, "epochs": history.epoch,
+                "callbacks": [cb.state_dict() if callable(getattr(cb, "state_dict", None))
+                              else None for cb in callbacks]})
+    for cb in callbacks:
+        if callable(getattr(cb, "on_train_end", None)):
+            cb.on_train_end(logs)
     return history
+
+
+_LOG_KEYS = ("loss", "accuracy", "lr")
+
+
+def _fit_callbacks(callbacks, scheduler, interval, optimizer, has_validation):
+    """fit's callbacks as a list, with their monitors and the scheduler checked."""
+    callbacks = [] if callbacks is None else list(callbacks)
+    keys = _LOG_KEYS + (("val_loss", "val_accuracy") if has_validation else ())
+    for i, cb in enumerate(callbacks):
+        monitor = getattr(cb, "monitor", None)
+        if monitor is not None and monitor not in keys:
+            raise ValueError(f"callbacks[{i}] ({type(cb).__name__}) monitors {monitor!r}, which "
+                             f"fit does not log: it logs {list(keys)}"
+                             + ("" if has_validation else " (val_* need validation_data)"))
+    if interval not in ("epoch", "step"):
+        raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {interval!r}")
+    if scheduler is not None:
+        if not callable(getattr(scheduler, "step", None)):
+            raise TypeError(f"scheduler must be a fastprop.lr_scheduler scheduler, got "
+                            f"{type(scheduler).__name__}")
+        if getattr(scheduler, "optimizer", None) is not optimizer:
+            raise ValueError("scheduler belongs to another optimizer than fit's optimizer")
+        if isinstance(scheduler, ReduceLROnPlateau) and interval == "step":
+            raise ValueError("ReduceLROnPlateau steps once per epoch (with the monitored "
+                             "value): use scheduler_interval='epoch'")
+    return callbacks
+
+
+def _resume(path, model, optimizer, scheduler, rng, history, callbacks):
+    """Loads fit's checkpoint; returns (first epoch to run, whether training had stopped)."""
+    def check(state):
+        if state is None:
+            raise ValueError(f"{path} was written by save_checkpoint, not by fit(checkpoint=...): "
+                             f"it has no epoch and shuffling state to resume from")
+        if len(state["callbacks"]) != len(callbacks):
+            raise ValueError(f"{path} holds the states of {len(state['callbacks'])} callbacks, "
+                             f"fit got {len(callbacks)}")
+
+    _, state = _checkpoint.read(path, model, optimizer, scheduler, check)
+    saved = state["callbacks"]
+    rng.bit_generator.state = state["rng"]
+    for key, values in state["history"].items():
+        history.history[key] = list(values)
+    history.epoch = list(state["epochs"])
+    for cb, s in zip(callbacks, saved):
+        if s is not None and callable(getattr(cb, "load_state_dict", None)):
+            cb.load_state_dict(s)
+    return state["epoch"] + 1, state["stopped"]
 
 
 def predict(model, X, batch_size=4096):

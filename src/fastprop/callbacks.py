@@ -1,0 +1,151 @@
+"""Callbacks for fit.
+
+The protocol (every method optional; a plain object with some of them is a callback):
+
+- ``set_model(model)``: called first, with the model being trained;
+- ``on_train_begin(logs)``: before the first epoch (logs: {}; when fit resumes, it loads
+  the callbacks' saved states right after this call);
+- ``on_epoch_end(epoch, logs)``: after each epoch (1-based), logs = {"loss", "accuracy",
+  "val_loss", "val_accuracy", "lr"}; returning True stops training after this epoch;
+- ``on_train_end(logs)``: after the last epoch (logs: the last epoch's metrics).
+
+A callback with ``state_dict()``/``load_state_dict(state)`` has its state in fit's
+checkpoints (so early stopping counts on after ``resume``). A callback with a ``monitor``
+attribute names one of the logs' keys; fit checks it before training.
+"""
+import math
+
+import numpy as np
+
+from . import io
+
+__all__ = ["Callback", "EarlyStopping", "ModelCheckpoint"]
+
+
+class Callback:
+    """A callback that does nothing: subclass it and override what you need."""
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs):
+        pass
+
+    def on_epoch_end(self, epoch, logs):
+        return False
+
+    def on_train_end(self, logs):
+        pass
+
+
+def _mode(mode):
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def _monitor(monitor):
+    if not isinstance(monitor, str):
+        raise TypeError(f"monitor must be a str (a key of fit's logs), got {type(monitor).__name__}")
+    return monitor
+
+
+def _value(logs, monitor, who):
+    if monitor not in logs:
+        raise ValueError(f"{who}: unknown monitor {monitor!r}; fit logs {sorted(logs)}")
+    v = logs[monitor]
+    return None if v is None else float(v)
+
+
+class EarlyStopping(Callback):
+    """Stops fit once ``monitor`` has not improved by more than min_delta for ``patience``
+    epochs; with restore_best_weights, the model ends with the state of its best epoch
+    (also when training ran to the last epoch)."""
+
+    def __init__(self, monitor="val_loss", patience=10, min_delta=0.0, mode="min",
+                 restore_best_weights=True):
+        self.monitor = _monitor(monitor)
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
+            raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
+        self.patience = int(patience)
+        md = float(min_delta)
+        if not md >= 0 or math.isinf(md):
+            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
+        self.min_delta = md
+        self.mode = _mode(mode)
+        self.restore_best_weights = bool(restore_best_weights)
+        self._reset()
+
+    def _reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best_weights = None
+
+    def on_train_begin(self, logs):
+        self._reset()
+
+    def _better(self, v):
+        if self.mode == "min":
+            return v < self.best - self.min_delta
+        return v > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs):
+        v = _value(logs, self.monitor, "EarlyStopping")
+        if v is not None and self._better(v):
+            self.best, self.best_epoch, self.wait = v, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.state_dict()
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def on_train_end(self, logs):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
+
+    def load_state_dict(self, state):
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        self.stopped_epoch, self.best_weights = state["stopped_epoch"], state["best_weights"]
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model (fp.save) after each epoch, or only when ``monitor`` improved with
+    save_best_only. path may hold ``{epoch}`` and the logs' keys (``"m-{epoch:03d}.npz"``)."""
+
+    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="min"):
+        self.path = path
+        self.monitor = _monitor(monitor)
+        self.save_best_only = bool(save_best_only)
+        self.mode = _mode(mode)
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_train_begin(self, logs):
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch, logs):
+        v = _value(logs, self.monitor, "ModelCheckpoint")
+        if self.save_best_only:
+            if v is None or not (v < self.best if self.mode == "min" else v > self.best):
+                return False
+            self.best = v
+        path = str(self.path)
+        if "{" in path:
+            path = path.format(epoch=epoch, **logs)
+        io.save(self.model, path)
+        return False
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state):
+        self.best = state["best"]

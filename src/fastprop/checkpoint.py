@@ -1,0 +1,183 @@
+"""Training checkpoints: the model's state (parameters and buffers), the optimizer's state
+and step counts, the scheduler's state, the modules' RNG states and the caller's extras,
+in one .npz written atomically (io.savez_atomic). No pickle: nested state is stored as
+JSON, its arrays as the file's arrays."""
+import json
+import os
+
+import numpy as np
+
+from . import io
+
+__all__ = ["save_checkpoint", "load_checkpoint"]
+
+FORMAT = "fastprop-checkpoint"
+VERSION = 1
+
+
+# ---------------------------------------------------------------- nested state <-> JSON + arrays
+def _encode(obj, arrays, where):
+    """obj as JSON data; its arrays moved to `arrays` and named {"__array__": key}."""
+    if isinstance(obj, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = obj
+        return {"__array__": key}
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, arrays, f"{where}[{k!r}]") for k, v in obj.items()}
+        return {"__items__": [[_encode(k, arrays, where), _encode(v, arrays, f"{where}[{k!r}]")]
+                              for k, v in obj.items()]}
+    raise TypeError(f"{where} is a {type(obj).__name__}, which a checkpoint cannot store "
+                    f"(numbers, strings, lists, tuples, dicts and numpy arrays can be stored)")
+
+
+def _decode(obj, arrays):
+    if isinstance(obj, list):
+        return [_decode(v, arrays) for v in obj]
+    if isinstance(obj, dict):
+        if "__array__" in obj:
+            return arrays[obj["__array__"]]
+        if "__tuple__" in obj:
+            return tuple(_decode(v, arrays) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {_decode(k, arrays): _decode(v, arrays) for k, v in obj["__items__"]}
+        return {k: _decode(v, arrays) for k, v in obj.items()}
+    return obj
+
+
+def _rng_modules(model):
+    """The modules with rng_state()/set_rng_state(state) (Dropout), each once, in order."""
+    seen, out = set(), []
+    for m in model.modules():
+        if id(m) not in seen and callable(getattr(m, "rng_state", None)) and \
+                callable(getattr(m, "set_rng_state", None)):
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
+def _architecture(model):
+    try:
+        return io.architecture(model)
+    except TypeError:  # a user's own module: the state's names and shapes are the check
+        return None
+
+
+def write(path, model, optimizer, scheduler=None, extra=None, fit_state=None):
+    """Writes a checkpoint (save_checkpoint, and fit's with its own state)."""
+    if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
+        raise ValueError("scheduler belongs to another optimizer than the one given")
+    arrays = {}
+    state = {"model": model.state_dict(),
+             "optimizer": optimizer.state_dict(),
+             "scheduler": None if scheduler is None else scheduler.state_dict(),
+             "rng": [m.rng_state() for m in _rng_modules(model)],
+             "extra": dict(extra or {}),
+             "fit": fit_state}
+    meta = {"format": FORMAT, "version": VERSION, "architecture": _architecture(model),
+            "optimizer": type(optimizer).__name__,
+            "scheduler": None if scheduler is None else type(scheduler).__name__,
+            "state": _encode(state, arrays, "checkpoint")}
+    arrays["__checkpoint__"] = np.array(json.dumps(meta))
+    io.savez_atomic(path, arrays)
+
+
+def read(path, model, optimizer, scheduler=None, check_fit=None):
+    """Loads a checkpoint into model, optimizer and scheduler; returns (extra, fit state).
+    Anything that does not match is a ValueError, with everything as it was (check_fit(fit
+    state) runs before anything is loaded: fit's own checks)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
+        raise ValueError("scheduler belongs to another optimizer than the one given")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "__checkpoint__" not in f.files:
+                raise ValueError("no checkpoint record")
+            meta = json.loads(str(f["__checkpoint__"]))
+            arrays = {k: f[k] for k in f.files if k != "__checkpoint__"}
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError("not a fastprop checkpoint")
+        if meta.get("version") != VERSION:
+            raise ValueError(f"format version {meta.get('version')} (this fastprop reads {VERSION})")
+        state = _decode(meta["state"], arrays)
+        keys = {"model", "optimizer", "scheduler", "rng", "extra", "fit"}
+        if not isinstance(state, dict) or set(state) != keys or \
+                not isinstance(state["model"], dict) or not isinstance(state["rng"], list):
+            raise ValueError("the checkpoint record is incomplete")
+    except Exception as e:  # a truncated zip can fail in zipfile, zlib, numpy or json
+        raise ValueError(f"{path} is not a readable fastprop checkpoint: "
+                         f"{type(e).__name__}: {e}") from None
+    arch = _architecture(model)
+    if arch is not None and meta["architecture"] is not None and arch != meta["architecture"]:
+        raise ValueError(f"{path} is a checkpoint of another architecture: "
+                         f"{json.dumps(meta['architecture'])[:300]}")
+    own = model.state_dict()
+    saved = state["model"]
+    if set(own) != set(saved) or any(np.shape(saved[k]) != np.shape(v) for k, v in own.items()):
+        raise ValueError(f"{path} is a checkpoint of another architecture: its state has "
+                         f"{sorted((k, np.shape(v)) for k, v in saved.items())}, the model "
+                         f"{sorted((k, np.shape(v)) for k, v in own.items())}")
+    if meta["optimizer"] != type(optimizer).__name__:
+        raise ValueError(f"{path} holds the state of a {meta['optimizer']}, not of a "
+                         f"{type(optimizer).__name__}")
+    if scheduler is not None and meta["scheduler"] != type(scheduler).__name__:
+        raise ValueError(f"{path} holds the state of a {meta['scheduler']} scheduler, not of a "
+                         f"{type(scheduler).__name__}")
+    rng_modules = _rng_modules(model)
+    if len(state["rng"]) != len(rng_modules):
+        raise ValueError(f"{path} holds {len(state['rng'])} module RNG states, the model has "
+                         f"{len(rng_modules)} modules with one")
+    if check_fit is not None:
+        check_fit(state["fit"])
+    # load; on any error put back what was there
+    before = (own, optimizer.state_dict(), None if scheduler is None else scheduler.state_dict(),
+              [m.rng_state() for m in rng_modules])
+    try:
+        model.load_state_dict(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        for m, s in zip(rng_modules, state["rng"]):
+            m.set_rng_state(s)
+    except Exception as e:
+        model.load_state_dict(before[0])
+        optimizer.load_state_dict(before[1])
+        if scheduler is not None:
+            scheduler.load_state_dict(before[2])
+        for m, s in zip(rng_modules, before[3]):
+            m.set_rng_state(s)
+        raise ValueError(f"{path} does not fit this model, optimizer and scheduler: "
+                         f"{type(e).__name__}: {e}") from None
+    return state["extra"], state["fit"]
+
+
+def save_checkpoint(path, model, optimizer, scheduler=None, **extra):
+    """Writes everything training needs to continue to path (.npz), atomically.
+
+    The model's state_dict() (parameters and buffers), optimizer.state_dict() (state
+    buffers, step counts, the groups' hyperparameters), scheduler.state_dict(), the RNG
+    state of every module that has rng_state() (Dropout), and extra (numbers, strings,
+    lists, dicts, numpy arrays). ``load_checkpoint`` reads it back.
+    """
+    write(path, model, optimizer, scheduler, extra)
+
+
+def load_checkpoint(path, model, optimizer, scheduler=None):
+    """Loads a save_checkpoint file into model, optimizer (and scheduler); returns the extra
+    dict. A checkpoint of another architecture, optimizer or scheduler is a ValueError and
+    nothing changes."""
+    return read(path, model, optimizer, scheduler)[0]

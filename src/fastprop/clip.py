@@ -1,0 +1,106 @@
+"""Gradient clipping, as torch.nn.utils.clip_grad_norm_ / clip_grad_value_: one C pass per
+flat run of the gradients (one for a model's parameters), no temporaries."""
+import math
+
+from . import _kernels
+from .nn import Parameter, _Exclusive, flat_runs
+
+__all__ = ["clip_grad_norm_", "clip_grad_value_"]
+
+
+def _guards(params):
+    """The locks of the models the parameters belong to (as an optimizer step takes them)."""
+    out = []
+    for p in params:
+        g = p._guard
+        if g is not None and all(g is not h for h in out):
+            out.append(g)
+    return out
+
+
+def _grad_runs(parameters):
+    """The gradient views of the parameters' flat runs, and their models' locks."""
+    if isinstance(parameters, Parameter):
+        parameters = [parameters]
+    try:
+        params = list(parameters)
+    except TypeError:
+        raise TypeError(f"parameters must be a Parameter or an iterable of Parameters, got "
+                        f"{type(parameters).__name__}") from None
+    for i, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"parameters[{i}] is a {type(p).__name__}, not a fastprop Parameter")
+    return [grad for _, grad in flat_runs(params)], _guards(params)
+
+
+def _norm_type(norm_type):
+    try:
+        p = float(norm_type)
+    except (TypeError, ValueError):
+        raise TypeError(f"norm_type must be a number, got {norm_type!r}") from None
+    if not p > 0:
+        raise ValueError(f"norm_type must be > 0 or inf, got {norm_type!r}")
+    return p
+
+
+def _max_norm(max_norm):
+    try:
+        m = float(max_norm)
+    except (TypeError, ValueError):
+        raise TypeError(f"max_norm must be a number, got {max_norm!r}") from None
+    if not m >= 0:
+        raise ValueError(f"max_norm must be a number >= 0, got {max_norm!r}")
+    return m
+
+
+def total_norm(grads, p):
+    """The p-norm of all the gradient arrays together (the norm of their norms)."""
+    if math.isinf(p):
+        return max((_kernels.grad_norm_pow(g, p) for g in grads), default=0.0)
+    s = 0.0
+    for g in grads:
+        s += _kernels.grad_norm_pow(g, p)
+    return math.sqrt(s) if p == 2 else s ** (1.0 / p)
+
+
+def clip_by_norm(grads, max_norm, p, error_if_nonfinite):
+    """clip_grad_norm_ on checked gradient arrays (TrainStep calls this each step)."""
+    norm = total_norm(grads, p)
+    if error_if_nonfinite and not math.isfinite(norm):
+        raise RuntimeError(f"The total norm of order {p} for gradients from `parameters` is "
+                           f"non-finite, so it cannot be clipped. To disable this error and "
+                           f"scale the gradients by the non-finite norm anyway, set "
+                           f"`error_if_nonfinite=False`")
+    coef = max_norm / (norm + 1e-6)
+    if not coef >= 1.0:  # torch multiplies by min(coef, 1): by 1 changes nothing; NaN scales
+        for g in grads:
+            _kernels.grad_scale(g, coef)
+    return norm
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scales the gradients in place so that their total norm is at most max_norm.
+
+    The total norm is that of all the gradients concatenated (order norm_type, inf for the
+    largest magnitude); the gradients are multiplied by min(1, max_norm / (norm + 1e-6)).
+    Returns the total norm before clipping (a float). With error_if_nonfinite a NaN or
+    infinite norm is a RuntimeError and nothing changes.
+    """
+    grads, guards = _grad_runs(parameters)
+    max_norm, norm_type = _max_norm(max_norm), _norm_type(norm_type)
+    with _Exclusive(guards, "model"):  # a RuntimeError while another thread uses the model
+        return clip_by_norm(grads, max_norm, norm_type, error_if_nonfinite)
+
+
+def clip_grad_value_(parameters, clip_value):
+    """Clamps every gradient element into [−clip_value, clip_value] in place."""
+    grads, guards = _grad_runs(parameters)
+    try:
+        c = float(clip_value)
+    except (TypeError, ValueError):
+        raise TypeError(f"clip_value must be a number, got {clip_value!r}") from None
+    if not c >= 0:
+        raise ValueError(f"clip_value must be a number >= 0, got {clip_value!r}")
+    with _Exclusive(guards, "model"):
+        for g in grads:
+            _kernels.grad_scale(g, c, True)
