@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-from . import graph, nn
+from . import graph, layers, nn
 from .graph import Add, Concat, Graph, Merge, Mul, Residual
 from .losses import Loss, SigmoidBCE, SoftmaxCrossEntropy
 
@@ -278,7 +278,7 @@ class _Builder:
 
 def _module_class(name):
     """The fastprop class of this name, if this build has it (LayerNorm, ... may be absent)."""
-    return getattr(nn, name, None) or getattr(graph, name, None)
+    return getattr(nn, name, None) or getattr(graph, name, None) or getattr(layers, name, None)
 
 
 def _graph_nodes(g):

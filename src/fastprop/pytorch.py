@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import nn
+from . import layers, nn
 
 __all__ = ["from_torch", "to_torch", "numpy_state_dict"]
 
@@ -94,14 +94,14 @@ def _from_layer(m, path, dtype):
                              f"end_dim={m.end_dim}) changes a (batch, features) input; only "
                              f"Flatten(start_dim=1) is the identity there")
         return nn.Identity()
-    if kind is tnn.Dropout and hasattr(nn, "Dropout"):
-        return nn.Dropout(p=m.p)
-    if kind is tnn.LayerNorm and hasattr(nn, "LayerNorm"):
-        return nn.LayerNorm(tuple(m.normalized_shape), eps=m.eps,
+    if kind is tnn.Dropout and hasattr(layers, "Dropout"):
+        return layers.Dropout(p=m.p)
+    if kind is tnn.LayerNorm and hasattr(layers, "LayerNorm"):
+        return layers.LayerNorm(tuple(m.normalized_shape), eps=m.eps,
                             elementwise_affine=m.elementwise_affine,
                             bias=m.bias is not None if m.elementwise_affine else True, dtype=dtype)
-    if kind is tnn.BatchNorm1d and hasattr(nn, "BatchNorm1d"):
-        return nn.BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+    if kind is tnn.BatchNorm1d and hasattr(layers, "BatchNorm1d"):
+        return layers.BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
                               track_running_stats=m.track_running_stats, dtype=dtype)
     where = f" at {path!r}" if path else ""
     raise TypeError(f"from_torch cannot convert {kind.__module__}.{kind.__name__}{where}: it "
@@ -154,7 +154,7 @@ def _to_layer(m, path, dtype):
     torch = _torch()
     tnn = torch.nn
     kind = type(m).__name__
-    if type(m) is not getattr(nn, kind, None):
+    if type(m) is not (getattr(nn, kind, None) or getattr(layers, kind, None)):
         kind = None
     if kind == "Sequential":
         return tnn.Sequential(*[_to_layer(c, f"{path}.{i}" if path else str(i), dtype)
