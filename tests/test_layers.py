@@ -386,7 +386,9 @@ def test_central_differences_float64():
     for mode in ("train", "eval"):
         getattr(model, mode)()
         if mode == "eval":
-            assert fp.gradcheck(model, loss, X, y) < 1e-5
+            # eps=1e-5, not the default 1e-6: some entries are ~1e-5, where the default step's
+            # rounding noise (~4e-10 absolute) alone is a 3e-5 relative error (seen in the -O1 build)
+            assert fp.gradcheck(model, loss, X, y, eps=1e-5) < 1e-5
         else:   # the bias of the Linear before BatchNorm has a zero gradient (the batch mean removes it):
             # relative errors of rounding noise there; compare every entry against an absolute scale
             state = model[3].rng_state()
