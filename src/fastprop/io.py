@@ -1,4 +1,5 @@
 """save / load (one .npz: the architecture as JSON and the parameters), and gradcheck."""
+from __future__ import annotations
 import copy
 import json
 import os
@@ -7,6 +8,12 @@ import tempfile
 import numpy as np
 
 from . import graph, layers, nn, registry
+from typing import Any, TYPE_CHECKING
+from numpy.typing import NDArray, DTypeLike
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .losses import Loss
+    from .nn import Module
 
 __all__ = ["save", "load", "gradcheck", "architecture", "build"]
 
@@ -18,7 +25,7 @@ _MODULES = {"nn": nn, "graph": graph, "layers": layers}
 _BUILDABLE.update({l.cls: getattr(_MODULES[l.module], l.cls) for l in registry.LAYERS})
 
 
-def architecture(module):
+def architecture(module: Module) -> Any:
     """The module tree as JSON-able data: {"type": ..., "args": {...}, "layers": [...]}.
 
     A Graph is {"type": "Graph", "inputs": [{"name", "width"}], "modules": [...],
@@ -49,7 +56,7 @@ def architecture(module):
     return {"type": kind, "args": module._config()}
 
 
-def _graph_parts(arch):
+def _graph_parts(arch: Any) -> Any:
     """The checked fields of a Graph description."""
     inputs, modules, nodes = arch.get("inputs"), arch.get("modules"), arch.get("nodes")
     outputs = arch.get("outputs")
@@ -62,7 +69,7 @@ def _graph_parts(arch):
     return inputs, modules, nodes, outputs
 
 
-def build(arch, dtype=None):
+def build(arch: Any, dtype: DTypeLike | None = None) -> Any:
     """A new module from architecture(...) data (dtype overrides the stored one)."""
     if not isinstance(arch, dict) or arch.get("type") not in _BUILDABLE:
         raise ValueError(f"unknown module description {arch!r:.200}")
@@ -86,7 +93,7 @@ def build(arch, dtype=None):
     return cls(**args)
 
 
-def save(model, path):
+def save(model: Module, path: str | os.PathLike[str]) -> None:
     """Writes model to path (.npz) atomically: a temporary file in the same folder, then
     os.replace, so an interrupted save never destroys the previous file."""
     arch = json.dumps({"format": FORMAT, "version": VERSION, "model": architecture(model)})
@@ -98,7 +105,7 @@ def save(model, path):
     savez_atomic(path, arrays)
 
 
-def savez_atomic(path, arrays):
+def savez_atomic(path: str | os.PathLike[str], arrays: Any) -> Any:
     """np.savez(path, **arrays) through a temporary file in the same folder and os.replace."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -118,7 +125,7 @@ def savez_atomic(path, arrays):
         raise
 
 
-def _file_mode(path):
+def _file_mode(path: Any) -> Any:
     """The existing file's permissions, or what open() would give a new file (0666 & ~umask)."""
     try:
         return os.stat(path).st_mode & 0o777
@@ -128,7 +135,7 @@ def _file_mode(path):
         return 0o666 & ~umask
 
 
-def _parameter_shapes(arch, prefix=""):
+def _parameter_shapes(arch: Any, prefix: str = "") -> Any:
     """{name: shape} that architecture data declares, checked before anything is built."""
     kind, args = arch.get("type"), arch.get("args", {})
     if kind == "Sequential":
@@ -171,7 +178,7 @@ def _parameter_shapes(arch, prefix=""):
     return {}
 
 
-def load(path):
+def load(path: str | os.PathLike[str]) -> Any:
     """Reads a model written by save; any damaged or foreign file is a ValueError."""
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -203,7 +210,8 @@ def load(path):
     return model
 
 
-def gradcheck(model, loss, x, y, eps=1e-6, max_checks=None, seed=0):
+def gradcheck(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any], eps: float = 1e-6,
+              max_checks: Any = None, seed: int = 0) -> Any:
     """Maximum relative error between back-propagated and central-difference gradients.
 
     Runs on a float64 copy of the model (model itself is untouched). Every parameter
@@ -220,7 +228,7 @@ def gradcheck(model, loss, x, y, eps=1e-6, max_checks=None, seed=0):
             b.set_rng_state(a.rng_state())
             rngs.append((b, a.rng_state()))
 
-    def rewind():
+    def rewind() -> None:
         for b, state in rngs:
             b.set_rng_state(state)
     loss = copy.deepcopy(loss)

@@ -5,10 +5,13 @@ with PyTorch's mean reductions (CrossEntropyLoss, BCEWithLogitsLoss, MSELoss, L1
 HuberLoss, SmoothL1Loss). ``loss(pred, target, sample_weight=w)`` is the weighted mean
 Σ_i w_i l_i / Σ_i w_i over the rows, l_i being row i's loss (its mean over its elements).
 """
+from __future__ import annotations
 import numpy as np
 
 from . import _kernels, ops
 from .nn import as_input
+from typing import Any
+from numpy.typing import NDArray, DTypeLike
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "GaussianNLL", "L1Loss",
            "HuberLoss", "SmoothL1Loss"]
@@ -19,11 +22,12 @@ class Loss:
     kernel = None     # the name of the fused kernel in fastprop.ops
     _workspace_keys = ("_grad",)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._grad = None
         self._ready = False
 
-    def __call__(self, pred, target, sample_weight=None):
+    def __call__(self, pred: NDArray[Any], target: NDArray[Any],
+                 sample_weight: NDArray[Any] | None = None) -> Any:
         pred = np.asarray(pred)
         dtype = pred.dtype if pred.dtype.kind == "f" and pred.dtype.itemsize >= 4 else np.float32
         pred = as_input(pred, dtype, "pred")
@@ -37,11 +41,11 @@ class Loss:
         self._grad, self._ready = grad, True
         return loss
 
-    def kernel_args(self, dtype):
+    def kernel_args(self, dtype: DTypeLike) -> Any:
         """The loss's options as its ops kernel (and ``{kernel}_hvp``) takes them, for arrays of dtype."""
         return {}
 
-    def weight_total(self, target, sample_weight=None):
+    def weight_total(self, target: NDArray[Any], sample_weight: NDArray[Any] | None = None) -> Any:
         """The denominator of the loss's mean over these rows: the row count, Σ_i w_i with
         sample weights (Σ_i w_i c_{y_i} for a class-weighted cross-entropy on labels). The
         mean over several batches is Σ_b J_b weight_total_b / Σ_b weight_total_b."""
@@ -50,24 +54,24 @@ class Loss:
 
     forward = __call__
 
-    def backward(self):
+    def backward(self) -> Any:
         """∂J/∂pred of the last call, as a new array."""
         if not self._ready:
             raise RuntimeError(f"{type(self).__name__}.backward called before computing the loss")
         return self._grad.copy()
 
-    def accuracy(self, pred, target):
+    def accuracy(self, pred: NDArray[Any], target: NDArray[Any]) -> Any:
         """The fraction of correct predictions, or None where it has no meaning (MSE)."""
         return None
 
-    def target_width(self, n_out):
+    def target_width(self, n_out: Any) -> Any:
         """The width of a (non-label) target for a model with n_out outputs."""
         return n_out
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def __getstate__(self):  # the options are kept, the gradient workspace is not
+    def __getstate__(self) -> dict[str, Any]:  # the options are kept, the gradient workspace is not
         return {**self.__dict__, "_grad": None, "_ready": False}
 
 
@@ -83,7 +87,7 @@ class SoftmaxCrossEntropy(Loss):
     """
     kernel = "softmax_cross_entropy"
 
-    def __init__(self, weight=None, label_smoothing=0.0):
+    def __init__(self, weight: NDArray[Any] | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.label_smoothing = _kernels.check_label_smoothing(label_smoothing)
         if weight is not None:
@@ -96,22 +100,22 @@ class SoftmaxCrossEntropy(Loss):
         # cast once to each precision: a step passes them as they are, allocating nothing
         self._weights = {} if weight is None else {np.dtype(t): weight.astype(t) for t in (np.float32, np.float64)}
 
-    def kernel_args(self, dtype):
+    def kernel_args(self, dtype: DTypeLike) -> Any:
         return {"weight": self._weights.get(np.dtype(dtype)), "label_smoothing": self.label_smoothing}
 
-    def weight_total(self, target, sample_weight=None):
+    def weight_total(self, target: NDArray[Any], sample_weight: NDArray[Any] | None = None) -> Any:
         target = np.asarray(target)
         if self.weight is None or target.ndim != 1:
             return super().weight_total(target, sample_weight)
         c = np.take(self.weight, target, mode="clip")  # a bad label: the loss call raises
         return float(np.sum(c if sample_weight is None else c * np.asarray(sample_weight, np.float64)))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = [] if self.weight is None else [f"weight={self.weight.tolist()}"]
         args += [f"label_smoothing={self.label_smoothing}"] if self.label_smoothing else []
         return f"SoftmaxCrossEntropy({', '.join(args)})"
 
-    def accuracy(self, pred, target):
+    def accuracy(self, pred: NDArray[Any], target: NDArray[Any]) -> Any:
         target = np.asarray(target)
         labels = target if target.ndim == 1 else target.argmax(axis=1)
         return float(np.mean(np.asarray(pred).argmax(axis=1) == labels))
@@ -121,7 +125,7 @@ class SigmoidBCE(Loss):
     """Sigmoid + binary cross-entropy from logits; targets in [0, 1]; mean over elements."""
     kernel = "sigmoid_bce"
 
-    def accuracy(self, pred, target):
+    def accuracy(self, pred: NDArray[Any], target: NDArray[Any]) -> Any:
         return float(np.mean((np.asarray(pred) > 0) == (np.asarray(target) > 0.5)))
 
 
@@ -144,7 +148,7 @@ class GaussianNLL(Loss):
     """
     kernel = "gaussian_nll"
 
-    def target_width(self, n_out):
+    def target_width(self, n_out: Any) -> Any:
         return n_out // 2  # [μ, log σ²] for each target column
 
 
@@ -158,14 +162,14 @@ class HuberLoss(Loss):
     elsewhere, d = pred − target (delta > 0)."""
     kernel = "huber_loss"
 
-    def __init__(self, delta=1.0):
+    def __init__(self, delta: float = 1.0) -> None:
         super().__init__()
         self.delta = _kernels.check_loss_param(delta, "delta", False)
 
-    def kernel_args(self, dtype):
+    def kernel_args(self, dtype: DTypeLike) -> Any:
         return {"delta": self.delta}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"HuberLoss(delta={self.delta})"
 
 
@@ -174,12 +178,12 @@ class SmoothL1Loss(Loss):
     elsewhere, d = pred − target (beta ≥ 0; beta = 0 is L1Loss, as torch's)."""
     kernel = "smooth_l1_loss"
 
-    def __init__(self, beta=1.0):
+    def __init__(self, beta: float = 1.0) -> None:
         super().__init__()
         self.beta = _kernels.check_loss_param(beta, "beta", True)
 
-    def kernel_args(self, dtype):
+    def kernel_args(self, dtype: DTypeLike) -> Any:
         return {"beta": self.beta}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"SmoothL1Loss(beta={self.beta})"
