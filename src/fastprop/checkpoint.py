@@ -186,7 +186,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Opti
 
 
 def load_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Optimizer,
-                    scheduler: Any = None) -> Any:
+                    scheduler: Any = None) -> dict[str, Any]:
     """Loads a save_checkpoint file into model, optimizer (and scheduler); returns the extra
     dict. A checkpoint of another architecture, optimizer or scheduler is a ValueError and
     nothing changes."""

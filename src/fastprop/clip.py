@@ -81,7 +81,7 @@ def clip_by_norm(grads: Any, max_norm: float, p: float, error_if_nonfinite: Any)
 
 
 def clip_grad_norm_(parameters: Iterable[Parameter] | Parameter, max_norm: float,
-                    norm_type: float = 2.0, error_if_nonfinite: bool = False) -> Any:
+                    norm_type: float = 2.0, error_if_nonfinite: bool = False) -> float:
     """Scales the gradients in place so that their total norm is at most max_norm.
 
     The total norm is that of all the gradients concatenated (order norm_type, inf for the

@@ -19,8 +19,8 @@ import numpy as np
 
 from . import ops
 from .losses import Loss
-from .nn import Module, as_input
-from typing import Any
+from .nn import Module, Parameter, as_input
+from typing import Any, Iterable
 from numpy.typing import NDArray
 
 __all__ = ["hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
@@ -35,7 +35,7 @@ def _params(model_or_params: Any) -> Any:
     return list(model_or_params)
 
 
-def parameters_to_vector(model_or_params: Any) -> Any:
+def parameters_to_vector(model_or_params: Module | Iterable[Parameter]) -> NDArray[Any]:
     """The parameters as one new flat vector, in the model's flat layout."""
     params = _params(model_or_params)
     if not params:
@@ -43,7 +43,7 @@ def parameters_to_vector(model_or_params: Any) -> Any:
     return np.concatenate([p.data.reshape(-1) for p in params])
 
 
-def vector_views(vec: NDArray[Any], model_or_params: Any) -> Any:
+def vector_views(vec: NDArray[Any], model_or_params: Module | Iterable[Parameter]) -> list[NDArray[Any]]:
     """Views of the flat vector vec, one per parameter and shaped like it (no copy)."""
     params = _params(model_or_params)
     n = sum(p.size for p in params)
@@ -58,7 +58,7 @@ def vector_views(vec: NDArray[Any], model_or_params: Any) -> Any:
     return out
 
 
-def vector_to_parameters(vec: NDArray[Any], model_or_params: Any) -> None:
+def vector_to_parameters(vec: NDArray[Any], model_or_params: Module | Iterable[Parameter]) -> None:
     """Copies the flat vector vec into the parameters (checked before anything is written)."""
     params = _params(model_or_params)
     for p, view in zip(params, vector_views(vec, params)):
@@ -173,7 +173,7 @@ def _out_vector(out: Any, n: Any, dtype: Any) -> Any:
 
 
 def hvp(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any], v: NDArray[Any], *,
-        batch_size: Any = None, out: Any = None) -> Any:
+        batch_size: int | None = None, out: NDArray[Any] | None = None) -> NDArray[Any]:
     """The exact Hessian–vector product H v of J(θ) = loss(model(x), y) at the current θ.
 
     Parameters
@@ -197,7 +197,7 @@ def hvp(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any], v: NDArray[
 
 
 def gnvp(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any], v: NDArray[Any], *,
-         batch_size: Any = None, out: Any = None) -> Any:
+         batch_size: int | None = None, out: NDArray[Any] | None = None) -> NDArray[Any]:
     """The Gauss–Newton product G v = J_outᵀ H_loss J_out v (positive semi-definite).
 
     The same arguments and result as ``hvp``: R-forward, then H_loss R{z} back-propagated
@@ -223,8 +223,8 @@ def _operator(model: Any, loss: Any, X: Any, y: Any, batch_size: Any, gauss_newt
 
 
 def hessian_eigs(model: Module, loss: Loss, X: NDArray[Any], y: NDArray[Any], k: int = 1,
-                 which: str = "LA", *, batch_size: Any = None, tol: float = 0.0,
-                 maxiter: Any = None, seed: int = 0, return_eigenvectors: bool = False,
+                 which: str = "LA", *, batch_size: int | None = None, tol: float = 0.0,
+                 maxiter: int | None = None, seed: int = 0, return_eigenvectors: bool = False,
                  gauss_newton: bool = False) -> Any:
     """k eigenvalues of the Hessian of the mean loss over (X, y), by Lanczos.
 
@@ -250,7 +250,7 @@ def hessian_eigs(model: Module, loss: Loss, X: NDArray[Any], y: NDArray[Any], k:
 
 
 def hessian_trace(model: Module, loss: Loss, X: NDArray[Any], y: NDArray[Any], n_samples: int = 64,
-                  *, seed: int = 0, batch_size: Any = None, gauss_newton: bool = False,
+                  *, seed: int = 0, batch_size: int | None = None, gauss_newton: bool = False,
                   return_std: bool = False) -> Any:
     """Hutchinson's estimate of tr H: the mean of vᵀ H v over Rademacher vectors v.
 

@@ -26,7 +26,7 @@ from numpy.typing import NDArray, DTypeLike
 __all__ = ["xor", "spirals", "load_digits", "train_test_split"]
 
 
-def xor(dtype: DTypeLike = np.float32) -> Any:
+def xor(dtype: DTypeLike = np.float32) -> tuple[NDArray[Any], NDArray[Any]]:
     """Return the four points of the XOR problem.
 
     Parameters
@@ -47,7 +47,7 @@ def xor(dtype: DTypeLike = np.float32) -> Any:
 
 
 def spirals(n: int = 300, classes: int = 3, seed: int = 0, noise: float = 0.2,
-            dtype: DTypeLike = np.float32) -> Any:
+            dtype: DTypeLike = np.float32) -> tuple[NDArray[Any], NDArray[Any]]:
     """Generate interleaved 2-D spirals, one arm per class (CS231n style).
 
     Each arm has radii evenly spaced from 0 to 1 and angles running over
@@ -102,7 +102,7 @@ def spirals(n: int = 300, classes: int = 3, seed: int = 0, noise: float = 0.2,
     return np.concatenate(xs).astype(dtype), np.concatenate(ys)
 
 
-def load_digits(dtype: DTypeLike = np.float32, scale: bool = True) -> Any:
+def load_digits(dtype: DTypeLike = np.float32, scale: bool = True) -> tuple[NDArray[Any], NDArray[Any]]:
     """Load the 8x8 handwritten digits (1,797 samples, 10 classes).
 
     See the module docstring for the data source and license.
@@ -138,7 +138,7 @@ def load_digits(dtype: DTypeLike = np.float32, scale: bool = True) -> Any:
     return X, target.astype(np.int64)
 
 
-def train_test_split(X: NDArray[Any], y: NDArray[Any], test_size: float = 0.25, seed: int = 0) -> Any:
+def train_test_split(X: NDArray[Any], y: NDArray[Any], test_size: float = 0.25, seed: int = 0) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Shuffle and split arrays into train and test parts.
 
     Parameters

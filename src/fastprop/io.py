@@ -8,7 +8,7 @@ import tempfile
 import numpy as np
 
 from . import graph, layers, nn, registry
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from numpy.typing import NDArray, DTypeLike
 
 if TYPE_CHECKING:  # for annotations only: no import cycle at run time
@@ -25,7 +25,7 @@ _MODULES = {"nn": nn, "graph": graph, "layers": layers}
 _BUILDABLE.update({l.cls: getattr(_MODULES[l.module], l.cls) for l in registry.LAYERS})
 
 
-def architecture(module: Module) -> Any:
+def architecture(module: Module) -> dict[str, Any]:
     """The module tree as JSON-able data: {"type": ..., "args": {...}, "layers": [...]}.
 
     A Graph is {"type": "Graph", "inputs": [{"name", "width"}], "modules": [...],
@@ -69,7 +69,7 @@ def _graph_parts(arch: Any) -> Any:
     return inputs, modules, nodes, outputs
 
 
-def build(arch: Any, dtype: DTypeLike | None = None) -> Any:
+def build(arch: Any, dtype: DTypeLike | None = None) -> Module:
     """A new module from architecture(...) data (dtype overrides the stored one)."""
     if not isinstance(arch, dict) or arch.get("type") not in _BUILDABLE:
         raise ValueError(f"unknown module description {arch!r:.200}")
@@ -178,7 +178,7 @@ def _parameter_shapes(arch: Any, prefix: str = "") -> Any:
     return {}
 
 
-def load(path: str | os.PathLike[str]) -> Any:
+def load(path: str | os.PathLike[str]) -> Module:
     """Reads a model written by save; any damaged or foreign file is a ValueError."""
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -211,7 +211,7 @@ def load(path: str | os.PathLike[str]) -> Any:
 
 
 def gradcheck(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any], eps: float = 1e-6,
-              max_checks: Any = None, seed: int = 0) -> Any:
+              max_checks: int | None = None, seed: int = 0) -> float:
     """Maximum relative error between back-propagated and central-difference gradients.
 
     Runs on a float64 copy of the model (model itself is untouched). Every parameter

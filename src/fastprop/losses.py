@@ -27,7 +27,7 @@ class Loss:
         self._ready = False
 
     def __call__(self, pred: NDArray[Any], target: NDArray[Any],
-                 sample_weight: NDArray[Any] | None = None) -> Any:
+                 sample_weight: NDArray[Any] | None = None) -> float:
         pred = np.asarray(pred)
         dtype = pred.dtype if pred.dtype.kind == "f" and pred.dtype.itemsize >= 4 else np.float32
         pred = as_input(pred, dtype, "pred")
@@ -54,7 +54,7 @@ class Loss:
 
     forward = __call__
 
-    def backward(self) -> Any:
+    def backward(self) -> NDArray[Any]:
         """∂J/∂pred of the last call, as a new array."""
         if not self._ready:
             raise RuntimeError(f"{type(self).__name__}.backward called before computing the loss")

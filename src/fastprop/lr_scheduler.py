@@ -66,7 +66,7 @@ class LRScheduler:
         finally:
             self._is_initial = False
 
-    def get_lr(self) -> Any:
+    def get_lr(self) -> list[float]:
         raise NotImplementedError
 
     def get_last_lr(self) -> list[float]:
@@ -140,7 +140,7 @@ class LambdaLR(LRScheduler):
             if saved is not None:
                 f.__dict__.update(saved)
 
-    def get_lr(self) -> Any:
+    def get_lr(self) -> list[float]:
         return [base_lr * f(self.last_epoch) for f, base_lr in zip(self.lr_lambdas, self.base_lrs)]
 
 
@@ -153,7 +153,7 @@ class StepLR(LRScheduler):
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> Any:
+    def get_lr(self) -> list[float]:
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
             return self._lrs()
         return [group["lr"] * self.gamma for group in self.optimizer.param_groups]
@@ -180,7 +180,7 @@ class MultiStepLR(LRScheduler):
         super().load_state_dict(state_dict)
         self.milestones = Counter({int(k): v for k, v in dict(self.milestones).items()})
 
-    def get_lr(self) -> Any:
+    def get_lr(self) -> list[float]:
         if self.last_epoch not in self.milestones:
             return self._lrs()
         return [group["lr"] * self.gamma ** self.milestones[self.last_epoch]
@@ -199,7 +199,7 @@ class ExponentialLR(LRScheduler):
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> Any:
+    def get_lr(self) -> list[float]:
         if self._is_initial:
             return self._lrs()
         return [group["lr"] * self.gamma for group in self.optimizer.param_groups]
@@ -221,7 +221,7 @@ class LinearLR(LRScheduler):
         self.total_iters = _positive_int("total_iters", total_iters)
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> Any:
+    def get_lr(self) -> list[float]:
         if self.last_epoch == 0:
             return [group["lr"] * self.start_factor for group in self.optimizer.param_groups]
         if self._is_initial or self.last_epoch > self.total_iters:
@@ -245,7 +245,7 @@ class CosineAnnealingLR(LRScheduler):
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> Any:
+    def get_lr(self) -> list[float]:
         groups = self.optimizer.param_groups
         if self._is_initial:
             return self._lrs()
@@ -332,7 +332,7 @@ class OneCycleLR(LRScheduler):
             return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
         return (end - start) * pct + start
 
-    def get_lr(self) -> Any:
+    def get_lr(self) -> list[float]:
         step = self.last_epoch
         if step > self.total_steps:
             raise ValueError(f"Tried to step {step} times. The specified number of total steps "

@@ -14,7 +14,10 @@ import numpy as np
 
 from . import ops, registry
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
-from numpy.typing import NDArray, DTypeLike
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU",
            "PReLU", "Abs", "Sigmoid", "Tanh", "Softplus", "Cos", "GELU", "SiLU"]
@@ -71,7 +74,7 @@ class Parameter:
         return self._data
 
     @data.setter
-    def data(self, value: Any) -> None:
+    def data(self, value: ArrayLike) -> None:
         _copy_into(self._data, value, "a parameter")
 
     @property
@@ -79,7 +82,7 @@ class Parameter:
         return self._grad
 
     @grad.setter
-    def grad(self, value: Any) -> None:
+    def grad(self, value: ArrayLike) -> None:
         _copy_into(self._grad, value, "a gradient")
 
     shape = property(lambda self: self._data.shape)
@@ -180,10 +183,10 @@ class Module:
         self.training = True  # train()/eval(): Dropout and BatchNorm1d behave differently
 
     # -------------------------------------------------------------- the public pass
-    def __call__(self, x: NDArray[Any]) -> Any:
+    def __call__(self, x: NDArray[Any]) -> NDArray[Any]:
         return self.forward(x)
 
-    def forward(self, x: NDArray[Any]) -> Any:
+    def forward(self, x: NDArray[Any]) -> NDArray[Any]:
         """Returns f(x) as a new array of the model's dtype; x is (batch, in_features)."""
         with self.exclusive():
             return self._public_forward(x)
@@ -212,7 +215,7 @@ class Module:
             xc = self._xin
         return self._forward(xc).copy()
 
-    def backward(self, grad_output: Any) -> Any:
+    def backward(self, grad_output: ArrayLike) -> NDArray[Any]:
         """Returns ∂J/∂x for ∂J/∂y = grad_output and ADDS ∂J/∂θ into every ``.grad``."""
         with self.exclusive():
             return self._public_backward(grad_output)
@@ -290,7 +293,7 @@ class Module:
         return buf
 
     # -------------------------------------------------------------- modes
-    def train(self, mode: bool = True) -> Any:
+    def train(self, mode: bool = True) -> Self:
         """Sets ``training`` on this module and every module inside it; returns self."""
         if not isinstance(mode, (bool, np.bool_)):
             raise TypeError(f"mode must be a bool, got {type(mode).__name__}")
@@ -299,7 +302,7 @@ class Module:
             child.train(mode)
         return self
 
-    def eval(self) -> Any:
+    def eval(self) -> Self:
         """``train(False)``: Dropout is the identity, BatchNorm1d uses its running statistics."""
         return self.train(False)
 
@@ -329,22 +332,22 @@ class Module:
             grad.fill(0)
 
     @property
-    def dtype(self) -> Any:
+    def dtype(self) -> np.dtype[Any] | None:
         """The parameters' dtype (None for a module without parameters)."""
         params = self.parameters()
         return params[0].dtype if params else None
 
-    def num_parameters(self) -> Any:
+    def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
-    def named_buffers(self, prefix: str = "") -> Any:
+    def named_buffers(self, prefix: str = "") -> list[tuple[str, NDArray[Any]]]:
         """[(name, array)] of the buffers (BatchNorm1d's running statistics), as named_parameters."""
         out = [(prefix + name, b) for name, b in self._buffers.items() if b is not None]
         for cname, child in self._children.items():
             out += child.named_buffers(prefix + cname + ".")
         return out
 
-    def buffers(self) -> Any:
+    def buffers(self) -> list[NDArray[Any]]:
         return [b for _, b in self.named_buffers()]
 
     def state_dict(self) -> dict[str, Any]:
@@ -912,7 +915,7 @@ class Sequential(Module):
             g, rg = self.layers[i]._rbackward(g, rg, v, hv, need_input_grad or i > 0)
         return g, rg
 
-    def forward(self, x: NDArray[Any]) -> Any:
+    def forward(self, x: NDArray[Any]) -> NDArray[Any]:
         if not self.layers:
             return np.array(x, copy=True)
         return super().forward(x)

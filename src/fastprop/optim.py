@@ -109,7 +109,7 @@ class Optimizer:
         out["lr"] = _check_number(where + "lr", group["lr"])
         return out
 
-    def add_param_group(self, param_group: Any) -> Any:
+    def add_param_group(self, param_group: dict[str, Any]) -> Any:
         """Adds a group ({"params": ..., hyperparameters}); nothing changes on an error."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
@@ -137,7 +137,7 @@ class Optimizer:
         return [run for slot in self._slots for run in slot.runs]
 
     @property
-    def params(self) -> Any:
+    def params(self) -> list[Parameter]:
         """Every parameter, group after group."""
         return [p for g in self.param_groups for p in g["params"]]
 
@@ -147,7 +147,7 @@ class Optimizer:
         return self.param_groups[0]["lr"]
 
     @lr.setter
-    def lr(self, value: Any) -> None:
+    def lr(self, value: float) -> None:
         value = _check_number("lr", value)
         for g in self.param_groups:
             g["lr"] = value

@@ -132,7 +132,7 @@ def _set_mode(module: Any, training: Any) -> None:
         module.train(bool(training))
 
 
-def from_torch(module: Module) -> Any:
+def from_torch(module: Module) -> Module:
     """The fastprop model equivalent to ``module``, a ``torch.nn.Sequential`` (nested allowed)
     of the layers this module lists, or one such layer: the same parameters and buffers bit for
     bit, in the module's dtype (float32 or float64), each layer in its training mode.

@@ -77,7 +77,7 @@ LOSSES = (
 _BY_NAME = {a.name: a for a in ACTIVATIONS}
 
 
-def activation_names() -> Any:
+def activation_names() -> tuple[str, ...]:
     """The kernel names of the activations, in C enum order."""
     return tuple(a.name for a in sorted(ACTIVATIONS, key=lambda a: a.code))
 
