@@ -13,7 +13,10 @@ import numpy as np
 
 from ._kernels import FlatRun, FlatUpdate
 from .nn import Parameter, _Exclusive, flat_runs, flatten_count, guard_count
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Union
+
+# what an optimizer takes: parameters, or parameter groups (dicts with "params" and options)
+ParamsT = Union[Iterable[Parameter], Iterable[Mapping[str, Any]], Parameter]
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 
@@ -80,7 +83,7 @@ class Optimizer:
     _state_order = ()     # the state buffers' names, in state_arrays() order
     _has_step = True      # a per-parameter "step" in state_dict() (as torch's, not SGD's)
 
-    def __init__(self, params: Any, lr: float, **defaults: Any) -> None:
+    def __init__(self, params: ParamsT, lr: float, **defaults: Any) -> None:
         self.defaults = self._check_group({"lr": lr, **defaults}, "")
         if isinstance(params, Parameter):
             params = [params]
@@ -374,7 +377,7 @@ class SGD(Optimizer):
     _has_step = False
     _MOMENTUM = ("momentum_buffer",)
 
-    def __init__(self, params: Any, lr: float, momentum: float = 0.0, nesterov: bool = False,
+    def __init__(self, params: ParamsT, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, dampening: float = 0.0) -> None:
         super().__init__(params, lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
@@ -409,7 +412,7 @@ class Adam(Optimizer):
     _state_order = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _PLAIN = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: Any = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False) -> None:
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad)
@@ -449,7 +452,7 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (θ ← θ(1 − lr·λ) first), as torch.optim.AdamW."""
     decoupled = True
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: Any = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
@@ -461,7 +464,7 @@ class RMSprop(Optimizer):
     _NAMES = {(False, False): ("square_avg",), (True, False): ("square_avg", "momentum_buffer"),
               (False, True): ("square_avg", "grad_avg"), (True, True): _state_order}
 
-    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+    def __init__(self, params: ParamsT, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False) -> None:
         super().__init__(params, lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered)
@@ -493,7 +496,7 @@ class Adagrad(Optimizer):
     lr_t = lr / (1 + (t − 1)·lr_decay); s starts at initial_accumulator_value."""
     _state_order = ("sum",)
 
-    def __init__(self, params: Any, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
+    def __init__(self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10) -> None:
         super().__init__(params, lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps)
