@@ -245,15 +245,8 @@ def _twin(module: Any) -> Any:
 class Graph(Module):
     """A model built from nodes of a directed acyclic computation graph.
 
-    ::
-
-        g = fp.Graph()
-        x = g.input("x", 64)
-        h = g.add(fp.Linear(64, 128), x); h = g.add(fp.ReLU(), h)
-        r = g.add(fp.Linear(128, 128), h); r = g.add(fp.ReLU(), r)
-        s = g.add(fp.Add(), h, r)                      # skip connection
-        y = g.add(fp.Linear(128, 10), s)
-        model = g.build(outputs=y)                     # model(x), model.backward(gy)
+    Build it with :meth:`input`, :meth:`add` and :meth:`build`; the built graph is a
+    :class:`~fastprop.nn.Module` (``model(x)``, ``model.backward(gy)``, ``parameters()``).
 
     Nodes: any single-input Module, ``Add`` (n inputs), ``Concat`` (n inputs, along the
     features), ``Mul`` (two inputs). Inputs of a node are Node handles or node names (a name
@@ -262,6 +255,31 @@ class Graph(Module):
     a tuple and ``backward`` takes one gradient per output. A module added at several nodes
     shares its parameters. Parameters are named after the first node of their module
     (``"fc1.weight"``), and the model owns one flat parameter buffer, as a Sequential.
+
+    Raises
+    ------
+    ValueError
+        From :meth:`build`, if the graph has a cycle, an unknown input name, or widths that
+        do not match.
+
+    Examples
+    --------
+    A skip connection:
+
+    >>> import numpy as np, fastprop as fp
+    >>> g = fp.Graph()
+    >>> x = g.input("x", 4)
+    >>> h = g.add(fp.Linear(4, 8, rng=0), x, name="fc1")
+    >>> h = g.add(fp.ReLU(), h)
+    >>> r = g.add(fp.ReLU(), g.add(fp.Linear(8, 8, rng=1), h))
+    >>> s = g.add(fp.Add(), h, r)
+    >>> model = g.build(outputs=g.add(fp.Linear(8, 3, rng=2), s))
+    >>> model(np.ones((5, 4), np.float32)).shape
+    (5, 3)
+    >>> [name for name, _ in model.named_parameters()][:2]
+    ['fc1.weight', 'fc1.bias']
+    >>> model.backward(np.ones((5, 3), np.float32)).shape
+    (5, 4)
     """
     _workspace_keys = ("_values", "_table", "_gbufs", "_gbatch")
 
@@ -290,7 +308,7 @@ class Graph(Module):
         if self._built:
             raise RuntimeError("this graph is built: nodes cannot be added any more")
 
-    def input(self, name: str, width: int | None = None) -> Any:
+    def input(self, name: str, width: int | None = None) -> Node:
         """An input node of ``width`` features (None: any); returns its Node."""
         self._open()
         if width is not None and (isinstance(width, bool) or not isinstance(width, (int, np.integer))
@@ -301,7 +319,7 @@ class Graph(Module):
         self._specs.append((name, "input", None if width is None else int(width), []))
         return Node(self, name)
 
-    def add(self, module: Module, *inputs: Any, name: str | None = None) -> Any:
+    def add(self, module: Module, *inputs: Any, name: str | None = None) -> Node:
         """A node computing ``module`` of its inputs (Node handles or names); returns its Node."""
         self._open()
         if not isinstance(module, Module):
@@ -323,7 +341,7 @@ class Graph(Module):
         self._specs.append((name, "merge" if isinstance(module, Merge) else "module", module, refs))
         return Node(self, name)
 
-    def build(self, outputs: Any) -> Any:
+    def build(self, outputs: Any) -> Graph:
         """Checks the graph and makes it a model; returns self.
 
         Raises ValueError naming the nodes for: unknown input names, a wrong number of inputs,

@@ -469,9 +469,43 @@ class _Exclusive:
 class Linear(Module):
     """``y = x Wᵀ + b`` with W of shape (out_features, in_features), as torch.nn.Linear.
 
-    init: "he_uniform" (default), "he_normal", "xavier_uniform", "xavier_normal",
-    "lecun_normal"; bias_init: a constant (0.1 is a common choice before ReLU);
-    rng: a numpy Generator or an int seed.
+    Parameters
+    ----------
+    in_features, out_features : int
+        The widths of the input and the output (positive).
+    bias : bool, default True
+        Whether the layer adds a learnable bias b of shape (out_features,).
+    dtype : numpy dtype, default float32
+        float32 or float64; a model has one dtype.
+    init : str, default "he_uniform"
+        The weight's initialisation: "he_uniform", "he_normal", "xavier_uniform",
+        "xavier_normal" or "lecun_normal".
+    bias_init : float, default 0.0
+        The bias's constant initial value (0.1 is a common choice before ReLU).
+    rng : numpy.random.Generator or int, optional
+        The generator (or its seed) the weight is drawn from.
+
+    Raises
+    ------
+    ValueError
+        If a width is not a positive integer or ``init`` is unknown.
+
+    Notes
+    -----
+    Input ``x`` is (batch, in_features), the output (batch, out_features). ``weight`` and
+    ``bias`` are :class:`Parameter` views into the model's one flat buffer.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> layer = fp.Linear(3, 2, rng=0)
+    >>> layer.weight.shape, layer.bias.shape
+    ((2, 3), (2,))
+    >>> y = layer(np.ones((4, 3), np.float32))
+    >>> y.shape, y.dtype
+    ((4, 2), dtype('float32'))
+    >>> np.allclose(y, np.ones((4, 3)) @ layer.weight.data.T + layer.bias.data)
+    True
     """
     INITS = ("he_uniform", "he_normal", "xavier_uniform", "xavier_normal", "lecun_normal")
     _workspace_keys = ("_x", "_y", "_gx")
@@ -825,7 +859,40 @@ class PReLU(Module):
 
 
 class Sequential(Module):
-    """Modules applied in order; the chain owns one flat parameter buffer."""
+    """Modules applied in order; the chain owns one flat parameter buffer.
+
+    Parameters
+    ----------
+    *modules : Module
+        The layers, applied first to last; each module may appear once.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not a :class:`Module`.
+    ValueError
+        If a module appears twice.
+
+    Notes
+    -----
+    ``model(x)`` maps (batch, in_features) to (batch, out_features) of the model's dtype;
+    ``model.backward(gy)`` returns ∂J/∂x and accumulates into every parameter's ``grad``, as
+    PyTorch does. Parameters are named "index.name" in definition order.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, rng=0), fp.ReLU(), fp.Linear(4, 2, rng=1))
+    >>> [name for name, _ in model.named_parameters()]
+    ['0.weight', '0.bias', '2.weight', '2.bias']
+    >>> model.num_parameters()
+    26
+    >>> x = np.ones((5, 3), np.float32)
+    >>> model(x).shape
+    (5, 2)
+    >>> model.backward(np.ones((5, 2), np.float32)).shape
+    (5, 3)
+    """
 
     def __init__(self, *modules: Any) -> None:
         super().__init__()

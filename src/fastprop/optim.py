@@ -372,7 +372,43 @@ def _offset_in(view: Any, base: Any) -> Any:
 
 
 class SGD(Optimizer):
-    """θ ← θ − lr·g with momentum, dampening, Nesterov and weight decay, as torch.optim.SGD."""
+    """θ ← θ − lr·g with momentum, dampening, Nesterov and weight decay, as torch.optim.SGD.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or of dict
+        The parameters to update (``model.parameters()``), or parameter groups: dicts with
+        a "params" list and any of the options below, which override the defaults.
+    lr : float
+        The learning rate (≥ 0).
+    momentum : float, default 0.0
+        The momentum factor μ: b ← μ b + (1 − dampening) g, then θ ← θ − lr·b.
+    nesterov : bool, default False
+        Nesterov momentum (needs momentum > 0 and dampening = 0).
+    weight_decay : float, default 0.0
+        An L2 term added to the gradient: g ← g + λ θ.
+    dampening : float, default 0.0
+        The dampening of the momentum.
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or a parameter appears twice.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.data[:] = [[1.0, -2.0]]
+    >>> opt = fp.SGD(layer.parameters(), lr=0.1)
+    >>> layer.weight.grad[:] = [[0.5, 0.5]]
+    >>> opt.step()
+    >>> layer.weight.data
+    array([[ 0.95, -2.05]], dtype=float32)
+    >>> opt.zero_grad()
+    >>> layer.weight.grad
+    array([[0., 0.]], dtype=float32)
+    """
     _state_order = ("momentum_buffer",)
     _has_step = False
     _MOMENTUM = ("momentum_buffer",)
@@ -407,7 +443,40 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam with bias correction, as torch.optim.Adam (weight_decay is an L2 term in g);
-    amsgrad keeps the running maximum of exp_avg_sq for the denominator."""
+    amsgrad keeps the running maximum of exp_avg_sq for the denominator.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or of dict
+        The parameters to update (``model.parameters()``), or parameter groups: dicts with
+        a "params" list and any of the options below, which override the defaults.
+    lr : float, default 1e-3
+        The learning rate.
+    betas : (float, float), default (0.9, 0.999)
+        The decay rates of the first and second moment estimates, in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator's square root.
+    weight_decay : float, default 0.0
+        An L2 term added to the gradient (see :class:`AdamW` for the decoupled form).
+    amsgrad : bool, default False
+        Whether to use the running maximum of the second moment (AMSGrad).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or a parameter appears twice.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.data[:] = [[1.0, -2.0]]
+    >>> opt = fp.Adam(layer.parameters(), lr=0.1)
+    >>> layer.weight.grad[:] = [[0.5, -0.5]]
+    >>> opt.step()              # the first step moves each weight by lr against its gradient
+    >>> layer.weight.data.round(4)
+    array([[ 0.9, -1.9]], dtype=float32)
+    """
     decoupled = False
     _state_order = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _PLAIN = ("exp_avg", "exp_avg_sq")
@@ -449,7 +518,42 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (θ ← θ(1 − lr·λ) first), as torch.optim.AdamW."""
+    """Adam with decoupled weight decay (θ ← θ(1 − lr·λ) first), as torch.optim.AdamW.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or of dict
+        The parameters to update (``model.parameters()``), or parameter groups: dicts with
+        a "params" list and any of the options below, which override the defaults.
+    lr : float, default 1e-3
+        The learning rate.
+    betas : (float, float), default (0.9, 0.999)
+        The decay rates of the moment estimates.
+    eps : float, default 1e-8
+        Added to the denominator's square root.
+    weight_decay : float, default 1e-2
+        λ, applied to θ directly rather than through the gradient.
+    amsgrad : bool, default False
+        Whether to use AMSGrad's running maximum.
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or a parameter appears twice.
+
+    Examples
+    --------
+    Decay on the weights only, with parameter groups:
+
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(4, 3, rng=0), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> decay = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    >>> no_decay = [p for name, p in model.named_parameters() if name.endswith("bias")]
+    >>> opt = fp.AdamW([{"params": decay, "weight_decay": 1e-2},
+    ...                 {"params": no_decay, "weight_decay": 0.0}], lr=1e-3)
+    >>> [g["weight_decay"] for g in opt.param_groups]
+    [0.01, 0.0]
+    """
     decoupled = True
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
