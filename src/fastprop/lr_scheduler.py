@@ -12,7 +12,7 @@ from bisect import bisect_right
 from collections import Counter
 
 from .optim import Optimizer
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 __all__ = ["LRScheduler", "LambdaLR", "StepLR", "MultiStepLR", "ExponentialLR",
            "CosineAnnealingLR", "LinearLR", "OneCycleLR", "SequentialLR", "ReduceLROnPlateau"]
@@ -42,7 +42,7 @@ class LRScheduler:
     """The base: ``step()`` advances ``last_epoch`` and writes get_lr() into the groups."""
     _is_initial = False
 
-    def __init__(self, optimizer: Optimizer, last_epoch: Any = -1) -> None:
+    def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         self.optimizer = _optimizer(optimizer)
         if isinstance(last_epoch, bool) or not isinstance(last_epoch, int) or last_epoch < -1:
             raise ValueError(f"last_epoch must be an integer >= -1, got {last_epoch!r}")
@@ -111,9 +111,34 @@ class LRScheduler:
 
 
 class LambdaLR(LRScheduler):
-    """lr = initial_lr · lr_lambda(epoch)."""
+    """lr = initial_lr · lr_lambda(epoch).
 
-    def __init__(self, optimizer: Optimizer, lr_lambda: Any, last_epoch: Any = -1) -> None:
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    lr_lambda : callable or list of callables
+        epoch ↦ factor, one for all groups or one per group.
+    last_epoch : int, default -1
+        The index of the last epoch (-1: start afresh, from each group's current lr).
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop import lr_scheduler
+    >>> opt = fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=1.0)
+    >>> sched = lr_scheduler.LambdaLR(opt, lambda epoch: 1 / (epoch + 1))
+    >>> lrs = []
+    >>> for epoch in range(3):
+    ...     lrs.append(round(sched.get_last_lr()[0], 4))
+    ...     sched.step()
+    >>> lrs
+    [1.0, 0.5, 0.3333]
+    """
+
+    def __init__(self, optimizer: Optimizer,
+                 lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]],
+                 last_epoch: int = -1) -> None:
         self.optimizer = _optimizer(optimizer)
         if isinstance(lr_lambda, (list, tuple)):
             if len(lr_lambda) != len(optimizer.param_groups):
@@ -145,10 +170,40 @@ class LambdaLR(LRScheduler):
 
 
 class StepLR(LRScheduler):
-    """lr ×= gamma every step_size epochs."""
+    """lr ×= gamma every step_size epochs.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    step_size : int
+        The period, in epochs (positive).
+    gamma : float, default 0.1
+        The factor.
+    last_epoch : int, default -1
+        The index of the last epoch (-1: start afresh, from each group's current lr).
+
+    Raises
+    ------
+    ValueError
+        If step_size is not a positive integer.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop import lr_scheduler
+    >>> opt = fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=1.0)
+    >>> sched = lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    >>> lrs = []
+    >>> for epoch in range(5):
+    ...     lrs.append(round(sched.get_last_lr()[0], 4))
+    ...     sched.step()
+    >>> lrs
+    [1.0, 1.0, 0.5, 0.5, 0.25]
+    """
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1,
-                 last_epoch: Any = -1) -> None:
+                 last_epoch: int = -1) -> None:
         self.step_size = _positive_int("step_size", step_size)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
@@ -163,10 +218,35 @@ class StepLR(LRScheduler):
 
 
 class MultiStepLR(LRScheduler):
-    """lr ×= gamma at each milestone epoch."""
+    """lr ×= gamma at each milestone epoch.
 
-    def __init__(self, optimizer: Optimizer, milestones: Any, gamma: float = 0.1,
-                 last_epoch: Any = -1) -> None:
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    milestones : sequence of int
+        The epochs at which lr is multiplied by gamma.
+    gamma : float, default 0.1
+        The factor.
+    last_epoch : int, default -1
+        The index of the last epoch (-1: start afresh, from each group's current lr).
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop import lr_scheduler
+    >>> opt = fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=1.0)
+    >>> sched = lr_scheduler.MultiStepLR(opt, milestones=[1, 3], gamma=0.1)
+    >>> lrs = []
+    >>> for epoch in range(4):
+    ...     lrs.append(round(sched.get_last_lr()[0], 4))
+    ...     sched.step()
+    >>> lrs
+    [1.0, 0.1, 0.1, 0.01]
+    """
+
+    def __init__(self, optimizer: Optimizer, milestones: Sequence[int], gamma: float = 0.1,
+                 last_epoch: int = -1) -> None:
         self.milestones = Counter(milestones)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
@@ -193,9 +273,32 @@ class MultiStepLR(LRScheduler):
 
 
 class ExponentialLR(LRScheduler):
-    """lr ×= gamma every epoch."""
+    """lr ×= gamma every epoch.
 
-    def __init__(self, optimizer: Optimizer, gamma: Any, last_epoch: Any = -1) -> None:
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    gamma : float
+        The factor.
+    last_epoch : int, default -1
+        The index of the last epoch (-1: start afresh, from each group's current lr).
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop import lr_scheduler
+    >>> opt = fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=1.0)
+    >>> sched = lr_scheduler.ExponentialLR(opt, gamma=0.5)
+    >>> lrs = []
+    >>> for epoch in range(3):
+    ...     lrs.append(round(sched.get_last_lr()[0], 4))
+    ...     sched.step()
+    >>> lrs
+    [1.0, 0.5, 0.25]
+    """
+
+    def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
@@ -209,10 +312,42 @@ class ExponentialLR(LRScheduler):
 
 
 class LinearLR(LRScheduler):
-    """The factor goes linearly from start_factor to end_factor over total_iters epochs."""
+    """The factor goes linearly from start_factor to end_factor over total_iters epochs.
 
-    def __init__(self, optimizer: Optimizer, start_factor: Any = 1.0 / 3, end_factor: float = 1.0,
-                 total_iters: int = 5, last_epoch: Any = -1) -> None:
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    start_factor : float, default 1/3
+        The factor of the first epoch, in (0, 1].
+    end_factor : float, default 1.0
+        The factor from total_iters on, in [0, 1].
+    total_iters : int, default 5
+        The number of epochs of the ramp.
+    last_epoch : int, default -1
+        The index of the last epoch (-1: start afresh, from each group's current lr).
+
+    Raises
+    ------
+    ValueError
+        If a factor is out of range.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop import lr_scheduler
+    >>> opt = fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=1.0)
+    >>> sched = lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=3)
+    >>> lrs = []
+    >>> for epoch in range(5):
+    ...     lrs.append(round(sched.get_last_lr()[0], 4))
+    ...     sched.step()
+    >>> lrs
+    [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+
+    def __init__(self, optimizer: Optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
+                 total_iters: int = 5, last_epoch: int = -1) -> None:
         if start_factor > 1.0 or start_factor <= 0:
             raise ValueError("start_factor must be in (0, 1]")
         if end_factor > 1.0 or end_factor < 0:
@@ -238,9 +373,34 @@ class LinearLR(LRScheduler):
 
 
 class CosineAnnealingLR(LRScheduler):
-    """lr = eta_min + (initial_lr − eta_min)(1 + cos(π·epoch/T_max))/2, in torch's recursive form."""
+    """lr = eta_min + (initial_lr − eta_min)(1 + cos(π·epoch/T_max))/2, in torch's recursive form.
 
-    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: Any = -1) -> None:
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    T_max : int
+        The half period, in epochs.
+    eta_min : float, default 0.0
+        The smallest lr.
+    last_epoch : int, default -1
+        The index of the last epoch (-1: start afresh, from each group's current lr).
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop import lr_scheduler
+    >>> opt = fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=1.0)
+    >>> sched = lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    >>> lrs = []
+    >>> for epoch in range(5):
+    ...     lrs.append(round(sched.get_last_lr()[0], 4))
+    ...     sched.step()
+    >>> lrs
+    [1.0, 0.8536, 0.5, 0.1464, 0.0]
+    """
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         self.T_max = _positive_int("T_max", T_max)
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
@@ -268,13 +428,61 @@ class CosineAnnealingLR(LRScheduler):
 
 class OneCycleLR(LRScheduler):
     """The 1cycle policy (warm-up to max_lr, then annealing), stepped once per batch;
-    cycles the momentum (or Adam's beta1) inversely when cycle_momentum."""
+    cycles the momentum (or Adam's beta1) inversely when cycle_momentum.
 
-    def __init__(self, optimizer: Optimizer, max_lr: Any, total_steps: int | None = None,
-                 epochs: int | None = None, steps_per_epoch: Any = None, pct_start: float = 0.3,
-                 anneal_strategy: str = "cos", cycle_momentum: bool = True,
-                 base_momentum: float = 0.85, max_momentum: float = 0.95, div_factor: float = 25.0,
-                 final_div_factor: float = 1e4, three_phase: bool = False, last_epoch: Any = -1) -> None:
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    max_lr : float or sequence of float
+        The peak lr, one for all groups or one per group.
+    total_steps : int, optional
+        The number of steps of the cycle; or give ``epochs`` and ``steps_per_epoch``.
+    epochs, steps_per_epoch : int, optional
+        total_steps = epochs · steps_per_epoch, when total_steps is None.
+    pct_start : float, default 0.3
+        The fraction of the cycle spent warming up.
+    anneal_strategy : {"cos", "linear"}, default "cos"
+        The shape of the warm-up and the annealing.
+    cycle_momentum : bool, default True
+        Whether the momentum (Adam's beta1) cycles between max_momentum and base_momentum.
+    base_momentum, max_momentum : float, default 0.85, 0.95
+        The momentum's range.
+    div_factor : float, default 25.0
+        The initial lr is max_lr / div_factor.
+    final_div_factor : float, default 1e4
+        The final lr is the initial lr / final_div_factor.
+    three_phase : bool, default False
+        torch's three-phase variant (a symmetric warm-up and cool-down, then annihilation).
+    last_epoch : int, default -1
+        The index of the last epoch (-1: start afresh, from each group's current lr).
+
+    Raises
+    ------
+    ValueError
+        If neither total_steps nor epochs and steps_per_epoch are given, or an option is out of range.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop import lr_scheduler
+    >>> opt = fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=0.1, momentum=0.9)
+    >>> sched = lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=5)
+    >>> lrs = []
+    >>> for batch in range(5):
+    ...     lrs.append(round(sched.get_last_lr()[0], 4))
+    ...     opt.step()
+    ...     sched.step()
+    >>> lrs
+    [0.04, 0.9505, 0.6113, 0.1883, 0.0]
+    """
+
+    def __init__(self, optimizer: Optimizer, max_lr: float | Sequence[float],
+                 total_steps: int | None = None, epochs: int | None = None,
+                 steps_per_epoch: Any = None, pct_start: float = 0.3, anneal_strategy: str = "cos",
+                 cycle_momentum: bool = True, base_momentum: float = 0.85,
+                 max_momentum: float = 0.95, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, three_phase: bool = False, last_epoch: int = -1) -> None:
         self.optimizer = _optimizer(optimizer)
         if total_steps is not None:
             self.total_steps = _positive_int("total_steps", total_steps)
@@ -360,9 +568,42 @@ class OneCycleLR(LRScheduler):
 
 
 class SequentialLR(LRScheduler):
-    """schedulers[i] runs from milestones[i − 1] on (e.g. a LinearLR warm-up, then a cosine)."""
+    """schedulers[i] runs from milestones[i − 1] on (e.g. a LinearLR warm-up, then a cosine).
 
-    def __init__(self, optimizer: Optimizer, schedulers: Any, milestones: Any, last_epoch: Any = -1) -> None:
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    schedulers : sequence of LRScheduler
+        The schedules, each built on ``optimizer``.
+    milestones : sequence of int
+        The epochs where the next schedule takes over (one fewer than schedulers).
+    last_epoch : int, default -1
+        The index of the last epoch (-1: start afresh, from each group's current lr).
+
+    Raises
+    ------
+    ValueError
+        If the numbers of schedulers and milestones do not match, or a scheduler has another optimizer.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop import lr_scheduler
+    >>> opt = fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=1.0)
+    >>> warmup = lr_scheduler.LinearLR(opt, start_factor=0.5, total_iters=2)
+    >>> decay = lr_scheduler.ExponentialLR(opt, gamma=0.5)
+    >>> sched = lr_scheduler.SequentialLR(opt, [warmup, decay], milestones=[2])
+    >>> lrs = []
+    >>> for epoch in range(5):
+    ...     lrs.append(round(sched.get_last_lr()[0], 4))
+    ...     sched.step()
+    >>> lrs
+    [0.5, 0.75, 1.0, 0.5, 0.25]
+    """
+
+    def __init__(self, optimizer: Optimizer, schedulers: Sequence[LRScheduler],
+                 milestones: Sequence[int], last_epoch: int = -1) -> None:
         self.optimizer = _optimizer(optimizer)
         schedulers = list(schedulers)
         if not schedulers:
@@ -418,7 +659,47 @@ class SequentialLR(LRScheduler):
 
 class ReduceLROnPlateau(LRScheduler):
     """lr ×= factor once the metric passed to ``step(metrics)`` has not improved for
-    ``patience`` epochs (torch's semantics: threshold, cooldown, min_lr, eps)."""
+    ``patience`` epochs (torch's semantics: threshold, cooldown, min_lr, eps).
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    mode : {"min", "max"}, default "min"
+        Whether the metric should decrease or increase.
+    factor : float, default 0.1
+        The lr's factor at a plateau, in [0, 1).
+    patience : int, default 10
+        How many epochs without improvement are tolerated.
+    threshold : float, default 1e-4
+        The smallest change that counts as an improvement.
+    threshold_mode : {"rel", "abs"}, default "rel"
+        Whether threshold is relative to the best value or absolute.
+    cooldown : int, default 0
+        Epochs to wait after a reduction before counting again.
+    min_lr : float or sequence of float, default 0
+        The lr's lower bound, one for all groups or one per group.
+    eps : float, default 1e-8
+        A reduction smaller than eps is not applied.
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or min_lr has the wrong length.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop import lr_scheduler
+    >>> opt = fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=1.0)
+    >>> sched = lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+    >>> lrs = []
+    >>> for val_loss in [1.0, 0.9, 0.95, 0.95, 0.95]:
+    ...     sched.step(val_loss)
+    ...     lrs.append(opt.param_groups[0]["lr"])
+    >>> lrs
+    [1.0, 1.0, 1.0, 0.5, 0.5]
+    """
 
     def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
                  patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
