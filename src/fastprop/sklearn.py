@@ -43,7 +43,7 @@ from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import Identity, Linear, ReLU, Sequential, Sigmoid, Tanh
 from .optim import Optimizer
 from .train import TrainStep
-from typing import Any
+from typing import Any, Sequence
 from numpy.typing import DTypeLike
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -472,30 +472,63 @@ class _FastMLP:
 class MLPClassifier(_FastMLP, _SkMLPClassifier):
     """scikit-learn's MLPClassifier (same parameters, attributes and model) on fastprop.
 
-    Extras (keyword-only; the defaults are scikit-learn's behaviour): ``dtype`` (None: X's, as
-    scikit-learn; "float32" or "float64": X is cast), ``class_weight`` (None, "balanced" or a
-    dict: sample weights by class, as in scikit-learn's linear models), ``restore_best_weights``
-    (with early stopping, end with the best validation score's weights; False keeps the last),
-    ``optimizer`` (None, or "adamw" with solver="adam": the L2 term becomes AdamW's decoupled
-    decay lr·alpha·W), ``n_jobs`` (None: the BLAS's and fastprop's thread settings as they are;
-    n, or -1 for every CPU: both capped at n during fit).
+    Parameters
+    ----------
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate, \
+learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start, \
+momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon, \
+n_iter_no_change, max_fun
+        As :class:`sklearn.neural_network.MLPClassifier`'s, with its defaults.
+    dtype : {None, "float32", "float64"}, default None
+        None: X's (as scikit-learn); otherwise X is cast. Keyword-only, as the extras below.
+    class_weight : dict, "balanced" or None, default None
+        Sample weights by class, as in scikit-learn's linear models.
+    restore_best_weights : bool, default True
+        With early stopping, end with the best validation score's weights (False: the last).
+    optimizer : {None, "adamw"}, default None
+        "adamw" with solver="adam": the L2 term becomes AdamW's decoupled decay lr·alpha·W.
+    n_jobs : int, optional
+        None: the BLAS's and fastprop's thread settings as they are; n, or -1 for every CPU:
+        both capped at n during fit.
+
+    Attributes
+    ----------
+    classes_, coefs_, intercepts_, loss_, loss_curve_, n_iter_, n_layers_, n_outputs_, \
+out_activation_
+        As scikit-learn's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastprop.sklearn import MLPClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((200, 2))
+    >>> y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    >>> clf = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, max_iter=300,
+    ...                     random_state=0).fit(X, y)
+    >>> clf.score(X, y) > 0.95
+    True
+    >>> [w.shape for w in clf.coefs_]
+    [(2, 16), (16, 1)]
+    >>> clf.predict_proba(X[:3]).shape
+    (3, 2)
     """
     _parameter_constraints = {
         **_SkMLPClassifier._parameter_constraints, **_EXTRA_CONSTRAINTS,
         "class_weight": [None, dict, StrOptions({"balanced"})],
     }
 
-    def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *,
-                 solver: str = "adam", alpha: float = 0.0001, batch_size: str = "auto",
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,), activation: str = "relu", *,
+                 solver: str = "adam", alpha: float = 0.0001, batch_size: int | str = "auto",
                  learning_rate: str = "constant", learning_rate_init: float = 0.001,
                  power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
-                 random_state: Any = None, tol: float = 1e-4, verbose: bool = False,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4, verbose: bool = False,
                  warm_start: bool = False, momentum: float = 0.9, nesterovs_momentum: bool = True,
                  early_stopping: bool = False, validation_fraction: float = 0.1,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8,
                  n_iter_no_change: int = 10, max_fun: int = 15000, dtype: DTypeLike | None = None,
-                 class_weight: Any = None, restore_best_weights: bool = True,
-                 optimizer: Optimizer | None = None, n_jobs: Any = None) -> None:
+                 class_weight: dict[Any, float] | str | None = None, restore_best_weights: bool = True,
+                 optimizer: str | None = None, n_jobs: int | None = None) -> None:
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -525,21 +558,43 @@ class MLPClassifier(_FastMLP, _SkMLPClassifier):
 class MLPRegressor(_FastMLP, _SkMLPRegressor):
     """scikit-learn's MLPRegressor (same parameters, attributes and model) on fastprop.
 
-    Extras as MLPClassifier's (without class_weight). ``loss="poisson"`` runs scikit-learn's code.
+    Parameters
+    ----------
+    loss, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate, \
+learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start, \
+momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon, \
+n_iter_no_change, max_fun
+        As :class:`sklearn.neural_network.MLPRegressor`'s, with its defaults;
+        ``loss="poisson"`` runs scikit-learn's own code.
+    dtype, restore_best_weights, optimizer, n_jobs
+        Keyword-only extras, as :class:`MLPClassifier`'s.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastprop.sklearn import MLPRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((100, 3))
+    >>> y = X @ np.array([1.0, -2.0, 0.5])
+    >>> reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=1000, random_state=0).fit(X, y)
+    >>> reg.score(X, y) > 0.95
+    True
+    >>> reg.predict(X[:2]).shape
+    (2,)
     """
     _parameter_constraints = {**_SkMLPRegressor._parameter_constraints, **_EXTRA_CONSTRAINTS}
 
-    def __init__(self, loss: str = "squared_error", hidden_layer_sizes: Any = (100,),
+    def __init__(self, loss: str = "squared_error", hidden_layer_sizes: int | Sequence[int] = (100,),
                  activation: str = "relu", *, solver: str = "adam", alpha: float = 0.0001,
-                 batch_size: str = "auto", learning_rate: str = "constant",
+                 batch_size: int | str = "auto", learning_rate: str = "constant",
                  learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
-                 shuffle: bool = True, random_state: Any = None, tol: float = 1e-4,
+                 shuffle: bool = True, random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
                  verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
                  nesterovs_momentum: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
                  dtype: DTypeLike | None = None, restore_best_weights: bool = True,
-                 optimizer: Optimizer | None = None, n_jobs: Any = None) -> None:
+                 optimizer: str | None = None, n_jobs: int | None = None) -> None:
         super().__init__(
             loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             solver=solver, alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
