@@ -10,7 +10,13 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.mathjax", "sphinx.ext.viewcode",
 exclude_patterns = ["_build", "ops_spec.md"]
 source_suffix = {".rst": "restructuredtext"}
 
-autodoc_default_options = {"members": True, "member-order": "bysource", "undoc-members": False}
+autodoc_default_options = {
+    "members": True, "member-order": "bysource", "undoc-members": False,
+    "special-members": "__call__",
+    # scikit-learn's metadata-routing methods, generated on every estimator (documented there)
+    "exclude-members": "set_fit_request, set_partial_fit_request, set_score_request, "
+                       "set_predict_request, set_predict_proba_request",
+}
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 numpydoc_show_class_members = False   # each class documents its own methods via autodoc

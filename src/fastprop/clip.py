@@ -1,4 +1,4 @@
-"""Gradient clipping, as torch.nn.utils.clip_grad_norm_ / clip_grad_value_: one C pass per
+"""Gradient clipping, as ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``: one C pass per
 flat run of the gradients (one for a model's parameters), no temporaries."""
 from __future__ import annotations
 import math

@@ -11,8 +11,8 @@ Each module becomes standard ONNX operators (default opset 17):
   ``PReLU`` → ``PRelu`` (its (num_parameters,) weight broadcasts over the features);
   ``LeakyReLU`` → ``LeakyRelu`` (``PRelu`` with a constant slope where the float attribute
   of ``LeakyRelu`` cannot hold a float64 slope exactly).
-- ``SiLU`` → x · ``Sigmoid``(x).
-- ``GELU`` → the exact form x Φ(x): ½ x (1 + ``Erf``(x/√2)) in float32; in float64 (ONNX
+- ``SiLU`` → ``x · Sigmoid(x)``.
+- ``GELU`` → the exact form x Φ(x): ½ x (1 + ``Erf(x/√2)``) in float32; in float64 (ONNX
   Runtime has no float64 ``Erf``) Φ from Cephes' rational approximations of erf and erfc
   (relative error < 2e-15), built from Mul/Add/Div/Exp.
 - ``Softplus(beta, threshold)`` → fastprop's definition (csrc/activation.c): with b = βx,

@@ -28,7 +28,7 @@ ACTIVATIONS = (
     Activation("relu", "ReLU", 1, (), "always", "y = max(x, 0); relu′(0) = 0."),
     Activation("leaky_relu", "LeakyReLU", 2, (("negative_slope", 0.01),), "positive_slope",
                "y = x if x > 0 else negative_slope·x."),
-    Activation("abs", "Abs", 3, (), "never", "y = |x|; abs′(0) = 0."),
+    Activation("abs", "Abs", 3, (), "never", "y = abs(x); abs′(0) = 0."),
     Activation("sigmoid", "Sigmoid", 4, (), "always", "y = 1 / (1 + exp(−x))."),
     Activation("tanh", "Tanh", 5, (), "always", "y = tanh(x)."),
     Activation("softplus", "Softplus", 6, (("beta", 1.0), ("threshold", 20.0)), "never",
