@@ -32,7 +32,7 @@ from .curvature import hvp, vector_views
 from .losses import Loss
 from .nn import Activation, Linear, LowRankLinear, Module, PReLU, Sequential, as_input
 from typing import Any
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms"]
 
@@ -125,8 +125,8 @@ def _targets(x: Any, y: Any) -> Any:
 
 # ---------------------------------------------------------------- jvp, vjp, jacobian
 
-def jvp(model: Module, x: NDArray[Any], v: NDArray[Any] | None = None,
-        vx: NDArray[Any] | None = None) -> tuple[NDArray[Any], NDArray[Any]]:
+def jvp(model: Module, x: ArrayLike, v: ArrayLike | None = None,
+        vx: ArrayLike | None = None) -> tuple[NDArray[Any], NDArray[Any]]:
     """Forward mode: the outputs and their directional derivative, in one R-forward pass.
 
     Parameters
@@ -153,7 +153,7 @@ def jvp(model: Module, x: NDArray[Any], v: NDArray[Any] | None = None,
         return y.copy(), (np.zeros_like(y) if ry is None else ry.copy())
 
 
-def vjp(model: Module, x: NDArray[Any], gy: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | tuple[NDArray[Any], ...]]:
+def vjp(model: Module, x: ArrayLike, gy: ArrayLike) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | tuple[NDArray[Any], ...]]:
     """Reverse mode: (y, gy·∂y/∂θ flat, gy·∂y/∂x), every ``.grad`` left as it was.
 
     gy : (B, out), the cotangent of the outputs. grad_params is (n,) in the layout of
@@ -177,7 +177,7 @@ def vjp(model: Module, x: NDArray[Any], gy: NDArray[Any]) -> tuple[NDArray[Any],
     return y, grad, gx
 
 
-def jacobian(model: Module, x: NDArray[Any]) -> NDArray[Any]:
+def jacobian(model: Module, x: ArrayLike) -> NDArray[Any]:
     """∂y/∂x per example: (B, out, in) for a model with one input and one output.
 
     The unit directions go along the batch axis (the rows of a model are independent):
@@ -232,7 +232,7 @@ def _leaves(model: Any) -> Any:
 
 # ---------------------------------------------------------------- the Hessian
 
-def hessian(model: Module, loss: Loss, X: NDArray[Any], y: NDArray[Any], *,
+def hessian(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike, *,
             max_bytes: int = 2 ** 30) -> NDArray[Any]:
     """The (n, n) Hessian of the mean loss over (X, y) w.r.t. the flat parameters.
 
@@ -507,7 +507,7 @@ def _rows_by_vjp(model: Any, params: Any, loss: Any, x: Any, y: Any) -> Any:
     return G
 
 
-def per_example_grads(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any]) -> NDArray[Any]:
+def per_example_grads(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike) -> NDArray[Any]:
     """(B, n): row i is the gradient of example i's own loss (not divided by B) w.r.t. the
     flat parameters, in ``parameters()`` order (the layout of ``parameters_to_vector``).
 
@@ -533,7 +533,7 @@ def per_example_grads(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any
     return G
 
 
-def per_example_grad_norms(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any]) -> NDArray[Any]:
+def per_example_grad_norms(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike) -> NDArray[Any]:
     """(B,): the 2-norm of each example's own loss gradient over all parameters.
 
     For a chain (as per_example_grads) no per-example gradient is formed: a dense

@@ -21,7 +21,7 @@ from . import ops
 from .losses import Loss
 from .nn import Module, Parameter, as_input
 from typing import Any, Iterable
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["hvp", "gnvp", "hessian_eigs", "hessian_trace", "parameters_to_vector",
            "vector_to_parameters", "vector_views"]
@@ -172,8 +172,8 @@ def _out_vector(out: Any, n: Any, dtype: Any) -> Any:
     return out
 
 
-def hvp(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any], v: NDArray[Any], *,
-        batch_size: int | None = None, out: NDArray[Any] | None = None) -> NDArray[Any]:
+def hvp(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike, v: ArrayLike, *,
+        batch_size: int | None = None, out: ArrayLike | None = None) -> NDArray[Any]:
     """The exact Hessian–vector product H v of J(θ) = loss(model(x), y) at the current θ.
 
     Parameters
@@ -213,8 +213,8 @@ def hvp(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any], v: NDArray[
     return _product(model, loss, x, y, v, batch_size, False, out)
 
 
-def gnvp(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any], v: NDArray[Any], *,
-         batch_size: int | None = None, out: NDArray[Any] | None = None) -> NDArray[Any]:
+def gnvp(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike, v: ArrayLike, *,
+         batch_size: int | None = None, out: ArrayLike | None = None) -> NDArray[Any]:
     """The Gauss–Newton product G v = J_outᵀ H_loss J_out v (positive semi-definite).
 
     The same arguments and result as ``hvp``: R-forward, then H_loss R{z} back-propagated
@@ -239,7 +239,7 @@ def _operator(model: Any, loss: Any, X: Any, y: Any, batch_size: Any, gauss_newt
     return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64), n
 
 
-def hessian_eigs(model: Module, loss: Loss, X: NDArray[Any], y: NDArray[Any], k: int = 1,
+def hessian_eigs(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike, k: int = 1,
                  which: str = "LA", *, batch_size: int | None = None, tol: float = 0.0,
                  maxiter: int | None = None, seed: int = 0, return_eigenvectors: bool = False,
                  gauss_newton: bool = False) -> Any:
@@ -266,7 +266,7 @@ def hessian_eigs(model: Module, loss: Loss, X: NDArray[Any], y: NDArray[Any], k:
     return np.sort(result)
 
 
-def hessian_trace(model: Module, loss: Loss, X: NDArray[Any], y: NDArray[Any], n_samples: int = 64,
+def hessian_trace(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike, n_samples: int = 64,
                   *, seed: int = 0, batch_size: int | None = None, gauss_newton: bool = False,
                   return_std: bool = False) -> Any:
     """Hutchinson's estimate of tr H: the mean of vᵀ H v over Rademacher vectors v.

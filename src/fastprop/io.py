@@ -9,7 +9,7 @@ import numpy as np
 
 from . import graph, layers, nn, registry
 from typing import TYPE_CHECKING, Any
-from numpy.typing import NDArray, DTypeLike
+from numpy.typing import ArrayLike, NDArray, DTypeLike
 
 if TYPE_CHECKING:  # for annotations only: no import cycle at run time
     from .losses import Loss
@@ -260,7 +260,7 @@ def load(path: str | os.PathLike[str]) -> Module:
     return model
 
 
-def gradcheck(model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any], eps: float = 1e-6,
+def gradcheck(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike, eps: float = 1e-6,
               max_checks: int | None = None, seed: int = 0) -> float:
     """Maximum relative error between back-propagated and central-difference gradients.
 

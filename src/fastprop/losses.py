@@ -11,7 +11,7 @@ import numpy as np
 from . import _kernels, ops
 from .nn import as_input
 from typing import Any
-from numpy.typing import NDArray, DTypeLike
+from numpy.typing import ArrayLike, NDArray, DTypeLike
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBCE", "MSE", "GaussianNLL", "L1Loss",
            "HuberLoss", "SmoothL1Loss"]
@@ -29,8 +29,8 @@ class Loss:
         self._grad = None
         self._ready = False
 
-    def __call__(self, pred: NDArray[Any], target: NDArray[Any],
-                 sample_weight: NDArray[Any] | None = None) -> float:
+    def __call__(self, pred: ArrayLike, target: ArrayLike,
+                 sample_weight: ArrayLike | None = None) -> float:
         """The mean loss of pred against target; keeps ∂J/∂pred for :meth:`backward`.
 
         Parameters

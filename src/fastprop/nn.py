@@ -25,7 +25,7 @@ __all__ = ["Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Iden
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
-def as_dtype(dtype: DTypeLike) -> Any:
+def as_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     """float32 or float64 as np.dtype; anything else is a TypeError."""
     try:
         dt = np.dtype(dtype)
@@ -36,7 +36,7 @@ def as_dtype(dtype: DTypeLike) -> Any:
     return dt
 
 
-def as_input(x: NDArray[Any], dtype: DTypeLike, name: str = "x") -> Any:
+def as_input(x: ArrayLike, dtype: DTypeLike, name: str = "x") -> NDArray[Any]:
     """x as a C-contiguous array of dtype: real floating input is cast, anything else refused."""
     arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
     if arr.dtype.kind != "f":
@@ -183,10 +183,10 @@ class Module:
         self.training = True  # train()/eval(): Dropout and BatchNorm1d behave differently
 
     # -------------------------------------------------------------- the public pass
-    def __call__(self, x: NDArray[Any]) -> NDArray[Any]:
+    def __call__(self, x: ArrayLike) -> NDArray[Any]:
         return self.forward(x)
 
-    def forward(self, x: NDArray[Any]) -> NDArray[Any]:
+    def forward(self, x: ArrayLike) -> NDArray[Any]:
         """Returns f(x) as a new array of the model's dtype; x is (batch, in_features)."""
         with self.exclusive():
             return self._public_forward(x)
@@ -982,7 +982,7 @@ class Sequential(Module):
             g, rg = self.layers[i]._rbackward(g, rg, v, hv, need_input_grad or i > 0)
         return g, rg
 
-    def forward(self, x: NDArray[Any]) -> NDArray[Any]:
+    def forward(self, x: ArrayLike) -> NDArray[Any]:
         if not self.layers:
             return np.array(x, copy=True)
         return super().forward(x)

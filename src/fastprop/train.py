@@ -173,7 +173,7 @@ class TrainStep:
             return self._net.output
         return self._tape.output if self._tape is not None else self._out
 
-    def __call__(self, x: NDArray[Any], y: NDArray[Any], sample_weight: NDArray[Any] | None = None) -> float:
+    def __call__(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """One step on (x, y); sample_weight (batch,): the loss is Σ_i w_i l_i / Σ_i w_i."""
         busy = self.model._busy  # model.exclusive(), inlined: this is the per-step path
         if not busy.acquire(False):
@@ -404,10 +404,10 @@ def _check_targets(loss: Any, y: Any, n_out: Any, name: str = "y") -> Any:
                              "is outside [0, 1] (BCE targets are probabilities)")
 
 
-def fit(model: Module, X: NDArray[Any], y: NDArray[Any], loss: Loss, optimizer: Optimizer,
+def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, optimizer: Optimizer,
         epochs: int = 10, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
         validation_data: tuple[ArrayLike, ArrayLike] | None = None, progress: bool = True, stop_on_nonfinite: bool = True,
-        drop_last: bool = False, sample_weight: NDArray[Any] | None = None, comm: Any = None,
+        drop_last: bool = False, sample_weight: ArrayLike | None = None, comm: Any = None,
         callbacks: Sequence[Callback] | None = None, scheduler: Any = None,
         scheduler_interval: str = "epoch", checkpoint: Any = None, resume: Any = None) -> History:
     """Trains model on (X, y) with minibatches; returns a History of per-epoch metrics.
@@ -604,7 +604,7 @@ def _resume(path: Any, model: Any, optimizer: Any, scheduler: Any, rng: Any, his
     return state["epoch"] + 1, state["stopped"]
 
 
-def predict(model: Module, X: NDArray[Any], batch_size: int = 4096) -> NDArray[Any]:
+def predict(model: Module, X: ArrayLike, batch_size: int = 4096) -> NDArray[Any]:
     """The model's outputs for X (samples, features), computed in chunks, in eval mode (the
     modes are restored after); a new array."""
     X = as_input(X, model.dtype or np.float32)
@@ -618,7 +618,7 @@ def predict(model: Module, X: NDArray[Any], batch_size: int = 4096) -> NDArray[A
     return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
 
-def predict_proba(model: Module, X: NDArray[Any], batch_size: int = 4096) -> NDArray[Any]:
+def predict_proba(model: Module, X: ArrayLike, batch_size: int = 4096) -> NDArray[Any]:
     """Class probabilities: softmax of the outputs, or sigmoid for a single output column."""
     out = predict(model, X, batch_size)
     if out.shape[1] == 1:
@@ -626,8 +626,8 @@ def predict_proba(model: Module, X: NDArray[Any], batch_size: int = 4096) -> NDA
     return ops.softmax(out, out=out)
 
 
-def evaluate(model: Module, X: NDArray[Any], y: NDArray[Any], loss: Loss, batch_size: int = 4096,
-             sample_weight: NDArray[Any] | None = None) -> dict[str, float]:
+def evaluate(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, batch_size: int = 4096,
+             sample_weight: ArrayLike | None = None) -> dict[str, float]:
     """{"loss": mean loss, "accuracy": fraction correct (None for MSE)} over (X, y), in eval
     mode (the modes are restored after).
 
