@@ -6,6 +6,24 @@ C call over the flat buffer. Workspaces for activations and gradients are
 allocated once per batch size and reused. ``forward``/``backward`` return fresh
 arrays (a later call never changes what an earlier one returned); the internal
 ``_forward``/``_backward`` pass workspaces along the chain.
+
+The activations (``Identity``, ``ReLU``, ``LeakyReLU(negative_slope=0.01)``, ``Abs``,
+``Sigmoid``, ``Tanh``, ``Softplus(beta=1.0, threshold=20.0)``, ``Cos``, ``GELU``, ``SiLU``)
+are made from the rows of ``fastprop.registry``, with PyTorch's definitions, parameter names,
+defaults and positional order; each maps (batch, features) to the same shape and dtype.
+
+Examples
+--------
+>>> import numpy as np, fastprop as fp
+>>> x = np.array([[-1.0, 0.0, 2.0]], np.float32)
+>>> fp.ReLU()(x)
+array([[0., 0., 2.]], dtype=float32)
+>>> fp.LeakyReLU(0.1)(x)
+array([[-0.1,  0. ,  2. ]], dtype=float32)
+>>> fp.Tanh()(x).round(4)
+array([[-0.7616,  0.    ,  0.964 ]], dtype=float32)
+>>> fp.Softplus(beta=2.0)
+Softplus(beta=2.0, threshold=20.0)
 """
 from __future__ import annotations
 import threading
