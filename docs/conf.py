@@ -18,6 +18,10 @@ autodoc_default_options = {
                        "set_predict_request, set_predict_proba_request",
 }
 autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+# keep NumPy's aliases as written in the annotations instead of expanding their unions
+autodoc_type_aliases = {"ArrayLike": "numpy.typing.ArrayLike", "DTypeLike": "numpy.typing.DTypeLike",
+                        "ParamsT": "fastprop.optim.ParamsT"}
 autodoc_preserve_defaults = True
 numpydoc_show_class_members = False   # each class documents its own methods via autodoc
 numpydoc_xref_param_type = False
