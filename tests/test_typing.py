@@ -70,27 +70,3 @@ def test_stub_matches_binding(name, fn, obj):
         return
     assert _stub_params(fn) == _runtime_params(obj), name
 
-
-def test_stub_covers_what_the_modules_use():
-    """Every _kernels name the Python modules use is declared in the stub (not left to its
-    __getattr__ fallback), so mypy checks those calls."""
-    declared = set()
-    for node in _stub().body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            declared.add(node.name)
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            declared.add(node.target.id)
-    used = set()
-    for fname in os.listdir(HERE):
-        if not fname.endswith(".py"):
-            continue
-        with open(os.path.join(HERE, fname), encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "_kernels" and node.level == 1:
-                used |= {a.name for a in node.names}
-            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                  and node.value.id == "_kernels"):
-                used.add(node.attr)
-    assert used, "found no use of fastprop._kernels"
-    assert sorted(used - declared) == []
