@@ -86,7 +86,7 @@ def write(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, sch
     """Writes a checkpoint (save_checkpoint, and fit's with its own state)."""
     if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
         raise ValueError("scheduler belongs to another optimizer than the one given")
-    arrays = {}
+    arrays: dict[str, Any] = {}
     state = {"model": model.state_dict(),
              "optimizer": optimizer.state_dict(),
              "scheduler": None if scheduler is None else scheduler.state_dict(),

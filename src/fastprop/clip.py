@@ -12,7 +12,7 @@ __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 def _guards(params: Any) -> Any:
     """The locks of the models the parameters belong to (as an optimizer step takes them)."""
-    out = []
+    out: list[Any] = []
     for p in params:
         g = p._guard
         if g is not None and all(g is not h for h in out):

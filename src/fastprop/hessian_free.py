@@ -98,7 +98,7 @@ class HessianFree(Optimizer):
         self.adapt_damping = bool(adapt_damping)
         n = sum(p.size for p in self.params)
         self.direction = np.zeros(n, self.params[0].dtype)  # the last step's CG solution
-        self.last = {}  # what the last step did: cg_iters, alpha, rho, damping
+        self.last: dict[str, Any] = {}  # what the last step did: cg_iters, alpha, rho, damping
 
     # the optimizer's parameters as one flat vector (its runs, concatenated)
     def _get(self, which: Any) -> Any:

@@ -41,7 +41,10 @@ def architecture(module: Module) -> dict[str, Any]:
     if isinstance(module, graph.Residual):
         return {"type": kind, "module": architecture(module.module)}
     if isinstance(module, graph.Graph):
-        inputs, nodes, modules, index = [], [], [], {}
+        inputs: list[Any] = []
+        nodes: list[Any] = []
+        modules: list[Any] = []
+        index: dict[Any, Any] = {}
         for name, kind_, what, refs in module._specs:
             if kind_ == "input":
                 inputs.append({"name": name, "width": what})

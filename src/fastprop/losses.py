@@ -22,7 +22,7 @@ class Loss:
 
     Subclasses differ by ``kernel``, the fused C loss and gradient they run.
     """
-    kernel = None     # the name of the fused kernel in fastprop.ops
+    kernel: Any = None  # the name of the fused kernel in fastprop.ops
     _workspace_keys = ("_grad",)
 
     def __init__(self) -> None:

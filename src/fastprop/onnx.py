@@ -170,9 +170,10 @@ class _Builder:
         self.onnx, self.opset = onnx, opset
         self.dtype = np.dtype(model.dtype or np.float32)
         self.elem = onnx.helper.np_dtype_to_tensor_dtype(self.dtype)
-        self.nodes, self.inits = [], []
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
         self.used = set()
-        self.consts = {}                   # id of a Parameter or buffer -> its initializer
+        self.consts: dict[int, Any] = {}  # id of a Parameter or buffer -> its initializer
         self.param_names = {id(p): name for name, p in model.named_parameters()}
         for name in self.param_names.values():
             self.used.add(name)
@@ -246,7 +247,7 @@ class _Builder:
         """Emits g's nodes in topological order; given maps input names to tensors. Returns
         the tensors of g's outputs."""
         nodes, outs = _graph_nodes(g)
-        value = []
+        value: list[Any] = []
         for name, module, inputs, _ in nodes:
             xs = [value[j] for j in inputs]
             if module is None:
