@@ -67,7 +67,21 @@ def _value(logs: Any, monitor: Any, who: Any) -> Any:
 class EarlyStopping(Callback):
     """Stops fit once ``monitor`` has not improved by more than min_delta for ``patience``
     epochs; with restore_best_weights, the model ends with the state of its best epoch
-    (also when training ran to the last epoch)."""
+    (also when training ran to the last epoch).
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> X, y = fp.datasets.spirals(200, classes=2, seed=0)
+    >>> X_train, X_val, y_train, y_val = fp.datasets.train_test_split(X, y, seed=0)
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=0), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> history = fp.fit(model, X_train, y_train, fp.SoftmaxCrossEntropy(),
+    ...                  fp.Adam(model.parameters(), lr=1e-2), epochs=200, batch_size=32,
+    ...                  validation_data=(X_val, y_val), progress=False,
+    ...                  callbacks=[fp.EarlyStopping(patience=2)])
+    >>> len(history.history["loss"]) < 200
+    True
+    """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 10, min_delta: float = 0.0,
                  mode: str = "min", restore_best_weights: bool = True) -> None:

@@ -181,6 +181,19 @@ def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Opti
     buffers, step counts, the groups' hyperparameters), scheduler.state_dict(), the RNG
     state of every module that has rng_state() (Dropout), and extra (numbers, strings,
     lists, dicts, numpy arrays). ``load_checkpoint`` reads it back.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=0), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> opt = fp.Adam(model.parameters(), lr=1e-2)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+    >>> fp.save_checkpoint(path, model, opt, epoch=3, note="warm")
+    >>> other = fp.Sequential(fp.Linear(2, 3, rng=5), fp.ReLU(), fp.Linear(3, 2, rng=6))
+    >>> fp.load_checkpoint(path, other, fp.Adam(other.parameters(), lr=1e-2))
+    {'epoch': 3, 'note': 'warm'}
+    >>> all(np.array_equal(a.data, b.data) for a, b in zip(model.parameters(), other.parameters()))
+    True
     """
     write(path, model, optimizer, scheduler, extra)
 

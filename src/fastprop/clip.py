@@ -86,8 +86,37 @@ def clip_grad_norm_(parameters: Iterable[Parameter] | Parameter, max_norm: float
 
     The total norm is that of all the gradients concatenated (order norm_type, inf for the
     largest magnitude); the gradients are multiplied by min(1, max_norm / (norm + 1e-6)).
-    Returns the total norm before clipping (a float). With error_if_nonfinite a NaN or
-    infinite norm is a RuntimeError and nothing changes.
+
+    Parameters
+    ----------
+    parameters : Parameter or iterable of Parameter
+        Whose ``grad`` to clip (``model.parameters()``).
+    max_norm : float
+        The largest total norm allowed.
+    norm_type : float, default 2.0
+        The order of the norm (``float("inf")``: the largest magnitude).
+    error_if_nonfinite : bool, default False
+        Raise instead of scaling when the total norm is NaN or infinite.
+
+    Returns
+    -------
+    float
+        The total norm before clipping.
+
+    Raises
+    ------
+    RuntimeError
+        With error_if_nonfinite, if the norm is not finite (nothing changes).
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.grad[:] = [[3.0, 4.0]]
+    >>> fp.clip_grad_norm_(layer.parameters(), max_norm=1.0)
+    5.0
+    >>> layer.weight.grad.round(4)
+    array([[0.6, 0.8]], dtype=float32)
     """
     grads, guards = _grad_runs(parameters)
     max_norm, norm_type = _max_norm(max_norm), _norm_type(norm_type)
@@ -95,8 +124,18 @@ def clip_grad_norm_(parameters: Iterable[Parameter] | Parameter, max_norm: float
         return clip_by_norm(grads, max_norm, norm_type, error_if_nonfinite)
 
 
-def clip_grad_value_(parameters: Iterable[Parameter] | Parameter, clip_value: float) -> Any:
-    """Clamps every gradient element into [−clip_value, clip_value] in place."""
+def clip_grad_value_(parameters: Iterable[Parameter] | Parameter, clip_value: float) -> None:
+    """Clamps every gradient element into [−clip_value, clip_value] in place.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.grad[:] = [[3.0, -4.0]]
+    >>> fp.clip_grad_value_(layer.parameters(), 1.0)
+    >>> layer.weight.grad
+    array([[ 1., -1.]], dtype=float32)
+    """
     grads, guards = _grad_runs(parameters)
     try:
         c = float(clip_value)
