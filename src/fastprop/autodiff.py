@@ -153,7 +153,8 @@ def jvp(model: Module, x: ArrayLike, v: ArrayLike | None = None,
         return y.copy(), (np.zeros_like(y) if ry is None else ry.copy())
 
 
-def vjp(model: Module, x: ArrayLike, gy: ArrayLike) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | tuple[NDArray[Any], ...]]:
+def vjp(model: Module, x: ArrayLike,
+        gy: ArrayLike) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | tuple[NDArray[Any], ...]]:
     """Reverse mode: (y, gy·∂y/∂θ flat, gy·∂y/∂x), every ``.grad`` left as it was.
 
     gy : (B, out), the cotangent of the outputs. grad_params is (n,) in the layout of
@@ -566,7 +567,8 @@ class DPGradient:
     """
 
     def __init__(self, model: Module, loss: Loss, per_example_clip: Any,
-                 noise_multiplier: float = 0.0, rng: np.random.Generator | int | None = None) -> None:
+                 noise_multiplier: float = 0.0,
+                 rng: np.random.Generator | int | None = None) -> None:
         if per_example_clip is None:
             raise ValueError("per_example_clip must be given for DP-SGD")
         clip, sigma = _positive(per_example_clip, "per_example_clip"), \

@@ -210,7 +210,8 @@ def kernel_table(batch: int = 128, n_in: int = 784, n_out: int = 256, classes: i
 
 # ---------------------------------------------------------------- memory
 
-def memory_bound(sizes: Sequence[int], batch: int, itemsize: int = 4, optimizer_buffers: int = 1) -> Any:
+def memory_bound(sizes: Sequence[int], batch: int, itemsize: int = 4,
+                 optimizer_buffers: int = 1) -> Any:
     """Parameters + gradients + optimizer state + saved activations (B·Σ widths) +
     one gradient ping-pong pair (2·B·max width; the input's gradient is never formed), in bytes."""
     n_params = edges(sizes) + sum(sizes[1:])

@@ -43,7 +43,8 @@ def parameters_to_vector(model_or_params: Module | Iterable[Parameter]) -> NDArr
     return np.concatenate([p.data.reshape(-1) for p in params])
 
 
-def vector_views(vec: NDArray[Any], model_or_params: Module | Iterable[Parameter]) -> list[NDArray[Any]]:
+def vector_views(vec: NDArray[Any],
+                 model_or_params: Module | Iterable[Parameter]) -> list[NDArray[Any]]:
     """Views of the flat vector vec, one per parameter and shaped like it (no copy)."""
     params = _params(model_or_params)
     n = sum(p.size for p in params)
@@ -144,7 +145,8 @@ def _rows(x: Any) -> Any:
     return (x[0] if isinstance(x, list) else x).shape[0]
 
 
-def _chunks(model: Any, loss: Any, x: Any, y: Any, v: Any, step: Any, gauss_newton: Any, out: Any) -> Any:
+def _chunks(model: Any, loss: Any, x: Any, y: Any, v: Any, step: Any, gauss_newton: Any,
+            out: Any) -> Any:
     rows = _rows(x)
     if step >= rows:
         _rpass(model, loss, x, y, v, out, gauss_newton)

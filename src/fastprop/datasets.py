@@ -102,7 +102,8 @@ def spirals(n: int = 300, classes: int = 3, seed: int = 0, noise: float = 0.2,
     return np.concatenate(xs).astype(dtype), np.concatenate(ys)
 
 
-def load_digits(dtype: DTypeLike = np.float32, scale: bool = True) -> tuple[NDArray[Any], NDArray[Any]]:
+def load_digits(dtype: DTypeLike = np.float32,
+                scale: bool = True) -> tuple[NDArray[Any], NDArray[Any]]:
     """Load the 8x8 handwritten digits (1,797 samples, 10 classes).
 
     See the module docstring for the data source and license.
@@ -138,7 +139,8 @@ def load_digits(dtype: DTypeLike = np.float32, scale: bool = True) -> tuple[NDAr
     return X, target.astype(np.int64)
 
 
-def train_test_split(X: NDArray[Any], y: NDArray[Any], test_size: float = 0.25, seed: int = 0) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
+def train_test_split(X: NDArray[Any], y: NDArray[Any], test_size: float = 0.25,
+                     seed: int = 0) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Shuffle and split arrays into train and test parts.
 
     Parameters

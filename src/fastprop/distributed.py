@@ -264,7 +264,8 @@ class GradientSync:
             raise TypeError(f"distributed.Overlap needs a Sequential model (its layers' backward "
                             f"runs one by one), got {type(step.model).__name__}")
 
-    def __call__(self, x: NDArray[Any], y: NDArray[Any], sample_weight: NDArray[Any] | None = None) -> Any:
+    def __call__(self, x: NDArray[Any], y: NDArray[Any],
+                 sample_weight: NDArray[Any] | None = None) -> Any:
         """One data-parallel step (inside TrainStep.__call__, which holds the model)."""
         ts = self.step
         self.reached = False

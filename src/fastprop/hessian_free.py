@@ -82,7 +82,8 @@ class HessianFree(Optimizer):
 
     def __init__(self, params: Any, lr: float = 1.0, damping: float = 1.0, max_cg_iter: int = 50,
                  cg_tol: float = 1e-4, warm_start: float = 0.95, max_backtracks: int = 8,
-                 min_damping: float = 1e-8, max_damping: float = 1e8, adapt_damping: bool = True) -> None:
+                 min_damping: float = 1e-8, max_damping: float = 1e8,
+                 adapt_damping: bool = True) -> None:
         super().__init__(params, lr)
         self.damping = _check_number("damping", damping)
         self.min_damping = _check_number("min_damping", min_damping)

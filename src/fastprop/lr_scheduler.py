@@ -400,7 +400,8 @@ class CosineAnnealingLR(LRScheduler):
     [1.0, 0.8536, 0.5, 0.1464, 0.0]
     """
 
-    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0,
+                 last_epoch: int = -1) -> None:
         self.T_max = _positive_int("T_max", T_max)
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
@@ -460,7 +461,8 @@ class OneCycleLR(LRScheduler):
     Raises
     ------
     ValueError
-        If neither total_steps nor epochs and steps_per_epoch are given, or an option is out of range.
+        If neither total_steps nor epochs and steps_per_epoch are given, or an option is
+        out of range.
 
     Examples
     --------
@@ -482,7 +484,8 @@ class OneCycleLR(LRScheduler):
                  steps_per_epoch: Any = None, pct_start: float = 0.3, anneal_strategy: str = "cos",
                  cycle_momentum: bool = True, base_momentum: float = 0.85,
                  max_momentum: float = 0.95, div_factor: float = 25.0,
-                 final_div_factor: float = 1e4, three_phase: bool = False, last_epoch: int = -1) -> None:
+                 final_div_factor: float = 1e4, three_phase: bool = False,
+                 last_epoch: int = -1) -> None:
         self.optimizer = _optimizer(optimizer)
         if total_steps is not None:
             self.total_steps = _positive_int("total_steps", total_steps)
@@ -584,7 +587,8 @@ class SequentialLR(LRScheduler):
     Raises
     ------
     ValueError
-        If the numbers of schedulers and milestones do not match, or a scheduler has another optimizer.
+        If the numbers of schedulers and milestones do not match, or a scheduler has
+        another optimizer.
 
     Examples
     --------

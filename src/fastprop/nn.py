@@ -819,7 +819,8 @@ class PReLU(Module):
     """``y = x if x > 0 else a·x`` with a learnable slope a: one, or one per feature."""
     _workspace_keys = ("_x", "_y")
 
-    def __init__(self, num_parameters: int = 1, init: float = 0.25, dtype: DTypeLike = np.float32) -> None:
+    def __init__(self, num_parameters: int = 1, init: float = 0.25,
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         if isinstance(num_parameters, bool) or not isinstance(num_parameters, (int, np.integer)) \
                 or num_parameters < 1:

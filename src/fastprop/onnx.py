@@ -441,7 +441,8 @@ def _mean(b: Any, x: Any, axis: Any, path: Any) -> Any:
     return b.op("ReduceMean", [x], path, axes=[axis], keepdims=1)
 
 
-def _normalize(b: Any, x: Any, mean: Any, var: Any, eps: Any, scale: Any, shift: Any, path: Any) -> Any:
+def _normalize(b: Any, x: Any, mean: Any, var: Any, eps: Any, scale: Any, shift: Any,
+               path: Any) -> Any:
     """(x − mean)/√(var + eps) · scale + shift; mean and var None: x's own along axis 0 or 1
     (var = the mean of (x − mean)², two passes); scale and shift None: left out."""
     if isinstance(mean, int):

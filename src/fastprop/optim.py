@@ -481,7 +481,8 @@ class Adam(Optimizer):
     _state_order = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _PLAIN = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, params: ParamsT, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False) -> None:
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad)
@@ -556,7 +557,8 @@ class AdamW(Adam):
     """
     decoupled = True
 
-    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, params: ParamsT, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
@@ -600,8 +602,9 @@ class Adagrad(Optimizer):
     lr_t = lr / (1 + (t − 1)·lr_decay); s starts at initial_accumulator_value."""
     _state_order = ("sum",)
 
-    def __init__(self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
-                 initial_accumulator_value: float = 0, eps: float = 1e-10) -> None:
+    def __init__(self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0,
+                 weight_decay: float = 0, initial_accumulator_value: float = 0,
+                 eps: float = 1e-10) -> None:
         super().__init__(params, lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps)
 

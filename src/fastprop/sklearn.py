@@ -315,7 +315,8 @@ class _FastMLP:
 
     # ------------------------------------------------------------ stochastic solvers
     def _fit_stochastic(self, X: Any, y: Any, sample_weight: Any, activations: Any, deltas: Any,
-                        coef_grads: Any, intercept_grads: Any, layer_units: Any, incremental: Any) -> Any:
+                        coef_grads: Any, intercept_grads: Any, layer_units: Any,
+                        incremental: Any) -> Any:
         params = self.coefs_ + self.intercepts_
         if not incremental or not hasattr(self, "_optimizer"):
             if self.solver == "sgd":
@@ -518,17 +519,19 @@ out_activation_
         "class_weight": [None, dict, StrOptions({"balanced"})],
     }
 
-    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,), activation: str = "relu", *,
-                 solver: str = "adam", alpha: float = 0.0001, batch_size: int | str = "auto",
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,), activation: str = "relu",
+                 *, solver: str = "adam", alpha: float = 0.0001, batch_size: int | str = "auto",
                  learning_rate: str = "constant", learning_rate_init: float = 0.001,
                  power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
-                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4, verbose: bool = False,
-                 warm_start: bool = False, momentum: float = 0.9, nesterovs_momentum: bool = True,
-                 early_stopping: bool = False, validation_fraction: float = 0.1,
-                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8,
-                 n_iter_no_change: int = 10, max_fun: int = 15000, dtype: DTypeLike | None = None,
-                 class_weight: dict[Any, float] | str | None = None, restore_best_weights: bool = True,
-                 optimizer: str | None = None, n_jobs: int | None = None) -> None:
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
+                 dtype: DTypeLike | None = None,
+                 class_weight: dict[Any, float] | str | None = None,
+                 restore_best_weights: bool = True, optimizer: str | None = None,
+                 n_jobs: int | None = None) -> None:
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -584,11 +587,12 @@ n_iter_no_change, max_fun
     """
     _parameter_constraints = {**_SkMLPRegressor._parameter_constraints, **_EXTRA_CONSTRAINTS}
 
-    def __init__(self, loss: str = "squared_error", hidden_layer_sizes: int | Sequence[int] = (100,),
-                 activation: str = "relu", *, solver: str = "adam", alpha: float = 0.0001,
-                 batch_size: int | str = "auto", learning_rate: str = "constant",
-                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
-                 shuffle: bool = True, random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+    def __init__(self, loss: str = "squared_error",
+                 hidden_layer_sizes: int | Sequence[int] = (100,), activation: str = "relu", *,
+                 solver: str = "adam", alpha: float = 0.0001, batch_size: int | str = "auto",
+                 learning_rate: str = "constant", learning_rate_init: float = 0.001,
+                 power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
                  verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
                  nesterovs_momentum: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,

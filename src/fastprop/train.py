@@ -406,8 +406,9 @@ def _check_targets(loss: Any, y: Any, n_out: Any, name: str = "y") -> Any:
 
 def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, optimizer: Optimizer,
         epochs: int = 10, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
-        validation_data: tuple[ArrayLike, ArrayLike] | None = None, progress: bool = True, stop_on_nonfinite: bool = True,
-        drop_last: bool = False, sample_weight: ArrayLike | None = None, comm: Any = None,
+        validation_data: tuple[ArrayLike, ArrayLike] | None = None, progress: bool = True,
+        stop_on_nonfinite: bool = True, drop_last: bool = False,
+        sample_weight: ArrayLike | None = None, comm: Any = None,
         callbacks: Sequence[Callback] | None = None, scheduler: Any = None,
         scheduler_interval: str = "epoch", checkpoint: Any = None, resume: Any = None) -> History:
     """Trains model on (X, y) with minibatches; returns a History of per-epoch metrics.
@@ -650,7 +651,8 @@ def _sample_weights(sample_weight: Any, n: Any, dtype: Any) -> Any:
     return w.astype(dtype or np.float32)
 
 
-def _evaluate(model: Any, X: Any, y: Any, loss: Any, batch_size: Any, sample_weight: Any = None) -> Any:
+def _evaluate(model: Any, X: Any, y: Any, loss: Any, batch_size: Any,
+              sample_weight: Any = None) -> Any:
     total, correct, n, mass = 0.0, 0.0, X.shape[0], 0.0
     has_acc = True
     weighted = sample_weight is not None or getattr(loss, "weight", None) is not None
