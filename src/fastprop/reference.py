@@ -89,7 +89,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 # --------------------------------------------------------------------------- helpers
 
-def _into(buf, value, accumulate: bool = False):
+def _into(buf, value, accumulate=False):
     """Return ``value``, or write (or add, if ``accumulate``) it into ``buf`` and return ``buf``."""
     if buf is None:
         return value
@@ -113,8 +113,8 @@ def _log1p_exp(z):
 
 # --------------------------------------------------------------------------- activations
 
-def activation_forward(x, activation, *, out=None, negative_slope: float = 0.01, beta: float = 1.0,
-                       threshold: float = 20.0):
+def activation_forward(x, activation, *, out=None, negative_slope=0.01, beta=1.0,
+                       threshold=20.0):
     """Apply the named elementwise activation f to ``x``."""
     x = np.asarray(x)
     if activation == "identity":
@@ -143,8 +143,8 @@ def activation_forward(x, activation, *, out=None, negative_slope: float = 0.01,
     return _into(out, y)
 
 
-def activation_backward(grad, activation, *, x=None, y=None, out=None,
-                        negative_slope: float = 0.01, beta: float = 1.0, threshold: float = 20.0):
+def activation_backward(grad, activation, *, x=None, y=None, out=None, negative_slope=0.01,
+                        beta=1.0, threshold=20.0):
     """Return grad * f'(x); relu, leaky_relu (slope > 0), sigmoid, tanh, identity need only y."""
     grad = np.asarray(grad)
     x = None if x is None else np.asarray(x)
@@ -217,15 +217,15 @@ def _second_derivative(x, activation, negative_slope, beta, threshold):
     raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 
 
-def activation_second(grad, activation, *, x, out=None, negative_slope: float = 0.01,
-                      beta: float = 1.0, threshold: float = 20.0):
+def activation_second(grad, activation, *, x, out=None, negative_slope=0.01, beta=1.0,
+                      threshold=20.0):
     """Return grad * f''(x) (x is the input, the pre-activation)."""
     grad, x = np.asarray(grad), np.asarray(x)
     return _into(out, grad * _second_derivative(x, activation, negative_slope, beta, threshold))
 
 
 def activation_rbackward(grad, rgrad, activation, *, x, rx, out=None, rout=None,
-                         negative_slope: float = 0.01, beta: float = 1.0, threshold: float = 20.0):
+                         negative_slope=0.01, beta=1.0, threshold=20.0):
     """Return (grad * f'(x), rgrad * f'(x) + grad * f''(x) * rx): the backward and its R-operator."""
     grad, rgrad, x, rx = (np.asarray(a) for a in (grad, rgrad, x, rx))
     params = {"negative_slope": negative_slope, "beta": beta, "threshold": threshold}
@@ -238,8 +238,8 @@ def activation_rbackward(grad, rgrad, activation, *, x, rx, out=None, rout=None,
 
 # --------------------------------------------------------------------------- dense layer
 
-def dense_forward(x, weight, bias=None, activation: str = "identity", *, out=None, preact_out=None,
-                  negative_slope: float = 0.01, beta: float = 1.0, threshold: float = 20.0):
+def dense_forward(x, weight, bias=None, activation="identity", *, out=None, preact_out=None,
+                  negative_slope=0.01, beta=1.0, threshold=20.0):
     """y = f(x @ weight.T + bias); the pre-activation is stored in ``preact_out`` if given."""
     a = x @ weight.T
     if bias is not None:
@@ -250,9 +250,8 @@ def dense_forward(x, weight, bias=None, activation: str = "identity", *, out=Non
                               beta=beta, threshold=threshold)
 
 
-def dense_backward(grad_out, x, weight, *, bias: bool = True, input_grad: bool = True,
-                   grad_input=None, grad_weight=None, grad_bias=None, accumulate: bool = False,
-                   accumulate_input=None):
+def dense_backward(grad_out, x, weight, *, bias=True, input_grad=True, grad_input=None,
+                   grad_weight=None, grad_bias=None, accumulate=False, accumulate_input=None):
     """Gradients of a linear layer: (grad_out @ weight, grad_out.T @ x, grad_out.sum(0))."""
     acc_x = accumulate if accumulate_input is None else accumulate_input
     gw = _into(grad_weight, grad_out.T @ x, accumulate)
@@ -279,7 +278,7 @@ def prelu_forward(x, weight, *, out=None):
     return _into(out, np.where(x > 0, x, _per_channel(weight, x) * x))
 
 
-def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate: bool = False):
+def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=False):
     """Return (grad_input, grad_weight) of PReLU; grad_weight[c] = sum over x <= 0 of grad * x."""
     grad, x = np.asarray(grad), np.asarray(x)
     weight = np.asarray(weight)
@@ -302,7 +301,7 @@ def prelu_rforward(x, weight, v_weight, *, rx=None, out=None):
 
 
 def prelu_rbackward(grad, rgrad, x, weight, v_weight, *, rx=None, out=None, rout=None,
-                    hv_weight=None, accumulate: bool = False):
+                    hv_weight=None, accumulate=False):
     """(grad * f'(x), rgrad * f'(x) + [x <= 0] v_weight grad, sum over x <= 0 of rgrad x + grad rx)."""
     rgrad, x = np.asarray(rgrad), np.asarray(x)
     g = np.zeros_like(x) if grad is None else np.asarray(grad)
@@ -364,8 +363,8 @@ def _xent_weights(z, target, weight, label_smoothing, sample_weight):
     return q, s / np.sum(s * d)
 
 
-def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad: bool = True, weight=None,
-                          label_smoothing: float = 0.0, sample_weight=None):
+def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True, weight=None,
+                          label_smoothing=0.0, sample_weight=None):
     """loss = mean_i[-t_i . log_softmax(z_i)]; grad = (softmax(z) * sum_j t_ij - t) / B.
 
     ``target`` is integer labels (B,) or soft targets (B, C).  When the rows of ``t`` sum
@@ -414,7 +413,7 @@ def _row_weighted(values, grads, sample_weight, compute_grad):
     return loss, (grads.reshape(s.shape[0], -1) * c[:, None]).reshape(grads.shape).astype(grads.dtype)
 
 
-def sigmoid_bce(logits, target, *, grad_out=None, compute_grad: bool = True, sample_weight=None):
+def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """Mean BCE on logits, max(z,0) - z*y + log1p(exp(-|z|)); grad = (sigmoid(z) - y) / n."""
     z = np.asarray(logits)
     y = np.asarray(target).astype(z.dtype, copy=False)
@@ -430,7 +429,7 @@ def sigmoid_bce(logits, target, *, grad_out=None, compute_grad: bool = True, sam
     return loss, _into(grad_out, (_sigmoid(z) - y) / z.size)
 
 
-def mse(pred, target, *, grad_out=None, compute_grad: bool = True, sample_weight=None):
+def mse(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """loss = mean((pred - target)**2); grad = 2 * (pred - target) / n."""
     pred = np.asarray(pred)
     diff = pred - np.asarray(target).astype(pred.dtype, copy=False)
@@ -443,7 +442,7 @@ def mse(pred, target, *, grad_out=None, compute_grad: bool = True, sample_weight
     return loss, _into(grad_out, 2 * diff / diff.size)
 
 
-def gaussian_nll(pred, target, *, grad_out=None, compute_grad: bool = True, sample_weight=None):
+def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """pred = [mu, s = log sigma^2] (B, 2k), target (B, k): loss = mean(s/2 + (t - mu)^2 e^-s / 2).
 
     The Gaussian negative log-likelihood without its constant log(2 pi)/2 (torch's
@@ -492,19 +491,17 @@ def _pointwise_loss(name, pred, target, grad_out, compute_grad, sample_weight, p
     return loss, None if g is None else _into(grad_out, g)
 
 
-def l1_loss(pred, target, *, grad_out=None, compute_grad: bool = True, sample_weight=None):
+def l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """loss = mean|pred - target| (torch's L1Loss); grad = sign(pred - target) / n."""
     return _pointwise_loss("l1_loss", pred, target, grad_out, compute_grad, sample_weight, 0)
 
 
-def huber_loss(pred, target, *, grad_out=None, compute_grad: bool = True, sample_weight=None,
-               delta: float = 1.0):
+def huber_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, delta=1.0):
     """torch's HuberLoss: mean of d^2/2 where |d| < delta, delta (|d| - delta/2) elsewhere."""
     return _pointwise_loss("huber_loss", pred, target, grad_out, compute_grad, sample_weight, delta)
 
 
-def smooth_l1_loss(pred, target, *, grad_out=None, compute_grad: bool = True, sample_weight=None,
-                   beta: float = 1.0):
+def smooth_l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, beta=1.0):
     """torch's SmoothL1Loss: mean of d^2/(2 beta) where |d| < beta, |d| - beta/2 elsewhere."""
     return _pointwise_loss("smooth_l1_loss", pred, target, grad_out, compute_grad, sample_weight, beta)
 
@@ -519,7 +516,7 @@ def add_forward(inputs, *, out=None):
     return _into(out, y)
 
 
-def add_backward(grad, *, out=None, accumulate: bool = False):
+def add_backward(grad, *, out=None, accumulate=False):
     """The gradient of each summand of a sum: grad itself (added into ``out`` with accumulate)."""
     return _into(out, np.array(grad, copy=True), accumulate)
 
@@ -529,8 +526,8 @@ def mul_forward(a, b, *, out=None):
     return _into(out, np.asarray(a) * np.asarray(b))
 
 
-def mul_backward(grad, a, b, *, grad_a=None, grad_b=None, need_a: bool = True, need_b: bool = True,
-                 accumulate_a: bool = False, accumulate_b: bool = False):
+def mul_backward(grad, a, b, *, grad_a=None, grad_b=None, need_a=True, need_b=True,
+                 accumulate_a=False, accumulate_b=False):
     """(grad * b, grad * a), each written or added into its buffer when given."""
     ga = _into(grad_a, grad * b, accumulate_a) if need_a else None
     if need_b and grad_b is not None and grad_b is grad_a:
@@ -544,7 +541,7 @@ def concat_forward(inputs, *, out=None):
     return _into(out, np.concatenate(inputs, axis=1))
 
 
-def concat_backward(grad, widths, *, outs=None, needed=None, accumulate: bool = False):
+def concat_backward(grad, widths, *, outs=None, needed=None, accumulate=False):
     """The column blocks of grad, one per input of the given widths."""
     n = len(widths)
     outs = [None] * n if outs is None else outs
@@ -566,7 +563,7 @@ def low_rank_forward(x, u, v, bias=None):
     return y if bias is None else y + bias
 
 
-def low_rank_backward(grad_out, x, u, v, bias: bool = True):
+def low_rank_backward(grad_out, x, u, v, bias=True):
     """Returns (grad_x, grad_u, grad_v, grad_bias) of low_rank_forward."""
     h = x @ u.T
     gh = grad_out @ v
@@ -614,7 +611,7 @@ def graph_backward(nodes, values, output_grads):
     table = {name: np.array(g, copy=True) for name, g in output_grads.items()}
     param_grads = {}
 
-    def contribute(name, g) -> None:
+    def contribute(name, g):
         table[name] = table[name] + g if name in table else g
 
     for node in reversed(nodes):
@@ -648,8 +645,8 @@ def graph_backward(nodes, values, output_grads):
     return table, param_grads
 
 
-def softmax_cross_entropy_hvp(logits, target, v, *, out=None, weight=None,
-                              label_smoothing: float = 0.0, sample_weight=None):
+def softmax_cross_entropy_hvp(logits, target, v, *, out=None, weight=None, label_smoothing=0.0,
+                              sample_weight=None):
     """(d^2 J / dz^2) v = sum_j t_ij (p * v - p (p . v)) / B row-wise, p = softmax(z)
     (sum_j q_ij s_i / D in place of sum_j t_ij / B with the options, see _xent_weights)."""
     z, v = np.asarray(logits), np.asarray(v)
@@ -683,21 +680,20 @@ def l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None):
     return _into(out, _row_scaled(0, v, sample_weight))
 
 
-def huber_loss_hvp(pred, target, v, *, out=None, sample_weight=None, delta: float = 1.0):
+def huber_loss_hvp(pred, target, v, *, out=None, sample_weight=None, delta=1.0):
     """(d^2 J / dp^2) v = v / n where |pred - target| < delta, else 0."""
     return _into(out, _row_scaled(_pointwise("huber_loss", pred, target, delta)[2], v, sample_weight))
 
 
-def smooth_l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None, beta: float = 1.0):
+def smooth_l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None, beta=1.0):
     """(d^2 J / dp^2) v = v / (beta n) where |pred - target| < beta, else 0."""
     return _into(out, _row_scaled(_pointwise("smooth_l1_loss", pred, target, beta)[2], v, sample_weight))
 
 
 # --------------------------------------------------------------------------- optimisers
 
-def sgd_step(param, grad, *, lr, momentum_buffer=None, momentum: float = 0.0,
-             dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-             first_step: bool = False):
+def sgd_step(param, grad, *, lr, momentum_buffer=None, momentum=0.0, dampening=0.0,
+             nesterov=False, weight_decay=0.0, first_step=False):
     """One in-place step of torch.optim.SGD (momentum, dampening, Nesterov, weight decay)."""
     g = grad + weight_decay * param if weight_decay else grad
     if momentum:
@@ -713,10 +709,9 @@ def sgd_step(param, grad, *, lr, momentum_buffer=None, momentum: float = 0.0,
     param -= lr * g
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr: float = 1e-3, beta1: float = 0.9,
-              beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-              decoupled: bool = False):
-    """One in-place step of torch.optim.Adam (AdamW if ``decoupled``); ``step`` counts from 1."""
+def _adam_moments(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weight_decay,
+                  decoupled):
+    """Adam's weight decay and moment updates, in place (shared with amsgrad_step)."""
     if step < 1:
         raise ValueError(f"step is 1-based, got {step}")
     g = grad
@@ -729,36 +724,29 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr: float = 1e-3, beta1
     exp_avg += (1 - beta1) * g
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * g * g
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, decoupled=False):
+    """One in-place step of torch.optim.Adam (AdamW if ``decoupled``); ``step`` counts from 1."""
+    _adam_moments(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weight_decay, decoupled)
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     denom = np.sqrt(exp_avg_sq) / math.sqrt(bias_correction2) + eps
     param -= (lr / bias_correction1) * exp_avg / denom
 
 
-def amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr: float = 1e-3,
-                 beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 weight_decay: float = 0.0, decoupled: bool = False):
+def amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr=1e-3, beta1=0.9,
+                 beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False):
     """adam_step with amsgrad=True: the denominator uses the running maximum of exp_avg_sq."""
-    if step < 1:
-        raise ValueError(f"step is 1-based, got {step}")
-    g = grad
-    if weight_decay:
-        if decoupled:
-            param *= 1 - lr * weight_decay
-        else:
-            g = grad + weight_decay * param
-    exp_avg *= beta1
-    exp_avg += (1 - beta1) * g
-    exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * g * g
+    _adam_moments(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weight_decay, decoupled)
     np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
     denom = np.sqrt(max_exp_avg_sq) / math.sqrt(1 - beta2 ** step) + eps
     param -= (lr / (1 - beta1 ** step)) * exp_avg / denom
 
 
-def rmsprop_step(param, grad, square_avg, *, lr: float = 1e-2, alpha: float = 0.99,
-                 eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
-                 momentum_buffer=None, grad_avg=None):
+def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, momentum_buffer=None, grad_avg=None):
     """One in-place step of torch.optim.RMSprop (centered when grad_avg is given)."""
     g = grad + weight_decay * param if weight_decay else grad
     square_avg *= alpha
@@ -778,8 +766,8 @@ def rmsprop_step(param, grad, square_avg, *, lr: float = 1e-2, alpha: float = 0.
         param -= lr * (g / avg)
 
 
-def adagrad_step(param, grad, state_sum, *, step, lr: float = 1e-2, lr_decay: float = 0.0,
-                 eps: float = 1e-10, weight_decay: float = 0.0):
+def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, eps=1e-10,
+                 weight_decay=0.0):
     """One in-place step of torch.optim.Adagrad; step counts from 1."""
     if step < 1:
         raise ValueError(f"step is 1-based, got {step}")
@@ -790,7 +778,7 @@ def adagrad_step(param, grad, state_sum, *, step, lr: float = 1e-2, lr_decay: fl
 
 # ------------------------------------------------------------- MLP (Goodfellow 6.3 / 6.4)
 
-def mlp_forward(x, weights, biases, activation: str = "relu", **act_params):
+def mlp_forward(x, weights, biases, activation="relu", **act_params):
     """Forward pass of an MLP (hidden layers use ``activation``, the last layer is linear).
 
     Returns ``(out, cache)``; ``weights[i]`` is (out_i, in_i) and ``biases`` may be None.
@@ -839,8 +827,7 @@ class NumpyMLPTrainer:
     ``step`` then works with ``out=`` arguments and in-place ufuncs.
     """
 
-    def __init__(self, sizes, batch_size, lr: float = 0.01, momentum: float = 0.9,
-                 dtype=np.float32, seed: int = 0) -> None:
+    def __init__(self, sizes, batch_size, lr=0.01, momentum=0.9, dtype=np.float32, seed=0):
         """Create He-uniform weights, zero biases and every buffer for ``batch_size`` rows."""
         if len(sizes) < 2:
             raise ValueError("sizes needs at least an input and an output size")
@@ -991,7 +978,7 @@ def _row_stats(x, eps):
     return mean, 1 / np.sqrt(((x - mean[:, None]) ** 2).mean(axis=1) + eps)
 
 
-def layernorm_forward(x, weight=None, bias=None, *, eps: float = 1e-5, out=None, mean_out=None,
+def layernorm_forward(x, weight=None, bias=None, *, eps=1e-5, out=None, mean_out=None,
                       rstd_out=None):
     """((x − μ)·rstd·weight + bias per row, μ, rstd) with the biased variance."""
     x = np.asarray(x)
@@ -1001,8 +988,8 @@ def layernorm_forward(x, weight=None, bias=None, *, eps: float = 1e-5, out=None,
     return _into(out, y), _into(mean_out, mean), _into(rstd_out, rstd)
 
 
-def layernorm_backward(grad, x, mean, rstd, weight=None, *, input_grad: bool = True, out=None,
-                       grad_weight=None, grad_bias=None, accumulate: bool = False):
+def layernorm_backward(grad, x, mean, rstd, weight=None, *, input_grad=True, out=None,
+                       grad_weight=None, grad_bias=None, accumulate=False):
     """(rstd (d − mean(d) − x̂ mean(d x̂)) with d = grad·weight, Σ grad x̂, Σ grad)."""
     grad, x = np.asarray(grad), np.asarray(x)
     xh = (x - mean[:, None]) * rstd[:, None]
@@ -1022,8 +1009,8 @@ def _layernorm_rxh(x, rx, eps):
     return xh, rstd, rstd[:, None] * (rx - rx.mean(1, keepdims=True) - xh * s[:, None]), s
 
 
-def layernorm_rforward(x, rx, weight=None, bias=None, v_weight=None, v_bias=None, *,
-                       eps: float = 1e-5, out=None, rout=None):
+def layernorm_rforward(x, rx, weight=None, bias=None, v_weight=None, v_bias=None, *, eps=1e-5,
+                       out=None, rout=None):
     """(y, R{y} = R{x̂} weight + x̂ v_weight + v_bias)."""
     x = np.asarray(x)
     xh, _, rxh, _ = _layernorm_rxh(x, rx, eps)
@@ -1033,9 +1020,9 @@ def layernorm_rforward(x, rx, weight=None, bias=None, v_weight=None, v_bias=None
     return _into(out, y), _into(rout, ry)
 
 
-def layernorm_rbackward(grad, rgrad, x, rx=None, weight=None, v_weight=None, *, eps: float = 1e-5,
-                        input_grad: bool = True, out=None, rout=None, hv_weight=None, hv_bias=None,
-                        accumulate: bool = False):
+def layernorm_rbackward(grad, rgrad, x, rx=None, weight=None, v_weight=None, *, eps=1e-5,
+                        input_grad=True, out=None, rout=None, hv_weight=None, hv_bias=None,
+                        accumulate=False):
     """LayerNorm's R-backward: the derivative along (R{x}, v) of its backward (csrc/norm.c)."""
     x, rg = np.asarray(x), np.asarray(rgrad)
     g = np.zeros_like(rg) if grad is None else np.asarray(grad)
@@ -1054,8 +1041,8 @@ def layernorm_rbackward(grad, rgrad, x, rx=None, weight=None, v_weight=None, *, 
 
 
 def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *,
-                      batch_stats: bool = True, eps: float = 1e-5, momentum: float = 0.1, out=None,
-                      mean_out=None, rstd_out=None):
+                      batch_stats=True, eps=1e-5, momentum=0.1, out=None, mean_out=None,
+                      rstd_out=None):
     """torch's batch_norm over the batch; moves the running statistics in place."""
     x = np.asarray(x)
     if batch_stats:
@@ -1071,9 +1058,9 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
     return _into(out, y), _into(mean_out, mean), _into(rstd_out, rstd)
 
 
-def batchnorm_backward(grad, x, mean, rstd, weight=None, *, batch_stats: bool = True,
-                       input_grad: bool = True, out=None, grad_weight=None, grad_bias=None,
-                       accumulate: bool = False, workspace=None):
+def batchnorm_backward(grad, x, mean, rstd, weight=None, *, batch_stats=True, input_grad=True,
+                       out=None, grad_weight=None, grad_bias=None, accumulate=False,
+                       workspace=None):
     """(grad_input, Σ grad x̂, Σ grad) of batch_norm with the forward's statistics."""
     grad, x = np.asarray(grad), np.asarray(x)
     xh = (x - mean) * rstd
@@ -1097,8 +1084,8 @@ def batchnorm_rforward(x, rx, mean, rstd, weight=None, bias=None, v_weight=None,
 
 
 def batchnorm_rbackward(grad, rgrad, x, rx, mean, rstd, weight=None, v_weight=None, *,
-                        input_grad: bool = True, out=None, rout=None, hv_weight=None, hv_bias=None,
-                        accumulate: bool = False):
+                        input_grad=True, out=None, rout=None, hv_weight=None, hv_bias=None,
+                        accumulate=False):
     """BatchNorm's R-backward with fixed statistics (eval mode: an affine map per feature)."""
     x, rg = np.asarray(x), np.asarray(rgrad)
     g = np.zeros_like(rg) if grad is None else np.asarray(grad)
