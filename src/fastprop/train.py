@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from . import _kernels, ops, plan, registry
+from . import _kernels, infer, ops, plan, registry
 from . import checkpoint as _checkpoint
 from .autodiff import DPGradient
 from .clip import clip_by_norm
@@ -600,10 +600,22 @@ def predict(model, X, batch_size=4096):
         raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
     batch_size = _batch_size(batch_size)
     with evaluating(model):
-        chunks = [model.forward(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
-    if not chunks:
-        raise ValueError("X has no samples")
-    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        run = infer.runner(model)
+        if run is None or run.n_inputs != 1 or X.shape[0] == 0:
+            chunks = [model.forward(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
+            if not chunks:
+                raise ValueError("X has no samples")
+            return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        return _predict(model, run, X, batch_size)
+
+
+def _predict(model, run, X, batch_size):
+    with model.exclusive():
+        X = model._check_input(X)
+        out = np.empty((X.shape[0], run.n_out), run.dtype)   # the only allocation
+        for a in range(0, X.shape[0], batch_size):   # forward-only, on the tape
+            run.run((X[a:a + batch_size],), out[a:a + batch_size])
+        return out
 
 
 def predict_proba(model, X, batch_size=4096):
@@ -641,9 +653,12 @@ def _evaluate(model, X, y, loss, batch_size, sample_weight=None):
     total, correct, n, mass = 0.0, 0.0, X.shape[0], 0.0
     has_acc = True
     weighted = sample_weight is not None or getattr(loss, "weight", None) is not None
+    run = infer.runner(model)
+    run = run if run is not None and run.n_inputs == 1 else None
     for a in range(0, n, batch_size):
         b = min(a + batch_size, n)
-        out = model._forward(model._check_input(X[a:b]))
+        xb = model._check_input(X[a:b])
+        out = model._forward(xb) if run is None else run.run((xb,))
         wb = None if sample_weight is None else sample_weight[a:b]
         m = loss.weight_total(y[a:b], wb) if weighted else b - a
         if m > 0:  # a chunk whose weights are all 0 adds nothing (its own mean is undefined)
