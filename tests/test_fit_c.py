@@ -110,4 +110,7 @@ def test_network_fit_checks_its_arguments():
     with pytest.raises(ValueError):
         _kernels.network_fit(step._net, upd, {"kind": 1, "lr": 0.1, "weight_decay": 0.0}, X, y,
                              None, 0, 8, 4, 2, True, 0.0, 0.0)   # adam without its buffers
+    with pytest.raises(ValueError, match="kind"):
+        _kernels.network_fit(step._net, upd, {"kind": 7, "lr": 0.1, "weight_decay": 0.0}, X, y,
+                             None, 0, 8, 4, 2, True, 0.0, 0.0)
     assert all(np.array_equal(p.data, q) for p, q in zip(model.parameters(), before))

@@ -32,6 +32,8 @@ def network_fit(Network net, FlatUpdate update, dict opt, X, labels, target, int
         kind = FP_LOSS_MSE
     cdef fp_fit_update u
     u.kind = opt["kind"]
+    if u.kind != FP_FIT_SGD and u.kind != FP_FIT_ADAM:
+        raise ValueError(f"opt['kind'] must be {FP_FIT_SGD} (SGD) or {FP_FIT_ADAM} (Adam), got {u.kind}")
     if u.kind == FP_FIT_SGD and opt["momentum"] != 0 and update.p1 == NULL or \
             u.kind == FP_FIT_ADAM and (update.p1 == NULL or update.p2 == NULL):
         raise ValueError("the update lacks the optimizer's state buffers")
