@@ -289,4 +289,11 @@ const char *fp_simd_clone(void);
 /* First label outside [0, classes), or -1 when all are valid. */
 int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes);
 
+/* DP-SGD's noise: g = (accumulate ? g : 0) + scale·z, z the standard normals [offset, offset + n)
+ * of the Philox stream (key, counter) of dropout.c, by Box–Muller. */
+int gaussian_noise_f32(float *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                       int64_t offset, int accumulate);
+int gaussian_noise_f64(double *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                       int64_t offset, int accumulate);
+
 #endif

@@ -396,3 +396,10 @@ cdef extern from *:
         const int64_t *width, int64_t batch, int accumulate) nogil
     int c_tape_loss(bint f64, double *loss, void *g, const void *z, int64_t batch, int64_t n_out,
         int loss_kind, const void *labels, const void *target) nogil
+
+cdef extern from "fastprop.h" nogil:
+    # DP-SGD's Gaussian noise (dropout.c's Philox stream)
+    int gaussian_noise_f32(float *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                           int64_t offset, int accumulate)
+    int gaussian_noise_f64(double *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                           int64_t offset, int accumulate)

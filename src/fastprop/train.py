@@ -195,7 +195,7 @@ class TrainStep:
             x = model._check_input(x)
             if self._check_batches:
                 _finite_batch(x, y)
-            J, self._out = self._dp(x, y)
+            J, self._out = self._dp(x, y, sample_weight)
             self._diverged(J)
         elif self._net is not None:
             x = as_input(x, self._net.dtype)
