@@ -134,28 +134,49 @@ FP_INLINE void F(box_muller)(R *z, const uint32_t *w)
     }
 }
 
-// g is (n): g[i] = (accumulate ? g[i] : 0) + scale·z[offset + i], z the standard normals of the
-// stream (key, counter) (see the top of this file); a call over [offset, offset + n) of the
-// stream gives the same values however the range is split into calls
-FP_SIMD int F(gaussian_noise)(R *g, int64_t n, double scale, uint64_t key, uint64_t counter,
-                              int64_t offset, int accumulate)
+/* below this many normals a piece stays on the calling thread (about 0.1 ms of work) */
+#define FP_NOISE_MIN_PIECE ((int64_t)1 << 15)
+
+typedef struct {
+    R *g;
+    R scale;
+    uint64_t key, counter;
+    int64_t offset;
+    int accumulate;
+} F(noise_args);
+
+// g[lo, hi) of gaussian_noise: normal j of the stream depends on j alone, so pieces on
+// several threads (fp_parallel_for) give the bits of one pass
+FP_SIMD static void F(noise_piece)(void *ctx, int64_t lo, int64_t hi)
 {
-    if (!g || n < 0 || offset < 0 || n > INT64_MAX - offset || !isfinite(scale)) return FP_ERR_ARG;
+    const F(noise_args) *a = ctx;
     uint32_t words[PHILOX_CHUNK];
-    R z[PHILOX_CHUNK], s = (R)scale;
-    for (int64_t i = 0; i < n;) {
-        int64_t j = offset + i, r0 = j % PHILOX_CHUNK;
-        int64_t m = n - i < PHILOX_CHUNK - r0 ? n - i : PHILOX_CHUNK - r0;
-        fp_philox_chunk(words, key, counter + (uint64_t)(j / PHILOX_CHUNK) * PHILOX_LANES);
+    R z[PHILOX_CHUNK], s = a->scale;
+    for (int64_t i = lo; i < hi;) {
+        int64_t j = a->offset + i, r0 = j % PHILOX_CHUNK;
+        int64_t m = hi - i < PHILOX_CHUNK - r0 ? hi - i : PHILOX_CHUNK - r0;
+        fp_philox_chunk(words, a->key, a->counter + (uint64_t)(j / PHILOX_CHUNK) * PHILOX_LANES);
         F(box_muller)(z, words);
-        R *gi = g + i;
+        R *gi = a->g + i;
         const R *zi = z + r0;
-        if (accumulate)
+        if (a->accumulate)
             for (int64_t k = 0; k < m; k++) gi[k] += s * zi[k];
         else
             for (int64_t k = 0; k < m; k++) gi[k] = s * zi[k];
         i += m;
     }
+}
+
+// g is (n): g[i] = (accumulate ? g[i] : 0) + scale·z[offset + i], z the standard normals of the
+// stream (key, counter) (see the top of this file); a call over [offset, offset + n) of the
+// stream gives the same values however the range is split into calls (or threads)
+int F(gaussian_noise)(R *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                      int64_t offset, int accumulate)
+{
+    if (!g || n < 0 || offset < 0 || n > INT64_MAX - offset || !isfinite(scale)) return FP_ERR_ARG;
+    F(noise_args) a = {.g = g, .scale = (R)scale, .key = key, .counter = counter, .offset = offset,
+                       .accumulate = accumulate};
+    fp_parallel_for(n, FP_NOISE_MIN_PIECE, F(noise_piece), &a);
     return FP_OK;
 }
 
