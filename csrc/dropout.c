@@ -134,8 +134,10 @@ FP_INLINE void F(box_muller)(R *z, const uint32_t *w)
     }
 }
 
-/* below this many normals a piece stays on the calling thread (about 0.1 ms of work) */
-#define FP_NOISE_MIN_PIECE ((int64_t)1 << 15)
+/* below this many normals a piece stays on the calling thread: a piece is ~1 ms of work, far
+ * above a thread's start (fp_parallel_for starts its threads per call), which on a loaded
+ * machine also waits for a core; smaller pieces measured slower than one thread there */
+#define FP_NOISE_MIN_PIECE ((int64_t)1 << 19)
 
 typedef struct {
     R *g;

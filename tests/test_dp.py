@@ -63,6 +63,20 @@ def test_noise_is_reproducible_and_splits_into_ranges():
     assert np.abs(a32 - a).max() < 2e-5
 
 
+def test_noise_on_threads_is_the_one_thread_noise():
+    """Above 2 × 2¹⁹ normals the kernel cuts the range into pieces on fastprop's threads."""
+    n = 2 ** 20 + 1000
+    old = fp.get_num_threads()
+    try:
+        fp.set_num_threads(1)
+        one = _kernels.gaussian_noise(np.empty(n, np.float32), 9, 3)
+        fp.set_num_threads(2)
+        two = _kernels.gaussian_noise(np.empty(n, np.float32), 9, 3)
+    finally:
+        fp.set_num_threads(old)
+    assert np.array_equal(one, two)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_noise_scaled_and_accumulated(dtype):
     z = _kernels.gaussian_noise(np.empty((30, 7), dtype), 1, 2)
