@@ -9,7 +9,7 @@ case once with its result checked (``--benchmark-disable``, as CI does) or times
   cross-entropy). ``fp.per_example_grad_norms`` against one fused gradient (the C chain's
   forward + loss + backward, no update): target ≤ 1.5×. A DP-SGD step (clip 1, noise 1)
   against the plain fused step (SGD): target ≤ 1.6×; the DP step with clipping only (σ = 0)
-  beside it, since drawing the 269k Gaussians of the noise is a large part of the cost.
+  and the noise alone (the C generator adding σC·z to the 269k gradients, one pass) beside it.
   torch.func's ``vmap(grad)`` per-example
   gradients (and their norms) on the same weights, when torch is installed.
 - Hessian: 10-20-20-3 tanh MLP (703 parameters), 64 rows, float64. ``fp.hessian`` against
@@ -71,6 +71,7 @@ class PerExample:
                                per_example_clip=1.0, noise_multiplier=1.0, rng=0)
         self.clip_only = fp.TrainStep(self.dp_model, self.loss,
                                       fp.SGD(self.dp_model.parameters(), lr=1e-3), per_example_clip=1.0)
+        self.grads = np.zeros(self.dp_model.num_parameters(), np.float32)
         self.torch_fn = None
         try:
             import torch
@@ -98,6 +99,9 @@ class PerExample:
 
     def clip_only_step(self):
         return self.clip_only(self.x, self.y)
+
+    def noise(self):
+        return _kernels.gaussian_noise(self.grads, 1, 2, scale=1 / BATCH, accumulate=True)
 
     def torch_vmap_grad(self):
         return self.torch_fn()
@@ -169,7 +173,7 @@ def setup(cls):
 
 
 @pytest.mark.parametrize("kind", ["fused_gradient", "norms", "plain_step", "dp_step",
-                                  "clip_only_step", "torch_vmap_grad"])
+                                  "clip_only_step", "noise", "torch_vmap_grad"])
 def test_per_example(benchmark, kind):
     benchmark.group = "per-example-small"
     s = setup(PerExample)
@@ -219,7 +223,7 @@ def main(threads=None):
     pe = setup(PerExample)
     cases = {"fused gradient": pe.fused_gradient, "per_example_grad_norms": pe.norms,
              "plain step": pe.plain_step, "DP-SGD step": pe.dp_step,
-             "DP-SGD step, clip only": pe.clip_only_step}
+             "DP-SGD step, clip only": pe.clip_only_step, "noise alone (C)": pe.noise}
     if pe.torch_fn is not None:
         cases["torch vmap(grad) + norms"] = pe.torch_vmap_grad
     t = interleaved(cases, rounds=30, reps=5)
@@ -231,6 +235,7 @@ def main(threads=None):
           f"  (target <= 1.5)")
     print(f"  DP-SGD step / plain step     {t['DP-SGD step'] / t['plain step']:.2f}x  (target <= 1.6)")
     print(f"  clip only / plain step       {t['DP-SGD step, clip only'] / t['plain step']:.2f}x")
+    print(f"  noise alone / plain step     {t['noise alone (C)'] / t['plain step']:.3f}x")
     if pe.torch_fn is not None:
         ratio = t["torch vmap(grad) + norms"] / t["per_example_grad_norms"]
         print(f"  torch vmap(grad) / norms     {ratio:.1f}x")

@@ -8,8 +8,13 @@
  * r = i mod 256, k = r / 64, l = r mod 64; a call of n elements uses
  * 64·⌈n / 256⌉ blocks, the amount the caller advances its counter by.
  * A unit is kept when its 32-bit word is below keep·2³², so p has 2⁻³² resolution.
- * The mask is one byte per unit (0 or 1), never floats. */
+ * The mask is one byte per unit (0 or 1), never floats.
+ *
+ * gaussian_noise (DP-SGD's noise, fastprop.autodiff) draws standard normals from the same
+ * stream: chunk c = j / 256 of normals j takes the 256 words of blocks counter + 64c, …, and
+ * Box–Muller turns words r and r + 128 (r < 128) into normals r and r + 128 of the chunk. */
 #ifndef R
+#include <math.h>
 #include "fastprop.h"
 #include "fastmath.h"
 #define PHILOX_LANES 64
@@ -54,6 +59,22 @@ FP_INLINE uint32_t fp_keep_threshold(double p)
     return t >= 4294967295.0 ? 4294967295u : (uint32_t)t;
 }
 
+// −2 log u for u ∈ (0, 1]: u = 2^k m with m ∈ [√½, √2) (musl's reduction), so log m =
+// log1p(m − 1) with m − 1 ∈ [−0.29, 0.41]; fp_log1pf01's 2 atanh(s) is odd in s and its fit
+// covers |s| ≤ 1/3, which holds there (|s| ≤ 0.18). No cancellation near u = 1 (k = 0).
+FP_INLINE float fp_neg2log_f32(float u)
+{
+    uint32_t ix = fp_bits(u) + (0x3f800000u - 0x3f3504f3u);
+    float k = (float)((int32_t)(ix >> 23) - 127);
+    float m = fp_from_bits((ix & 0x007fffffu) + 0x3f3504f3u);
+    return -2.0f * (k * 0.69314718f + fp_log1pf01(m - 1.0f));
+}
+
+FP_INLINE double fp_neg2log_f64(double u)
+{
+    return -2.0 * log(u);
+}
+
 #define FP_TEMPLATE "dropout.c"
 #include "template.h"
 #else
@@ -95,6 +116,69 @@ FP_SIMD int F(dropout_backward)(R *dx, const R *g, const uint8_t *mask, int64_t 
         R gi = g[i];
         dx[i] = mask[i] ? gi * scale : 0;
     }
+    return FP_OK;
+}
+
+// z (256): the chunk's normals from its Philox words w (256), Box–Muller on words r, r + 128:
+// u₁ = (w_r/2 + ½)·2⁻³¹ ∈ (0, 1) (31 bits through a signed conversion, which vectorizes), so
+// |z| ≤ √(−2 log 2⁻³²) = 6.66; θ = 2π(w_{r+128}·2⁻³² − ½) ∈ [−π, π), where fastmath's cos/sin hold
+FP_INLINE void F(box_muller)(R *z, const uint32_t *w)
+{
+    const R two_pi = (R)6.283185307179586, inv31 = (R)4.656612873077393e-10;
+    for (int r = 0; r < PHILOX_CHUNK / 2; r++) {
+        R u1 = ((R)(int32_t)(w[r] >> 1) + (R)0.5) * inv31;
+        R t = two_pi * (((R)(int32_t)(w[r + PHILOX_CHUNK / 2] >> 1) + (R)0.5) * inv31 - (R)0.5);
+        R rho = SQRT(F(fp_neg2log)(u1));
+        z[r] = rho * COS(t);
+        z[r + PHILOX_CHUNK / 2] = rho * SIN(t);
+    }
+}
+
+/* below this many normals a piece stays on the calling thread: a piece is ~1 ms of work, far
+ * above a thread's start (fp_parallel_for starts its threads per call), which on a loaded
+ * machine also waits for a core; smaller pieces measured slower than one thread there */
+#define FP_NOISE_MIN_PIECE ((int64_t)1 << 19)
+
+typedef struct {
+    R *g;
+    R scale;
+    uint64_t key, counter;
+    int64_t offset;
+    int accumulate;
+} F(noise_args);
+
+// g[lo, hi) of gaussian_noise: normal j of the stream depends on j alone, so pieces on
+// several threads (fp_parallel_for) give the bits of one pass
+FP_SIMD static void F(noise_piece)(void *ctx, int64_t lo, int64_t hi)
+{
+    const F(noise_args) *a = ctx;
+    uint32_t words[PHILOX_CHUNK];
+    R z[PHILOX_CHUNK], s = a->scale;
+    for (int64_t i = lo; i < hi;) {
+        int64_t j = a->offset + i, r0 = j % PHILOX_CHUNK;
+        int64_t m = hi - i < PHILOX_CHUNK - r0 ? hi - i : PHILOX_CHUNK - r0;
+        fp_philox_chunk(words, a->key, a->counter + (uint64_t)(j / PHILOX_CHUNK) * PHILOX_LANES);
+        F(box_muller)(z, words);
+        R *gi = a->g + i;
+        const R *zi = z + r0;
+        if (a->accumulate)
+            for (int64_t k = 0; k < m; k++) gi[k] += s * zi[k];
+        else
+            for (int64_t k = 0; k < m; k++) gi[k] = s * zi[k];
+        i += m;
+    }
+}
+
+// g is (n): g[i] = (accumulate ? g[i] : 0) + scale·z[offset + i], z the standard normals of the
+// stream (key, counter) (see the top of this file); a call over [offset, offset + n) of the
+// stream gives the same values however the range is split into calls (or threads)
+int F(gaussian_noise)(R *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                      int64_t offset, int accumulate)
+{
+    if (!g || n < 0 || offset < 0 || n > INT64_MAX - offset || !isfinite(scale)) return FP_ERR_ARG;
+    F(noise_args) a = {.g = g, .scale = (R)scale, .key = key, .counter = counter, .offset = offset,
+                       .accumulate = accumulate};
+    fp_parallel_for(n, FP_NOISE_MIN_PIECE, F(noise_piece), &a);
     return FP_OK;
 }
 

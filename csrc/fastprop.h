@@ -311,4 +311,11 @@ FP_DECLARE_FIT(float, f32)
 FP_DECLARE_FIT(double, f64)
 #undef FP_DECLARE_FIT
 
+/* DP-SGD's noise: g = (accumulate ? g : 0) + scale·z, z the standard normals [offset, offset + n)
+ * of the Philox stream (key, counter) of dropout.c, by Box–Muller. */
+int gaussian_noise_f32(float *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                       int64_t offset, int accumulate);
+int gaussian_noise_f64(double *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                       int64_t offset, int accumulate);
+
 #endif

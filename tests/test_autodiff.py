@@ -303,6 +303,20 @@ def test_nothing_changes_the_last_forward(rng):
 
 # ---------------------------------------------------------------- DP-SGD
 
+class NoiseStream:
+    """The DP-SGD noise of TrainStep(..., rng=seed), from fastprop.reference's NumPy copy of
+    the C generator: key from the seed's Generator (as Dropout's), the counter advancing by
+    64 blocks per 256 normals a step."""
+
+    def __init__(self, seed):
+        self.key, self.counter = int(np.random.default_rng(seed).integers(0, 2 ** 64, dtype=np.uint64)), 0
+
+    def standard_normal(self, n, dtype):
+        z = fp.reference.gaussian_noise(n, self.key, self.counter, dtype=dtype)
+        self.counter += 64 * -(-n // 256)
+        return z
+
+
 def dp_reference(model, loss, x, y, clip, sigma, rng):
     """Abadi et al.: clip each example's gradient to norm clip, sum, add N(0, σ²C²), / B."""
     G = per_example_loop(model, loss, x, y)
@@ -321,7 +335,7 @@ def test_dp_sgd_matches_a_per_example_reference(rng, sigma, make):
     clip = float(np.median(np.linalg.norm(per_example_loop(model, loss, x, y), axis=1)))
     step = fp.TrainStep(model, loss, fp.SGD(model.parameters(), lr=0.1),
                         per_example_clip=clip, noise_multiplier=sigma, rng=123)
-    ref_rng = np.random.default_rng(123)
+    ref_rng = NoiseStream(123)
     for _ in range(3):
         g = dp_reference(ref, loss, x, y, clip, sigma, ref_rng)
         J = step(x, y)

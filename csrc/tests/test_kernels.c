@@ -755,6 +755,43 @@ static void test_merge_and_gaussian(void)
     CHECK(loss == -500 && dzf[0] == 0 && fabs(dzf[1] - 0.5f) < 1e-7, "t = mu with sigma^2 = e^-1000");
 }
 
+// DP-SGD's noise (dropout.c): moments of 2¹⁶ normals, ranges, accumulate, float vs double, errors
+static void test_gaussian_noise(void)
+{
+    enum { N = 1 << 16 };
+    static double z[N], w[N];
+    static float zf[N];
+    CHECK(gaussian_noise_f64(z, N, 1.0, 42, 7, 0, 0) == FP_OK, "gaussian_noise");
+    double m1 = 0, m2 = 0, m4 = 0, amax = 0;
+    for (int i = 0; i < N; i++) {
+        m1 += z[i];
+        m2 += z[i] * z[i];
+        m4 += z[i] * z[i] * z[i] * z[i];
+        amax = fabs(z[i]) > amax ? fabs(z[i]) : amax;
+    }
+    m1 /= N, m2 /= N, m4 /= N;
+    double se = 1 / sqrt((double)N);   /* 5 standard errors: mean, variance, fourth moment (3 ± √96/√N) */
+    CHECK(fabs(m1) < 5 * se && fabs(m2 - 1) < 5 * sqrt(2.0) * se && fabs(m4 - 3) < 5 * sqrt(96.0) * se,
+          "moments %g %g %g", m1, m2, m4);
+    CHECK(amax <= 6.67, "max |z| %g", amax);
+    /* [0, 1000) and [1000, N) as two calls, the second accumulating onto 2: the same values */
+    for (int i = 0; i < N; i++) w[i] = 2;
+    CHECK(gaussian_noise_f64(w, 1000, 0.5, 42, 7, 0, 0) == FP_OK, "first range");
+    CHECK(gaussian_noise_f64(w + 1000, N - 1000, 0.5, 42, 7, 1000, 1) == FP_OK, "second range");
+    int same = 1;
+    for (int i = 0; i < N; i++) same &= w[i] == (i < 1000 ? 0.5 * z[i] : 2 + 0.5 * z[i]);
+    CHECK(same, "ranges and accumulate");
+    CHECK(gaussian_noise_f32(zf, N, 1.0, 42, 7, 0, 0) == FP_OK, "gaussian_noise_f32");
+    double dmax = 0;
+    for (int i = 0; i < N; i++) dmax = fabs(zf[i] - z[i]) > dmax ? fabs(zf[i] - z[i]) : dmax;
+    CHECK(dmax < 2e-5, "float vs double %g", dmax);
+    CHECK(gaussian_noise_f64(NULL, 1, 1.0, 0, 0, 0, 0) == FP_ERR_ARG, "NULL");
+    CHECK(gaussian_noise_f64(z, -1, 1.0, 0, 0, 0, 0) == FP_ERR_ARG, "negative n");
+    CHECK(gaussian_noise_f64(z, 1, 1.0, 0, 0, -1, 0) == FP_ERR_ARG, "negative offset");
+    CHECK(gaussian_noise_f64(z, 2, 1.0, 0, 0, INT64_MAX - 1, 0) == FP_ERR_ARG, "offset + n overflows");
+    CHECK(gaussian_noise_f64(z, 1, NAN, 0, 0, 0, 0) == FP_ERR_ARG, "NaN scale");
+}
+
 int main(void)
 {
     fp_set_blas(naive_sgemm, naive_dgemm);
@@ -770,6 +807,7 @@ int main(void)
     test_parallel_updates();
     test_more_updates();
     test_merge_and_gaussian();
+    test_gaussian_noise();
     printf("c-kernels: %d passed, %d failed\n", checks - failures, failures);
     return failures != 0;
 }

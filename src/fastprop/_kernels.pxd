@@ -421,3 +421,10 @@ cdef extern from *:
         const void *target, int64_t n_rows, int64_t first, int64_t batch, int64_t max_steps,
         int loss_kind, const fp_loss_opts *opts, fp_fit_update *u, int stop_nonfinite,
         void *g0, void *g1) nogil
+
+cdef extern from "fastprop.h" nogil:
+    # DP-SGD's Gaussian noise (dropout.c's Philox stream)
+    int gaussian_noise_f32(float *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                           int64_t offset, int accumulate)
+    int gaussian_noise_f64(double *g, int64_t n, double scale, uint64_t key, uint64_t counter,
+                           int64_t offset, int accumulate)

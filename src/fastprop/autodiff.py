@@ -26,11 +26,11 @@ import math
 
 import numpy as np
 
-from . import ops
+from . import _kernels, ops
 from .curvature import _check as _check_curvature
 from .curvature import hvp, vector_views
 from .losses import Loss
-from .nn import Activation, Linear, LowRankLinear, Module, PReLU, Sequential, as_input
+from .nn import Activation, Linear, LowRankLinear, Module, PReLU, Sequential, as_input, flat_runs
 from typing import Any
 from numpy.typing import ArrayLike, NDArray
 
@@ -389,7 +389,8 @@ def _block_rpass(leaves: Any, params: Any, loss: Any, x: Any, y: Any, V: Any, HV
 
 # ---------------------------------------------------------------- per-example gradients
 
-def _per_example_check(model: Any, loss: Any, x: Any, y: Any) -> Any:
+def _per_example_check(model: Any, loss: Any, x: Any, y: Any,
+                       sample_weight: Any = None) -> Any:
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
     if not isinstance(loss, Loss):
@@ -403,7 +404,13 @@ def _per_example_check(model: Any, loss: Any, x: Any, y: Any) -> Any:
     x = model._check_input(x)
     if _rows(x) < 1:
         raise ValueError("x must have at least one row")
-    return params, leaves, x, _targets(x, y)
+    y = _targets(x, y)
+    if sample_weight is not None:  # the loss kernel checks the values (finite, ≥ 0, Σ > 0)
+        sample_weight = np.asarray(sample_weight)
+        if sample_weight.shape != (_rows(x),):
+            raise ValueError(f"sample_weight has shape {sample_weight.shape}, expected "
+                             f"({_rows(x)},): one weight per row of x")
+    return params, leaves, x, y, sample_weight
 
 
 def _chain_forward(model: Any, leaves: Any, x: Any) -> Any:
@@ -481,23 +488,25 @@ def _squared_norms(records: Any, B: Any, dtype: Any) -> Any:
     return sq
 
 
-def _per_example_chain(model: Any, leaves: Any, loss: Any, x: Any, y: Any) -> Any:
-    """The loss and the records of each example's own loss gradient (loss a mean over rows:
-    example i's gradient is B times row i of the batch loss's)."""
+def _per_example_chain(model: Any, leaves: Any, loss: Any, x: Any, y: Any,
+                       sample_weight: Any = None) -> Any:
+    """The loss and the records of the per-example gradients: B times example i's part of
+    the batch loss's gradient (for an unweighted loss, a mean over rows, its own loss's)."""
     z, saved = _chain_forward(model, leaves, x)
     J, g = getattr(ops, loss.kernel)(z, y, grad_out=_buf(model, ("loss_g",), z.shape, z.dtype),
-                                     **loss.kernel_args(z.dtype))
+                                     sample_weight=sample_weight, **loss.kernel_args(z.dtype))
     g *= g.dtype.type(g.shape[0])
     return J, z, _chain_backward(model, leaves, saved, g)
 
 
-def _rows_by_vjp(model: Any, params: Any, loss: Any, x: Any, y: Any) -> Any:
+def _rows_by_vjp(model: Any, params: Any, loss: Any, x: Any, y: Any,
+                 sample_weight: Any = None) -> Any:
     """(B, n) per-example gradients of a Graph: one reverse pass per example."""
     dtype = _dtype(x)
     B = _rows(x)
     zero = _zero_direction(params, dtype)
     z, _ = _rforward(model, x, None, zero)
-    _, g = getattr(ops, loss.kernel)(z, y, **loss.kernel_args(z.dtype))
+    _, g = getattr(ops, loss.kernel)(z, y, sample_weight=sample_weight, **loss.kernel_args(z.dtype))
     g *= dtype.type(B)
     G = np.zeros((B, sum(p.size for p in params)), dtype)
     for i in range(B):
@@ -508,19 +517,26 @@ def _rows_by_vjp(model: Any, params: Any, loss: Any, x: Any, y: Any) -> Any:
     return G
 
 
-def per_example_grads(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike) -> NDArray[Any]:
+def per_example_grads(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike,
+                      sample_weight: ArrayLike | None = None) -> NDArray[Any]:
     """(B, n): row i is the gradient of example i's own loss (not divided by B) w.r.t. the
     flat parameters, in ``parameters()`` order (the layout of ``parameters_to_vector``).
+
+    With weights (``sample_weight`` s, a class-weighted cross-entropy's c, label smoothing)
+    the batch loss is J = Σᵢ wᵢ lᵢ / Σᵢ wᵢ and row i is B times example i's part of ∇J,
+    B wᵢ ∇lᵢ / Σⱼ wⱼ: the rows' mean is still ∇J, and this is Opacus' ``grad_sample`` for
+    ``loss_reduction="mean"``. Unweighted (all wᵢ equal) it is ∇lᵢ; label smoothing alone
+    changes lᵢ, not the weights.
 
     model: a Sequential (nested) of Linear, LowRankLinear, PReLU and the activations (one
     forward and one backward, the rows formed from the outer products), or a Graph the
     R-pass supports (one reverse pass per example). loss: any fastprop loss (a mean over rows).
     """
-    params, leaves, x, y = _per_example_check(model, loss, x, y)
+    params, leaves, x, y, sw = _per_example_check(model, loss, x, y, sample_weight)
     with model.exclusive():
         if leaves is None:
-            return _rows_by_vjp(model, params, loss, x, y)
-        _, _, records = _per_example_chain(model, leaves, loss, x, y)
+            return _rows_by_vjp(model, params, loss, x, y, sw)
+        _, _, records = _per_example_chain(model, leaves, loss, x, y, sw)
         B = x.shape[0]
         G = np.empty((B, sum(p.size for p in params)), x.dtype)
         cols = _block_views(G, params)
@@ -534,19 +550,21 @@ def per_example_grads(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike) -> 
     return G
 
 
-def per_example_grad_norms(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike) -> NDArray[Any]:
-    """(B,): the 2-norm of each example's own loss gradient over all parameters.
+def per_example_grad_norms(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike,
+                           sample_weight: ArrayLike | None = None) -> NDArray[Any]:
+    """(B,): the 2-norm of each example's own loss gradient over all parameters (with
+    weights: of per_example_grads' rows, B wᵢ ∇lᵢ / Σⱼ wⱼ).
 
     For a chain (as per_example_grads) no per-example gradient is formed: a dense
     layer's is the outer product gᵢ hᵢᵀ, of squared norm ‖gᵢ‖²‖hᵢ‖² (‖gᵢ‖² for its bias);
     the cost is one forward and one backward without the ∇W GEMMs. A Graph takes the
     norms of per_example_grads' rows.
     """
-    params, leaves, x, y = _per_example_check(model, loss, x, y)
+    params, leaves, x, y, sw = _per_example_check(model, loss, x, y, sample_weight)
     with model.exclusive():
         if leaves is None:
-            return np.sqrt(_row_sq(_rows_by_vjp(model, params, loss, x, y)))
-        _, _, records = _per_example_chain(model, leaves, loss, x, y)
+            return np.sqrt(_row_sq(_rows_by_vjp(model, params, loss, x, y, sw)))
+        _, _, records = _per_example_chain(model, leaves, loss, x, y, sw)
         return np.sqrt(_squared_norms(records, x.shape[0], x.dtype))
 
 
@@ -557,9 +575,13 @@ class DPGradient:
 
         ∇ = ( Σᵢ gᵢ · min(1, C / ‖gᵢ‖)  +  σ C ξ ) / B
 
-    gᵢ the gradient of example i's own loss over all parameters, C = per_example_clip,
-    σ = noise_multiplier, ξ = rng.standard_normal(n, dtype=the model's dtype) (drawn once
-    a step, flat in ``parameters()`` order; not drawn when σ = 0), B the batch's rows.
+    gᵢ the gradient of example i's own loss over all parameters (with weights, the rows of
+    ``per_example_grads``: B wᵢ ∇lᵢ / Σⱼ wⱼ), C = per_example_clip, σ = noise_multiplier,
+    B the batch's rows, and ξ n standard normals (flat in ``parameters()`` order), drawn in C
+    (csrc/dropout.c's ``gaussian_noise``: Philox4x32-10 and Box–Muller) and added to the
+    gradient in the same pass. The stream's key comes from ``rng`` (an int seed or a NumPy
+    Generator, as Dropout's); each step takes the next ``dropout_blocks(n)`` counter values,
+    so the noise is reproducible from the seed (none is drawn when σ = 0).
     This is Opacus' normalisation for ``loss_reduction="mean"`` with B the actual batch
     size (Opacus divides by the expected batch size of its Poisson sampling, and uses
     C / (‖gᵢ‖ + 1e-6)). The clip factors scale the rows of g before each ∇W GEMM, so a
@@ -588,13 +610,28 @@ class DPGradient:
                             f"{type(rng).__name__}")
         self.model, self.loss, self.leaves = model, loss, leaves
         self.clip, self.sigma = clip, sigma
-        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        self._noise = None
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self._key = int(rng.integers(0, 2 ** 64, dtype=np.uint64))
+        self._counter = 0
 
-    def __call__(self, x: NDArray[Any], y: NDArray[Any]) -> Any:
+    def rng_state(self) -> dict:
+        """The noise stream's position: {"key": int, "counter": int}."""
+        return {"key": self._key, "counter": self._counter}
+
+    def add_noise(self, grads: Any, scale: float, accumulate: bool = True) -> None:
+        """grads (the flat runs of the parameters' gradients, in order) += scale·ξ (= when
+        not accumulate), ξ the stream's next n normals; one C pass, and the stream advances."""
+        offset = 0
+        for g in grads:
+            _kernels.gaussian_noise(g, self._key, self._counter, scale=scale, offset=offset,
+                                    accumulate=accumulate)
+            offset += g.size
+        self._counter = (self._counter + _kernels.dropout_blocks(offset)) % 2 ** 64
+
+    def __call__(self, x: NDArray[Any], y: NDArray[Any], sample_weight: Any = None) -> Any:
         """(J, output): the loss and the model's output (a workspace view); x is checked."""
         model, B = self.model, x.shape[0]
-        J, z, records = _per_example_chain(model, self.leaves, self.loss, x, y)
+        J, z, records = _per_example_chain(model, self.leaves, self.loss, x, y, sample_weight)
         norms = np.sqrt(_squared_norms(records, B, x.dtype))
         dt = x.dtype.type
         # the clip factor and the 1/B of the mean, on the rows of g
@@ -608,14 +645,7 @@ class DPGradient:
                 ops.dense_backward(g, h, w.data, bias=b is not None, input_grad=False,
                                    grad_weight=w.grad, grad_bias=None if b is None else b.grad)
         if self.sigma > 0:
-            params = model.parameters()
-            n = sum(p.size for p in params)
-            if self._noise is None or self._noise.shape != (n,) or self._noise.dtype != x.dtype:
-                self._noise = np.empty(n, x.dtype)
-            noise = self.rng.standard_normal(dtype=x.dtype, out=self._noise)
-            noise *= dt(self.sigma * self.clip / B)
-            for p, view in zip(params, vector_views(noise, params)):
-                p.grad += view
+            self.add_noise([g for _, g in flat_runs(model.parameters())], self.sigma * self.clip / B)
         return J, z
 
 

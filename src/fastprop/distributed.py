@@ -290,14 +290,15 @@ class GradientSync:
         ts, comm, mass = self.step, self.comm, self.mass
         self.reached = True
         total, loss_sum = _agree(comm, None, mass, mass * J if mass else 0.0)
-        for _, grad in flat_runs(ts.model.parameters()):
+        grads = [g for _, g in flat_runs(ts.model.parameters())]
+        noise_only = not mass and self.noise is not None and total
+        if noise_only:  # no rows, but DP-SGD's noise, once a step
+            dp = self.noise
+            dp.add_noise(grads, dp.sigma * dp.clip / total, accumulate=False)
+        for grad in grads:
             if mass:
                 grad *= mass / total  # this rank's weight in the global mean
-            elif self.noise is not None and total:  # no rows, but DP-SGD's noise, once a step
-                dp = self.noise
-                dp.rng.standard_normal(dtype=grad.dtype, out=grad)
-                grad *= grad.dtype.type(dp.sigma * dp.clip / total)
-            else:
+            elif not noise_only:
                 grad.fill(0)
             comm.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
         J = loss_sum / total if total else float("nan")

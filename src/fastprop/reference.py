@@ -1097,3 +1097,19 @@ def batchnorm_rbackward(grad, rgrad, x, rx, mean, rstd, weight=None, v_weight=No
     if not input_grad:
         return None, None, hw, hb
     return (None if grad is None else _into(out, g * rstd * w)), _into(rout, rgx), hw, hb
+
+
+# --------------------------------------------------------------------------- DP-SGD's noise
+
+def gaussian_noise(n, key, counter, offset=0, dtype=np.float64):
+    """Standard normals offset … offset + n − 1 of csrc/dropout.c's gaussian_noise: chunk
+    c = j // 256 takes the Philox words of blocks counter + 64c, …, and Box–Muller maps words
+    r, r + 128 (r < 128) of a chunk to its normals r (ρ cos θ) and r + 128 (ρ sin θ), with
+    u₁ = (w_r // 2 + ½)·2⁻³¹, θ = 2π((w_{r+128} // 2 + ½)·2⁻³¹ − ½), ρ = √(−2 log u₁)."""
+    first, last = offset // 256, -(-(offset + n) // 256)
+    w = _philox_words((last - first) * 256, key, int(counter) + 64 * first).reshape(-1, 2, 128)
+    u = ((w >> np.uint64(1)).astype(np.float64) + 0.5) * 2.0 ** -31
+    rho, theta = np.sqrt(-2 * np.log(u[:, 0])), 2 * np.pi * (u[:, 1] - 0.5)
+    z = np.concatenate([rho * np.cos(theta), rho * np.sin(theta)], axis=1).reshape(-1)
+    start = offset - 256 * first
+    return z[start:start + n].astype(dtype)

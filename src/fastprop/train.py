@@ -106,9 +106,10 @@ class TrainStep:
     those before the step (the fused path has overwritten the gradients).
 
     DP-SGD: with ``per_example_clip=C`` each example's gradient is clipped to norm C, and
-    with ``noise_multiplier=σ`` Gaussian noise σC (from ``rng``: a Generator or a seed) is
-    added to their sum before dividing by the batch size (``fastprop.autodiff.DPGradient``
-    gives the exact normalisation). It needs a Sequential (nested) of Linear,
+    with ``noise_multiplier=σ`` Gaussian noise σC (drawn in C from a Philox stream keyed by
+    ``rng``: a Generator or a seed) is added to their sum before dividing by the batch size
+    (``fastprop.autodiff.DPGradient`` gives the exact normalisation; with ``sample_weight``
+    example i's gradient is B wᵢ ∇lᵢ / Σ w before clipping, as ``per_example_grads``'). It needs a Sequential (nested) of Linear,
     LowRankLinear, PReLU and the activations.
 
     With ``comm`` (an mpi4py communicator, or ``distributed.Overlap(comm, bucket_bytes)``)
@@ -203,7 +204,7 @@ class TrainStep:
             x = model._check_input(x)
             if self._check_batches:
                 _finite_batch(x, y)
-            J, self._out = self._dp(x, y)
+            J, self._out = self._dp(x, y, sample_weight)
             self._diverged(J)
         elif self._net is not None:
             x = as_input(x, self._net.dtype)
