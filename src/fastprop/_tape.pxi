@@ -181,14 +181,14 @@ cdef class Tape:
         for this run, each Dropout stream its position. Raises (nothing written) where the
         module's forward would: BatchNorm1d in training mode on a batch of one row."""
         cdef fp_op *k
-        cdef uint64_t[:, ::1] rng = self.rng
+        cdef uint64_t *rng = <uint64_t*>_ptr(self.rng)   # no memoryview: a step allocates nothing
         cdef bint training
         for i, kind, m in self.stateful:
             if kind == FP_OP_BATCHNORM and m.training and batch < 2:
                 raise ValueError(f"Expected more than 1 value per channel when training, got "
                                  f"input size ({batch}, {self.width[self.ops[i].out]})")
         for s, m in enumerate(self.drops):
-            rng[s, 0], rng[s, 1] = m._key, m._counter
+            rng[2 * s], rng[2 * s + 1] = m._key, m._counter
         for i, kind, m in self.stateful:
             k = &self.ops[i]
             if kind == FP_OP_LAYERNORM:
