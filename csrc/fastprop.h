@@ -303,4 +303,26 @@ const char *fp_simd_clone(void);
 /* First label outside [0, classes), or -1 when all are valid. */
 int64_t fp_first_bad_label(const int64_t *labels, int64_t n, int64_t classes);
 
+/* The optimizer's update of one flat run inside fit's epoch (fit.c): SGD (momentum, after its
+ * first step) or Adam / AdamW; step is Adam's count of the steps so far. */
+enum { FP_FIT_SGD = 0, FP_FIT_ADAM = 1 };
+typedef struct {
+    int kind;
+    void *param, *s1, *s2;   /* s1: momentum buffer or exp_avg; s2: exp_avg_sq */
+    const void *grad;
+    int64_t n, step;
+    double lr, momentum, dampening, weight_decay, beta1, beta2, eps;
+    int nesterov, decoupled;
+} fp_fit_update;
+#define FP_DECLARE_FIT(R, S)                                                                  \
+    int network_fit_##S(double *loss_sum, double *correct, int64_t *steps, int64_t *bad_row,  \
+                        const fp_dense_block *blocks, int n_blocks, const R *X,               \
+                        const int64_t *labels, const R *target, int64_t n_rows, int64_t first, \
+                        int64_t batch, int64_t max_steps, int loss_kind,                     \
+                        const fp_loss_opts *opts, fp_fit_update *u, int stop_nonfinite,      \
+                        R *g0, R *g1);
+FP_DECLARE_FIT(float, f32)
+FP_DECLARE_FIT(double, f64)
+#undef FP_DECLARE_FIT
+
 #endif

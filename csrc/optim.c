@@ -68,12 +68,13 @@ FP_SIMD static void F(adam_piece)(void *ctx, int64_t lo, int64_t hi)
     }
 }
 
-int F(adam_step)(R *param, const R *grad, R *m, R *v, int64_t n, double lr, double beta1,
-                 double beta2, double eps, double weight_decay, int decoupled, int64_t step)
+// Adam's and AMSGrad's constants for step `step` (vmax: AMSGrad's running max, else NULL)
+static F(optim_args) F(adam_args)(R *param, const R *grad, R *m, R *v, R *vmax, double lr,
+                                  double beta1, double beta2, double eps, double weight_decay,
+                                  int decoupled, int64_t step)
 {
-    if (!param || !grad || !m || !v || n < 0 || step < 1) return FP_ERR_ARG;
     double bc1 = 1 - pow(beta1, (double)step), bc2 = 1 - pow(beta2, (double)step);
-    F(optim_args) a = {.param = param, .grad = grad, .m = m, .v = v,
+    F(optim_args) a = {.param = param, .grad = grad, .m = m, .v = v, .buf = vmax,
                        .eps = (R)(lr / bc1), .bc2_sqrt = (R)sqrt(bc2), .delta = (R)eps,
                        .b1 = (R)beta1, .b2 = (R)beta2, .one_b1 = (R)(1 - beta1),
                        .one_b2 = (R)(1 - beta2), .wd = decoupled ? 0 : (R)weight_decay,
@@ -82,6 +83,15 @@ int F(adam_step)(R *param, const R *grad, R *m, R *v, int64_t n, double lr, doub
                         * when |g| ≪ |m|) */
                        .near_g = (R)(1 - beta1) >= (R)0.5,
                        .shrink = decoupled ? (R)(1 - lr * weight_decay) : 1};
+    return a;
+}
+
+int F(adam_step)(R *param, const R *grad, R *m, R *v, int64_t n, double lr, double beta1,
+                 double beta2, double eps, double weight_decay, int decoupled, int64_t step)
+{
+    if (!param || !grad || !m || !v || n < 0 || step < 1) return FP_ERR_ARG;
+    F(optim_args) a = F(adam_args)(param, grad, m, v, NULL, lr, beta1, beta2, eps, weight_decay,
+                                   decoupled, step);
     fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(adam_piece), &a);
     return FP_OK;
 }
@@ -112,13 +122,8 @@ int F(amsgrad_step)(R *param, const R *grad, R *m, R *v, R *vmax, int64_t n, dou
                     int64_t step)
 {
     if (!param || !grad || !m || !v || !vmax || n < 0 || step < 1) return FP_ERR_ARG;
-    double bc1 = 1 - pow(beta1, (double)step), bc2 = 1 - pow(beta2, (double)step);
-    F(optim_args) a = {.param = param, .grad = grad, .m = m, .v = v, .buf = vmax,
-                       .eps = (R)(lr / bc1), .bc2_sqrt = (R)sqrt(bc2), .delta = (R)eps,
-                       .b1 = (R)beta1, .b2 = (R)beta2, .one_b1 = (R)(1 - beta1),
-                       .one_b2 = (R)(1 - beta2), .wd = decoupled ? 0 : (R)weight_decay,
-                       .near_g = (R)(1 - beta1) >= (R)0.5,
-                       .shrink = decoupled ? (R)(1 - lr * weight_decay) : 1};
+    F(optim_args) a = F(adam_args)(param, grad, m, v, vmax, lr, beta1, beta2, eps, weight_decay,
+                                   decoupled, step);
     fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(amsgrad_piece), &a);
     return FP_OK;
 }

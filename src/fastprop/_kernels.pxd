@@ -409,3 +409,28 @@ cdef extern from *:
         const int64_t *width, int64_t batch, int accumulate) nogil
     int c_tape_loss(bint f64, double *loss, void *g, const void *z, int64_t batch, int64_t n_out,
         int loss_kind, const void *labels, const void *target) nogil
+
+# fit's epoch in C (csrc/fit.c, bindings in _fit.pxi)
+cdef extern from "fastprop.h":
+    enum:
+        FP_FIT_SGD
+        FP_FIT_ADAM
+    ctypedef struct fp_fit_update:
+        int kind
+        void *param
+        void *s1
+        void *s2
+        const void *grad
+        int64_t n, step
+        double lr, momentum, dampening, weight_decay, beta1, beta2, eps
+        int nesterov, decoupled
+
+cdef extern from *:
+    """
+    #define c_network_fit(f64, ...) FP_BY_DTYPE(network_fit, f64, __VA_ARGS__)
+    """
+    int c_network_fit(bint f64, double *loss_sum, double *correct, int64_t *steps, int64_t *bad_row,
+        const fp_dense_block *blocks, int n_blocks, const void *X, const int64_t *labels,
+        const void *target, int64_t n_rows, int64_t first, int64_t batch, int64_t max_steps,
+        int loss_kind, const fp_loss_opts *opts, fp_fit_update *u, int stop_nonfinite,
+        void *g0, void *g1) nogil

@@ -662,8 +662,13 @@ class Graph(Module):
         one new array per output (a tuple when there are several)."""
         if not self._built:
             raise RuntimeError("build the graph first: g.build(outputs=...)")
+        x = xs[0] if len(xs) == 1 else xs
         with self.exclusive():
-            return self._public_forward(xs[0] if len(xs) == 1 else xs)
+            if not self.training:   # forward-only on the tape (Module._tape_forward)
+                y = self._tape_forward(x)
+                if y is not None:
+                    return y
+            return self._public_forward(x)
 
     def _check_input(self, x):
         """The inputs as checked contiguous arrays: one array, or a list for several inputs."""
@@ -711,6 +716,7 @@ class Graph(Module):
                     keep = self._xin[k] = np.empty_like(a)
                 np.copyto(keep, a)
                 xs[k] = keep
+        self._replay = None
         out = self._forward(xs if many else xs[0])
         return tuple(o.copy() for o in out) if isinstance(out, tuple) else out.copy()
 
@@ -721,6 +727,7 @@ class Graph(Module):
             return self._public_backward(*grads)
 
     def _public_backward(self, *grads):
+        self._replay_forward()
         if not self._ready:
             raise RuntimeError("Graph.backward called before forward")
         outs = [self._values[i] for i in self._outputs]

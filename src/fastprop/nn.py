@@ -183,7 +183,46 @@ class Module:
     def forward(self, x):
         """Returns f(x) as a new array of the model's dtype; x is (batch, in_features)."""
         with self.exclusive():
+            if not self.training:   # forward-only on the tape (fastprop.infer)
+                y = self._tape_forward(x)
+                if y is not None:
+                    return y
             return self._public_forward(x)
+
+    _replay = None   # the input of an eval-mode forward run on the tape (see _tape_forward)
+    _xkeep = None    # its copies of the caller's arrays
+
+    def _tape_forward(self, x):
+        """The output on the tape (None where the modular path runs). A backward then needs
+        the modules' own saved state: it first runs the modular forward again on the kept
+        input (_replay), in eval mode as this one."""
+        from . import infer   # infer builds on plan, which builds on this module
+        if infer.runner(self) is None:
+            return None
+        xs = self._check_input(x)
+        xs = list(xs) if isinstance(xs, list) else [xs]
+        given = x if isinstance(x, (list, tuple)) else list(x.values()) if isinstance(x, dict) \
+            else [x]
+        keep = self._xkeep if self._xkeep is not None and len(self._xkeep) == len(xs) else \
+            [None] * len(xs)
+        for k, a in enumerate(xs):  # the caller's own arrays: keep copies for a backward
+            if any(a is b for b in given):
+                if keep[k] is None or keep[k].shape != a.shape or keep[k].dtype != a.dtype:
+                    keep[k] = np.empty_like(a)
+                np.copyto(keep[k], a)
+                xs[k] = keep[k]
+        y = infer.forward(self, xs)
+        if y is not None:
+            self._xkeep = keep
+            self._replay = xs if len(xs) > 1 else xs[0]
+        return y
+
+    def _replay_forward(self):
+        """Before a backward: the modular forward of an eval-mode forward that ran on the tape."""
+        if self._replay is not None:
+            x, self._replay = self._replay, None
+            with evaluating(self):
+                self._forward(x)
 
     def exclusive(self):
         """A guard for one call: a second thread using this model meanwhile gets a clear
@@ -207,6 +246,7 @@ class Module:
                 self._xin = np.empty_like(xc)
             np.copyto(self._xin, xc)
             xc = self._xin
+        self._replay = None
         return self._forward(xc).copy()
 
     def backward(self, grad_output):
@@ -215,6 +255,7 @@ class Module:
             return self._public_backward(grad_output)
 
     def _public_backward(self, grad_output):
+        self._replay_forward()
         if not self._ready:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         out = self._output_like()
@@ -382,7 +423,7 @@ class Module:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_ready"] = False
-        state["_xin"] = None
+        state["_xin"] = state["_replay"] = state["_xkeep"] = None
         state["_busy"] = None
         state["_rws"], state["_rsaved"] = {}, None
         for key in self._workspace_keys:

@@ -19,7 +19,7 @@ from .layers import BatchNorm1d, Dropout, LayerNorm
 from .nn import Linear, LowRankLinear, PReLU, Sequential
 
 __all__ = ["Op", "Program", "GradPlan", "Unsupported", "lower", "fuse", "plan_grads",
-           "topological_order", "GraphGradTable", "graph_grad_table"]
+           "topological_order", "GraphGradTable", "graph_grad_table", "ValuePlan", "plan_values"]
 
 DENSE, ACT, PRELU, ADD, MUL, CONCAT, DROPOUT, LAYERNORM, BATCHNORM = range(9)   # FP_OP_* of csrc/fastprop.h
 MODULE = -1                                      # a Python callback
@@ -330,3 +330,38 @@ def needs_preact(op):
     """A dense op keeps its pre-activation when its activation's derivative needs the input."""
     return op.kind == DENSE and not registry.derivative_from_output(
         op.act, op.params.get("negative_slope", 0.01))
+
+
+# slot[v]: the forward-only workspace buffer of value v (None: a model input, or a value no op
+# makes); slot_width[s]: its width (each buffer holds batch × slot_width[s] elements)
+ValuePlan = namedtuple("ValuePlan", "slot slot_width")
+
+
+def plan_values(program):
+    """The workspace of forward-only runs (inference): op i's output takes a buffer whose
+    holder is dead, i.e. was last read by an op before i (never one of op i's own inputs:
+    a kernel does not write over what it reads)."""
+    ops, inputs = program.ops, set(program.inputs)
+    last = {}   # value -> the last op that makes or reads it
+    for i, o in enumerate(ops):
+        last[o.out] = max(last.get(o.out, i), i)
+        for v in o.ins:
+            last[v] = i
+    slot, slot_width, holder = [None] * len(program.widths), [], []   # holder[s]: its value
+    for i, o in enumerate(ops):
+        if o.out in inputs:
+            continue
+        width = program.widths[o.out]
+        free = [s for s, v in enumerate(holder) if last[v] < i]
+        # the smallest free buffer wide enough, else the widest free one (grown), else a new one
+        fits = [s for s in free if slot_width[s] >= width]
+        s = min(fits, key=lambda s: slot_width[s]) if fits else \
+            max(free, key=lambda s: slot_width[s], default=None)
+        if s is None:
+            s = len(slot_width)
+            slot_width.append(0)
+            holder.append(None)
+        slot_width[s] = max(slot_width[s], width)
+        holder[s] = o.out
+        slot[o.out] = s
+    return ValuePlan(tuple(slot), tuple(slot_width))

@@ -709,9 +709,9 @@ def sgd_step(param, grad, *, lr, momentum_buffer=None, momentum=0.0, dampening=0
     param -= lr * g
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
-              eps=1e-8, weight_decay=0.0, decoupled=False):
-    """One in-place step of torch.optim.Adam (AdamW if ``decoupled``); ``step`` counts from 1."""
+def _adam_moments(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weight_decay,
+                  decoupled):
+    """Adam's weight decay and moment updates, in place (shared with amsgrad_step)."""
     if step < 1:
         raise ValueError(f"step is 1-based, got {step}")
     g = grad
@@ -724,6 +724,12 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
     exp_avg += (1 - beta1) * g
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * g * g
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, decoupled=False):
+    """One in-place step of torch.optim.Adam (AdamW if ``decoupled``); ``step`` counts from 1."""
+    _adam_moments(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weight_decay, decoupled)
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     denom = np.sqrt(exp_avg_sq) / math.sqrt(bias_correction2) + eps
@@ -733,18 +739,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
 def amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr=1e-3, beta1=0.9,
                  beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False):
     """adam_step with amsgrad=True: the denominator uses the running maximum of exp_avg_sq."""
-    if step < 1:
-        raise ValueError(f"step is 1-based, got {step}")
-    g = grad
-    if weight_decay:
-        if decoupled:
-            param *= 1 - lr * weight_decay
-        else:
-            g = grad + weight_decay * param
-    exp_avg *= beta1
-    exp_avg += (1 - beta1) * g
-    exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * g * g
+    _adam_moments(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weight_decay, decoupled)
     np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
     denom = np.sqrt(max_exp_avg_sq) / math.sqrt(1 - beta2 ** step) + eps
     param -= (lr / (1 - beta1 ** step)) * exp_avg / denom

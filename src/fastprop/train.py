@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from . import _kernels, ops, plan, registry
+from . import _kernels, infer, ops, plan, registry
 from . import checkpoint as _checkpoint
 from .autodiff import DPGradient
 from .clip import clip_by_norm
@@ -14,7 +14,7 @@ from .losses import MSE, HuberLoss, L1Loss, Loss, SigmoidBCE, SmoothL1Loss, Soft
 from .lr_scheduler import ReduceLROnPlateau
 from .nn import (Activation, Linear, Module, Sequential, as_input, busy_error, evaluating, flat_runs,
                  flatten_count)
-from .optim import Optimizer
+from .optim import SGD, Adam, AdamW, Optimizer
 
 __all__ = ["TrainStep", "fit", "History", "predict", "predict_proba", "evaluate"]
 
@@ -467,6 +467,7 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
     plateau_key = "val_loss" if validation_data is not None else "loss"
     logs = {}
     bar = _Progress(bool(progress), n_used, epochs)
+    fast = _CEpoch.make(step, loss, optimizer, y, weighted or comm is not None or per_step)
     for epoch in range(first, epochs + 1):
         if stopped:
             break
@@ -480,11 +481,26 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         total_loss, correct, seen, has_acc, loss_mass = 0.0, 0.0, 0, False, 0.0
         mine = 0  # this rank's rows (all of them without comm)
         t0 = time.perf_counter()
-        for a in range(0, n_used, batch_size):
+        a = 0
+        if fast is not None:
+            fast.epoch(ys)
+        while a < n_used:
+            if fast is not None and fast.ready():   # many steps in one C call (_CEpoch)
+                total_loss, correct, rows, bad = fast.run(Xs, a, n_used, batch_size, total_loss, correct)
+                a, seen, mine, loss_mass = a + rows, seen + rows, mine + rows, loss_mass + rows
+                has_acc = has_acc or (rows > 0 and fast.labels is not None)
+                if rows:
+                    bar.update(rows, total_loss / max(loss_mass, 1e-300),
+                               correct / mine if has_acc else None, force=a == n_used)
+                if not bad:
+                    continue
+                # the batch at a diverged (nothing applied): the step below raises fit's error
             b = min(a + batch_size, n_used)
+            a_next = b
             wb = None if ws is None else ws[a:b]
             mass = loss.weight_total(ys[a:b], wb) if weighted else b - a
             if not mass > 0:  # a batch of zero weights has no mean and adds nothing: skipped
+                a = a_next
                 continue
             lo, hi = (a, b) if comm is None else distributed.rows_of(a, b, comm)
             try:
@@ -503,6 +519,7 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
                 correct, has_acc = correct + acc * (hi - lo), True
             bar.update(b - a, total_loss / max(loss_mass, 1e-300), correct / mine if has_acc else None,
                        force=b == n_used)
+            a = a_next
         elapsed = time.perf_counter() - t0
         if comm is not None:
             correct, has_acc = distributed.sum_over_ranks(comm, correct, has_acc)
@@ -541,6 +558,81 @@ def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, se
         if callable(getattr(cb, "on_train_end", None)):
             cb.on_train_end(logs)
     return history
+
+
+class _CEpoch:
+    """fit's batches in C (``_kernels.network_fit``), each C call ~0.1 s of steps: the fused
+    chain, softmax cross-entropy on int labels or MSE (their default options), SGD or Adam /
+    AdamW (no amsgrad) with one group over one flat run. The same bits as TrainStep's loop:
+    the same kernels in the same order, the sums made as fit makes them. ``ready()`` is False
+    where a step must go through TrainStep (the optimizer's first step, moved parameters, ...)."""
+
+    def __init__(self, step, optimizer, labels):
+        self.step, self.optimizer, self.labels = step, optimizer, labels
+        self.k = 4   # steps per call, then sized to ~0.1 s
+
+    @staticmethod
+    def make(step, loss, optimizer, y, other):
+        if other or step.path != "chain" or step._sync is not None or step.clip_grad_norm is not None:
+            return None
+        if type(loss) is SoftmaxCrossEntropy and y.ndim == 1 and _default_loss(loss):
+            labels = True
+        elif type(loss) is MSE:
+            labels = None
+        else:
+            return None
+        if type(optimizer) not in (SGD, Adam, AdamW) or len(optimizer.param_groups) != 1:
+            return None
+        return _CEpoch(step, optimizer, labels)
+
+    def epoch(self, ys):
+        if self.labels is not None:
+            self.labels = np.ascontiguousarray(ys, np.int64)
+        self.target = None if self.labels is not None else ys
+
+    def ready(self):
+        opt, step = self.optimizer, self.step
+        slot, group = opt._slots[0], opt.param_groups[0]
+        count = flatten_count()
+        busy = step.model._busy
+        return (step._flattens == count and opt._flattens == count and slot.calls is not None
+                and len(slot.calls) == 1 and type(slot.calls[0]) is _kernels.FlatUpdate
+                and not slot.fresh and opt._state_names(group) is slot.key
+                and not group.get("amsgrad", False) and step._net is not None
+                and all(p._guard is busy for p in opt.params))
+
+    def _options(self, group, slot):
+        if isinstance(self.optimizer, SGD):
+            return {"kind": 0, "lr": group["lr"], "momentum": group["momentum"],
+                    "dampening": group["dampening"], "nesterov": group["nesterov"],
+                    "weight_decay": group["weight_decay"]}
+        b1, b2 = group["betas"]
+        return {"kind": 1, "lr": group["lr"], "beta1": b1, "beta2": b2, "eps": group["eps"],
+                "weight_decay": group["weight_decay"], "decoupled": self.optimizer.decoupled,
+                "step": slot.step}
+
+    def run(self, Xs, a, n_used, batch_size, total_loss, correct):
+        """Steps from row a on, for ~0.1 s; returns (total_loss, correct, rows, diverged)."""
+        opt, step = self.optimizer, self.step
+        slot = opt._slots[0]
+        busy = step.model._busy
+        if not busy.acquire(False):
+            raise busy_error(type(step.model).__name__)
+        try:
+            t = time.perf_counter()
+            total_loss, correct, steps, bad, adam_step = _kernels.network_fit(
+                step._net, slot.calls[0], self._options(opt.param_groups[0], slot), Xs,
+                self.labels, self.target, a, n_used, batch_size, self.k, step.stop_on_nonfinite,
+                total_loss, correct)
+            t = time.perf_counter() - t
+        finally:
+            busy.release()
+        slot.step += steps
+        opt.step_count += steps
+        if steps:
+            self.k = max(1, min(1 << 20, int(self.k * 0.1 / max(t, 1e-9))))
+        rows = (bad if bad >= 0 else min(a + steps * batch_size, n_used)) - a
+        return total_loss, correct, rows, bad >= 0
 
 
 _LOG_KEYS = ("loss", "accuracy", "lr")
@@ -600,10 +692,22 @@ def predict(model, X, batch_size=4096):
         raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
     batch_size = _batch_size(batch_size)
     with evaluating(model):
-        chunks = [model.forward(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
-    if not chunks:
-        raise ValueError("X has no samples")
-    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        run = infer.runner(model)
+        if run is None or run.n_inputs != 1 or X.shape[0] == 0:
+            chunks = [model.forward(X[a:a + batch_size]) for a in range(0, X.shape[0], batch_size)]
+            if not chunks:
+                raise ValueError("X has no samples")
+            return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        return _predict(model, run, X, batch_size)
+
+
+def _predict(model, run, X, batch_size):
+    with model.exclusive():
+        X = model._check_input(X)
+        out = np.empty((X.shape[0], run.n_out), run.dtype)   # the only allocation
+        for a in range(0, X.shape[0], batch_size):   # forward-only, on the tape
+            run.run((X[a:a + batch_size],), out[a:a + batch_size])
+        return out
 
 
 def predict_proba(model, X, batch_size=4096):
@@ -641,9 +745,12 @@ def _evaluate(model, X, y, loss, batch_size, sample_weight=None):
     total, correct, n, mass = 0.0, 0.0, X.shape[0], 0.0
     has_acc = True
     weighted = sample_weight is not None or getattr(loss, "weight", None) is not None
+    run = infer.runner(model)
+    run = run if run is not None and run.n_inputs == 1 else None
     for a in range(0, n, batch_size):
         b = min(a + batch_size, n)
-        out = model._forward(model._check_input(X[a:b]))
+        xb = model._check_input(X[a:b])
+        out = model._forward(xb) if run is None else run.run((xb,))
         wb = None if sample_weight is None else sample_weight[a:b]
         m = loss.weight_total(y[a:b], wb) if weighted else b - a
         if m > 0:  # a chunk whose weights are all 0 adds nothing (its own mean is undefined)
