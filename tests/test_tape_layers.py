@@ -246,5 +246,7 @@ def test_a_fused_step_with_the_layers_allocates_nothing(make):
         end, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak - start < 512, f"a step allocated {peak - start} bytes at its peak"
+    # no buffer per step; the peak holds transient small objects only (each Dropout's new
+    # counter is a Python int, 32 bytes, the old one freed)
+    assert peak - start < 1024, f"a step allocated {peak - start} bytes at its peak"
     assert end - start < 512
