@@ -1,4 +1,5 @@
 """fastprop: exact back-propagation for multilayer perceptrons, fused C kernels on the CPU."""
+from __future__ import annotations
 from . import datasets, ops, reference
 from ._kernels import get_num_threads, set_num_threads
 from .graph import Add, Concat, Graph, Mul, Residual

@@ -221,7 +221,7 @@ def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True, sample_weigh
     pred : (B, 2k) = [μ, log σ²]; target : (B, k) (any real dtype, cast to pred's).
     loss = mean(½ log σ² + ½ (target − μ)² / σ²) over the B·k elements;
     grad = [−(target − μ)/σ², ½ (1 − (target − μ)²/σ²)] / (B·k). σ² is never formed
-    (e^{−log σ²/2} multiplies instead), so large |log σ²| neither overflows nor divides by 0.
+    (e^{−log σ²/2} multiplies instead), so a log σ² of ±hundreds neither overflows nor divides by 0.
     sample_weight (B,): Σ_i w_i l_i / Σ_i w_i with l_i row i's mean over its k elements.
     Returns (loss as float, grad or None); grad_out=pred works in place.
     """

@@ -102,20 +102,20 @@ cdef object _pointwise_hvp(str name, str pname, pred, target, v, out, sample_wei
 
 
 def l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
-    """Mean absolute error (torch's L1Loss): loss = mean|pred − target|; grad = sign(pred − target) / n
+    """Mean absolute error (torch's L1Loss): loss = mean(abs(pred − target)); grad = sign(pred − target) / n
     (0 where they are equal). sample_weight (B,): Σ_i w_i mean_j l_ij / Σ_i w_i, as every loss here.
     Returns (loss as float, grad or None); grad_out=pred works in place."""
     return _pointwise_loss("l1_loss", "pred", pred, target, grad_out, compute_grad, sample_weight, 0)
 
 
 def huber_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, delta=1.0):
-    """torch's HuberLoss: mean of ½ d² where |d| < delta, delta (|d| − ½ delta) elsewhere (d = pred − target)."""
+    """torch's HuberLoss: mean of ½ d² where abs(d) < delta, delta (abs(d) − ½ delta) elsewhere (d = pred − target)."""
     d = check_loss_param(delta, "delta", False)
     return _pointwise_loss("huber_loss", "pred", pred, target, grad_out, compute_grad, sample_weight, d)
 
 
 def smooth_l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, beta=1.0):
-    """torch's SmoothL1Loss: mean of ½ d²/beta where |d| < beta, |d| − ½ beta elsewhere; beta = 0 is L1."""
+    """torch's SmoothL1Loss: mean of ½ d²/beta where abs(d) < beta, abs(d) − ½ beta elsewhere; beta = 0 is L1."""
     b = check_loss_param(beta, "beta", True)
     return _pointwise_loss("smooth_l1_loss", "pred", pred, target, grad_out, compute_grad, sample_weight, b)
 
@@ -126,13 +126,13 @@ def l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None):
 
 
 def huber_loss_hvp(pred, target, v, *, out=None, sample_weight=None, delta=1.0):
-    """``(∂²J/∂p²) v`` of huber_loss: v / n where |pred − target| < delta, 0 elsewhere."""
+    """``(∂²J/∂p²) v`` of huber_loss: v / n where abs(pred − target) < delta, 0 elsewhere."""
     d = check_loss_param(delta, "delta", False)
     return _pointwise_hvp("huber_loss", "pred", pred, target, v, out, sample_weight, d)
 
 
 def smooth_l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None, beta=1.0):
-    """``(∂²J/∂p²) v`` of smooth_l1_loss: v / (beta n) where |pred − target| < beta, 0 elsewhere."""
+    """``(∂²J/∂p²) v`` of smooth_l1_loss: v / (beta n) where abs(pred − target) < beta, 0 elsewhere."""
     b = check_loss_param(beta, "beta", True)
     return _pointwise_hvp("smooth_l1_loss", "pred", pred, target, v, out, sample_weight, b)
 

@@ -21,6 +21,7 @@ al. 2016) scales the rows of g by each example's clip factor before the ∇W GEM
 Everything runs on the R-pass's own workspaces (``Module._rws``): the parameters,
 every ``.grad`` and the last ordinary forward are left as they were.
 """
+from __future__ import annotations
 import math
 
 import numpy as np
@@ -30,6 +31,8 @@ from .curvature import _check as _check_curvature
 from .curvature import hvp, vector_views
 from .losses import Loss
 from .nn import Activation, Linear, LowRankLinear, Module, PReLU, Sequential, as_input
+from typing import Any
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms"]
 
@@ -38,24 +41,24 @@ __all__ = ["jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_exampl
 # The per-module R-passes of fastprop.curvature, as they run today; the C tape will
 # replace these three functions (and nothing else here needs to know).
 
-def _rforward(model, x, rx, v):
+def _rforward(model: Any, x: Any, rx: Any, v: Any) -> Any:
     """(y, R{y}) as workspace views: x moving by rx (None: fixed), parameters by v (dict)."""
     return model._rforward(x, rx, v)
 
 
-def _rbackward(model, g, rg, v, hv, need_input_grad):
+def _rbackward(model: Any, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
     """(gx, R{gx}); adds R{∂J/∂θ} into hv (dict). g None: the Gauss–Newton form."""
     return model._rbackward(g, rg, v, hv, need_input_grad)
 
 
-def _buf(model, key, shape, dtype):
+def _buf(model: Any, key: Any, shape: Any, dtype: Any) -> Any:
     """A workspace of this module's passes, kept on the model per key (and shape)."""
     return model._rbuf(("autodiff",) + key, shape, dtype)
 
 
 # ---------------------------------------------------------------- checks
 
-def _check_model(model, what):
+def _check_model(model: Any, what: Any) -> Any:
     """The parameters of a model the R-pass supports (one output), else a TypeError."""
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
@@ -74,20 +77,20 @@ def _check_model(model, what):
     return model.parameters()
 
 
-def _dtype(x):
+def _dtype(x: Any) -> Any:
     return (x[0] if isinstance(x, list) else x).dtype
 
 
-def _rows(x):
+def _rows(x: Any) -> Any:
     return (x[0] if isinstance(x, list) else x).shape[0]
 
 
-def _zero_direction(params, dtype):
+def _zero_direction(params: Any, dtype: Any) -> Any:
     n = sum(p.size for p in params)
     return dict(zip(params, vector_views(np.zeros(n, dtype), params)))
 
 
-def _param_direction(params, v, dtype):
+def _param_direction(params: Any, v: Any, dtype: Any) -> Any:
     n = sum(p.size for p in params)
     arr = as_input(v, dtype, "v")
     if arr.ndim != 1 or arr.shape[0] != n:
@@ -96,7 +99,7 @@ def _param_direction(params, v, dtype):
     return dict(zip(params, vector_views(arr, params)))
 
 
-def _input_direction(model, x, vx):
+def _input_direction(model: Any, x: Any, vx: Any) -> Any:
     """vx checked against the checked input x: the same structure, shapes and dtype."""
     if isinstance(x, list):  # a Graph's several inputs: vx as a tuple or dict like them
         try:
@@ -113,7 +116,7 @@ def _input_direction(model, x, vx):
     return vx
 
 
-def _targets(x, y):
+def _targets(x: Any, y: Any) -> Any:
     y = np.asarray(y)
     if y.ndim == 0 or y.shape[0] != _rows(x):
         raise ValueError(f"x has {_rows(x)} rows but y has shape {y.shape}")
@@ -122,7 +125,8 @@ def _targets(x, y):
 
 # ---------------------------------------------------------------- jvp, vjp, jacobian
 
-def jvp(model, x, v=None, vx=None):
+def jvp(model: Module, x: ArrayLike, v: ArrayLike | None = None,
+        vx: ArrayLike | None = None) -> tuple[NDArray[Any], NDArray[Any]]:
     """Forward mode: the outputs and their directional derivative, in one R-forward pass.
 
     Parameters
@@ -149,7 +153,8 @@ def jvp(model, x, v=None, vx=None):
         return y.copy(), (np.zeros_like(y) if ry is None else ry.copy())
 
 
-def vjp(model, x, gy):
+def vjp(model: Module, x: ArrayLike,
+        gy: ArrayLike) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | tuple[NDArray[Any], ...]]:
     """Reverse mode: (y, gy·∂y/∂θ flat, gy·∂y/∂x), every ``.grad`` left as it was.
 
     gy : (B, out), the cotangent of the outputs. grad_params is (n,) in the layout of
@@ -173,7 +178,7 @@ def vjp(model, x, gy):
     return y, grad, gx
 
 
-def jacobian(model, x):
+def jacobian(model: Module, x: ArrayLike) -> NDArray[Any]:
     """∂y/∂x per example: (B, out, in) for a model with one input and one output.
 
     The unit directions go along the batch axis (the rows of a model are independent):
@@ -210,7 +215,7 @@ def jacobian(model, x):
 
 # ---------------------------------------------------------------- the chain of leaves
 
-def _leaves(model):
+def _leaves(model: Any) -> Any:
     """The modules of a (nested) Sequential in order, or (None, the first one that is not
     Linear, LowRankLinear, PReLU or an activation)."""
     if isinstance(model, Sequential):
@@ -228,7 +233,8 @@ def _leaves(model):
 
 # ---------------------------------------------------------------- the Hessian
 
-def hessian(model, loss, X, y, *, max_bytes=2 ** 30):
+def hessian(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike, *,
+            max_bytes: int = 2 ** 30) -> NDArray[Any]:
     """The (n, n) Hessian of the mean loss over (X, y) w.r.t. the flat parameters.
 
     Columns H eᵢ come from the R-passes with a block of unit directions at once (GEMMs
@@ -262,7 +268,7 @@ def hessian(model, loss, X, y, *, max_bytes=2 ** 30):
     return H
 
 
-def _block_hessian(leaves, params, loss, x, y):
+def _block_hessian(leaves: Any, params: Any, loss: Any, x: Any, y: Any) -> Any:
     """Rows k of the unsymmetrised Hessian, H·V for V blocks of the identity (H[i] = H eᵢ)."""
     dtype = params[0].dtype
     n = sum(p.size for p in params)
@@ -279,7 +285,7 @@ def _block_hessian(leaves, params, loss, x, y):
     return H
 
 
-def _block_views(M, params):
+def _block_views(M: Any, params: Any) -> Any:
     """{parameter: (k, *shape) view of M's columns}, M (k, n) in the flat layout."""
     out, offset = {}, 0
     for p in params:
@@ -288,7 +294,7 @@ def _block_views(M, params):
     return out
 
 
-def _block_rpass(leaves, params, loss, x, y, V, HV):
+def _block_rpass(leaves: Any, params: Any, loss: Any, x: Any, y: Any, V: Any, HV: Any) -> Any:
     """HV (k, n) += H·V for k directions V (k, n): R-forward and R-backward with R-values
     of shape (k, B, width), k directions side by side in each GEMM."""
     Vp, Hp = _block_views(V, params), _block_views(HV, params)
@@ -383,7 +389,7 @@ def _block_rpass(leaves, params, loss, x, y, V, HV):
 
 # ---------------------------------------------------------------- per-example gradients
 
-def _per_example_check(model, loss, x, y):
+def _per_example_check(model: Any, loss: Any, x: Any, y: Any) -> Any:
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
     if not isinstance(loss, Loss):
@@ -400,7 +406,7 @@ def _per_example_check(model, loss, x, y):
     return params, leaves, x, _targets(x, y)
 
 
-def _chain_forward(model, leaves, x):
+def _chain_forward(model: Any, leaves: Any, x: Any) -> Any:
     """The forward of a chain on this module's workspaces; returns (output, saved)."""
     saved = []
     dtype = x.dtype
@@ -426,7 +432,7 @@ def _chain_forward(model, leaves, x):
     return x, saved
 
 
-def _chain_backward(model, leaves, saved, g):
+def _chain_backward(model: Any, leaves: Any, saved: Any, g: Any) -> Any:
     """Back-propagates g (B, out), each row an example's own output gradient, and returns
     the per-example gradients as records: (weight, bias or None, gᵢ rows, hᵢ rows) for the
     outer products gᵢ hᵢᵀ, or (parameter, None, rows, None) for explicit rows."""
@@ -460,11 +466,11 @@ def _chain_backward(model, leaves, saved, g):
     return records
 
 
-def _row_sq(a):
+def _row_sq(a: Any) -> Any:
     return np.einsum("ij,ij->i", a, a)
 
 
-def _squared_norms(records, B, dtype):
+def _squared_norms(records: Any, B: Any, dtype: Any) -> Any:
     sq = np.zeros(B, dtype)
     for w, b, g, h in records:
         gg = _row_sq(g)
@@ -475,7 +481,7 @@ def _squared_norms(records, B, dtype):
     return sq
 
 
-def _per_example_chain(model, leaves, loss, x, y):
+def _per_example_chain(model: Any, leaves: Any, loss: Any, x: Any, y: Any) -> Any:
     """The loss and the records of each example's own loss gradient (loss a mean over rows:
     example i's gradient is B times row i of the batch loss's)."""
     z, saved = _chain_forward(model, leaves, x)
@@ -485,7 +491,7 @@ def _per_example_chain(model, leaves, loss, x, y):
     return J, z, _chain_backward(model, leaves, saved, g)
 
 
-def _rows_by_vjp(model, params, loss, x, y):
+def _rows_by_vjp(model: Any, params: Any, loss: Any, x: Any, y: Any) -> Any:
     """(B, n) per-example gradients of a Graph: one reverse pass per example."""
     dtype = _dtype(x)
     B = _rows(x)
@@ -502,7 +508,7 @@ def _rows_by_vjp(model, params, loss, x, y):
     return G
 
 
-def per_example_grads(model, loss, x, y):
+def per_example_grads(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike) -> NDArray[Any]:
     """(B, n): row i is the gradient of example i's own loss (not divided by B) w.r.t. the
     flat parameters, in ``parameters()`` order (the layout of ``parameters_to_vector``).
 
@@ -528,7 +534,7 @@ def per_example_grads(model, loss, x, y):
     return G
 
 
-def per_example_grad_norms(model, loss, x, y):
+def per_example_grad_norms(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike) -> NDArray[Any]:
     """(B,): the 2-norm of each example's own loss gradient over all parameters.
 
     For a chain (as per_example_grads) no per-example gradient is formed: a dense
@@ -560,7 +566,9 @@ class DPGradient:
     layer still costs two GEMMs in the backward.
     """
 
-    def __init__(self, model, loss, per_example_clip, noise_multiplier=0.0, rng=None):
+    def __init__(self, model: Module, loss: Loss, per_example_clip: Any,
+                 noise_multiplier: float = 0.0,
+                 rng: np.random.Generator | int | None = None) -> None:
         if per_example_clip is None:
             raise ValueError("per_example_clip must be given for DP-SGD")
         clip, sigma = _positive(per_example_clip, "per_example_clip"), \
@@ -583,7 +591,7 @@ class DPGradient:
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self._noise = None
 
-    def __call__(self, x, y):
+    def __call__(self, x: NDArray[Any], y: NDArray[Any]) -> Any:
         """(J, output): the loss and the model's output (a workspace view); x is checked."""
         model, B = self.model, x.shape[0]
         J, z, records = _per_example_chain(model, self.leaves, self.loss, x, y)
@@ -611,7 +619,7 @@ class DPGradient:
         return J, z
 
 
-def _positive(value, name, zero=False):
+def _positive(value: Any, name: Any, zero: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)

@@ -4,6 +4,7 @@ Every speed is a median over repeated runs and is quoted as a ratio against the
 NumPy reference (``reference.NumpyMLPTrainer``, buffers reused, in-place ufuncs,
 ``@`` for the GEMMs) measured in the same run.
 """
+from __future__ import annotations
 import csv
 import os
 import platform
@@ -16,6 +17,8 @@ from .losses import SoftmaxCrossEntropy
 from .nn import Linear, ReLU, Sequential
 from .optim import SGD
 from .train import TrainStep
+from typing import Any, Sequence
+from numpy.typing import NDArray, DTypeLike
 
 # name: (layer sizes, batch)
 WORKLOADS = {
@@ -27,17 +30,17 @@ WORKLOADS = {
 }
 
 
-def edges(sizes):
+def edges(sizes: Sequence[int]) -> Any:
     """E, the number of weights (connections) of the MLP."""
     return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def step_flops(sizes, batch):
+def step_flops(sizes: Sequence[int], batch: int) -> Any:
     """The training step's GEMM FLOPs: 2BE forward, 4BE backward, minus the first layer's ∇x."""
     return 6 * batch * edges(sizes) - 2 * batch * sizes[0] * sizes[1]
 
 
-def repeat_times(fn, min_time=0.2, max_reps=1000, min_reps=3):
+def repeat_times(fn: Any, min_time: float = 0.2, max_reps: int = 1000, min_reps: int = 3) -> Any:
     """Wall times of fn() over repeats filling about min_time seconds, after one warm-up call."""
     fn()  # warm-up: workspaces, caches, BLAS threads, JIT compilation
     times = []
@@ -49,12 +52,12 @@ def repeat_times(fn, min_time=0.2, max_reps=1000, min_reps=3):
     return times
 
 
-def median_time(fn, min_time=0.2, max_reps=1000, min_reps=3):
+def median_time(fn: Any, min_time: float = 0.2, max_reps: int = 1000, min_reps: int = 3) -> Any:
     """Median wall time of fn() over repeats filling about min_time seconds."""
     return float(np.median(repeat_times(fn, min_time, max_reps, min_reps)))
 
 
-def mlp(sizes, dtype=np.float32, seed=0):
+def mlp(sizes: Sequence[int], dtype: DTypeLike = np.float32, seed: int = 0) -> Any:
     """A fastprop ReLU MLP (linear output) with He-uniform weights."""
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -65,7 +68,8 @@ def mlp(sizes, dtype=np.float32, seed=0):
 class StepSetup:
     """One workload three ways from the same weights: TrainStep, the modular path, NumPy."""
 
-    def __init__(self, sizes, batch, lr=1e-3, momentum=0.9, dtype=np.float32, seed=0):
+    def __init__(self, sizes: Sequence[int], batch: int, lr: float = 1e-3, momentum: float = 0.9,
+                 dtype: DTypeLike = np.float32, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         self.sizes, self.batch = sizes, batch
         self.x = rng.standard_normal((batch, sizes[0])).astype(dtype)
@@ -83,10 +87,10 @@ class StepSetup:
             self.reference.weights[k][...] = lin.weight.data
             self.reference.biases[k][...] = lin.bias.data
 
-    def fused(self):
+    def fused(self) -> Any:
         return self.train_step(self.x, self.y)
 
-    def modular(self):
+    def modular(self) -> Any:
         out = self.modular_model(self.x)
         J = self.modular_loss(out, self.y)
         self.modular_opt.zero_grad()
@@ -94,11 +98,12 @@ class StepSetup:
         self.modular_opt.step()
         return J
 
-    def numpy(self):
+    def numpy(self) -> Any:
         return self.reference.step(self.x, self.y)
 
 
-def gemm_ceiling(m=512, n=4096, k=4096, dtype=np.float32, min_time=0.5):
+def gemm_ceiling(m: int = 512, n: int = 4096, k: int = 4096, dtype: DTypeLike = np.float32,
+                 min_time: float = 0.5) -> Any:
     """The machine's GEMM GFLOP/s through the BLAS fastprop uses (a large square-ish sgemm)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(dtype)
@@ -108,7 +113,7 @@ def gemm_ceiling(m=512, n=4096, k=4096, dtype=np.float32, min_time=0.5):
     return 2 * m * n * k / t / 1e9
 
 
-def machine():
+def machine() -> str:
     """A one-line description of this machine."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -123,7 +128,7 @@ def machine():
            f"Python {platform.python_version()}, NumPy {np.__version__}"
 
 
-def step_table(names=None, min_time=0.3, out=print):
+def step_table(names: Any = None, min_time: float = 0.3, out: Any = print) -> Any:
     """Median step times of TrainStep, the modular path and the NumPy reference per workload."""
     names = list(WORKLOADS) if names is None else names
     ceiling = gemm_ceiling()
@@ -151,7 +156,8 @@ def step_table(names=None, min_time=0.3, out=print):
 
 # ---------------------------------------------------------------- kernels
 
-def kernel_table(batch=128, n_in=784, n_out=256, classes=10, min_time=0.2, out=print):
+def kernel_table(batch: int = 128, n_in: int = 784, n_out: int = 256, classes: int = 10,
+                 min_time: float = 0.2, out: Any = print) -> Any:
     """fastprop.ops against fastprop.reference, one line per kernel family, at one mid size."""
     rng = np.random.default_rng(0)
     f32 = np.float32
@@ -204,7 +210,8 @@ def kernel_table(batch=128, n_in=784, n_out=256, classes=10, min_time=0.2, out=p
 
 # ---------------------------------------------------------------- memory
 
-def memory_bound(sizes, batch, itemsize=4, optimizer_buffers=1):
+def memory_bound(sizes: Sequence[int], batch: int, itemsize: int = 4,
+                 optimizer_buffers: int = 1) -> Any:
     """Parameters + gradients + optimizer state + saved activations (B·Σ widths) +
     one gradient ping-pong pair (2·B·max width; the input's gradient is never formed), in bytes."""
     n_params = edges(sizes) + sum(sizes[1:])
@@ -212,7 +219,7 @@ def memory_bound(sizes, batch, itemsize=4, optimizer_buffers=1):
                        + 2 * batch * max(sizes[1:]))
 
 
-def step_memory(sizes, batch, dtype=np.float32):
+def step_memory(sizes: Sequence[int], batch: int, dtype: DTypeLike = np.float32) -> Any:
     """Peak bytes live during one training step (after a warm-up step), fastprop and NumPy.
 
     Everything the implementation holds counts: parameters, gradients, optimizer state,
@@ -245,7 +252,7 @@ def step_memory(sizes, batch, dtype=np.float32):
     return peaks["fastprop"], peaks["numpy"], memory_bound(sizes, batch, np.dtype(dtype).itemsize)
 
 
-def memory_table(names=None, out=print):
+def memory_table(names: Any = None, out: Any = print) -> Any:
     """Peak memory of a step per workload, against the bound and the NumPy reference."""
     names = list(WORKLOADS) if names is None else names
     out(f"{'workload':8s} {'fastprop MB':>12s} {'bound MB':>9s} {'NumPy MB':>9s}")
@@ -260,7 +267,7 @@ def memory_table(names=None, out=print):
 
 # ---------------------------------------------------------------- O(edges) scaling
 
-def write_csv(path, rows, out=print):
+def write_csv(path: str | os.PathLike[str], rows: Any, out: Any = print) -> None:
     """rows (dicts with the same keys) as a CSV file with a header."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -269,7 +276,7 @@ def write_csv(path, rows, out=print):
     out(f"wrote {path}")
 
 
-def _forward_backward_times(sizes, batch, min_time):
+def _forward_backward_times(sizes: Any, batch: Any, min_time: Any) -> Any:
     """(step, forward, backward, NumPy step) seconds for one MLP shape."""
     setup = StepSetup(sizes, batch)
     net = setup.train_step._net
@@ -280,9 +287,10 @@ def _forward_backward_times(sizes, batch, min_time):
     return t_step, t_fwd, max(t_train - t_fwd, 0.0), t_ref
 
 
-def scaling(widths=(64, 128, 256, 512, 1024, 2048), depths=(1, 2, 4, 8, 16, 32), width_depth=4,
-            depth_width=256, batch=128, classes=10, min_time=0.2, csv_path="scaling.csv",
-            png_path="scaling.png", out=print):
+def scaling(widths: Any = (64, 128, 256, 512, 1024, 2048), depths: Any = (1, 2, 4, 8, 16, 32),
+            width_depth: int = 4, depth_width: int = 256, batch: int = 128, classes: int = 10,
+            min_time: float = 0.2, csv_path: str = "scaling.csv", png_path: str = "scaling.png",
+            out: Any = print) -> Any:
     """Training-step time against the number of weights E, sweeping width and depth.
 
     Writes a CSV and (with matplotlib) a PNG; prints the least-squares fit
@@ -347,7 +355,8 @@ def scaling(widths=(64, 128, 256, 512, 1024, 2048), depths=(1, 2, 4, 8, 16, 32),
 
 # ---------------------------------------------------------------- residual networks (graphs)
 
-def residual_mlp(sizes, dtype=np.float32, seed=0, branch_scale=1.0):
+def residual_mlp(sizes: Sequence[int], dtype: DTypeLike = np.float32, seed: int = 0,
+                 branch_scale: float = 1.0) -> Any:
     """A Graph with the Linear layers of ``mlp(sizes)`` (equal hidden widths): the first hidden
     layer, then ``h ← h + relu(Linear(h))`` for every further one, then the linear head; the
     branches' weights are multiplied by branch_scale."""
@@ -364,8 +373,9 @@ def residual_mlp(sizes, dtype=np.float32, seed=0, branch_scale=1.0):
     return g.build(outputs=g.add(Linear(sizes[k], sizes[k + 1], dtype=dtype, rng=seed + k), h))
 
 
-def residual_scaling(blocks=(1, 2, 4, 8, 16, 32), width=256, batch=128, classes=10, min_time=0.2,
-                     csv_path=None, out=print):
+def residual_scaling(blocks: Any = (1, 2, 4, 8, 16, 32), width: int = 256, batch: int = 128,
+                     classes: int = 10, min_time: float = 0.2, csv_path: Any = None,
+                     out: Any = print) -> Any:
     """Step time of residual MLPs (a Graph, TrainStep's modular path) against the plain MLP of
     the same Linear layers (TrainStep's fused C path and the modular path), sweeping the
     number of residual blocks; prints the fit time ≈ α·B·E + β of each. Returns the rows."""
@@ -404,7 +414,7 @@ def residual_scaling(blocks=(1, 2, 4, 8, 16, 32), width=256, batch=128, classes=
 
 # ---------------------------------------------------------------- peers: PyTorch, torch.compile, JAX
 
-def load():
+def load() -> str:
     """The 1-minute load average against the core count: above the cores, timings are noisy."""
     try:
         return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
@@ -415,12 +425,13 @@ def load():
 PEERS = ("numpy", "torch", "torch.compile", "jax")
 
 
-def initial_weights(sizes, dtype=np.float32, seed=0):
+def initial_weights(sizes: Sequence[int], dtype: DTypeLike = np.float32, seed: int = 0) -> Any:
     """[(W, b), ...]: copies of the initial weights StepSetup's models start from."""
     return [(lin.weight.data.copy(), lin.bias.data.copy()) for lin in mlp(sizes, dtype, seed).layers[::2]]
 
 
-def torch_step(weights, x, y, lr=1e-3, momentum=0.9, compiled=False):
+def torch_step(weights: Any, x: NDArray[Any], y: NDArray[Any], lr: float = 1e-3,
+               momentum: float = 0.9, compiled: bool = False) -> Any:
     """One PyTorch training step as a callable returning the loss (eager, or torch.compile'd
     model + loss and optimizer step); None when torch is not installed."""
     try:
@@ -438,14 +449,14 @@ def torch_step(weights, x, y, lr=1e-3, momentum=0.9, compiled=False):
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     tx, ty = torch.from_numpy(x), torch.from_numpy(np.asarray(y, np.int64))
 
-    def loss_fn(a, labels):
+    def loss_fn(a: Any, labels: Any) -> Any:
         return torch.nn.functional.cross_entropy(model(a), labels)
 
     update = opt.step
     if compiled:
         loss_fn, update = torch.compile(loss_fn), torch.compile(opt.step)
 
-    def step():
+    def step() -> Any:
         opt.zero_grad()
         loss = loss_fn(tx, ty)
         loss.backward()
@@ -454,7 +465,8 @@ def torch_step(weights, x, y, lr=1e-3, momentum=0.9, compiled=False):
     return step
 
 
-def jax_step(weights, x, y, lr=1e-3, momentum=0.9):
+def jax_step(weights: Any, x: NDArray[Any], y: NDArray[Any], lr: float = 1e-3,
+             momentum: float = 0.9) -> Any:
     """One JAX training step (jax.jit of value_and_grad + the SGD-momentum update, parameter and
     momentum buffers donated) as a callable returning the loss; None when JAX is not installed."""
     try:
@@ -463,7 +475,7 @@ def jax_step(weights, x, y, lr=1e-3, momentum=0.9):
     except ImportError:
         return None
 
-    def loss_fn(params, a, labels):
+    def loss_fn(params: Any, a: Any, labels: Any) -> Any:
         for i, (W, b) in enumerate(params):
             a = a @ W.T + b
             if i < len(params) - 1:
@@ -471,7 +483,7 @@ def jax_step(weights, x, y, lr=1e-3, momentum=0.9):
         logp = jax.nn.log_softmax(a)
         return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
 
-    def update(params, bufs, a, labels):
+    def update(params: Any, bufs: Any, a: Any, labels: Any) -> Any:
         loss, grads = jax.value_and_grad(loss_fn)(params, a, labels)
         # torch's rule: buf = momentum·buf + g (the first step sets buf = g: buf starts at 0)
         bufs = jax.tree_util.tree_map(lambda m, g: momentum * m + g, bufs, grads)
@@ -483,13 +495,13 @@ def jax_step(weights, x, y, lr=1e-3, momentum=0.9):
              "bufs": [(jnp.zeros(W.shape, W.dtype), jnp.zeros(b.shape, b.dtype)) for W, b in weights]}
     jx, jy = jnp.array(x), jnp.array(np.asarray(y, np.int32))
 
-    def step():
+    def step() -> Any:
         state["params"], state["bufs"], loss = update(state["params"], state["bufs"], jx, jy)
         return float(loss)  # waits for the step: one executable produces every output
     return step
 
 
-def peer_steps(sizes, batch, peers=PEERS, seed=0):
+def peer_steps(sizes: Sequence[int], batch: int, peers: Any = PEERS, seed: int = 0) -> Any:
     """{name: step()} for fastprop's TrainStep and each installed peer, all from the same initial
     weights and batch; plus the names of the peers that are not installed."""
     setup = StepSetup(sizes, batch, seed=seed)
@@ -509,7 +521,8 @@ def peer_steps(sizes, batch, peers=PEERS, seed=0):
     return steps, missing
 
 
-def peer_table(names=None, peers=PEERS, rounds=3, min_time=0.3, settle=0.2, out=print):
+def peer_table(names: Any = None, peers: Any = PEERS, rounds: int = 3, min_time: float = 0.3,
+               settle: float = 0.2, out: Any = print) -> Any:
     """Median step times per workload of fastprop's TrainStep, the NumPy reference, PyTorch eager,
     torch.compile and JAX jit (those installed): the libraries take turns in each of ``rounds``
     rounds and every round's times are pooled into one median; each library uses its default
@@ -553,7 +566,7 @@ def peer_table(names=None, peers=PEERS, rounds=3, min_time=0.3, settle=0.2, out=
 
 # ---------------------------------------------------------------- GEMM backends
 
-def gemm_shapes(names=None, batches=None):
+def gemm_shapes(names: Any = None, batches: Any = None) -> Any:
     """[(op, m, n, k, workload)]: every GEMM a training step of the workloads makes (distinct
     ones, first user named), at each workload's batch or at each of ``batches``.
     op: "NT" forward y = x Wᵀ, "TN" ∇W = gᵀ x, "NN" ∇x = g W (not for the first layer)."""
@@ -571,7 +584,7 @@ def gemm_shapes(names=None, batches=None):
     return shapes
 
 
-def _ctypes_sgemm(kind):
+def _ctypes_sgemm(kind: Any) -> Any:
     """A row-major sgemm(ta, tb, m, n, k, a, b, c) through a BLAS wheel's shared library in
     sys.prefix/lib (``mkl``: cblas_sgemm of libmkl_rt; ``onednn``: dnnl_sgemm of libdnnl), or None."""
     import ctypes
@@ -594,7 +607,7 @@ def _ctypes_sgemm(kind):
         I = ctypes.c_int
         fn.argtypes = [I, I, I, I, I, I, F, P, I, P, I, F, P, I]
 
-        def sgemm(ta, tb, m, n, k, a, b, c):
+        def sgemm(ta: Any, tb: Any, m: Any, n: Any, k: Any, a: Any, b: Any, c: Any) -> Any:
             fn(101, 112 if ta else 111, 112 if tb else 111, m, n, k, 1.0, a.ctypes.data,
                a.shape[1], b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)
             return c
@@ -603,14 +616,14 @@ def _ctypes_sgemm(kind):
         C = ctypes.c_char
         fn.argtypes = [C, C, L, L, L, F, P, L, P, L, F, P, L]
 
-        def sgemm(ta, tb, m, n, k, a, b, c):
+        def sgemm(ta: Any, tb: Any, m: Any, n: Any, k: Any, a: Any, b: Any, c: Any) -> Any:
             fn(b"T" if ta else b"N", b"T" if tb else b"N", m, n, k, 1.0, a.ctypes.data,
                a.shape[1], b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n)
             return c
     return sgemm
 
 
-def gemm_backends():
+def gemm_backends() -> Any:
     """{name: gemm(ta, tb, a, b, c)} for every backend importable here, and the notes on those
     that are not. Each returns op(a) op(b) in float32, written into c except by JAX;
     "fastprop" is ``fastprop.ops.gemm`` (SciPy's OpenBLAS via cython_blas, and the small-matrix
@@ -623,8 +636,8 @@ def gemm_backends():
     except ImportError:
         notes.append("threadpoolctl is not installed: no fixed-thread OpenBLAS columns")
     else:
-        def limited(threads):
-            def gemm(ta, tb, a, b, c):
+        def limited(threads: Any) -> Any:
+            def gemm(ta: Any, tb: Any, a: Any, b: Any, c: Any) -> Any:
                 return ops.gemm(a, b, trans_a=ta, trans_b=tb, out=c)
             gemm.blas_threads = threads  # gemm_table sets it around the timing: setting costs ~1 ms
             return gemm
@@ -634,7 +647,7 @@ def gemm_backends():
     except ImportError:
         notes.append("torch is not installed: no torch.mm column")
     else:
-        def torch_mm(ta, tb, a, b, c):
+        def torch_mm(ta: Any, tb: Any, a: Any, b: Any, c: Any) -> Any:
             ta_, tb_ = torch.from_numpy(a), torch.from_numpy(b)
             return torch.mm(ta_.T if ta else ta_, tb_.T if tb else tb_, out=torch.from_numpy(c))
         backends["torch"] = torch_mm
@@ -647,7 +660,7 @@ def gemm_backends():
                    for ta in (False, True) for tb in (False, True)}
         cache = [None, None, None]   # the last operands (held, so `is` is safe) and their copies
 
-        def jax_mm(ta, tb, a, b, c):
+        def jax_mm(ta: Any, tb: Any, a: Any, b: Any, c: Any) -> Any:
             # the operands are put on the device once; the product stays there
             if cache[0] is not a or cache[1] is not b:
                 cache[:] = a, b, (jax.device_put(a), jax.device_put(b))
@@ -670,7 +683,8 @@ def gemm_backends():
     return backends, notes
 
 
-def gemm_table(names=None, batches=None, rounds=2, min_time=0.1, settle=0.2, backends=None, out=print):
+def gemm_table(names: Any = None, batches: Any = None, rounds: int = 2, min_time: float = 0.1,
+               settle: float = 0.2, backends: Any = None, out: Any = print) -> Any:
     """GFLOP/s of each GEMM backend at every shape the workloads' steps use, float32; the
     backends take turns in each round and the rounds' times are pooled into one median.
     Each turn starts after ``settle`` seconds of sleep, so that the thread pools of the backend

@@ -13,11 +13,17 @@ A callback with ``state_dict()``/``load_state_dict(state)`` has its state in fit
 checkpoints (so early stopping counts on after ``resume``). A callback with a ``monitor``
 attribute names one of the logs' keys; fit checks it before training.
 """
+from __future__ import annotations
 import math
 
 import numpy as np
 
 from . import io
+import os
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .nn import Module
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint"]
 
@@ -26,32 +32,32 @@ class Callback:
     """A callback that does nothing: subclass it and override what you need."""
     model = None
 
-    def set_model(self, model):
+    def set_model(self, model: Module) -> None:
         self.model = model
 
-    def on_train_begin(self, logs):
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> bool:
         return False
 
-    def on_train_end(self, logs):
+    def on_train_end(self, logs: dict[str, Any]) -> None:
         pass
 
 
-def _mode(mode):
+def _mode(mode: Any) -> Any:
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     return mode
 
 
-def _monitor(monitor):
+def _monitor(monitor: Any) -> Any:
     if not isinstance(monitor, str):
         raise TypeError(f"monitor must be a str (a key of fit's logs), got {type(monitor).__name__}")
     return monitor
 
 
-def _value(logs, monitor, who):
+def _value(logs: Any, monitor: Any, who: Any) -> Any:
     if monitor not in logs:
         raise ValueError(f"{who}: unknown monitor {monitor!r}; fit logs {sorted(logs)}")
     v = logs[monitor]
@@ -61,10 +67,24 @@ def _value(logs, monitor, who):
 class EarlyStopping(Callback):
     """Stops fit once ``monitor`` has not improved by more than min_delta for ``patience``
     epochs; with restore_best_weights, the model ends with the state of its best epoch
-    (also when training ran to the last epoch)."""
+    (also when training ran to the last epoch).
 
-    def __init__(self, monitor="val_loss", patience=10, min_delta=0.0, mode="min",
-                 restore_best_weights=True):
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> X, y = fp.datasets.spirals(200, classes=2, seed=0)
+    >>> X_train, X_val, y_train, y_val = fp.datasets.train_test_split(X, y, seed=0)
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=0), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> history = fp.fit(model, X_train, y_train, fp.SoftmaxCrossEntropy(),
+    ...                  fp.Adam(model.parameters(), lr=1e-2), epochs=200, batch_size=32,
+    ...                  validation_data=(X_val, y_val), progress=False,
+    ...                  callbacks=[fp.EarlyStopping(patience=2)])
+    >>> len(history.history["loss"]) < 200
+    True
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 10, min_delta: float = 0.0,
+                 mode: str = "min", restore_best_weights: bool = True) -> None:
         self.monitor = _monitor(monitor)
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
@@ -77,22 +97,22 @@ class EarlyStopping(Callback):
         self.restore_best_weights = bool(restore_best_weights)
         self._reset()
 
-    def _reset(self):
+    def _reset(self) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = 0
         self.wait = 0
         self.stopped_epoch = 0
         self.best_weights = None
 
-    def on_train_begin(self, logs):
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
         self._reset()
 
-    def _better(self, v):
+    def _better(self, v: Any) -> Any:
         if self.mode == "min":
             return v < self.best - self.min_delta
         return v > self.best + self.min_delta
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> bool:
         v = _value(logs, self.monitor, "EarlyStopping")
         if v is not None and self._better(v):
             self.best, self.best_epoch, self.wait = v, epoch, 0
@@ -105,15 +125,15 @@ class EarlyStopping(Callback):
             return True
         return False
 
-    def on_train_end(self, logs):
+    def on_train_end(self, logs: dict[str, Any]) -> None:
         if self.restore_best_weights and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
                 "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
         self.stopped_epoch, self.best_weights = state["stopped_epoch"], state["best_weights"]
 
@@ -122,17 +142,18 @@ class ModelCheckpoint(Callback):
     """Saves the model (fp.save) after each epoch, or only when ``monitor`` improved with
     save_best_only. path may hold ``{epoch}`` and the logs' keys (``"m-{epoch:03d}.npz"``)."""
 
-    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="min"):
+    def __init__(self, path: str | os.PathLike[str], monitor: str = "val_loss",
+                 save_best_only: bool = False, mode: str = "min") -> None:
         self.path = path
         self.monitor = _monitor(monitor)
         self.save_best_only = bool(save_best_only)
         self.mode = _mode(mode)
         self.best = math.inf if self.mode == "min" else -math.inf
 
-    def on_train_begin(self, logs):
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> bool:
         v = _value(logs, self.monitor, "ModelCheckpoint")
         if self.save_best_only:
             if v is None or not (v < self.best if self.mode == "min" else v > self.best):
@@ -144,8 +165,8 @@ class ModelCheckpoint(Callback):
         io.save(self.model, path)
         return False
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state["best"]

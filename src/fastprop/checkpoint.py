@@ -2,12 +2,18 @@
 and step counts, the scheduler's state, the modules' RNG states and the caller's extras,
 in one .npz written atomically (io.savez_atomic). No pickle: nested state is stored as
 JSON, its arrays as the file's arrays."""
+from __future__ import annotations
 import json
 import os
 
 import numpy as np
 
 from . import io
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .nn import Module
+    from .optim import Optimizer
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -16,7 +22,7 @@ VERSION = 1
 
 
 # ---------------------------------------------------------------- nested state <-> JSON + arrays
-def _encode(obj, arrays, where):
+def _encode(obj: Any, arrays: Any, where: Any) -> Any:
     """obj as JSON data; its arrays moved to `arrays` and named {"__array__": key}."""
     if isinstance(obj, np.ndarray):
         key = f"a{len(arrays)}"
@@ -43,7 +49,7 @@ def _encode(obj, arrays, where):
                     f"(numbers, strings, lists, tuples, dicts and numpy arrays can be stored)")
 
 
-def _decode(obj, arrays):
+def _decode(obj: Any, arrays: Any) -> Any:
     if isinstance(obj, list):
         return [_decode(v, arrays) for v in obj]
     if isinstance(obj, dict):
@@ -57,7 +63,7 @@ def _decode(obj, arrays):
     return obj
 
 
-def _rng_modules(model):
+def _rng_modules(model: Any) -> Any:
     """The modules with rng_state()/set_rng_state(state) (Dropout), each once, in order."""
     seen, out = set(), []
     for m in model.modules():
@@ -68,18 +74,19 @@ def _rng_modules(model):
     return out
 
 
-def _architecture(model):
+def _architecture(model: Any) -> Any:
     try:
         return io.architecture(model)
     except TypeError:  # a user's own module: the state's names and shapes are the check
         return None
 
 
-def write(path, model, optimizer, scheduler=None, extra=None, fit_state=None):
+def write(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, scheduler: Any = None,
+          extra: Any = None, fit_state: Any = None) -> Any:
     """Writes a checkpoint (save_checkpoint, and fit's with its own state)."""
     if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
         raise ValueError("scheduler belongs to another optimizer than the one given")
-    arrays = {}
+    arrays: dict[str, Any] = {}
     state = {"model": model.state_dict(),
              "optimizer": optimizer.state_dict(),
              "scheduler": None if scheduler is None else scheduler.state_dict(),
@@ -94,7 +101,8 @@ def write(path, model, optimizer, scheduler=None, extra=None, fit_state=None):
     io.savez_atomic(path, arrays)
 
 
-def read(path, model, optimizer, scheduler=None, check_fit=None):
+def read(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, scheduler: Any = None,
+         check_fit: Any = None) -> Any:
     """Loads a checkpoint into model, optimizer and scheduler; returns (extra, fit state).
     Anything that does not match is a ValueError, with everything as it was (check_fit(fit
     state) runs before anything is loaded: fit's own checks)."""
@@ -165,18 +173,33 @@ def read(path, model, optimizer, scheduler=None, check_fit=None):
     return state["extra"], state["fit"]
 
 
-def save_checkpoint(path, model, optimizer, scheduler=None, **extra):
+def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Optimizer,
+                    scheduler: Any = None, **extra: Any) -> None:
     """Writes everything training needs to continue to path (.npz), atomically.
 
     The model's state_dict() (parameters and buffers), optimizer.state_dict() (state
     buffers, step counts, the groups' hyperparameters), scheduler.state_dict(), the RNG
     state of every module that has rng_state() (Dropout), and extra (numbers, strings,
     lists, dicts, numpy arrays). ``load_checkpoint`` reads it back.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=0), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> opt = fp.Adam(model.parameters(), lr=1e-2)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+    >>> fp.save_checkpoint(path, model, opt, epoch=3, note="warm")
+    >>> other = fp.Sequential(fp.Linear(2, 3, rng=5), fp.ReLU(), fp.Linear(3, 2, rng=6))
+    >>> fp.load_checkpoint(path, other, fp.Adam(other.parameters(), lr=1e-2))
+    {'epoch': 3, 'note': 'warm'}
+    >>> all(np.array_equal(a.data, b.data) for a, b in zip(model.parameters(), other.parameters()))
+    True
     """
     write(path, model, optimizer, scheduler, extra)
 
 
-def load_checkpoint(path, model, optimizer, scheduler=None):
+def load_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Optimizer,
+                    scheduler: Any = None) -> dict[str, Any]:
     """Loads a save_checkpoint file into model, optimizer (and scheduler); returns the extra
     dict. A checkpoint of another architecture, optimizer or scheduler is a ValueError and
     nothing changes."""

@@ -1,16 +1,18 @@
-"""Gradient clipping, as torch.nn.utils.clip_grad_norm_ / clip_grad_value_: one C pass per
+"""Gradient clipping, as ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``: one C pass per
 flat run of the gradients (one for a model's parameters), no temporaries."""
+from __future__ import annotations
 import math
 
 from . import _kernels
 from .nn import Parameter, _Exclusive, flat_runs
+from typing import Any, Iterable
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
-def _guards(params):
+def _guards(params: Any) -> Any:
     """The locks of the models the parameters belong to (as an optimizer step takes them)."""
-    out = []
+    out: list[Any] = []
     for p in params:
         g = p._guard
         if g is not None and all(g is not h for h in out):
@@ -18,7 +20,7 @@ def _guards(params):
     return out
 
 
-def _grad_runs(parameters):
+def _grad_runs(parameters: Any) -> Any:
     """The gradient views of the parameters' flat runs, and their models' locks."""
     if isinstance(parameters, Parameter):
         parameters = [parameters]
@@ -33,7 +35,7 @@ def _grad_runs(parameters):
     return [grad for _, grad in flat_runs(params)], _guards(params)
 
 
-def _norm_type(norm_type):
+def _norm_type(norm_type: Any) -> Any:
     try:
         p = float(norm_type)
     except (TypeError, ValueError):
@@ -43,7 +45,7 @@ def _norm_type(norm_type):
     return p
 
 
-def _max_norm(max_norm):
+def _max_norm(max_norm: Any) -> Any:
     try:
         m = float(max_norm)
     except (TypeError, ValueError):
@@ -53,7 +55,7 @@ def _max_norm(max_norm):
     return m
 
 
-def total_norm(grads, p):
+def total_norm(grads: Any, p: float) -> Any:
     """The p-norm of all the gradient arrays together (the norm of their norms)."""
     if math.isinf(p):
         return max((_kernels.grad_norm_pow(g, p) for g in grads), default=0.0)
@@ -63,7 +65,7 @@ def total_norm(grads, p):
     return math.sqrt(s) if p == 2 else s ** (1.0 / p)
 
 
-def clip_by_norm(grads, max_norm, p, error_if_nonfinite):
+def clip_by_norm(grads: Any, max_norm: float, p: float, error_if_nonfinite: Any) -> Any:
     """clip_grad_norm_ on checked gradient arrays (TrainStep calls this each step)."""
     norm = total_norm(grads, p)
     if error_if_nonfinite and not math.isfinite(norm):
@@ -78,13 +80,43 @@ def clip_by_norm(grads, max_norm, p, error_if_nonfinite):
     return norm
 
 
-def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(parameters: Iterable[Parameter] | Parameter, max_norm: float,
+                    norm_type: float = 2.0, error_if_nonfinite: bool = False) -> float:
     """Scales the gradients in place so that their total norm is at most max_norm.
 
     The total norm is that of all the gradients concatenated (order norm_type, inf for the
     largest magnitude); the gradients are multiplied by min(1, max_norm / (norm + 1e-6)).
-    Returns the total norm before clipping (a float). With error_if_nonfinite a NaN or
-    infinite norm is a RuntimeError and nothing changes.
+
+    Parameters
+    ----------
+    parameters : Parameter or iterable of Parameter
+        Whose ``grad`` to clip (``model.parameters()``).
+    max_norm : float
+        The largest total norm allowed.
+    norm_type : float, default 2.0
+        The order of the norm (``float("inf")``: the largest magnitude).
+    error_if_nonfinite : bool, default False
+        Raise instead of scaling when the total norm is NaN or infinite.
+
+    Returns
+    -------
+    float
+        The total norm before clipping.
+
+    Raises
+    ------
+    RuntimeError
+        With error_if_nonfinite, if the norm is not finite (nothing changes).
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.grad[:] = [[3.0, 4.0]]
+    >>> fp.clip_grad_norm_(layer.parameters(), max_norm=1.0)
+    5.0
+    >>> layer.weight.grad.round(4)
+    array([[0.6, 0.8]], dtype=float32)
     """
     grads, guards = _grad_runs(parameters)
     max_norm, norm_type = _max_norm(max_norm), _norm_type(norm_type)
@@ -92,8 +124,18 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         return clip_by_norm(grads, max_norm, norm_type, error_if_nonfinite)
 
 
-def clip_grad_value_(parameters, clip_value):
-    """Clamps every gradient element into [−clip_value, clip_value] in place."""
+def clip_grad_value_(parameters: Iterable[Parameter] | Parameter, clip_value: float) -> None:
+    """Clamps every gradient element into [−clip_value, clip_value] in place.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.grad[:] = [[3.0, -4.0]]
+    >>> fp.clip_grad_value_(layer.parameters(), 1.0)
+    >>> layer.weight.grad
+    array([[ 1., -1.]], dtype=float32)
+    """
     grads, guards = _grad_runs(parameters)
     try:
         c = float(clip_value)

@@ -13,17 +13,20 @@ exported once from the copy bundled with scikit-learn
 (``sklearn.datasets.load_digits()``, scikit-learn 1.9.1) and stores two arrays:
 ``data`` (uint8, shape (1797, 64)) and ``target`` (uint8, shape (1797,)).
 """
+from __future__ import annotations
 
 import math
 from importlib import resources
 from numbers import Integral, Real
 
 import numpy as np
+from typing import Any
+from numpy.typing import NDArray, DTypeLike
 
 __all__ = ["xor", "spirals", "load_digits", "train_test_split"]
 
 
-def xor(dtype=np.float32):
+def xor(dtype: DTypeLike = np.float32) -> tuple[NDArray[Any], NDArray[Any]]:
     """Return the four points of the XOR problem.
 
     Parameters
@@ -43,7 +46,8 @@ def xor(dtype=np.float32):
     return X, y
 
 
-def spirals(n=300, classes=3, seed=0, noise=0.2, dtype=np.float32):
+def spirals(n: int = 300, classes: int = 3, seed: int = 0, noise: float = 0.2,
+            dtype: DTypeLike = np.float32) -> tuple[NDArray[Any], NDArray[Any]]:
     """Generate interleaved 2-D spirals, one arm per class (CS231n style).
 
     Each arm has radii evenly spaced from 0 to 1 and angles running over
@@ -98,7 +102,8 @@ def spirals(n=300, classes=3, seed=0, noise=0.2, dtype=np.float32):
     return np.concatenate(xs).astype(dtype), np.concatenate(ys)
 
 
-def load_digits(dtype=np.float32, scale=True):
+def load_digits(dtype: DTypeLike = np.float32,
+                scale: bool = True) -> tuple[NDArray[Any], NDArray[Any]]:
     """Load the 8x8 handwritten digits (1,797 samples, 10 classes).
 
     See the module docstring for the data source and license.
@@ -134,7 +139,8 @@ def load_digits(dtype=np.float32, scale=True):
     return X, target.astype(np.int64)
 
 
-def train_test_split(X, y, test_size=0.25, seed=0):
+def train_test_split(X: NDArray[Any], y: NDArray[Any], test_size: float = 0.25,
+                     seed: int = 0) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Shuffle and split arrays into train and test parts.
 
     Parameters

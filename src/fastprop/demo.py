@@ -13,7 +13,8 @@ from .train import evaluate, fit
 SIZES = (64, 128, 128, 10)
 
 
-def run(epochs=20, batch_size=32, lr=0.05, momentum=0.9, seed=0, progress=True, out=print):
+def run(epochs: int = 20, batch_size: int = 32, lr: float = 0.05, momentum: float = 0.9,
+        seed: int = 0, progress: bool = True, out=print):
     """Trains fastprop and the NumPy reference from the same initial weights on the same
     batches; prints and returns their test accuracies and wall times."""
     X, y = load_digits()

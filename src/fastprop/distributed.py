@@ -19,9 +19,16 @@ Allreduce of the model's flat gradient buffer. The ranks first agree on one smal
 non-finite loss) makes every rank raise the same error instead of leaving the others
 waiting in the all-reduce.
 """
+from __future__ import annotations
 import importlib
 
 import numpy as np
+from typing import Any, TYPE_CHECKING
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .losses import Loss
+    from .optim import Optimizer
 
 try:
     from mpi4py import MPI
@@ -34,31 +41,32 @@ __all__ = ["broadcast_parameters", "broadcast_optimizer_state", "allreduce_gradi
            "Overlap", "evaluate", "check_same_data", "shard", "rows_of", "sum_over_ranks", "is_root"]
 
 
-def is_root(comm, root=0):
+def is_root(comm: Any, root: int = 0) -> Any:
     """True on the rank that prints and writes files (True without a communicator)."""
     return comm is None or comm.Get_rank() == root
 
 
-def shard(n, comm):
+def shard(n: int, comm: Any) -> Any:
     """(lo, hi): this rank's part of n rows; the parts differ by at most one row."""
     rank, size = comm.Get_rank(), comm.Get_size()
     return n * rank // size, n * (rank + 1) // size
 
 
-def rows_of(lo, hi, comm):
+def rows_of(lo: Any, hi: Any, comm: Any) -> Any:
     """This rank's (lo, hi) part of the rows lo:hi (see shard)."""
     a, b = shard(hi - lo, comm)
     return lo + a, lo + b
 
 
-def sum_over_ranks(comm, *values):
+def sum_over_ranks(comm: Any, *values: Any) -> Any:
     """The sums over all ranks of a few numbers (one small Allreduce)."""
     buf = np.array(values, dtype=np.float64)
     comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
     return tuple(buf.tolist())
 
 
-def evaluate(model, X, y, loss, comm, batch_size=4096):
+def evaluate(model: Module, X: NDArray[Any], y: NDArray[Any], loss: Loss, comm: Any,
+             batch_size: int = 4096) -> Any:
     """fastprop.evaluate over all ranks' rows: each rank scores its shard of (X, y), and the
     loss and accuracy are the means over all rows (every rank passes the same X, y)."""
     from .train import evaluate as local_evaluate
@@ -73,7 +81,7 @@ def evaluate(model, X, y, loss, comm, batch_size=4096):
     return {"loss": total / len(X), "accuracy": correct / len(X) if has_acc else None}
 
 
-def check_same_data(comm, *arrays, root=0):
+def check_same_data(comm: Any, *arrays: Any, root: int = 0) -> None:
     """A ValueError on every rank unless every rank holds the same arrays (compared by shape,
     dtype and a sum of about 64 rows each): fit(comm=...) splits every batch itself, so
     ranks that each pass their own shard would train on the wrong rows, or wait forever
@@ -86,7 +94,7 @@ def check_same_data(comm, *arrays, root=0):
     _agree_signatures("data sets (every rank must pass the same X and y)", sig, comm, root)
 
 
-def _agree_signatures(what, sig, comm, root):
+def _agree_signatures(what: Any, sig: Any, comm: Any, root: Any) -> Any:
     """Every rank raises the same ValueError if some rank's signature differs from root's."""
     sigs = comm.allgather(sig)
     for rank, s in enumerate(sigs):
@@ -100,7 +108,7 @@ def _agree_signatures(what, sig, comm, root):
         raise ValueError(f"the {what} differ across ranks: rank {rank} has {detail}")
 
 
-def broadcast_parameters(model, comm, root=0):
+def broadcast_parameters(model: Module, comm: Any, root: int = 0) -> Any:
     """Copies root's parameters into every rank's model (one Bcast per flat buffer), and its
     buffers (running statistics); a Dropout's mask stream becomes root's, made distinct per
     rank.
@@ -121,7 +129,7 @@ def broadcast_parameters(model, comm, root=0):
     _distinct_streams(model, comm, root)
 
 
-def _distinct_streams(model, comm, root):
+def _distinct_streams(model: Any, comm: Any, root: Any) -> None:
     """Modules with a random stream (Dropout: rng_state / set_rng_state) get one per rank,
     derived from root's and the rank: distinct masks on every rank, reproducible from the
     seed (root keeps its own stream, so one rank trains as one process)."""
@@ -135,7 +143,7 @@ def _distinct_streams(model, comm, root):
         m.set_rng_state(state)
 
 
-def broadcast_optimizer_state(optimizer, comm, root=0):
+def broadcast_optimizer_state(optimizer: Optimizer, comm: Any, root: int = 0) -> None:
     """Copies root's optimizer state (step count, momentum / moment buffers) to every rank.
 
     A ValueError on every rank (and nothing changed) if the optimizers' types or parameter
@@ -155,7 +163,7 @@ def broadcast_optimizer_state(optimizer, comm, root=0):
     optimizer.step_count = comm.bcast(optimizer.step_count, root=root)
 
 
-def allreduce_gradients(model, comm):
+def allreduce_gradients(model: Module, comm: Any) -> None:
     """Replaces every ``.grad`` by its mean over the ranks: one in-place Allreduce per flat
     gradient buffer (one for a model)."""
     size = comm.Get_size()
@@ -164,7 +172,7 @@ def allreduce_gradients(model, comm):
         grad *= 1.0 / size
 
 
-def _rows(x):
+def _rows(x: Any) -> Any:
     """The number of rows of a batch x: one array (or nested lists), or a Graph's inputs
     (a dict, list or tuple of 2-D arrays)."""
     if isinstance(x, dict):
@@ -176,7 +184,7 @@ def _rows(x):
     return shape[0] if shape else 1
 
 
-def _mass(loss, x, y, sample_weight):
+def _mass(loss: Any, x: Any, y: Any, sample_weight: Any) -> Any:
     """A batch's weight in the global mean: its rows, or the sum of its samples' weights
     where the loss is a weighted mean (sample_weight, class weights: loss.weight_total)."""
     if sample_weight is None and getattr(loss, "weight", None) is None:
@@ -184,7 +192,7 @@ def _mass(loss, x, y, sample_weight):
     return float(loss.weight_total(np.asarray(y), sample_weight))
 
 
-def _agree(comm, error, mass, loss_sum):
+def _agree(comm: Any, error: Any, mass: Any, loss_sum: Any) -> Any:
     """One small Allreduce: (the number of failed ranks, Σ mass, Σ mass·loss) over all ranks.
 
     If some rank failed, every rank raises the first failed rank's error (its type and
@@ -219,7 +227,7 @@ class Overlap:
     inside MPI calls (between layers, here) unless MPIR_CVAR_ASYNC_PROGRESS=1.
     """
 
-    def __init__(self, comm, bucket_bytes=1 << 20):
+    def __init__(self, comm: Any, bucket_bytes: Any = 1 << 20) -> None:
         if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) \
                 or bucket_bytes < 1:
             raise ValueError(f"bucket_bytes must be a positive integer, got {bucket_bytes!r}")
@@ -229,7 +237,7 @@ class Overlap:
 class GradientSync:
     """The data-parallel part of a TrainStep (TrainStep(..., comm=...) makes one)."""
 
-    def __init__(self, step, comm):
+    def __init__(self, step: Any, comm: Any) -> None:
         if not isinstance(comm, (MPI.Comm, Overlap)):
             raise TypeError(f"comm must be an mpi4py communicator or distributed.Overlap, "
                             f"got {type(comm).__name__}")
@@ -256,7 +264,8 @@ class GradientSync:
             raise TypeError(f"distributed.Overlap needs a Sequential model (its layers' backward "
                             f"runs one by one), got {type(step.model).__name__}")
 
-    def __call__(self, x, y, sample_weight=None):
+    def __call__(self, x: NDArray[Any], y: NDArray[Any],
+                 sample_weight: NDArray[Any] | None = None) -> Any:
         """One data-parallel step (inside TrainStep.__call__, which holds the model)."""
         ts = self.step
         self.reached = False
@@ -274,7 +283,7 @@ class GradientSync:
                 raise
             _agree(self.comm, e, 0.0, 0.0)
 
-    def before_update(self, J):
+    def before_update(self, J: Any) -> Any:
         """Called by TrainStep between the local backward and the update: agree, then the
         gradient becomes all ranks' mean; returns the global loss. A rank without rows runs
         no TrainStep part, so its update is made here."""
@@ -298,7 +307,7 @@ class GradientSync:
         return J
 
     # ---------------------------------------------------------------- DDP-style overlap
-    def _overlapped(self, x, y, sample_weight):
+    def _overlapped(self, x: Any, y: Any, sample_weight: Any) -> Any:
         from .train import _finite_batch
         ts, comm, model, mass = self.step, self.comm, self.step.model, self.mass
         J = 0.0
@@ -335,7 +344,7 @@ class GradientSync:
         ts.optimizer._step_holding(model._busy)
         return J
 
-    def _buckets(self, model, grad):
+    def _buckets(self, model: Any, grad: Any) -> Any:
         """[(lo, hi)] of the flat gradient from its end, each about bucket_bytes at layer
         boundaries, and each layer's first offset (a bucket is final once the backward
         has passed the layer holding its first element)."""

@@ -19,12 +19,14 @@ each value forward, and two grad tables backward, for g and R{g}, on the same pl
 buffers and aliases; each merge node has its R pieces, and a shared module's nodes all add
 into its parameters' one Hv view. A graph with several outputs has none (one loss).
 """
+from __future__ import annotations
 import threading
 
 import numpy as np
 
 from . import ops, plan
 from .nn import Module, as_input, flatten_parameters
+from typing import Any
 
 __all__ = ["Graph", "Node", "Merge", "Add", "Concat", "Mul", "Residual"]
 
@@ -46,24 +48,24 @@ class Merge(Module):
     min_inputs, max_inputs = 2, None
     _workspace_keys = ("_y", "_xs")
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._y = self._xs = None
 
-    def forward(self, *xs):
+    def forward(self, *xs: Any) -> Any:
         raise TypeError(f"{type(self).__name__} is a graph node: g.add(fp.{type(self).__name__}(), a, b)")
 
     backward = forward
 
-    def _workspace(self, shape, dtype):
+    def _workspace(self, shape: Any, dtype: Any) -> Any:
         if self._y is None or self._y.shape != shape or self._y.dtype != dtype:
             self._y = np.empty(shape, dtype)
         return self._y
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self._y
 
-    def out_width(self, widths):
+    def out_width(self, widths: Any) -> Any:
         """The output width for these input widths (None where unknown); ValueError on a mismatch."""
         known = {w for w in widths if w is not None}
         if len(known) > 1:
@@ -74,19 +76,19 @@ class Merge(Module):
 class Add(Merge):
     """``y = Σ_k x_k`` over n inputs of one shape: the skip connection's merge."""
 
-    def _forward(self, xs):
+    def _forward(self, xs: Any) -> Any:
         y = ops.add_forward(xs, out=self._workspace(xs[0].shape, xs[0].dtype))
         self._ready = True
         return y
 
-    def _backward_into(self, g, dests, accumulate):
+    def _backward_into(self, g: Any, dests: Any, accumulate: Any) -> None:
         for d, acc in zip(dests, accumulate):
             if d is not None:
                 ops.add_backward(g, out=d, accumulate=acc)
 
     r_supported = True
 
-    def _rforward(self, xs, rxs, v):
+    def _rforward(self, xs: Any, rxs: Any, v: Any) -> Any:
         # R{Σ x_k} = Σ R{x_k}, the inputs that do not move left out
         shape, dtype = xs[0].shape, xs[0].dtype
         y = ops.add_forward(xs, out=self._rbuf("y", shape, dtype))
@@ -94,7 +96,7 @@ class Add(Merge):
         ry = ops.add_forward(moving, out=self._rbuf("ry", shape, dtype)) if moving else None
         return y, ry
 
-    def _rbackward_into(self, g, rg, dests, rdests, accumulate):
+    def _rbackward_into(self, g: Any, rg: Any, dests: Any, rdests: Any, accumulate: Any) -> None:
         # linear: every input gets g, and R{g}
         if g is not None:
             self._backward_into(g, dests, accumulate)
@@ -106,18 +108,18 @@ class Mul(Merge):
     max_inputs = 2
     min_inputs = 2
 
-    def _forward(self, xs):
+    def _forward(self, xs: Any) -> Any:
         a, b = xs
         y = ops.mul_forward(a, b, out=self._workspace(a.shape, a.dtype))
         self._xs, self._ready = (a, b), True
         return y
 
-    def _backward_into(self, g, dests, accumulate):
+    def _backward_into(self, g: Any, dests: Any, accumulate: Any) -> None:
         a, b = self._xs
         self._into(g, a, b, dests, accumulate)
 
     @staticmethod
-    def _into(g, a, b, dests, accumulate):
+    def _into(g: Any, a: Any, b: Any, dests: Any, accumulate: Any) -> None:
         """dests[0] (+)= g ⊙ b, dests[1] (+)= g ⊙ a (a None dest skipped)."""
         if dests[0] is not None or dests[1] is not None:
             ops.mul_backward(g, a, b, grad_a=dests[0], grad_b=dests[1],
@@ -126,7 +128,7 @@ class Mul(Merge):
 
     r_supported = True
 
-    def _rforward(self, xs, rxs, v):
+    def _rforward(self, xs: Any, rxs: Any, v: Any) -> Any:
         # R{a ⊙ b} = R{a} ⊙ b + a ⊙ R{b}
         (a, b), (ra, rb) = xs, rxs
         y = ops.mul_forward(a, b, out=self._rbuf("y", a.shape, a.dtype))
@@ -140,7 +142,7 @@ class Mul(Merge):
         self._rsaved = (a, b, ra, rb)
         return y, ry
 
-    def _rbackward_into(self, g, rg, dests, rdests, accumulate):
+    def _rbackward_into(self, g: Any, rg: Any, dests: Any, rdests: Any, accumulate: Any) -> None:
         # g_a = g ⊙ b:  R{g_a} = R{g} ⊙ b + g ⊙ R{b};  g_b = g ⊙ a:  R{g_b} = R{g} ⊙ a + g ⊙ R{a}
         a, b, ra, rb = self._rsaved
         self._into(rg, a, b, rdests, accumulate)
@@ -155,20 +157,20 @@ class Concat(Merge):
     """``y = [x_1, x_2, ...]`` along the features: (batch, Σ widths)."""
     _workspace_keys = ("_y", "_xs", "_widths")
 
-    def _forward(self, xs):
+    def _forward(self, xs: Any) -> Any:
         self._widths = [x.shape[1] for x in xs]
         y = ops.concat_forward(xs, out=self._workspace((xs[0].shape[0], sum(self._widths)),
                                                        xs[0].dtype))
         self._ready = True
         return y
 
-    def _backward_into(self, g, dests, accumulate, widths=None):
+    def _backward_into(self, g: Any, dests: Any, accumulate: Any, widths: Any = None) -> None:
         ops.concat_backward(g, self._widths if widths is None else widths, outs=dests,
                             needed=[d is not None for d in dests], accumulate=list(accumulate))
 
     r_supported = True
 
-    def _rforward(self, xs, rxs, v):
+    def _rforward(self, xs: Any, rxs: Any, v: Any) -> Any:
         # R{[x_1, x_2, ...]} = [R{x_1}, R{x_2}, ...], zeros for an input that does not move
         widths = [x.shape[1] for x in xs]
         shape, dtype = (xs[0].shape[0], sum(widths)), xs[0].dtype
@@ -185,13 +187,13 @@ class Concat(Merge):
         self._rsaved = widths
         return y, ry
 
-    def _rbackward_into(self, g, rg, dests, rdests, accumulate):
+    def _rbackward_into(self, g: Any, rg: Any, dests: Any, rdests: Any, accumulate: Any) -> None:
         # linear: split g and R{g} along the features
         if g is not None:
             self._backward_into(g, dests, accumulate, self._rsaved)
         self._backward_into(rg, rdests, accumulate, self._rsaved)
 
-    def out_width(self, widths):
+    def out_width(self, widths: Any) -> Any:
         return None if any(w is None for w in widths) else sum(widths)
 
 
@@ -202,10 +204,10 @@ class Node:
     as another node's input."""
     __slots__ = ("graph", "name")
 
-    def __init__(self, graph, name):
+    def __init__(self, graph: Any, name: str) -> None:
         self.graph, self.name = graph, name
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Node({self.name!r})"
 
 
@@ -213,13 +215,13 @@ class _Step:
     """One node of the built graph, in topological order."""
     __slots__ = ("name", "kind", "module", "inputs", "width", "accumulate", "alias")
 
-    def __init__(self, name, kind, module, inputs, width):
+    def __init__(self, name: Any, kind: Any, module: Any, inputs: Any, width: Any) -> None:
         self.name, self.kind, self.module, self.inputs, self.width = name, kind, module, inputs, width
         self.accumulate = [False] * len(inputs)  # per input slot: add into the grad table's buffer
         self.alias = [False] * len(inputs)       # per input slot: hand the array over, no buffer
 
 
-def _deposit(table, bufs, j, a, alias, accumulate):
+def _deposit(table: Any, bufs: Any, j: Any, a: Any, alias: Any, accumulate: Any) -> None:
     """One consumer's share a of node j's gradient into the grad table: handed over (alias),
     or written or added into j's buffer. None (nothing to pass) is skipped."""
     if a is None:
@@ -227,7 +229,7 @@ def _deposit(table, bufs, j, a, alias, accumulate):
     table[j] = a if alias else ops.add_backward(a, out=bufs[j], accumulate=accumulate)
 
 
-def _twin(module):
+def _twin(module: Any) -> Any:
     """The same module at another node: the same Parameter objects, its own workspaces."""
     t = object.__new__(type(module))
     t.__dict__.update(Module.__getstate__(module))  # workspaces and saved values reset
@@ -243,15 +245,8 @@ def _twin(module):
 class Graph(Module):
     """A model built from nodes of a directed acyclic computation graph.
 
-    ::
-
-        g = fp.Graph()
-        x = g.input("x", 64)
-        h = g.add(fp.Linear(64, 128), x); h = g.add(fp.ReLU(), h)
-        r = g.add(fp.Linear(128, 128), h); r = g.add(fp.ReLU(), r)
-        s = g.add(fp.Add(), h, r)                      # skip connection
-        y = g.add(fp.Linear(128, 10), s)
-        model = g.build(outputs=y)                     # model(x), model.backward(gy)
+    Build it with :meth:`input`, :meth:`add` and :meth:`build`; the built graph is a
+    :class:`~fastprop.nn.Module` (``model(x)``, ``model.backward(gy)``, ``parameters()``).
 
     Nodes: any single-input Module, ``Add`` (n inputs), ``Concat`` (n inputs, along the
     features), ``Mul`` (two inputs). Inputs of a node are Node handles or node names (a name
@@ -260,10 +255,35 @@ class Graph(Module):
     a tuple and ``backward`` takes one gradient per output. A module added at several nodes
     shares its parameters. Parameters are named after the first node of their module
     (``"fc1.weight"``), and the model owns one flat parameter buffer, as a Sequential.
+
+    Raises
+    ------
+    ValueError
+        From :meth:`build`, if the graph has a cycle, an unknown input name, or widths that
+        do not match.
+
+    Examples
+    --------
+    A skip connection:
+
+    >>> import numpy as np, fastprop as fp
+    >>> g = fp.Graph()
+    >>> x = g.input("x", 4)
+    >>> h = g.add(fp.Linear(4, 8, rng=0), x, name="fc1")
+    >>> h = g.add(fp.ReLU(), h)
+    >>> r = g.add(fp.ReLU(), g.add(fp.Linear(8, 8, rng=1), h))
+    >>> s = g.add(fp.Add(), h, r)
+    >>> model = g.build(outputs=g.add(fp.Linear(8, 3, rng=2), s))
+    >>> model(np.ones((5, 4), np.float32)).shape
+    (5, 3)
+    >>> [name for name, _ in model.named_parameters()][:2]
+    ['fc1.weight', 'fc1.bias']
+    >>> model.backward(np.ones((5, 3), np.float32)).shape
+    (5, 4)
     """
     _workspace_keys = ("_values", "_table", "_gbufs", "_gbatch")
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._specs = []    # in the order added: (name, kind, module or width, input refs)
         self._names = {}
@@ -271,7 +291,7 @@ class Graph(Module):
         self._values = self._table = self._gbufs = self._gbatch = None
 
     # ------------------------------------------------------------ construction
-    def _new_name(self, name, module):
+    def _new_name(self, name: Any, module: Any) -> Any:
         if name is None:
             base = "input" if module is None else type(module).__name__.lower()
             i = sum(1 for n in self._names if n.startswith(base))
@@ -284,11 +304,11 @@ class Graph(Module):
             raise ValueError(f"the graph already has a node named {name!r}")
         return name
 
-    def _open(self):
+    def _open(self) -> Any:
         if self._built:
             raise RuntimeError("this graph is built: nodes cannot be added any more")
 
-    def input(self, name, width=None):
+    def input(self, name: str, width: int | None = None) -> Node:
         """An input node of ``width`` features (None: any); returns its Node."""
         self._open()
         if width is not None and (isinstance(width, bool) or not isinstance(width, (int, np.integer))
@@ -299,7 +319,7 @@ class Graph(Module):
         self._specs.append((name, "input", None if width is None else int(width), []))
         return Node(self, name)
 
-    def add(self, module, *inputs, name=None):
+    def add(self, module: Module, *inputs: Any, name: str | None = None) -> Node:
         """A node computing ``module`` of its inputs (Node handles or names); returns its Node."""
         self._open()
         if not isinstance(module, Module):
@@ -321,7 +341,7 @@ class Graph(Module):
         self._specs.append((name, "merge" if isinstance(module, Merge) else "module", module, refs))
         return Node(self, name)
 
-    def build(self, outputs):
+    def build(self, outputs: Any) -> Graph:
         """Checks the graph and makes it a model; returns self.
 
         Raises ValueError naming the nodes for: unknown input names, a wrong number of inputs,
@@ -406,7 +426,7 @@ class Graph(Module):
         self._built = True
         return self
 
-    def _topological_order(self, ins):
+    def _topological_order(self, ins: Any) -> Any:
         """plan.topological_order; a cycle is a ValueError naming its nodes."""
         order, cycle = plan.topological_order(ins)
         if cycle:
@@ -414,7 +434,7 @@ class Graph(Module):
             raise ValueError(f"the graph has a cycle: {names} (each node takes the next as input)")
         return order
 
-    def _check_sharing(self):
+    def _check_sharing(self) -> Any:
         """A module may be used at several nodes, but not also inside another node's module."""
         owner, tops = {}, set()
         for name, kind, what, _ in self._specs:
@@ -428,7 +448,7 @@ class Graph(Module):
                                      f"whole modules only (add the module itself at both nodes)")
                 owner[id(sub)] = name
 
-    def _make_steps(self, order, ins, width, outs):
+    def _make_steps(self, order: Any, ins: Any, width: Any, outs: Any) -> None:
         """The node list in topological order and the backward's plan for the grad table."""
         specs = self._specs
         pos = {i: k for k, i in enumerate(order)}
@@ -461,7 +481,7 @@ class Graph(Module):
         self._inputs = [k for k, s in enumerate(steps) if s.kind == "input"]
         self._inputs.sort(key=lambda k: self._names[steps[k].name])
 
-    def _retwin(self, original):
+    def _retwin(self, original: Any) -> None:
         """After _twin copied a Graph's fields: its steps run the twin's own child modules."""
         twins = dict(self._children)
         steps = []
@@ -477,22 +497,22 @@ class Graph(Module):
     dtype = property(lambda self: self._dtype if self._built else None)
 
     @property
-    def input_names(self):
+    def input_names(self) -> Any:
         return [self._steps[k].name for k in self._inputs]
 
     @property
-    def output_names(self):
+    def output_names(self) -> Any:
         return [self._steps[k].name for k in self._outputs]
 
     @property
-    def in_features(self):
+    def in_features(self) -> Any:
         return self._steps[self._inputs[0]].width if self._built and len(self._inputs) == 1 else None
 
     @property
-    def out_features(self):
+    def out_features(self) -> Any:
         return self._steps[self._outputs[0]].width if self._built and len(self._outputs) == 1 else None
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: Any) -> Any:
         """The module at the node of this name."""
         for s in self._steps:
             if s.name == name and s.kind != "input":
@@ -500,7 +520,7 @@ class Graph(Module):
         raise KeyError(name)
 
     # ------------------------------------------------------------ the two passes (algorithm 6.2)
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         """Visits the nodes in topological order, keeping every node's value."""
         steps = self._steps
         if self._values is None:
@@ -517,7 +537,7 @@ class Graph(Module):
         self._ready = True
         return self._pick(v, self._outputs)
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         """Visits the nodes in reverse topological order; a node's gradient is the sum over its
         consumers, accumulated in place into its buffer (the grad table). Returns ∂J/∂inputs
         (None unless need_input_grad) and adds into every parameter's .grad."""
@@ -545,7 +565,7 @@ class Graph(Module):
             return None
         return self._pick(table, self._inputs)
 
-    def _mode_children(self):
+    def _mode_children(self) -> Any:
         # a module shared by several nodes runs as copies (_twin) beside the original
         mods = list(self._children.values())
         if self._built:
@@ -555,10 +575,10 @@ class Graph(Module):
 
     # ------------------------------------------------------------ the R-operator (curvature)
     @property
-    def r_supported(self):
+    def r_supported(self) -> Any:
         return self._built and all(s.module.r_supported for s in self._steps if s.kind != "input")
 
-    def _rforward(self, x, rx, v):
+    def _rforward(self, x: Any, rx: Any, v: Any) -> Any:
         """The forward in topological order with R{value} beside every value (None for a
         value that does not move: the inputs when rx is None, and what depends on them only)."""
         if len(self._outputs) > 1:
@@ -582,7 +602,7 @@ class Graph(Module):
         o = self._outputs[0]
         return val[o], rval[o]
 
-    def _rbackward(self, g, rg, v, hv, need_input_grad):
+    def _rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
         """The backward in reverse order with two grad tables, for g and R{g}: each node's
         entry is the sum over its consumers, accumulated in place into its buffers as in
         _backward (the same plan of buffers and aliases). g None: the Gauss–Newton pass."""
@@ -616,7 +636,7 @@ class Graph(Module):
             return None, None
         return (None if g is None else self._pick(gt, self._inputs)), self._pick(rt, self._inputs)
 
-    def _merge_dests(self, i, need_input_grad, table, bufs):
+    def _merge_dests(self, i: Any, need_input_grad: Any, table: Any, bufs: Any) -> Any:
         """Where merge node i writes its inputs' shares: each input's buffer, or None where
         the share is not needed (a graph input) or handed over whole (the table then holds
         node i's own array for that input)."""
@@ -633,10 +653,10 @@ class Graph(Module):
                 table[j] = bufs[j]
         return dests
 
-    def _pick(self, values, ids):
+    def _pick(self, values: Any, ids: Any) -> Any:
         return values[ids[0]] if len(ids) == 1 else tuple(values[i] for i in ids)
 
-    def _grad_table(self, batch, dtype):
+    def _grad_table(self, batch: Any, dtype: Any) -> Any:
         """One gradient buffer per node that sums several consumers, allocated once per batch size."""
         n = len(self._steps)
         if self._gbatch != (batch, dtype):
@@ -647,17 +667,17 @@ class Graph(Module):
             self._table = [None] * n
         return self._table
 
-    def _value_width(self, i):
+    def _value_width(self, i: Any) -> Any:
         return self._values[i].shape[1]
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self._pick(self._values, self._outputs) if self._values is not None else None
 
     # ------------------------------------------------------------ the public pass
-    def __call__(self, *xs):
+    def __call__(self, *xs: Any) -> Any:
         return self.forward(*xs)
 
-    def forward(self, *xs):
+    def forward(self, *xs: Any) -> Any:
         """The outputs for the inputs: ``model(x)``, ``model(x1, x2)`` or ``model({"x1": x1, ...})``;
         one new array per output (a tuple when there are several)."""
         if not self._built:
@@ -670,7 +690,7 @@ class Graph(Module):
                     return y
             return self._public_forward(x)
 
-    def _check_input(self, x):
+    def _check_input(self, x: Any) -> Any:
         """The inputs as checked contiguous arrays: one array, or a list for several inputs."""
         names = self.input_names
         if isinstance(x, dict):
@@ -701,7 +721,7 @@ class Graph(Module):
             out.append(a)
         return out[0] if len(out) == 1 else out
 
-    def _public_forward(self, x):
+    def _public_forward(self, x: Any) -> Any:
         given = list(x.values()) if isinstance(x, dict) else (
             list(x) if isinstance(x, (tuple, list)) else [x])
         xs = self._check_input(x)
@@ -720,13 +740,13 @@ class Graph(Module):
         out = self._forward(xs if many else xs[0])
         return tuple(o.copy() for o in out) if isinstance(out, tuple) else out.copy()
 
-    def backward(self, *grads):
+    def backward(self, *grads: Any) -> Any:
         """∂J/∂inputs (a tuple when there are several) for one gradient per output; ADDS
         ∂J/∂θ into every ``.grad``."""
         with self.exclusive():
             return self._public_backward(*grads)
 
-    def _public_backward(self, *grads):
+    def _public_backward(self, *grads: Any) -> Any:
         self._replay_forward()
         if not self._ready:
             raise RuntimeError("Graph.backward called before forward")
@@ -747,7 +767,7 @@ class Graph(Module):
         return tuple(a.copy() for a in r) if isinstance(r, tuple) else r.copy()
 
     # ------------------------------------------------------------ printing
-    def __repr__(self):
+    def __repr__(self) -> str:
         if not self._built:
             return f"Graph(unbuilt, {len(self._specs)} nodes)"
         lines = []
@@ -771,7 +791,7 @@ class Residual(Graph):
     """
     width_preserving = True
 
-    def __init__(self, module):
+    def __init__(self, module: Module) -> None:
         super().__init__()
         if not isinstance(module, Module):
             raise TypeError(f"Residual takes a fastprop Module, got {type(module).__name__}")
@@ -785,5 +805,5 @@ class Residual(Graph):
 
     module = property(lambda self: self._children["module"])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Residual({self.module!r})"

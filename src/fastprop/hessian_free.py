@@ -10,10 +10,17 @@ The optimizer needs the batch, not only the gradient, so it takes a closure:
 ``opt.step(closure)`` with a ``Closure(model, loss, x, y)``. ``TrainStep`` and ``fit``
 build that closure themselves for any optimizer with ``needs_closure = True``.
 """
+from __future__ import annotations
 import numpy as np
 
 from .curvature import _product
 from .optim import Optimizer, _check_number
+from typing import Any, TYPE_CHECKING
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .losses import Loss
+    from .nn import Module
 
 __all__ = ["Closure", "HessianFree"]
 
@@ -30,14 +37,14 @@ class Closure:
     around a step otherwise.
     """
 
-    def __init__(self, model, loss, x, y):
+    def __init__(self, model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any]) -> None:
         self.model, self.loss = model, loss
         self.x = model._check_input(x)
         self.y = np.asarray(y)
         self.output = None
         self.n_loss = self.n_grad = self.n_products = 0
 
-    def __call__(self, backward=True):
+    def __call__(self, backward: bool = True) -> Any:
         model = self.model
         out = model._forward(self.x)
         J = self.loss(out, self.y)
@@ -51,11 +58,11 @@ class Closure:
             self.n_loss += 1
         return J
 
-    def gnvp(self, v, out=None):
+    def gnvp(self, v: NDArray[Any], out: Any = None) -> Any:
         self.n_products += 1
         return _product(self.model, self.loss, self.x, self.y, v, None, True, out, lock=False)
 
-    def hvp(self, v, out=None):
+    def hvp(self, v: NDArray[Any], out: Any = None) -> Any:
         self.n_products += 1
         return _product(self.model, self.loss, self.x, self.y, v, None, False, out, lock=False)
 
@@ -73,9 +80,10 @@ class HessianFree(Optimizer):
     """
     needs_closure = True
 
-    def __init__(self, params, lr=1.0, damping=1.0, max_cg_iter=50, cg_tol=1e-4,
-                 warm_start=0.95, max_backtracks=8, min_damping=1e-8, max_damping=1e8,
-                 adapt_damping=True):
+    def __init__(self, params: Any, lr: float = 1.0, damping: float = 1.0, max_cg_iter: int = 50,
+                 cg_tol: float = 1e-4, warm_start: float = 0.95, max_backtracks: int = 8,
+                 min_damping: float = 1e-8, max_damping: float = 1e8,
+                 adapt_damping: bool = True) -> None:
         super().__init__(params, lr)
         self.damping = _check_number("damping", damping)
         self.min_damping = _check_number("min_damping", min_damping)
@@ -91,22 +99,22 @@ class HessianFree(Optimizer):
         self.adapt_damping = bool(adapt_damping)
         n = sum(p.size for p in self.params)
         self.direction = np.zeros(n, self.params[0].dtype)  # the last step's CG solution
-        self.last = {}  # what the last step did: cg_iters, alpha, rho, damping
+        self.last: dict[str, Any] = {}  # what the last step did: cg_iters, alpha, rho, damping
 
     # the optimizer's parameters as one flat vector (its runs, concatenated)
-    def _get(self, which):
+    def _get(self, which: Any) -> Any:
         return np.concatenate([run[which] for run in self._current_runs()])
 
-    def _set(self, theta):
+    def _set(self, theta: Any) -> None:
         offset = 0
         for data, _ in self._current_runs():
             data[...] = theta[offset:offset + data.size]
             offset += data.size
 
-    def state_arrays(self):
+    def state_arrays(self) -> Any:
         return [[self.direction]]
 
-    def step(self, closure):
+    def step(self, closure: Any) -> Any:
         if not callable(closure) or not hasattr(closure, "gnvp"):
             raise TypeError("HessianFree.step needs a fastprop Closure(model, loss, x, y) "
                             "(fit and TrainStep build one)")

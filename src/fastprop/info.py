@@ -1,4 +1,5 @@
 """``python -m fastprop info``: what a bug report needs to say about this installation."""
+from __future__ import annotations
 import os
 import platform
 import sys
@@ -8,11 +9,12 @@ import scipy
 
 from . import _kernels
 from ._version import __version__
+from typing import Any, TextIO
 
 __all__ = ["info", "print_info"]
 
 
-def _blas():
+def _blas() -> str:
     """SciPy's BLAS (the one fastprop's kernels call) and its thread count."""
     try:
         from threadpoolctl import threadpool_info
@@ -37,7 +39,7 @@ def _blas():
     return f"{name} (SciPy's), threads: {threads} (pip install threadpoolctl for the live count)"
 
 
-def info():
+def info() -> dict[str, Any]:
     """A dict of the facts ``python -m fastprop info`` prints: versions, build, SIMD clone,
     BLAS and threads."""
     build = _kernels.build_info()
@@ -58,7 +60,7 @@ def info():
     }
 
 
-def print_info(file=None):
+def print_info(file: TextIO | None = None) -> None:
     """Print :func:`info`, one ``name: value`` line each."""
     facts = info()
     width = max(map(len, facts))

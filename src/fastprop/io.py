@@ -1,4 +1,5 @@
 """save / load (one .npz: the architecture as JSON and the parameters), and gradcheck."""
+from __future__ import annotations
 import copy
 import json
 import os
@@ -7,6 +8,12 @@ import tempfile
 import numpy as np
 
 from . import graph, layers, nn, registry
+from typing import TYPE_CHECKING, Any
+from numpy.typing import ArrayLike, NDArray, DTypeLike
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .losses import Loss
+    from .nn import Module
 
 __all__ = ["save", "load", "gradcheck", "architecture", "build"]
 
@@ -18,7 +25,7 @@ _MODULES = {"nn": nn, "graph": graph, "layers": layers}
 _BUILDABLE.update({l.cls: getattr(_MODULES[l.module], l.cls) for l in registry.LAYERS})
 
 
-def architecture(module):
+def architecture(module: Module) -> dict[str, Any]:
     """The module tree as JSON-able data: {"type": ..., "args": {...}, "layers": [...]}.
 
     A Graph is {"type": "Graph", "inputs": [{"name", "width"}], "modules": [...],
@@ -34,7 +41,10 @@ def architecture(module):
     if isinstance(module, graph.Residual):
         return {"type": kind, "module": architecture(module.module)}
     if isinstance(module, graph.Graph):
-        inputs, nodes, modules, index = [], [], [], {}
+        inputs: list[Any] = []
+        nodes: list[Any] = []
+        modules: list[Any] = []
+        index: dict[Any, Any] = {}
         for name, kind_, what, refs in module._specs:
             if kind_ == "input":
                 inputs.append({"name": name, "width": what})
@@ -49,7 +59,7 @@ def architecture(module):
     return {"type": kind, "args": module._config()}
 
 
-def _graph_parts(arch):
+def _graph_parts(arch: Any) -> Any:
     """The checked fields of a Graph description."""
     inputs, modules, nodes = arch.get("inputs"), arch.get("modules"), arch.get("nodes")
     outputs = arch.get("outputs")
@@ -62,7 +72,7 @@ def _graph_parts(arch):
     return inputs, modules, nodes, outputs
 
 
-def build(arch, dtype=None):
+def build(arch: Any, dtype: DTypeLike | None = None) -> Module:
     """A new module from architecture(...) data (dtype overrides the stored one)."""
     if not isinstance(arch, dict) or arch.get("type") not in _BUILDABLE:
         raise ValueError(f"unknown module description {arch!r:.200}")
@@ -86,9 +96,37 @@ def build(arch, dtype=None):
     return cls(**args)
 
 
-def save(model, path):
+def save(model: Module, path: str | os.PathLike[str]) -> None:
     """Writes model to path (.npz) atomically: a temporary file in the same folder, then
-    os.replace, so an interrupted save never destroys the previous file."""
+    os.replace, so an interrupted save never destroys the previous file.
+
+    Parameters
+    ----------
+    model : Module
+        The model: its architecture (as JSON), parameters and buffers are saved.
+    path : str or os.PathLike
+        The file to write.
+
+    Raises
+    ------
+    TypeError
+        If the model holds a module that save cannot describe (a user's own Module).
+
+    See Also
+    --------
+    load
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 2, rng=0), fp.Tanh())
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+    >>> fp.save(model, path)
+    >>> again = fp.load(path)
+    >>> x = np.ones((2, 3), np.float32)
+    >>> np.array_equal(model(x), again(x))
+    True
+    """
     arch = json.dumps({"format": FORMAT, "version": VERSION, "model": architecture(model)})
     arrays = {"__architecture__": np.array(arch)}
     for name, p in model.named_parameters():
@@ -98,7 +136,7 @@ def save(model, path):
     savez_atomic(path, arrays)
 
 
-def savez_atomic(path, arrays):
+def savez_atomic(path: str | os.PathLike[str], arrays: Any) -> Any:
     """np.savez(path, **arrays) through a temporary file in the same folder and os.replace."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -118,7 +156,7 @@ def savez_atomic(path, arrays):
         raise
 
 
-def _file_mode(path):
+def _file_mode(path: Any) -> Any:
     """The existing file's permissions, or what open() would give a new file (0666 & ~umask)."""
     try:
         return os.stat(path).st_mode & 0o777
@@ -128,7 +166,7 @@ def _file_mode(path):
         return 0o666 & ~umask
 
 
-def _parameter_shapes(arch, prefix=""):
+def _parameter_shapes(arch: Any, prefix: str = "") -> Any:
     """{name: shape} that architecture data declares, checked before anything is built."""
     kind, args = arch.get("type"), arch.get("args", {})
     if kind == "Sequential":
@@ -171,8 +209,30 @@ def _parameter_shapes(arch, prefix=""):
     return {}
 
 
-def load(path):
-    """Reads a model written by save; any damaged or foreign file is a ValueError."""
+def load(path: str | os.PathLike[str]) -> Module:
+    """Reads a model written by save; any damaged or foreign file is a ValueError.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save`.
+
+    Returns
+    -------
+    Module
+        A new model with the saved architecture, dtype, parameters and buffers.
+
+    Raises
+    ------
+    FileNotFoundError
+        If path does not exist.
+    ValueError
+        If the file is damaged or was not written by save.
+
+    See Also
+    --------
+    save
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(path)
@@ -203,12 +263,44 @@ def load(path):
     return model
 
 
-def gradcheck(model, loss, x, y, eps=1e-6, max_checks=None, seed=0):
+def gradcheck(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike, eps: float = 1e-6,
+              max_checks: int | None = None, seed: int = 0) -> float:
     """Maximum relative error between back-propagated and central-difference gradients.
 
     Runs on a float64 copy of the model (model itself is untouched). Every parameter
-    is perturbed, or max_checks of them chosen at random. The relative error of one
-    entry is |a − n| / max(|a|, |n|, 1e-7).
+    is perturbed, or max_checks of them chosen at random.
+
+    Parameters
+    ----------
+    model : Module
+        The model (any Module that save/load can rebuild).
+    loss : Loss
+        The loss J(model(x), y).
+    x : array of shape (B, in_features)
+        The input.
+    y : array
+        The target, as ``loss`` takes it.
+    eps : float, default 1e-6
+        The step of the central differences.
+    max_checks : int, optional
+        How many parameter entries to check, chosen at random (None: all).
+    seed : int, default 0
+        The seed of that choice.
+
+    Returns
+    -------
+    float
+        The largest relative error ``abs(a − n) / max(abs(a), abs(n), 1e-7)`` over the checked
+        entries, a the back-propagated and n the numerical derivative.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, rng=0), fp.Tanh(), fp.Linear(4, 2, rng=1))
+    >>> X = np.random.default_rng(0).standard_normal((8, 3))
+    >>> y = np.array([0, 1] * 4)
+    >>> fp.gradcheck(model, fp.SoftmaxCrossEntropy(), X, y) < 1e-6
+    True
     """
     m64 = build(architecture(model), np.float64)
     m64.load_state_dict(model.state_dict())
@@ -220,7 +312,7 @@ def gradcheck(model, loss, x, y, eps=1e-6, max_checks=None, seed=0):
             b.set_rng_state(a.rng_state())
             rngs.append((b, a.rng_state()))
 
-    def rewind():
+    def rewind() -> None:
         for b, state in rngs:
             b.set_rng_state(state)
     loss = copy.deepcopy(loss)

@@ -4,10 +4,13 @@ They keep the modules' protocol of fastprop.nn (``_forward``/``_backward`` on wo
 ``_rforward``/``_rbackward`` for curvature) and depend on the mode (``train()``/``eval()``):
 Dropout is the identity in eval mode, BatchNorm1d normalizes by its running statistics.
 """
+from __future__ import annotations
 import numpy as np
 
 from . import _kernels
 from .nn import Module, Parameter, as_dtype, flatten_parameters
+from typing import Any
+from numpy.typing import DTypeLike
 
 __all__ = ["Dropout", "LayerNorm", "BatchNorm1d"]
 
@@ -19,12 +22,12 @@ _U64 = 1 << 64
 # small batches. The R passes and fastprop.ops keep the checked bindings.
 
 
-def _same_shape(a, like, what):
+def _same_shape(a: Any, like: Any, what: Any) -> Any:
     if a.shape != like.shape:
         raise ValueError(f"{what} has shape {a.shape}, expected {like.shape}")
 
 
-def _positive_int(value, name):
+def _positive_int(value: Any, name: Any) -> Any:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be a positive integer, got {type(value).__name__}")
     if value < 1:
@@ -32,7 +35,7 @@ def _positive_int(value, name):
     return int(value)
 
 
-def _eps(eps):
+def _eps(eps: Any) -> Any:
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)):
         raise TypeError(f"eps must be a number, got {type(eps).__name__}")
     if not eps >= 0:
@@ -40,7 +43,7 @@ def _eps(eps):
     return float(eps)
 
 
-def _probability(p):
+def _probability(p: Any) -> Any:
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise TypeError(f"p must be a number in [0, 1], got {type(p).__name__}")
     if not 0 <= p <= 1:
@@ -48,7 +51,7 @@ def _probability(p):
     return float(p)
 
 
-def _workspace(current, shape, dtype):
+def _workspace(current: Any, shape: Any, dtype: Any) -> Any:
     return current if current is not None and current.shape == shape and current.dtype == dtype \
         else np.empty(shape, dtype)
 
@@ -72,7 +75,7 @@ class Dropout(Module):
     r_supported = True
     _workspace_keys = ("_y", "_ybuf", "_mask")
 
-    def __init__(self, p=0.5, rng=None):
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | int | None = None) -> None:
         super().__init__()
         self.p = p
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -82,18 +85,18 @@ class Dropout(Module):
         self._masked = False   # the last forward applied a mask (training mode and p > 0)
 
     @property
-    def p(self):
+    def p(self) -> Any:
         return self._p
 
     @p.setter
-    def p(self, value):
+    def p(self, value: Any) -> None:
         self._p = _probability(value)
 
-    def rng_state(self):
+    def rng_state(self) -> Any:
         """The mask stream's position: {"key": int, "counter": int} (JSON-serialisable)."""
         return {"key": self._key, "counter": self._counter}
 
-    def set_rng_state(self, state):
+    def set_rng_state(self, state: dict[str, Any]) -> Any:
         """Continues the mask stream from a ``rng_state()``; checked before anything changes."""
         if not isinstance(state, dict) or set(state) != {"key", "counter"}:
             raise ValueError(f"state must be a dict with the keys 'key' and 'counter' "
@@ -110,14 +113,14 @@ class Dropout(Module):
             values[name] = int(v)
         self._key, self._counter = values["key"], values["counter"]
 
-    def _draw(self, x, y, mask):
+    def _draw(self, x: Any, y: Any, mask: Any) -> Any:
         """y = the mask of the stream's next block applied to x; advances the stream."""
         _kernels._c_dropout_forward(y.reshape(-1), mask.reshape(-1), x.reshape(-1), self._p,
                                     self._key, self._counter)
         self._counter = (self._counter + _kernels.dropout_blocks(x.size)) % _U64
         return y
 
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         self._masked = self.training and self._p > 0
         if not self._masked:
             self._y, self._ready = x, True
@@ -127,7 +130,7 @@ class Dropout(Module):
         self._ready = True
         return self._draw(x, y, self._mask)
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         if not self._masked:
             return g
         _same_shape(g, self._mask, "the gradient")
@@ -135,10 +138,10 @@ class Dropout(Module):
         _kernels._c_dropout_backward(g.reshape(-1), g.reshape(-1), self._mask.reshape(-1), self._p)
         return g
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self._y
 
-    def _rforward(self, x, rx, v):
+    def _rforward(self, x: Any, rx: Any, v: Any) -> Any:
         if not (self.training and self._p > 0):
             self._rsaved = None
             return x, rx
@@ -150,7 +153,7 @@ class Dropout(Module):
         self._rsaved = mask
         return y, ry
 
-    def _rbackward(self, g, rg, v, hv, need_input_grad):
+    def _rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
         mask = self._rsaved
         if mask is None:
             return g, rg
@@ -158,7 +161,7 @@ class Dropout(Module):
             g = _kernels.dropout_backward(g, mask, self._p, out=g)
         return g, _kernels.dropout_backward(rg, mask, self._p, out=rg)
 
-    def _config(self):
+    def _config(self) -> Any:
         return {"p": self._p}
 
 
@@ -175,8 +178,8 @@ class LayerNorm(Module):
     r_supported = True
     _workspace_keys = ("_x", "_y", "_mean", "_rstd")
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
-                 dtype=np.float32):
+    def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) and \
             not isinstance(normalized_shape, (bool, np.bool_)) else normalized_shape
@@ -207,11 +210,11 @@ class LayerNorm(Module):
     in_features = property(lambda self: self.normalized_shape[0])
     out_features = in_features
 
-    def _vectors(self):
+    def _vectors(self) -> Any:
         w, b = self.weight, self.bias
         return (None if w is None else w.data), (None if b is None else b.data)
 
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         batch = x.shape[0]
         self._y = _workspace(self._y, x.shape, x.dtype)
         self._mean = _workspace(self._mean, (batch,), x.dtype)
@@ -223,7 +226,7 @@ class LayerNorm(Module):
         self._x, self._ready = x, True
         return self._y
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         w, b = self.weight, self.bias
         _same_shape(g, self._x, "the gradient")
         gx = g if need_input_grad else None
@@ -232,10 +235,10 @@ class LayerNorm(Module):
                                        self._rstd, None if w is None else w.data, True)
         return gx
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self._y
 
-    def _rforward(self, x, rx, v):
+    def _rforward(self, x: Any, rx: Any, v: Any) -> Any:
         w, b = self.weight, self.bias
         y, ry = _kernels.layernorm_rforward(
             x, rx, *self._vectors(), None if w is None else v[w], None if b is None else v[b],
@@ -243,7 +246,7 @@ class LayerNorm(Module):
         self._rsaved = (x, rx)
         return y, (ry if rx is not None or w is not None else None)
 
-    def _rbackward(self, g, rg, v, hv, need_input_grad):
+    def _rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
         x, rx = self._rsaved
         w, b = self.weight, self.bias
         gx, rgx, _, _ = _kernels.layernorm_rbackward(
@@ -253,12 +256,12 @@ class LayerNorm(Module):
             accumulate=True)
         return gx, rgx
 
-    def _config(self):
+    def _config(self) -> Any:
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
                 "elementwise_affine": self.elementwise_affine, "bias": self.bias_enabled,
                 "dtype": str(self._dtype)}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, " \
                f"elementwise_affine={self.elementwise_affine}"
 
@@ -279,8 +282,9 @@ class BatchNorm1d(Module):
     width_preserving = True
     _workspace_keys = ("_x", "_y", "_mean", "_rstd", "_ws")
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         self.num_features = _positive_int(num_features, "num_features")
         self.eps = _eps(eps)
@@ -315,15 +319,15 @@ class BatchNorm1d(Module):
     in_features = property(lambda self: self.num_features)
     out_features = in_features
 
-    def _uses_batch_stats(self):
+    def _uses_batch_stats(self) -> Any:
         return self.training or not self.track_running_stats
 
     @property
-    def r_supported(self):
+    def r_supported(self) -> bool:
         return not self._uses_batch_stats()
 
     @property
-    def r_unsupported(self):
+    def r_unsupported(self) -> Any:
         """Why hvp/gnvp refuse this module now (None when they accept it)."""
         if self._uses_batch_stats():
             return ("BatchNorm1d normalizes by batch statistics (training mode, or "
@@ -331,11 +335,11 @@ class BatchNorm1d(Module):
                     "mode with running statistics (call model.eval())")
         return None
 
-    def _vectors(self):
+    def _vectors(self) -> Any:
         w, b = self.weight, self.bias
         return (None if w is None else w.data), (None if b is None else b.data)
 
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         batch_stats = self._uses_batch_stats()
         if self.training and x.shape[0] < 2:
             raise ValueError(f"Expected more than 1 value per channel when training, got "
@@ -357,7 +361,7 @@ class BatchNorm1d(Module):
         self._x, self._batch_stats, self._ready = x, batch_stats, True
         return self._y
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         w, b = self.weight, self.bias
         self._ws = _workspace(self._ws, (2 * self.num_features,), g.dtype)
         gx, _, _ = _kernels.batchnorm_backward(
@@ -367,10 +371,10 @@ class BatchNorm1d(Module):
             accumulate=True, workspace=self._ws)
         return gx
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self._y
 
-    def _rforward(self, x, rx, v):
+    def _rforward(self, x: Any, rx: Any, v: Any) -> Any:
         if self._uses_batch_stats():
             raise TypeError(self.r_unsupported)
         c, w, b = self.num_features, self.weight, self.bias
@@ -385,7 +389,7 @@ class BatchNorm1d(Module):
         self._rsaved = (x, rx, mean, rstd)
         return y, (ry if rx is not None or w is not None else None)
 
-    def _rbackward(self, g, rg, v, hv, need_input_grad):
+    def _rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
         x, rx, mean, rstd = self._rsaved
         w, b = self.weight, self.bias
         gx, rgx, _, _ = _kernels.batchnorm_rbackward(
@@ -394,11 +398,11 @@ class BatchNorm1d(Module):
             hv_bias=None if b is None else hv[b], accumulate=True)
         return gx, rgx
 
-    def _config(self):
+    def _config(self) -> Any:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
                 "affine": self.affine, "track_running_stats": self.track_running_stats,
                 "dtype": str(self._dtype)}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, " \
                f"affine={self.affine}, track_running_stats={self.track_running_stats}"

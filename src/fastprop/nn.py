@@ -6,12 +6,36 @@ C call over the flat buffer. Workspaces for activations and gradients are
 allocated once per batch size and reused. ``forward``/``backward`` return fresh
 arrays (a later call never changes what an earlier one returned); the internal
 ``_forward``/``_backward`` pass workspaces along the chain.
+
+The activations (``Identity``, ``ReLU``, ``LeakyReLU(negative_slope=0.01)``, ``Abs``,
+``Sigmoid``, ``Tanh``, ``Softplus(beta=1.0, threshold=20.0)``, ``Cos``, ``GELU``, ``SiLU``)
+are made from the rows of ``fastprop.registry``, with PyTorch's definitions, parameter names,
+defaults and positional order; each maps (batch, features) to the same shape and dtype.
+
+Examples
+--------
+>>> import numpy as np, fastprop as fp
+>>> x = np.array([[-1.0, 0.0, 2.0]], np.float32)
+>>> fp.ReLU()(x)
+array([[0., 0., 2.]], dtype=float32)
+>>> fp.LeakyReLU(0.1)(x)
+array([[-0.1,  0. ,  2. ]], dtype=float32)
+>>> fp.Tanh()(x).round(4)
+array([[-0.7616,  0.    ,  0.964 ]], dtype=float32)
+>>> fp.Softplus(beta=2.0)
+Softplus(beta=2.0, threshold=20.0)
 """
+from __future__ import annotations
 import threading
 
 import numpy as np
 
 from . import ops, registry
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU",
            "PReLU", "Abs", "Sigmoid", "Tanh", "Softplus", "Cos", "GELU", "SiLU"]
@@ -19,7 +43,7 @@ __all__ = ["Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Iden
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
-def as_dtype(dtype):
+def as_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     """float32 or float64 as np.dtype; anything else is a TypeError."""
     try:
         dt = np.dtype(dtype)
@@ -30,7 +54,7 @@ def as_dtype(dtype):
     return dt
 
 
-def as_input(x, dtype, name="x"):
+def as_input(x: ArrayLike, dtype: DTypeLike, name: str = "x") -> NDArray[Any]:
     """x as a C-contiguous array of dtype: real floating input is cast, anything else refused."""
     arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
     if arr.dtype.kind != "f":
@@ -40,7 +64,7 @@ def as_input(x, dtype, name="x"):
     return arr
 
 
-def _copy_into(view, value, what):
+def _copy_into(view: Any, value: Any, what: Any) -> Any:
     """Writes value into a view of the flat buffers (the same shape only)."""
     value = np.asarray(value)
     if value.shape != view.shape:
@@ -55,7 +79,7 @@ class Parameter:
     model and its optimizer keep seeing the same memory.
     """
 
-    def __init__(self, data):
+    def __init__(self, data: Any) -> None:
         data = np.array(data, dtype=as_dtype(np.asarray(data).dtype), copy=True, order="C")
         self._data = data
         self._grad = np.zeros_like(data)
@@ -64,32 +88,32 @@ class Parameter:
         self._guard = None     # the lock of the model it belongs to (Module._share_guard)
 
     @property
-    def data(self):
+    def data(self) -> Any:
         return self._data
 
     @data.setter
-    def data(self, value):
+    def data(self, value: ArrayLike) -> None:
         _copy_into(self._data, value, "a parameter")
 
     @property
-    def grad(self):
+    def grad(self) -> Any:
         return self._grad
 
     @grad.setter
-    def grad(self, value):
+    def grad(self, value: ArrayLike) -> None:
         _copy_into(self._grad, value, "a gradient")
 
     shape = property(lambda self: self._data.shape)
     size = property(lambda self: self._data.size)
     dtype = property(lambda self: self._data.dtype)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {"data": self._data.copy(), "grad": self._grad.copy()}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Any) -> None:
         self._data, self._grad = state["data"], state["grad"]
         self._flat, self._offset, self._guard = None, 0, None
 
@@ -98,17 +122,17 @@ _flattens = 0   # how many times parameters were moved: a cheap staleness check 
 _guard_changes = 0  # how many times parameters were handed a guard (Module._share_guard)
 
 
-def guard_count():
+def guard_count() -> Any:
     """Increases whenever some parameters get a new guard: optimizers cache their guards."""
     return _guard_changes
 
 
-def flatten_count():
+def flatten_count() -> Any:
     """Increases whenever some parameters move to new buffers (see flatten_parameters)."""
     return _flattens
 
 
-def flatten_parameters(params):
+def flatten_parameters(params: Any) -> Any:
     """Moves params into one new data buffer and one grad buffer; each becomes a view."""
     global _flattens
     if not params:
@@ -133,7 +157,7 @@ def flatten_parameters(params):
     return data, grad
 
 
-def flat_runs(params):
+def flat_runs(params: Any) -> Any:
     """Groups params into runs that are consecutive in one flat buffer.
 
     Returns a list of (data view, grad view), one per run: one run for a model's
@@ -165,7 +189,7 @@ def flat_runs(params):
 class Module:
     """Base class: ``y = m(x)``, ``gx = m.backward(gy)`` (accumulating into every ``.grad``)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._params = {}     # name -> Parameter, in definition order
         self._children = {}   # name -> Module
         self._ready = False   # a forward has run since the last backward-invalidating event
@@ -177,10 +201,10 @@ class Module:
         self.training = True  # train()/eval(): Dropout and BatchNorm1d behave differently
 
     # -------------------------------------------------------------- the public pass
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> NDArray[Any]:
         return self.forward(x)
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> NDArray[Any]:
         """Returns f(x) as a new array of the model's dtype; x is (batch, in_features)."""
         with self.exclusive():
             if not self.training:   # forward-only on the tape (fastprop.infer)
@@ -192,7 +216,7 @@ class Module:
     _replay = None   # the input of an eval-mode forward run on the tape (see _tape_forward)
     _xkeep = None    # its copies of the caller's arrays
 
-    def _tape_forward(self, x):
+    def _tape_forward(self, x: Any) -> Any:
         """The output on the tape (None where the modular path runs). A backward then needs
         the modules' own saved state: it first runs the modular forward again on the kept
         input (_replay), in eval mode as this one."""
@@ -217,19 +241,19 @@ class Module:
             self._replay = xs if len(xs) > 1 else xs[0]
         return y
 
-    def _replay_forward(self):
+    def _replay_forward(self) -> Any:
         """Before a backward: the modular forward of an eval-mode forward that ran on the tape."""
         if self._replay is not None:
             x, self._replay = self._replay, None
             with evaluating(self):
                 self._forward(x)
 
-    def exclusive(self):
+    def exclusive(self) -> Any:
         """A guard for one call: a second thread using this model meanwhile gets a clear
         RuntimeError instead of overwriting the first one's workspaces."""
         return _Exclusive([self._busy], type(self).__name__)
 
-    def _share_guard(self):
+    def _share_guard(self) -> None:
         """This module's guard for every module and parameter inside it: they share its
         workspaces and buffers, so using a layer of a model counts as using the model."""
         global _guard_changes
@@ -239,7 +263,7 @@ class Module:
             p._guard = self._busy
         _guard_changes += 1
 
-    def _public_forward(self, x):
+    def _public_forward(self, x: Any) -> Any:
         xc = self._check_input(x)
         if xc is x:  # the caller's own array: keep a copy, so changing x cannot change backward
             if self._xin is None or self._xin.shape != xc.shape or self._xin.dtype != xc.dtype:
@@ -249,12 +273,12 @@ class Module:
         self._replay = None
         return self._forward(xc).copy()
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> NDArray[Any]:
         """Returns ∂J/∂x for ∂J/∂y = grad_output and ADDS ∂J/∂θ into every ``.grad``."""
         with self.exclusive():
             return self._public_backward(grad_output)
 
-    def _public_backward(self, grad_output):
+    def _public_backward(self, grad_output: Any) -> Any:
         self._replay_forward()
         if not self._ready:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
@@ -265,7 +289,7 @@ class Module:
                              f"(the shape of the last forward's output)")
         return self._backward(g.copy(), True).copy()
 
-    def _check_input(self, x):
+    def _check_input(self, x: Any) -> Any:
         dtype = self.dtype or (np.asarray(x).dtype if np.asarray(x).dtype.kind == "f" else np.float32)
         x = as_input(x, dtype)
         if x.ndim != 2:
@@ -280,19 +304,19 @@ class Module:
     out_features = None       # None: not fixed by this module
     width_preserving = False  # the output has the input's width (activations)
 
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         """f(x) into a workspace; saves what the backward needs. x is checked and contiguous."""
         raise NotImplementedError
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         """∂J/∂x from ∂J/∂y = g (g is scratch and may be overwritten); adds into .grad."""
         raise NotImplementedError
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         """The last forward's output (its shape and dtype)."""
         raise NotImplementedError
 
-    def _config(self):
+    def _config(self) -> Any:
         """The constructor arguments, as JSON-able values (for save/load)."""
         return {}
 
@@ -305,14 +329,14 @@ class Module:
     # .grad are left as they were.
     r_supported = False       # the module implements _rforward and _rbackward
 
-    def _rforward(self, x, rx, v):
+    def _rforward(self, x: Any, rx: Any, v: Any) -> Any:
         """(y, ry): the forward at x and R{y}, for the input moving by rx (None: a fixed
         input, R{x} = 0) and the parameters by v (a dict Parameter → array of its shape).
         Keeps what _rbackward needs. ry is None when y moves with neither."""
         raise TypeError(f"{type(self).__name__} has no R-operator: Hessian–vector products "
                         f"support Linear, the activations of fastprop.nn, PReLU, Sequential and Graph")
 
-    def _rbackward(self, g, rg, v, hv, need_input_grad):
+    def _rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
         """(gx, rgx) from g = ∂J/∂y and rg = R{g} (both scratch, may be overwritten):
         gx = ∂J/∂x and rgx = R{gx}; ADDS R{∂J/∂θ} into hv[p] for each parameter p.
         g None gives the Gauss–Newton product (the terms of the first-order gradient
@@ -320,7 +344,7 @@ class Module:
         is False, as its _backward does."""
         raise TypeError(f"{type(self).__name__} has no R-operator")
 
-    def _rbuf(self, key, shape, dtype):
+    def _rbuf(self, key: Any, shape: Any, dtype: Any) -> Any:
         """A workspace of the R pass, kept per key and reallocated when the shape changes."""
         buf = self._rws.get(key)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
@@ -328,7 +352,7 @@ class Module:
         return buf
 
     # -------------------------------------------------------------- modes
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         """Sets ``training`` on this module and every module inside it; returns self."""
         if not isinstance(mode, (bool, np.bool_)):
             raise TypeError(f"mode must be a bool, got {type(mode).__name__}")
@@ -337,55 +361,55 @@ class Module:
             child.train(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         """``train(False)``: Dropout is the identity, BatchNorm1d uses its running statistics."""
         return self.train(False)
 
-    def _mode_children(self):
+    def _mode_children(self) -> Any:
         """The modules train() reaches from here (a Graph adds the copies of shared modules)."""
         return list(self._children.values())
 
     # -------------------------------------------------------------- parameters
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix: str = "") -> list[tuple[str, Parameter]]:
         out = [(prefix + name, p) for name, p in self._params.items()]
         for cname, child in self._children.items():
             out += child.named_parameters(prefix + cname + ".")
         return out
 
-    def parameters(self):
+    def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
-    def modules(self):
+    def modules(self) -> Any:
         """This module and every module inside it, depth first."""
         out = [self]
         for child in self._children.values():
             out += child.modules()
         return out
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for _, grad in flat_runs(self.parameters()):
             grad.fill(0)
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype[Any] | None:
         """The parameters' dtype (None for a module without parameters)."""
         params = self.parameters()
         return params[0].dtype if params else None
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
-    def named_buffers(self, prefix=""):
+    def named_buffers(self, prefix: str = "") -> list[tuple[str, NDArray[Any]]]:
         """[(name, array)] of the buffers (BatchNorm1d's running statistics), as named_parameters."""
         out = [(prefix + name, b) for name, b in self._buffers.items() if b is not None]
         for cname, child in self._children.items():
             out += child.named_buffers(prefix + cname + ".")
         return out
 
-    def buffers(self):
+    def buffers(self) -> list[NDArray[Any]]:
         return [b for _, b in self.named_buffers()]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """{name: copy}: each module's parameters, then its buffers, then its children's (torch's order)."""
         state = {name: p.data.copy() for name, p in self._params.items()}
         state.update((name, b.copy()) for name, b in self._buffers.items() if b is not None)
@@ -393,7 +417,7 @@ class Module:
             state.update((cname + "." + k, v) for k, v in child.state_dict().items())
         return state
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Copies arrays into the parameters and buffers; checks every name and shape before
         writing any."""
         own = dict(self.named_parameters())
@@ -413,14 +437,14 @@ class Module:
         for name, p in own.items():
             (p.data if isinstance(p, Parameter) else p)[...] = arrays[name]
 
-    def load_torch_state_dict(self, state_dict):
+    def load_torch_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Loads a PyTorch state dict (torch tensors or arrays, by name) as load_state_dict
         does: every name and shape checked before anything is written."""
         from .pytorch import numpy_state_dict   # torch itself is not needed for arrays
         self.load_state_dict(numpy_state_dict(state_dict))
 
     # -------------------------------------------------------------- copies and printing
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_ready"] = False
         state["_xin"] = state["_replay"] = state["_xkeep"] = None
@@ -430,7 +454,7 @@ class Module:
             state[key] = None
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Any) -> None:
         self.__dict__.update(state)
         params = self.parameters()
         # a deep copy or an unpickled model gets its own flat buffers again, and its own
@@ -446,10 +470,10 @@ class Module:
 
     _workspace_keys = ()
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self._config().items() if k != "dtype")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
@@ -457,10 +481,10 @@ class evaluating:
     """``with evaluating(model):`` runs the block in eval mode, then gives every module
     (Graph copies of shared modules too) back the mode it had."""
 
-    def __init__(self, model):
+    def __init__(self, model: Module) -> None:
         self.model = model
 
-    def __enter__(self):
+    def __enter__(self) -> Any:
         self.modes, stack = [], [self.model]
         while stack:
             m = stack.pop()
@@ -469,12 +493,12 @@ class evaluating:
         self.model.eval()
         return self.model
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         for m, mode in self.modes:
             m.training = mode
 
 
-def busy_error(what):
+def busy_error(what: str) -> Any:
     """The error of a guard held by another thread; what names the model ("Sequential")."""
     return RuntimeError(
         f"this {what} is in use by another thread: one model must not be used from two "
@@ -486,17 +510,17 @@ class _Exclusive:
     another thread holds is a RuntimeError, and nothing is left held."""
     __slots__ = ("locks", "what")
 
-    def __init__(self, locks, what):
+    def __init__(self, locks: Any, what: Any) -> None:
         self.locks, self.what = locks, what
 
-    def __enter__(self):
+    def __enter__(self) -> Any:
         for i, lock in enumerate(self.locks):
             if not lock.acquire(blocking=False):
                 for held in self.locks[:i]:
                     held.release()
                 raise busy_error(self.what)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         for lock in self.locks:
             lock.release()
 
@@ -504,15 +528,50 @@ class _Exclusive:
 class Linear(Module):
     """``y = x Wᵀ + b`` with W of shape (out_features, in_features), as torch.nn.Linear.
 
-    init: "he_uniform" (default), "he_normal", "xavier_uniform", "xavier_normal",
-    "lecun_normal"; bias_init: a constant (0.1 is a common choice before ReLU);
-    rng: a numpy Generator or an int seed.
+    Parameters
+    ----------
+    in_features, out_features : int
+        The widths of the input and the output (positive).
+    bias : bool, default True
+        Whether the layer adds a learnable bias b of shape (out_features,).
+    dtype : numpy dtype, default float32
+        float32 or float64; a model has one dtype.
+    init : str, default "he_uniform"
+        The weight's initialisation: "he_uniform", "he_normal", "xavier_uniform",
+        "xavier_normal" or "lecun_normal".
+    bias_init : float, default 0.0
+        The bias's constant initial value (0.1 is a common choice before ReLU).
+    rng : numpy.random.Generator or int, optional
+        The generator (or its seed) the weight is drawn from.
+
+    Raises
+    ------
+    ValueError
+        If a width is not a positive integer or ``init`` is unknown.
+
+    Notes
+    -----
+    Input ``x`` is (batch, in_features), the output (batch, out_features). ``weight`` and
+    ``bias`` are :class:`Parameter` views into the model's one flat buffer.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> layer = fp.Linear(3, 2, rng=0)
+    >>> layer.weight.shape, layer.bias.shape
+    ((2, 3), (2,))
+    >>> y = layer(np.ones((4, 3), np.float32))
+    >>> y.shape, y.dtype
+    ((4, 2), dtype('float32'))
+    >>> np.allclose(y, np.ones((4, 3)) @ layer.weight.data.T + layer.bias.data)
+    True
     """
     INITS = ("he_uniform", "he_normal", "xavier_uniform", "xavier_normal", "lecun_normal")
     _workspace_keys = ("_x", "_y", "_gx")
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32,
-                 init="he_uniform", bias_init=0.0, rng=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: DTypeLike = np.float32, init: str = "he_uniform", bias_init: float = 0.0,
+                 rng: np.random.Generator | int | None = None) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -545,7 +604,7 @@ class Linear(Module):
     bias = property(lambda self: self._params.get("bias"))
     dtype = property(lambda self: self._params["weight"].dtype)
 
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         if self._y is None or self._y.shape[0] != x.shape[0]:
             self._y = np.empty((x.shape[0], self.out_features), self.dtype)
         b = self.bias.data if self.bias_enabled else None
@@ -553,7 +612,7 @@ class Linear(Module):
         self._x, self._ready = x, True
         return self._y
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         gx = None
         if need_input_grad:
             if self._gx is None or self._gx.shape[0] != g.shape[0]:
@@ -566,12 +625,12 @@ class Linear(Module):
                            accumulate=True, accumulate_input=False)
         return gx
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self._y
 
     r_supported = True
 
-    def _rforward(self, x, rx, v):
+    def _rforward(self, x: Any, rx: Any, v: Any) -> Any:
         # y = x Wᵀ + b;  R{y} = x Vᵀ + v_b + R{x} Wᵀ
         shape = (x.shape[0], self.out_features)
         y, ry = self._rbuf("y", shape, x.dtype), self._rbuf("ry", shape, x.dtype)
@@ -583,7 +642,7 @@ class Linear(Module):
         self._rsaved = (x, rx)
         return y, ry
 
-    def _rbackward(self, g, rg, v, hv, need_input_grad):
+    def _rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
         # Hv_W += R{g}ᵀ x + gᵀ R{x};  Hv_b += Σ R{g};  gx = g W;  R{gx} = R{g} W + g V
         x, rx = self._rsaved
         batch = rg.shape[0]
@@ -602,11 +661,11 @@ class Linear(Module):
                 ops.gemm(g, v[self.weight], beta=1.0, out=rgx)
         return gx, rgx
 
-    def _config(self):
+    def _config(self) -> Any:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias_enabled, "dtype": str(self.dtype)}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
                f"bias={self.bias_enabled}"
 
@@ -621,8 +680,9 @@ class LowRankLinear(Module):
     """
     _workspace_keys = ("_x", "_h", "_y", "_gh", "_gx")
 
-    def __init__(self, in_features, out_features, rank, bias=True, dtype=np.float32,
-                 bias_init=0.0, rng=None):
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 dtype: DTypeLike = np.float32, bias_init: float = 0.0,
+                 rng: np.random.Generator | int | None = None) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features),
                         ("rank", rank)):
@@ -647,11 +707,11 @@ class LowRankLinear(Module):
     dtype = property(lambda self: self._params["U"].dtype)
 
     @property
-    def weight(self):
+    def weight(self) -> Any:
         """W = V U, (out_features, in_features), as a new array."""
         return self.V.data @ self.U.data
 
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         batch = x.shape[0]
         if self._y is None or self._y.shape[0] != batch:
             self._h = np.empty((batch, self.rank), self.dtype)
@@ -662,7 +722,7 @@ class LowRankLinear(Module):
         self._x, self._ready = x, True
         return self._y
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         batch = g.shape[0]
         if self._gh is None or self._gh.shape[0] != batch:
             self._gh = np.empty((batch, self.rank), self.dtype)
@@ -681,14 +741,14 @@ class LowRankLinear(Module):
                            accumulate_input=False)
         return gx
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self._y
 
-    def _config(self):
+    def _config(self) -> Any:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "rank": self.rank, "bias": self.bias_enabled, "dtype": str(self.dtype)}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
                f"rank={self.rank}, bias={self.bias_enabled}"
 
@@ -699,7 +759,7 @@ class Activation(Module):
     width_preserving = True
     _workspace_keys = ("_x", "_y")
 
-    def __init__(self, **params):
+    def __init__(self, **params: Any) -> None:
         super().__init__()
         self.params = params
         self._x = self._y = None
@@ -707,19 +767,19 @@ class Activation(Module):
         self.from_output = registry.derivative_from_output(self.name,
                                                            params.get("negative_slope", 0.01))
 
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         if self._y is None or self._y.shape != x.shape or self._y.dtype != x.dtype:
             self._y = np.empty_like(x)
         ops.activation_forward(x, self.name, out=self._y, **self.params)
         self._x, self._ready = (None if self.from_output else x), True
         return self._y
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         return ops.activation_backward(g, self.name, x=self._x, y=self._y, out=g, **self.params)
 
     r_supported = True
 
-    def _rforward(self, x, rx, v):
+    def _rforward(self, x: Any, rx: Any, v: Any) -> Any:
         # y = f(x);  R{y} = f′(x) ⊙ R{x}
         y = ops.activation_forward(x, self.name, out=self._rbuf("y", x.shape, x.dtype),
                                  **self.params)
@@ -730,7 +790,7 @@ class Activation(Module):
         self._rsaved = (x, rx)
         return y, ry
 
-    def _rbackward(self, g, rg, v, hv, need_input_grad):
+    def _rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
         # gx = g ⊙ f′(x);  R{gx} = R{g} ⊙ f′(x) + g ⊙ f″(x) ⊙ R{x}, one fused pass, in place
         x, rx = self._rsaved
         if g is not None and rx is not None:
@@ -741,19 +801,19 @@ class Activation(Module):
                                                             **self.params)
         return gx, rgx
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self._y
 
-    def _config(self):
+    def _config(self) -> Any:
         return dict(self.params)
 
 
-def _activation(row):
+def _activation(row: Any) -> Any:
     """The Activation subclass of a registry row: PyTorch's parameter names, defaults and
     positional order."""
     cls_name, act, defaults = row.cls, row.name, dict(row.params)
 
-    def __init__(self, *args, **kw):
+    def __init__(self: Any, *args: Any, **kw: Any) -> None:
         if len(args) > len(defaults):
             raise TypeError(f"{cls_name}() takes {len(defaults)} positional arguments, got {len(args)}")
         for k, v in zip(defaults, args):   # PyTorch's positional order: fp.LeakyReLU(0.1)
@@ -773,12 +833,35 @@ def _activation(row):
 # Identity, ReLU, LeakyReLU, Abs, Sigmoid, Tanh, Softplus, Cos, GELU, SiLU: one per registry row
 globals().update({row.cls: _activation(row) for row in registry.ACTIVATIONS})
 
+if TYPE_CHECKING:  # the classes made above from the registry's rows, spelled out for type checkers
+    class Identity(Activation):
+        def __init__(self) -> None: ...
+    class ReLU(Activation):
+        def __init__(self) -> None: ...
+    class LeakyReLU(Activation):
+        def __init__(self, negative_slope: float = 0.01) -> None: ...
+    class Abs(Activation):
+        def __init__(self) -> None: ...
+    class Sigmoid(Activation):
+        def __init__(self) -> None: ...
+    class Tanh(Activation):
+        def __init__(self) -> None: ...
+    class Softplus(Activation):
+        def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None: ...
+    class Cos(Activation):
+        def __init__(self) -> None: ...
+    class GELU(Activation):
+        def __init__(self) -> None: ...
+    class SiLU(Activation):
+        def __init__(self) -> None: ...
+
 
 class PReLU(Module):
     """``y = x if x > 0 else a·x`` with a learnable slope a: one, or one per feature."""
     _workspace_keys = ("_x", "_y")
 
-    def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+    def __init__(self, num_parameters: int = 1, init: float = 0.25,
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         if isinstance(num_parameters, bool) or not isinstance(num_parameters, (int, np.integer)) \
                 or num_parameters < 1:
@@ -793,26 +876,26 @@ class PReLU(Module):
     width_preserving = True
 
     @property
-    def in_features(self):
+    def in_features(self) -> Any:
         return None if self.num_parameters == 1 else self.num_parameters
 
     out_features = in_features
 
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         if self._y is None or self._y.shape != x.shape:
             self._y = np.empty_like(x)
         ops.prelu_forward(x, self.weight.data, out=self._y)
         self._x, self._ready = x, True
         return self._y
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         gx, _ = ops.prelu_backward(g, self._x, self.weight.data, out=g,
                                    grad_weight=self.weight.grad, accumulate=True)
         return gx
 
     r_supported = True
 
-    def _rforward(self, x, rx, v):
+    def _rforward(self, x: Any, rx: Any, v: Any) -> Any:
         # y = x > 0 ? x : a x;  R{y} = x > 0 ? R{x} : a R{x} + x v_a
         y = ops.prelu_forward(x, self.weight.data, out=self._rbuf("y", x.shape, x.dtype))
         ry = ops.prelu_rforward(x, self.weight.data, v[self.weight], rx=rx,
@@ -820,7 +903,7 @@ class PReLU(Module):
         self._rsaved = (x, rx)
         return y, ry
 
-    def _rbackward(self, g, rg, v, hv, need_input_grad):
+    def _rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
         # gx = f′ g;  R{gx} = f′ R{g} + [x ≤ 0] v_a g;  Hv_a += Σ_{x ≤ 0} (R{g} x + g R{x})
         x, rx = self._rsaved
         gx, rgx, _ = ops.prelu_rbackward(g, rg, x, self.weight.data, v[self.weight], rx=rx,
@@ -828,17 +911,50 @@ class PReLU(Module):
                                          accumulate=True)
         return gx, rgx
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self._y
 
-    def _config(self):
+    def _config(self) -> Any:
         return {"num_parameters": self.num_parameters, "init": self.init, "dtype": str(self.dtype)}
 
 
 class Sequential(Module):
-    """Modules applied in order; the chain owns one flat parameter buffer."""
+    """Modules applied in order; the chain owns one flat parameter buffer.
 
-    def __init__(self, *modules):
+    Parameters
+    ----------
+    *modules : Module
+        The layers, applied first to last; each module may appear once.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not a :class:`Module`.
+    ValueError
+        If a module appears twice.
+
+    Notes
+    -----
+    ``model(x)`` maps (batch, in_features) to (batch, out_features) of the model's dtype;
+    ``model.backward(gy)`` returns ∂J/∂x and accumulates into every parameter's ``grad``, as
+    PyTorch does. Parameters are named "index.name" in definition order.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, rng=0), fp.ReLU(), fp.Linear(4, 2, rng=1))
+    >>> [name for name, _ in model.named_parameters()]
+    ['0.weight', '0.bias', '2.weight', '2.bias']
+    >>> model.num_parameters()
+    26
+    >>> x = np.ones((5, 3), np.float32)
+    >>> model(x).shape
+    (5, 2)
+    >>> model.backward(np.ones((5, 2), np.float32)).shape
+    (5, 3)
+    """
+
+    def __init__(self, *modules: Any) -> None:
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])
@@ -872,17 +988,17 @@ class Sequential(Module):
 
     dtype = property(lambda self: self._dtype)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: Any) -> Any:
         return self.layers[i]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.layers)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.layers)
 
     @property
-    def in_features(self):
+    def in_features(self) -> Any:
         for m in self.layers:
             if m.in_features is not None:
                 return m.in_features
@@ -893,45 +1009,45 @@ class Sequential(Module):
     out_features = property(lambda self: self._out_features)
 
     @property
-    def width_preserving(self):
+    def width_preserving(self) -> Any:
         return all(m.width_preserving for m in self.layers)
 
-    def _forward(self, x):
+    def _forward(self, x: Any) -> Any:
         for m in self.layers:
             x = m._forward(x)
         self._ready = True
         return x
 
-    def _backward(self, g, need_input_grad):
+    def _backward(self, g: Any, need_input_grad: Any) -> Any:
         for i in range(len(self.layers) - 1, -1, -1):
             if not self.layers[i]._ready:
                 raise RuntimeError(f"layer {i} has no saved forward: run forward first")
             g = self.layers[i]._backward(g, need_input_grad or i > 0)
         return g
 
-    def _output_like(self):
+    def _output_like(self) -> Any:
         return self.layers[-1]._output_like() if self.layers else None
 
     @property
-    def r_supported(self):
+    def r_supported(self) -> Any:
         return all(m.r_supported for m in self.layers)
 
-    def _rforward(self, x, rx, v):
+    def _rforward(self, x: Any, rx: Any, v: Any) -> Any:
         for m in self.layers:
             x, rx = m._rforward(x, rx, v)
         return x, rx
 
-    def _rbackward(self, g, rg, v, hv, need_input_grad):
+    def _rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
         for i in range(len(self.layers) - 1, -1, -1):
             g, rg = self.layers[i]._rbackward(g, rg, v, hv, need_input_grad or i > 0)
         return g, rg
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> NDArray[Any]:
         if not self.layers:
             return np.array(x, copy=True)
         return super().forward(x)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = [f"  ({i}): {m!r}".replace("\n", "\n  ") for i, m in enumerate(self.layers)]
         n = self.num_parameters()
         dtype = f", {self.dtype}" if self.dtype is not None else ""

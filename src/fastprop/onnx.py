@@ -11,8 +11,8 @@ Each module becomes standard ONNX operators (default opset 17):
   ``PReLU`` → ``PRelu`` (its (num_parameters,) weight broadcasts over the features);
   ``LeakyReLU`` → ``LeakyRelu`` (``PRelu`` with a constant slope where the float attribute
   of ``LeakyRelu`` cannot hold a float64 slope exactly).
-- ``SiLU`` → x · ``Sigmoid``(x).
-- ``GELU`` → the exact form x Φ(x): ½ x (1 + ``Erf``(x/√2)) in float32; in float64 (ONNX
+- ``SiLU`` → ``x · Sigmoid(x)``.
+- ``GELU`` → the exact form x Φ(x): ½ x (1 + ``Erf(x/√2)``) in float32; in float64 (ONNX
   Runtime has no float64 ``Erf``) Φ from Cephes' rational approximations of erf and erfc
   (relative error < 2e-15), built from Mul/Add/Div/Exp.
 - ``Softplus(beta, threshold)`` → fastprop's definition (csrc/activation.c): with b = βx,
@@ -29,6 +29,7 @@ Each module becomes standard ONNX operators (default opset 17):
 
 Anything else, a user's own ``Module`` included, is a ``TypeError`` naming it (and where it is).
 """
+from __future__ import annotations
 import os
 
 import numpy as np
@@ -36,6 +37,10 @@ import numpy as np
 from . import graph, layers, nn
 from .graph import Add, Concat, Graph, Merge, Mul, Residual
 from .losses import Loss, SigmoidBCE, SoftmaxCrossEntropy
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .nn import Module
 
 __all__ = ["export_onnx", "DEFAULT_OPSET", "MIN_OPSET"]
 
@@ -60,7 +65,8 @@ _ERFC_S = (1.0, 2.26052863220117276590E0, 9.39603524938001434673E0, 1.2048953980
            1.70814450747565897222E1, 9.60896809063285878198E0, 3.36907645100081516050E0)
 
 
-def export_onnx(model, path, opset=None, batch_dim="batch", with_output_unit=False):
+def export_onnx(model: Module, path: str | os.PathLike[str], opset: Any = None,
+                batch_dim: str = "batch", with_output_unit: bool = False) -> Any:
     """Writes ``model`` to ``path`` as an ONNX model, checked with ``onnx.checker``; returns
     the ``onnx.ModelProto``.
 
@@ -125,7 +131,7 @@ def export_onnx(model, path, opset=None, batch_dim="batch", with_output_unit=Fal
     return proto
 
 
-def _output_unit(unit):
+def _output_unit(unit: Any) -> Any:
     """None, "auto", "softmax" or "sigmoid" for export_onnx's with_output_unit."""
     if unit is False or unit is None:
         return None
@@ -142,14 +148,14 @@ def _output_unit(unit):
                      f"loss, got {unit!r}")
 
 
-def _array(v):
+def _array(v: Any) -> Any:
     """A parameter's or buffer's values as an ndarray (a Parameter, an array, a scalar)."""
     if isinstance(v, nn.Parameter):
         return v.data
     return np.asarray(v)
 
 
-def _act_param(m, name):
+def _act_param(m: Any, name: Any) -> Any:
     """An activation's constructor argument (an attribute, or its params dict)."""
     if hasattr(m, name):
         return float(getattr(m, name))
@@ -160,26 +166,27 @@ class _Builder:
     """Collects ONNX nodes and initializers; ``module(m, x, path)`` emits m applied to the
     tensor named x and returns the name of its output."""
 
-    def __init__(self, onnx, model, opset):
+    def __init__(self, onnx: Any, model: Any, opset: Any) -> None:
         self.onnx, self.opset = onnx, opset
         self.dtype = np.dtype(model.dtype or np.float32)
         self.elem = onnx.helper.np_dtype_to_tensor_dtype(self.dtype)
-        self.nodes, self.inits = [], []
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
         self.used = set()
-        self.consts = {}                   # id of a Parameter or buffer -> its initializer
+        self.consts: dict[int, Any] = {}  # id of a Parameter or buffer -> its initializer
         self.param_names = {id(p): name for name, p in model.named_parameters()}
         for name in self.param_names.values():
             self.used.add(name)
 
     # ------------------------------------------------------------ names and constants
-    def fresh(self, hint):
+    def fresh(self, hint: Any) -> Any:
         name, k = hint, 1
         while name in self.used:
             name, k = f"{hint}_{k}", k + 1
         self.used.add(name)
         return name
 
-    def tensor(self, value, hint, key=None):
+    def tensor(self, value: Any, hint: Any, key: Any = None) -> Any:
         """An initializer of the model's dtype; key (an object) makes it shared by identity."""
         if key is not None and id(key) in self.consts:
             return self.consts[id(key)]
@@ -191,21 +198,21 @@ class _Builder:
             self.consts[id(key)] = name
         return name
 
-    def param(self, p, hint):
+    def param(self, p: Any, hint: Any) -> Any:
         return self.tensor(_array(p), hint, key=p)
 
-    def scalar(self, value, hint):
+    def scalar(self, value: Any, hint: Any) -> Any:
         return self.tensor(np.asarray(value, self.dtype), hint)
 
-    def op(self, op_type, inputs, hint, **attrs):
+    def op(self, op_type: Any, inputs: Any, hint: Any, **attrs: Any) -> Any:
         out = self.fresh(f"{hint}/{op_type}" if hint else op_type)
         self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [out],
                                                      name=out, **attrs))
         return out
 
-    def finish(self, inputs, outputs, batch_dim):
+    def finish(self, inputs: Any, outputs: Any, batch_dim: Any) -> Any:
         helper = self.onnx.helper
-        def info(name, width):
+        def info(name: Any, width: Any) -> Any:
             dims = [batch_dim if isinstance(batch_dim, str) else int(batch_dim),
                     width if width is not None else f"{name}_features"]
             return helper.make_tensor_value_info(name, self.elem, dims)
@@ -226,7 +233,7 @@ class _Builder:
                                  ir_version=helper.find_min_ir_version_for(opsets))
 
     # ------------------------------------------------------------ graphs
-    def graph_io(self, g):
+    def graph_io(self, g: Any) -> Any:
         """The top-level graph's inputs [(name, width)] and outputs [(name, value, width)]."""
         nodes, outs = _graph_nodes(g)
         self.used.update(g.input_names + g.output_names)
@@ -236,11 +243,11 @@ class _Builder:
         outputs = [(nodes[i][0], v, nodes[i][3]) for i, v in zip(outs, values)]
         return inputs, outputs
 
-    def graph_body(self, g, given, path):
+    def graph_body(self, g: Any, given: Any, path: Any) -> Any:
         """Emits g's nodes in topological order; given maps input names to tensors. Returns
         the tensors of g's outputs."""
         nodes, outs = _graph_nodes(g)
-        value = []
+        value: list[Any] = []
         for name, module, inputs, _ in nodes:
             xs = [value[j] for j in inputs]
             if module is None:
@@ -251,7 +258,7 @@ class _Builder:
                 value.append(self.module(module, xs[0], path + name))
         return [value[i] for i in outs]
 
-    def merge(self, m, xs, path):
+    def merge(self, m: Any, xs: Any, path: Any) -> Any:
         kind = type(m)
         if kind is Add:  # left to right, as fastprop sums
             y = xs[0]
@@ -266,7 +273,7 @@ class _Builder:
                         f"{path!r}: it exports Add, Concat and Mul")
 
     # ------------------------------------------------------------ modules
-    def module(self, m, x, path):
+    def module(self, m: Any, x: Any, path: Any) -> Any:
         export = _EXPORTERS.get(type(m).__name__)
         if export is None or _module_class(type(m).__name__) is not type(m):
             where = f" at {path!r}" if path else ""
@@ -276,12 +283,12 @@ class _Builder:
         return export(self, m, x, path)
 
 
-def _module_class(name):
+def _module_class(name: Any) -> Any:
     """The fastprop class of this name, if this build has it (LayerNorm, ... may be absent)."""
     return getattr(nn, name, None) or getattr(graph, name, None) or getattr(layers, name, None)
 
 
-def _graph_nodes(g):
+def _graph_nodes(g: Any) -> Any:
     """A built Graph's nodes in topological order, [(name, module or None for an input, input
     positions, width)], and its outputs' positions: the one place that reads Graph's plan."""
     nodes = [(s.name, None if s.kind == "input" else s.module, list(s.inputs), s.width)
@@ -289,20 +296,20 @@ def _graph_nodes(g):
     return nodes, list(g._outputs)
 
 
-def _child(path, name):
+def _child(path: Any, name: Any) -> Any:
     return f"{path}.{name}" if path else str(name)
 
 
 # ---------------------------------------------------------------- one exporter per module
 
-def _linear(b, m, x, path):
+def _linear(b: Any, m: Any, x: Any, path: Any) -> Any:
     ins = [x, b.param(m.weight, f"{path}.weight")]
     if m.bias is not None:
         ins.append(b.param(m.bias, f"{path}.bias"))
     return b.op("Gemm", ins, path, transB=1)
 
 
-def _low_rank_linear(b, m, x, path):
+def _low_rank_linear(b: Any, m: Any, x: Any, path: Any) -> Any:
     h = b.op("Gemm", [x, b.param(m.U, f"{path}.U")], path, transB=1)
     ins = [h, b.param(m.V, f"{path}.V")]
     if m.bias is not None:
@@ -310,7 +317,7 @@ def _low_rank_linear(b, m, x, path):
     return b.op("Gemm", ins, path, transB=1)
 
 
-def _sequential(b, m, x, path):
+def _sequential(b: Any, m: Any, x: Any, path: Any) -> Any:
     if len(m) == 0:
         return b.op("Identity", [x], path)
     for i, layer in enumerate(m):
@@ -318,33 +325,33 @@ def _sequential(b, m, x, path):
     return x
 
 
-def _graph(b, m, x, path):
+def _graph(b: Any, m: Any, x: Any, path: Any) -> Any:
     if len(m.input_names) != 1 or len(m.output_names) != 1:
         raise TypeError(f"export_onnx: the Graph at {path!r} is a node of another model, so it "
                         f"needs one input and one output, not {m.input_names} → {m.output_names}")
     return b.graph_body(m, {m.input_names[0]: x}, path + "." if path else "")[0]
 
 
-def _elementwise(op_type):
+def _elementwise(op_type: Any) -> Any:
     return lambda b, m, x, path: b.op(op_type, [x], path)
 
 
-def _leaky_relu(b, m, x, path):
+def _leaky_relu(b: Any, m: Any, x: Any, path: Any) -> Any:
     slope = _act_param(m, "negative_slope")
     if float(np.float32(slope)) == float(b.dtype.type(slope)):  # the float attribute is exact
         return b.op("LeakyRelu", [x], path, alpha=slope)
     return b.op("PRelu", [x, b.tensor([slope], f"{path}.negative_slope")], path)
 
 
-def _prelu(b, m, x, path):
+def _prelu(b: Any, m: Any, x: Any, path: Any) -> Any:
     return b.op("PRelu", [x, b.param(m.weight, f"{path}.weight")], path)
 
 
-def _silu(b, m, x, path):
+def _silu(b: Any, m: Any, x: Any, path: Any) -> Any:
     return b.op("Mul", [x, b.op("Sigmoid", [x], path)], path)
 
 
-def _log1p(b, t, path):
+def _log1p(b: Any, t: Any, path: Any) -> Any:
     """log1p(t) for t ≥ 0: log(u)·t/(u − 1) with u = 1 + t (Goldberg), t itself where u = 1."""
     one = b.scalar(1, f"{path}.one")
     u = b.op("Add", [one, t], path)
@@ -353,7 +360,7 @@ def _log1p(b, t, path):
     return b.op("Where", [b.op("Equal", [d, b.scalar(0, f"{path}.zero")], path), t, ratio], path)
 
 
-def _softplus(b, m, x, path):
+def _softplus(b: Any, m: Any, x: Any, path: Any) -> Any:
     beta, threshold = _act_param(m, "beta"), _act_param(m, "threshold")
     bx = b.op("Mul", [x, b.scalar(beta, f"{path}.beta")], path)
     t = b.op("Exp", [b.op("Neg", [b.op("Abs", [bx], path)], path)], path)
@@ -363,7 +370,7 @@ def _softplus(b, m, x, path):
     return b.op("Where", [above, x, sp], path)
 
 
-def _poly(b, z, coeffs, path):
+def _poly(b: Any, z: Any, coeffs: Any, path: Any) -> Any:
     """Σ c_k z^(n−k) by Horner's rule (coeffs from the highest power down)."""
     y = b.scalar(coeffs[0], f"{path}.c")
     for c in coeffs[1:]:
@@ -371,7 +378,7 @@ def _poly(b, z, coeffs, path):
     return y
 
 
-def _phi64(b, x, path):
+def _phi64(b: Any, x: Any, path: Any) -> Any:
     """Φ(x) = ½(1 + erf(x/√2)) for |x|/√2 < 1, else ½ erfc(|x|/√2) mirrored: Cephes' ndtr."""
     s = b.op("Mul", [x, b.scalar(np.sqrt(0.5), f"{path}.sqrt_half")], path)
     z = b.op("Abs", [s], path)
@@ -395,7 +402,7 @@ def _phi64(b, x, path):
     return b.op("Where", [b.op("Less", [z, b.scalar(1, f"{path}.one")], path), inner, outer], path)
 
 
-def _gelu(b, m, x, path):
+def _gelu(b: Any, m: Any, x: Any, path: Any) -> Any:
     if b.dtype == np.float64:
         return b.op("Mul", [x, _phi64(b, x, path)], path)
     erf = b.op("Erf", [b.op("Mul", [x, b.scalar(np.sqrt(0.5), f"{path}.sqrt_half")], path)], path)
@@ -404,11 +411,11 @@ def _gelu(b, m, x, path):
     return b.op("Mul", [x, phi], path)
 
 
-def _dropout(b, m, x, path):
+def _dropout(b: Any, m: Any, x: Any, path: Any) -> Any:
     return b.op("Identity", [x], path)   # inference: no units dropped, no scaling
 
 
-def _features(m, what):
+def _features(m: Any, what: Any) -> Any:
     """The one normalized width of a LayerNorm over (batch, features) input."""
     shape = m.normalized_shape
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
@@ -418,14 +425,14 @@ def _features(m, what):
     return int(shape[0])
 
 
-def _written_out(b):
+def _written_out(b: Any) -> Any:
     """Normalizations as elementary operators rather than ONNX's, in float64: ONNX's epsilon
     attribute is a float32, and ONNX Runtime's LayerNormalization takes the variance as
     E[x²] − E[x]²."""
     return b.dtype == np.float64
 
 
-def _mean(b, x, axis, path):
+def _mean(b: Any, x: Any, axis: Any, path: Any) -> Any:
     """The mean along axis (0: over the batch, 1: over the features), kept as a 2-D tensor."""
     if b.opset >= 18:  # axes became an input
         axes = b.fresh(f"{path}.axes")
@@ -434,7 +441,8 @@ def _mean(b, x, axis, path):
     return b.op("ReduceMean", [x], path, axes=[axis], keepdims=1)
 
 
-def _normalize(b, x, mean, var, eps, scale, shift, path):
+def _normalize(b: Any, x: Any, mean: Any, var: Any, eps: Any, scale: Any, shift: Any,
+               path: Any) -> Any:
     """(x − mean)/√(var + eps) · scale + shift; mean and var None: x's own along axis 0 or 1
     (var = the mean of (x − mean)², two passes); scale and shift None: left out."""
     if isinstance(mean, int):
@@ -453,7 +461,7 @@ def _normalize(b, x, mean, var, eps, scale, shift, path):
     return y
 
 
-def _layer_norm(b, m, x, path):
+def _layer_norm(b: Any, m: Any, x: Any, path: Any) -> Any:
     n = _features(m, f"the LayerNorm at {path!r}")
     affine = getattr(m, "elementwise_affine", True)
     scale = b.param(m.weight, f"{path}.weight") if affine and m.weight is not None else None
@@ -466,7 +474,7 @@ def _layer_norm(b, m, x, path):
     return b.op("LayerNormalization", ins, path, axis=-1, epsilon=float(m.eps))
 
 
-def _batch_norm(b, m, x, path):
+def _batch_norm(b: Any, m: Any, x: Any, path: Any) -> Any:
     n, eps = int(m.num_features), float(m.eps)
     scale = b.param(m.weight, f"{path}.weight") if m.affine else None
     shift = b.param(m.bias, f"{path}.bias") if m.affine else None

@@ -5,6 +5,7 @@ raises ``TypeError``/``ValueError`` naming the argument before writing anything,
 then releases the GIL and runs one C kernel. ``fastprop.reference`` has the
 same functions, with the same signatures, in plain NumPy.
 """
+from __future__ import annotations
 from ._kernels import (
     ACTIVATIONS,
     FROM_OUTPUT,

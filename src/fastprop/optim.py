@@ -6,17 +6,23 @@ Adagrad). Parameters come as a list or as PyTorch's parameter groups (a list of 
 each with its own hyperparameters); ``opt.param_groups`` is PyTorch's list of dicts,
 which the user and the schedulers may change between steps.
 """
+from __future__ import annotations
 import math
 
 import numpy as np
 
 from ._kernels import FlatRun, FlatUpdate
 from .nn import Parameter, _Exclusive, flat_runs, flatten_count, guard_count
+from typing import Any, Iterable, Mapping, Union
+
+# what an optimizer takes: parameters, or parameter groups (dicts with "params" and options)
+ParamsT = Union[Iterable[Parameter], Iterable[Mapping[str, Any]], Parameter]
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 
 
-def _check_number(name, value, low=0.0, high=None, high_open=False):
+def _check_number(name: Any, value: Any, low: float = 0.0, high: Any = None,
+                  high_open: bool = False) -> Any:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -27,14 +33,14 @@ def _check_number(name, value, low=0.0, high=None, high_open=False):
     return v
 
 
-def _check_betas(betas):
+def _check_betas(betas: Any) -> Any:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     return (_check_number("beta1", betas[0], 0.0, 1.0, True),
             _check_number("beta2", betas[1], 0.0, 1.0, True))
 
 
-def _group_params(params, where):
+def _group_params(params: Any, where: Any) -> Any:
     """A group's "params" as a list of Parameters (a lone Parameter is a list of one)."""
     if isinstance(params, Parameter):
         return [params]
@@ -59,7 +65,7 @@ class _Slot:
     is added)."""
     __slots__ = ("runs", "state", "step", "fresh", "calls", "key")  # key: the _state_names
 
-    def __init__(self, params):
+    def __init__(self, params: Any) -> None:
         self.runs = flat_runs(params)
         self.state = [{} for _ in self.runs]
         self.step = 0
@@ -77,7 +83,7 @@ class Optimizer:
     _state_order = ()     # the state buffers' names, in state_arrays() order
     _has_step = True      # a per-parameter "step" in state_dict() (as torch's, not SGD's)
 
-    def __init__(self, params, lr, **defaults):
+    def __init__(self, params: ParamsT, lr: float, **defaults: Any) -> None:
         self.defaults = self._check_group({"lr": lr, **defaults}, "")
         if isinstance(params, Parameter):
             params = [params]
@@ -99,14 +105,14 @@ class Optimizer:
         self._guards = None  # ((guard_count(), id(held)), the guards a step takes)
 
     # ------------------------------------------------------------------ groups
-    def _check_group(self, group, where):
+    def _check_group(self, group: Any, where: Any) -> Any:
         """The group's hyperparameters checked and normalized (a new dict; ValueError or
         TypeError naming the bad one). Subclasses add theirs."""
         out = dict(group)
         out["lr"] = _check_number(where + "lr", group["lr"])
         return out
 
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: dict[str, Any]) -> Any:
         """Adds a group ({"params": ..., hyperparameters}); nothing changes on an error."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
@@ -129,22 +135,22 @@ class Optimizer:
         self._flattens = flatten_count()
 
     @property
-    def _runs(self):
+    def _runs(self) -> Any:
         """Every group's flat runs, concatenated (what subclasses such as sklearn's read)."""
         return [run for slot in self._slots for run in slot.runs]
 
     @property
-    def params(self):
+    def params(self) -> list[Parameter]:
         """Every parameter, group after group."""
         return [p for g in self.param_groups for p in g["params"]]
 
     @property
-    def lr(self):
+    def lr(self) -> Any:
         """The first group's lr; setting it sets every group's."""
         return self.param_groups[0]["lr"]
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         value = _check_number("lr", value)
         for g in self.param_groups:
             g["lr"] = value
@@ -152,15 +158,15 @@ class Optimizer:
     # ------------------------------------------------------------------ state
     _NONE = ()
 
-    def _state_names(self, group):
+    def _state_names(self, group: Any) -> Any:
         """The state buffers a group's update needs: one of the class's constant tuples (the
         cached C calls are rebuilt when it is another one; no allocation per step)."""
         return self._NONE
 
-    def _init_value(self, name, group):
+    def _init_value(self, name: Any, group: Any) -> float:
         return 0.0
 
-    def _alloc(self, slot, group):
+    def _alloc(self, slot: Any, group: Any) -> None:
         """Allocates the buffers the group's hyperparameters need and it lacks (once)."""
         for name in self._state_names(group):
             if slot.runs and name not in slot.state[0]:
@@ -169,7 +175,7 @@ class Optimizer:
                 slot.fresh.add(name)
                 slot.calls = None
 
-    def _current_runs(self):
+    def _current_runs(self) -> Any:
         """The flat runs, group after group; an error if a parameter was moved to a new
         buffer since."""
         if self._flattens != flatten_count():
@@ -180,15 +186,15 @@ class Optimizer:
             self._flattens = flatten_count()
         return [run for slot in self._slots for run in slot.runs]
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for _, grad in self._current_runs():
             grad.fill(0)
 
-    def step(self):
+    def step(self) -> None:
         """One update of every parameter; a RuntimeError while another thread uses their model."""
         self._step_holding(None)
 
-    def _step_holding(self, held):
+    def _step_holding(self, held: Any) -> None:
         """step() for a caller that already holds the guard `held` (TrainStep holds its model's)."""
         key = (guard_count(), id(held))
         if self._guards is None or self._guards[0] != key:  # per step: cached, not recomputed
@@ -205,7 +211,7 @@ class Optimizer:
         with _Exclusive(guards, "model"):
             self._step()
 
-    def _step(self):
+    def _step(self) -> None:
         if self._flattens != flatten_count():
             self._current_runs()
         for group, slot in zip(self.param_groups, self._slots):
@@ -220,21 +226,21 @@ class Optimizer:
                 slot.fresh.clear()
         self.step_count += 1
 
-    def _call(self, run, state, group):
+    def _call(self, run: Any, state: Any, group: Any) -> Any:
         """The object whose method updates one run (FlatUpdate or FlatRun)."""
         raise NotImplementedError
 
-    def _update(self, group, slot):
+    def _update(self, group: Any, slot: Any) -> Any:
         raise NotImplementedError
 
-    def state_arrays(self):
+    def state_arrays(self) -> Any:
         """The optimizer's state buffers: one list per kind (_state_order), one array per run
         that has it (for tests and checkpoints)."""
         kinds = [[st[name] for slot in self._slots for st in slot.state if name in st]
                  for name in self._state_order]
         return [arrays for arrays in kinds if arrays]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """PyTorch's layout: {"state": {param index: {"step": ..., buffer name: array}},
         "param_groups": [{hyperparameters..., "params": [param indices]}]} (copies)."""
         state, groups, index = {}, [], 0
@@ -255,7 +261,7 @@ class Optimizer:
                 state[pid] = entry
         return {"state": state, "param_groups": groups}
 
-    def _param_views(self, slot, params):
+    def _param_views(self, slot: Any, params: Any) -> Any:
         """Per parameter {buffer name: view shaped like the parameter} into the run buffers."""
         out = [None] * len(params)
         for i, p in enumerate(params):  # each parameter's place in its run
@@ -266,7 +272,7 @@ class Optimizer:
                     break
         return out
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Loads state_dict() output (also one that went through a checkpoint); checks
         everything first: on an error nothing has changed."""
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
@@ -353,7 +359,7 @@ class Optimizer:
         self.step_count = max((s.step for s in self._slots), default=0)
 
 
-def _offset_in(view, base):
+def _offset_in(view: Any, base: Any) -> Any:
     """Element offset of the 1-D-reshaped view inside the 1-D array base, or None."""
     if view.size == 0 or base.size == 0:
         return None
@@ -366,16 +372,53 @@ def _offset_in(view, base):
 
 
 class SGD(Optimizer):
-    """θ ← θ − lr·g with momentum, dampening, Nesterov and weight decay, as torch.optim.SGD."""
+    """θ ← θ − lr·g with momentum, dampening, Nesterov and weight decay, as torch.optim.SGD.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or of dict
+        The parameters to update (``model.parameters()``), or parameter groups: dicts with
+        a "params" list and any of the options below, which override the defaults.
+    lr : float
+        The learning rate (≥ 0).
+    momentum : float, default 0.0
+        The momentum factor μ: b ← μ b + (1 − dampening) g, then θ ← θ − lr·b.
+    nesterov : bool, default False
+        Nesterov momentum (needs momentum > 0 and dampening = 0).
+    weight_decay : float, default 0.0
+        An L2 term added to the gradient: g ← g + λ θ.
+    dampening : float, default 0.0
+        The dampening of the momentum.
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or a parameter appears twice.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.data[:] = [[1.0, -2.0]]
+    >>> opt = fp.SGD(layer.parameters(), lr=0.1)
+    >>> layer.weight.grad[:] = [[0.5, 0.5]]
+    >>> opt.step()
+    >>> layer.weight.data
+    array([[ 0.95, -2.05]], dtype=float32)
+    >>> opt.zero_grad()
+    >>> layer.weight.grad
+    array([[0., 0.]], dtype=float32)
+    """
     _state_order = ("momentum_buffer",)
     _has_step = False
     _MOMENTUM = ("momentum_buffer",)
 
-    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
+    def __init__(self, params: ParamsT, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, dampening: float = 0.0) -> None:
         super().__init__(params, lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
 
-    def _check_group(self, group, where):
+    def _check_group(self, group: Any, where: Any) -> Any:
         out = super()._check_group(group, where)
         for k in ("momentum", "dampening", "weight_decay"):
             out[k] = _check_number(where + k, group[k])
@@ -384,13 +427,13 @@ class SGD(Optimizer):
             raise ValueError(f"{where}nesterov needs momentum > 0 and dampening = 0")
         return out
 
-    def _state_names(self, group):
+    def _state_names(self, group: Any) -> Any:
         return self._MOMENTUM if group["momentum"] else self._NONE
 
-    def _call(self, run, state, group):
+    def _call(self, run: Any, state: Any, group: Any) -> Any:
         return FlatUpdate(run[0], run[1], state.get("momentum_buffer"))
 
-    def _update(self, group, slot):
+    def _update(self, group: Any, slot: Any) -> None:
         first = "momentum_buffer" in slot.fresh
         lr, mu, damp, nest, wd = (group["lr"], group["momentum"], group["dampening"],
                                   group["nesterov"], group["weight_decay"])
@@ -400,17 +443,51 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam with bias correction, as torch.optim.Adam (weight_decay is an L2 term in g);
-    amsgrad keeps the running maximum of exp_avg_sq for the denominator."""
+    amsgrad keeps the running maximum of exp_avg_sq for the denominator.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or of dict
+        The parameters to update (``model.parameters()``), or parameter groups: dicts with
+        a "params" list and any of the options below, which override the defaults.
+    lr : float, default 1e-3
+        The learning rate.
+    betas : (float, float), default (0.9, 0.999)
+        The decay rates of the first and second moment estimates, in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator's square root.
+    weight_decay : float, default 0.0
+        An L2 term added to the gradient (see :class:`AdamW` for the decoupled form).
+    amsgrad : bool, default False
+        Whether to use the running maximum of the second moment (AMSGrad).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or a parameter appears twice.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.data[:] = [[1.0, -2.0]]
+    >>> opt = fp.Adam(layer.parameters(), lr=0.1)
+    >>> layer.weight.grad[:] = [[0.5, -0.5]]
+    >>> opt.step()              # the first step moves each weight by lr against its gradient
+    >>> layer.weight.data.round(4)
+    array([[ 0.9, -1.9]], dtype=float32)
+    """
     decoupled = False
     _state_order = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _PLAIN = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False):
+    def __init__(self, params: ParamsT, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False) -> None:
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad)
 
-    def _check_group(self, group, where):
+    def _check_group(self, group: Any, where: Any) -> Any:
         out = super()._check_group(group, where)
         try:
             out["betas"] = _check_betas(group["betas"])
@@ -421,16 +498,16 @@ class Adam(Optimizer):
         out["amsgrad"] = bool(group["amsgrad"])
         return out
 
-    def _state_names(self, group):
+    def _state_names(self, group: Any) -> Any:
         return self._state_order if group["amsgrad"] else self._PLAIN
 
-    def _call(self, run, state, group):
+    def _call(self, run: Any, state: Any, group: Any) -> Any:
         if "max_exp_avg_sq" in state:
             return FlatRun(run[0], run[1], state["exp_avg"], state["exp_avg_sq"],
                            state["max_exp_avg_sq"])
         return FlatUpdate(run[0], run[1], state["exp_avg"], state["exp_avg_sq"])
 
-    def _update(self, group, slot):
+    def _update(self, group: Any, slot: Any) -> None:
         t, lr, (b1, b2), eps, wd = (slot.step, group["lr"], group["betas"], group["eps"],
                                     group["weight_decay"])
         if group["amsgrad"]:
@@ -442,11 +519,47 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (θ ← θ(1 − lr·λ) first), as torch.optim.AdamW."""
+    """Adam with decoupled weight decay (θ ← θ(1 − lr·λ) first), as torch.optim.AdamW.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or of dict
+        The parameters to update (``model.parameters()``), or parameter groups: dicts with
+        a "params" list and any of the options below, which override the defaults.
+    lr : float, default 1e-3
+        The learning rate.
+    betas : (float, float), default (0.9, 0.999)
+        The decay rates of the moment estimates.
+    eps : float, default 1e-8
+        Added to the denominator's square root.
+    weight_decay : float, default 1e-2
+        λ, applied to θ directly rather than through the gradient.
+    amsgrad : bool, default False
+        Whether to use AMSGrad's running maximum.
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or a parameter appears twice.
+
+    Examples
+    --------
+    Decay on the weights only, with parameter groups:
+
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(4, 3, rng=0), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> decay = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    >>> no_decay = [p for name, p in model.named_parameters() if name.endswith("bias")]
+    >>> opt = fp.AdamW([{"params": decay, "weight_decay": 1e-2},
+    ...                 {"params": no_decay, "weight_decay": 0.0}], lr=1e-3)
+    >>> [g["weight_decay"] for g in opt.param_groups]
+    [0.01, 0.0]
+    """
     decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False):
+    def __init__(self, params: ParamsT, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
@@ -457,12 +570,12 @@ class RMSprop(Optimizer):
     _NAMES = {(False, False): ("square_avg",), (True, False): ("square_avg", "momentum_buffer"),
               (False, True): ("square_avg", "grad_avg"), (True, True): _state_order}
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False):
+    def __init__(self, params: ParamsT, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0, momentum: float = 0, centered: bool = False) -> None:
         super().__init__(params, lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered)
 
-    def _check_group(self, group, where):
+    def _check_group(self, group: Any, where: Any) -> Any:
         out = super()._check_group(group, where)
         out["alpha"] = _check_number(where + "alpha", group["alpha"], 0.0, 1.0)
         for k in ("eps", "weight_decay", "momentum"):
@@ -470,14 +583,14 @@ class RMSprop(Optimizer):
         out["centered"] = bool(group["centered"])
         return out
 
-    def _state_names(self, group):
+    def _state_names(self, group: Any) -> Any:
         return self._NAMES[group["momentum"] > 0, group["centered"]]
 
-    def _call(self, run, state, group):
+    def _call(self, run: Any, state: Any, group: Any) -> Any:
         return FlatRun(run[0], run[1], state["square_avg"], state.get("momentum_buffer"),
                        state.get("grad_avg") if group["centered"] else None)
 
-    def _update(self, group, slot):
+    def _update(self, group: Any, slot: Any) -> None:
         lr, alpha, eps, wd, mu, c = (group["lr"], group["alpha"], group["eps"],
                                      group["weight_decay"], group["momentum"], group["centered"])
         for call in slot.calls:
@@ -489,27 +602,28 @@ class Adagrad(Optimizer):
     lr_t = lr / (1 + (t − 1)·lr_decay); s starts at initial_accumulator_value."""
     _state_order = ("sum",)
 
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
-                 eps=1e-10):
+    def __init__(self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0,
+                 weight_decay: float = 0, initial_accumulator_value: float = 0,
+                 eps: float = 1e-10) -> None:
         super().__init__(params, lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps)
 
-    def _check_group(self, group, where):
+    def _check_group(self, group: Any, where: Any) -> Any:
         out = super()._check_group(group, where)
         for k in ("lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
             out[k] = _check_number(where + k, group[k])
         return out
 
-    def _state_names(self, group):
+    def _state_names(self, group: Any) -> Any:
         return self._state_order
 
-    def _init_value(self, name, group):
+    def _init_value(self, name: Any, group: Any) -> Any:
         return self.defaults["initial_accumulator_value"]  # torch's: not the group's
 
-    def _call(self, run, state, group):
+    def _call(self, run: Any, state: Any, group: Any) -> Any:
         return FlatRun(run[0], run[1], state["sum"])
 
-    def _update(self, group, slot):
+    def _update(self, group: Any, slot: Any) -> None:
         clr = group["lr"] / (1 + (slot.step - 1) * group["lr_decay"])
         eps, wd = group["eps"], group["weight_decay"]
         for call in slot.calls:

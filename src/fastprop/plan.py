@@ -12,11 +12,16 @@ value's gradient is written and which added (sums at fan-in), which values take 
 consumer's buffer (one consumer that works in place), and which buffer slot each gradient
 lives in (a slot is reused once the gradient it held is dead).
 """
+from __future__ import annotations
 from collections import namedtuple
 
 from . import nn, registry
 from .layers import BatchNorm1d, Dropout, LayerNorm
 from .nn import Linear, LowRankLinear, PReLU, Sequential
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .nn import Module
 
 __all__ = ["Op", "Program", "GradPlan", "Unsupported", "lower", "fuse", "plan_grads",
            "topological_order", "GraphGradTable", "graph_grad_table", "ValuePlan", "plan_values"]
@@ -29,7 +34,7 @@ _ACTIVATIONS = {getattr(nn, a.cls) for a in registry.ACTIVATIONS}   # the built-
 
 # ---------------------------------------------------------------- a Graph's plan
 
-def topological_order(ins):
+def topological_order(ins: Any) -> Any:
     """Kahn's algorithm over nodes whose inputs are ins[i] (node indices), stable in index
     order. Returns (order, None), or (None, cycle): node indices around a cycle, the first
     repeated at the end, each taking the next as input."""
@@ -67,7 +72,7 @@ GraphGradTable = namedtuple("GraphGradTable",
                             "accumulate alias dedicated output_accumulate output_alias")
 
 
-def graph_grad_table(inputs, single, is_add, outputs):
+def graph_grad_table(inputs: Any, single: Any, is_add: Any, outputs: Any) -> Any:
     """The modular backward's grad table of a Graph in topological order: inputs[c] are node
     c's input nodes, single[c] whether it is a one-input module (which hands its ∂J/∂x over),
     is_add[c] whether it is an Add (one of whose inputs may take g itself), outputs the output
@@ -119,7 +124,8 @@ class Unsupported(Exception):
 Op = namedtuple("Op", "kind ins out act params w b dw db module")
 
 
-def _op(kind, ins, out, act="identity", params=None, w=None, b=None, dw=None, db=None, module=None):
+def _op(kind: Any, ins: Any, out: Any, act: str = "identity", params: Any = None, w: Any = None,
+        b: Any = None, dw: Any = None, db: Any = None, module: Any = None) -> Any:
     return Op(kind, tuple(ins), out, act, dict(params or {}), w, b, dw, db, module)
 
 
@@ -127,19 +133,19 @@ def _op(kind, ins, out, act="identity", params=None, w=None, b=None, dw=None, db
 Program = namedtuple("Program", "ops widths inputs output")
 
 
-def lower(model):
+def lower(model: Module) -> Any:
     """The Program of model (one output; several inputs are fine)."""
     from .graph import Add, Concat, Graph, Mul   # graph.py plans with this module's functions
     kinds = {Add: ADD, Mul: MUL, Concat: CONCAT}
     widths, ops = [], []
 
-    def value(width):
+    def value(width: Any) -> Any:
         if width is None:
             raise Unsupported("a value of unknown width")
         widths.append(int(width))
         return len(widths) - 1
 
-    def emit(m, ins):
+    def emit(m: Any, ins: Any) -> Any:
         t = type(m)
         if t is Sequential:
             for layer in m.layers:
@@ -187,7 +193,7 @@ def lower(model):
         ops.append(_op(MODULE, ins, y, module=m))
         return y
 
-    def emit_graph(g, ins):
+    def emit_graph(g: Any, ins: Any) -> Any:
         if len(g._outputs) != 1:
             raise Unsupported("a graph with several outputs inside a model")
         if len(ins) != len(g._inputs):
@@ -220,7 +226,7 @@ def lower(model):
     return fuse(Program(tuple(ops), tuple(widths), tuple(inputs), output))
 
 
-def fuse(program):
+def fuse(program: Any) -> Any:
     """Each activation op whose input is a bias-and-GEMM-only dense op's value that nothing
     else reads becomes that dense op's fused activation (one pass instead of two)."""
     ops, readers = list(program.ops), _readers(program)
@@ -238,7 +244,7 @@ def fuse(program):
     return program._replace(ops=tuple(o for i, o in enumerate(ops) if i not in dead))
 
 
-def _readers(program):
+def _readers(program: Any) -> Any:
     """readers[v]: the (op index, slot) pairs that read value v, in op order."""
     readers = [[] for _ in program.widths]
     for i, o in enumerate(program.ops):
@@ -257,7 +263,7 @@ GradPlan = namedtuple("GradPlan", "acc acc_params slot slot_width")
 _IN_PLACE = (ACT, PRELU, ADD, DROPOUT, LAYERNORM, BATCHNORM)
 
 
-def plan_grads(program):
+def plan_grads(program: Any) -> Any:
     """The grad table of the backward (see the module docstring)."""
     ops, n_val = program.ops, len(program.widths)
     inputs = set(program.inputs)
@@ -283,7 +289,7 @@ def plan_grads(program):
     # aliases: one contribution from an in-place op: the value takes that op's output gradient
     parent = list(range(n_val))
 
-    def find(v):
+    def find(v: Any) -> Any:
         while parent[v] != v:
             v = parent[v]
         return v
@@ -326,7 +332,7 @@ def plan_grads(program):
     return GradPlan(tuple(tuple(a) for a in acc), tuple(acc_params), tuple(slot), tuple(slot_width))
 
 
-def needs_preact(op):
+def needs_preact(op: Any) -> Any:
     """A dense op keeps its pre-activation when its activation's derivative needs the input."""
     return op.kind == DENSE and not registry.derivative_from_output(
         op.act, op.params.get("negative_slope", 0.01))
@@ -337,7 +343,7 @@ def needs_preact(op):
 ValuePlan = namedtuple("ValuePlan", "slot slot_width")
 
 
-def plan_values(program):
+def plan_values(program: Any) -> Any:
     """The workspace of forward-only runs (inference): op i's output takes a buffer whose
     holder is dead, i.e. was last read by an op before i (never one of op i's own inputs:
     a kernel does not write over what it reads)."""

@@ -7,16 +7,21 @@ LayerNorm, BatchNorm1d, and Flatten, which is the identity on fastprop's (batch,
 input (to_torch gives it back as Identity). Parameters and buffers are copied bit for bit, in
 the module's dtype (float32 or float64), with each layer's training mode.
 """
+from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
 
 from . import layers, nn
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .nn import Module
 
 __all__ = ["from_torch", "to_torch", "numpy_state_dict"]
 
 
-def _torch():
+def _torch() -> Any:
     try:
         import torch
     except ImportError:
@@ -24,7 +29,7 @@ def _torch():
     return torch
 
 
-def numpy_state_dict(state_dict):
+def numpy_state_dict(state_dict: Mapping[str, Any]) -> Any:
     """{name: ndarray} from a state dict of torch tensors or arrays. The arrays may share
     memory with the tensors: load_state_dict copies them into the model."""
     if not isinstance(state_dict, Mapping):
@@ -45,7 +50,7 @@ def numpy_state_dict(state_dict):
 
 # ---------------------------------------------------------------- torch -> fastprop
 
-def _dtype_of(module):
+def _dtype_of(module: Any) -> Any:
     """The one float dtype of a torch module's floating parameters and buffers (float32 if none)."""
     torch = _torch()
     kinds = {t.dtype for t in list(module.parameters()) + list(module.buffers())
@@ -59,12 +64,12 @@ def _dtype_of(module):
     return names[kinds.pop()]
 
 
-def _flatten_is_identity(m):
+def _flatten_is_identity(m: Any) -> bool:
     """Flatten(start_dim, end_dim) leaves a (batch, features) input as it is."""
     return m.start_dim in (1, -1) and m.end_dim in (1, -1)
 
 
-def _from_layer(m, path, dtype):
+def _from_layer(m: Any, path: Any, dtype: Any) -> Any:
     """The fastprop module of torch module m (its structure; parameters are copied after)."""
     tnn = _torch().nn
     kind = type(m)
@@ -112,7 +117,7 @@ _FROM_NAMES = ("Linear", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "Softp
                "SiLU", "Identity", "Flatten", "Dropout", "LayerNorm", "BatchNorm1d")
 
 
-def _pairs(torch_module, fp_module):
+def _pairs(torch_module: Any, fp_module: Any) -> Any:
     """(torch layer, fastprop layer) over both trees, containers included."""
     yield torch_module, fp_module
     if isinstance(fp_module, nn.Sequential):
@@ -120,14 +125,14 @@ def _pairs(torch_module, fp_module):
             yield from _pairs(t, f)
 
 
-def _set_mode(module, training):
+def _set_mode(module: Any, training: Any) -> None:
     """A fastprop module's training mode (where this build has modes); called on a container
     before its layers, which then set their own."""
     if hasattr(module, "train") and hasattr(module, "training"):
         module.train(bool(training))
 
 
-def from_torch(module):
+def from_torch(module: Module) -> Module:
     """The fastprop model equivalent to ``module``, a ``torch.nn.Sequential`` (nested allowed)
     of the layers this module lists, or one such layer: the same parameters and buffers bit for
     bit, in the module's dtype (float32 or float64), each layer in its training mode.
@@ -150,7 +155,7 @@ def from_torch(module):
 
 # ---------------------------------------------------------------- fastprop -> torch
 
-def _to_layer(m, path, dtype):
+def _to_layer(m: Any, path: Any, dtype: Any) -> Any:
     torch = _torch()
     tnn = torch.nn
     kind = type(m).__name__
@@ -187,11 +192,11 @@ _TO_NAMES = ("Linear", "ReLU", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "Softplu
              "Identity", "Dropout", "LayerNorm", "BatchNorm1d")
 
 
-def _param(m, name):
+def _param(m: Any, name: Any) -> Any:
     return float(getattr(m, name)) if hasattr(m, name) else float(m.params[name])
 
 
-def to_torch(model):
+def to_torch(model: Module) -> Any:
     """The ``torch.nn`` module equivalent to ``model`` (a fastprop Sequential, nested allowed,
     of the layers this module lists, or one such layer): the same parameters and buffers bit
     for bit, in the model's dtype, each layer in its training mode. Raises TypeError naming

@@ -10,7 +10,9 @@ under a new ``FP_`` enum value, one ``Activation`` row here, its case in
 ``reference.activation_forward``/``_backward``/``_second_derivative``; ``nn`` makes its
 ``Module`` class and ``io`` its save/load entry from the row.
 """
+from __future__ import annotations
 from collections import namedtuple
+from typing import Any
 
 __all__ = ["Activation", "Layer", "Loss", "ACTIVATIONS", "LAYERS", "LOSSES", "activation",
            "activation_names", "derivative_from_output", "fused_losses", "buildable"]
@@ -26,7 +28,7 @@ ACTIVATIONS = (
     Activation("relu", "ReLU", 1, (), "always", "y = max(x, 0); relu′(0) = 0."),
     Activation("leaky_relu", "LeakyReLU", 2, (("negative_slope", 0.01),), "positive_slope",
                "y = x if x > 0 else negative_slope·x."),
-    Activation("abs", "Abs", 3, (), "never", "y = |x|; abs′(0) = 0."),
+    Activation("abs", "Abs", 3, (), "never", "y = abs(x); abs′(0) = 0."),
     Activation("sigmoid", "Sigmoid", 4, (), "always", "y = 1 / (1 + exp(−x))."),
     Activation("tanh", "Tanh", 5, (), "always", "y = tanh(x)."),
     Activation("softplus", "Softplus", 6, (("beta", 1.0), ("threshold", 20.0)), "never",
@@ -75,12 +77,12 @@ LOSSES = (
 _BY_NAME = {a.name: a for a in ACTIVATIONS}
 
 
-def activation_names():
+def activation_names() -> tuple[str, ...]:
     """The kernel names of the activations, in C enum order."""
     return tuple(a.name for a in sorted(ACTIVATIONS, key=lambda a: a.code))
 
 
-def activation(name):
+def activation(name: str) -> Any:
     """The registry row of the activation called name (a ValueError naming the known ones)."""
     try:
         return _BY_NAME[name]
@@ -88,17 +90,17 @@ def activation(name):
         raise ValueError(f"unknown activation {name!r}; expected one of {activation_names()}") from None
 
 
-def derivative_from_output(name, negative_slope=0.01):
+def derivative_from_output(name: str, negative_slope: float = 0.01) -> Any:
     """Whether f′ follows from the saved output y alone (so the input need not be kept)."""
     rule = activation(name).from_output
     return rule == "always" or (rule == "positive_slope" and negative_slope > 0)
 
 
-def fused_losses():
+def fused_losses() -> Any:
     """The kernel names of the losses the chain's fused step runs, in FP_LOSS_* order."""
     return tuple(l.kernel for l in sorted((l for l in LOSSES if l.chain), key=lambda l: l.code))
 
 
-def buildable():
+def buildable() -> Any:
     """The save/load type names: every activation, layer and container."""
     return tuple(a.cls for a in ACTIVATIONS) + tuple(l.cls for l in LAYERS)

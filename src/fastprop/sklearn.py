@@ -19,6 +19,7 @@ Keyword-only extras whose defaults keep scikit-learn's behaviour: ``dtype``, ``c
 trained network as an ``fp.Sequential`` (its outputs are the logits: the output activation is
 in the loss, as everywhere in fastprop).
 """
+from __future__ import annotations
 import os
 import warnings
 from numbers import Integral
@@ -42,6 +43,8 @@ from .losses import MSE, SigmoidBCE, SoftmaxCrossEntropy
 from .nn import Identity, Linear, ReLU, Sequential, Sigmoid, Tanh
 from .optim import Optimizer
 from .train import TrainStep
+from typing import Any, Sequence
+from numpy.typing import DTypeLike
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -50,7 +53,7 @@ if tuple(int(p) for p in sklearn.__version__.split(".")[:2] if p.isdigit()) < (1
                       f"found {sklearn.__version__}")
 
 
-def pairwise(units):
+def pairwise(units: Any) -> Any:
     """(fan_in, fan_out) of each layer (itertools.pairwise is Python 3.10+)."""
     return list(zip(units[:-1], units[1:]))
 
@@ -65,7 +68,7 @@ _EXTRA_CONSTRAINTS = {
 }
 
 
-def _layout(layer_units):
+def _layout(layer_units: Any) -> Any:
     """For each position of fastprop's flat buffer ([W0 (out, in), b0, W1, b1, ...]): its index
     in scikit-learn's packed vector ([coefs_ (in, out) ..., intercepts_ ...]); and the weight
     mask (True on weights, False on biases)."""
@@ -80,7 +83,7 @@ def _layout(layer_units):
     return perm, perm < n_coefs
 
 
-def _pack(arrays):
+def _pack(arrays: Any) -> Any:
     return np.concatenate([a.ravel() for a in arrays])
 
 
@@ -94,7 +97,8 @@ class _Update(Optimizer):
     Adam with the decay lr·alpha·W decoupled from the gradient), or None (L-BFGS: only the gradient).
     """
 
-    def __init__(self, params, rule, weight_mask, alpha, grad_scale, sk_optimizer):
+    def __init__(self, params: Any, rule: Any, weight_mask: Any, alpha: Any, grad_scale: Any,
+                 sk_optimizer: Any) -> None:
         super().__init__(params, getattr(sk_optimizer, "learning_rate", 1.0))
         if len(self._runs) != 1:
             raise RuntimeError("the model's parameters are not one flat buffer")
@@ -108,7 +112,7 @@ class _Update(Optimizer):
         self.buf = self.m = self.v = None
         self.buf_lr = None       # the learning rate the momentum buffer is expressed in
 
-    def _l2(self, n):
+    def _l2(self, n: Any) -> Any:
         vec = self.l2_scale.get(n)
         if vec is None:
             if len(self.l2_scale) > 3:  # weighted batches: n is the sum of their weights
@@ -116,7 +120,7 @@ class _Update(Optimizer):
             vec = self.l2_scale[n] = self.mask * (self.alpha / n)
         return vec
 
-    def _step(self):
+    def _step(self) -> None:
         g, theta = self.grad, self.theta
         if self.grad_scale != 1.0:
             g *= self.grad_scale
@@ -150,7 +154,7 @@ class _Update(Optimizer):
         self.step_count += 1
 
     # scikit-learn's optimizer state <-> the flat buffers
-    def load_state(self, perm):
+    def load_state(self, perm: Any) -> None:
         sk = self.sk
         dt = self.theta.dtype
         if self.rule == "sgd":
@@ -161,7 +165,7 @@ class _Update(Optimizer):
             self.m = np.ascontiguousarray(_pack(sk.ms)[perm], dt)
             self.v = np.ascontiguousarray(_pack(sk.vs)[perm], dt)
 
-    def store_state(self, est, perm):
+    def store_state(self, est: Any, perm: Any) -> None:
         sk = self.sk
         if self.rule == "sgd":
             sk.velocities = est._unflat((-self.buf_lr) * self.buf, perm)
@@ -174,12 +178,12 @@ class _FastMLP:
     """The fused training loop shared by both estimators (a mixin before scikit-learn's class)."""
 
     # ------------------------------------------------------------ what runs where
-    def _fused(self, sample_weight):
+    def _fused(self, sample_weight: Any) -> Any:
         """The fused step has no per-row weights and no Poisson loss: those take the modular
         path (fastprop's forward and backward, scikit-learn's output delta and loss in NumPy)."""
         return sample_weight is None and getattr(self, "loss", None) != "poisson"
 
-    def fit(self, X, y, sample_weight=None, *, validation_data=None):
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, *, validation_data: Any = None) -> Any:
         """scikit-learn's fit. ``validation_data=(X_val, y_val)`` (fastprop's extra, sgd and
         adam): with ``early_stopping`` the held-out set instead of the ``validation_fraction``
         split; without, monitored only: its score after each epoch in ``validation_scores_``
@@ -194,7 +198,7 @@ class _FastMLP:
         finally:
             del self._validation_data
 
-    def _held_out(self, X):
+    def _held_out(self, X: Any) -> Any:
         """The checked (X_val, y_val) of fit's validation_data, or None."""
         data = self.__dict__.get("_validation_data")
         if data is None:
@@ -207,7 +211,7 @@ class _FastMLP:
                              f"{y_val.shape[0]} in y_val")
         return X_val, y_val
 
-    def _fit(self, X, y, sample_weight=None, incremental=False):
+    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False) -> Any:
         if self.n_jobs is None:
             return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
         from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
@@ -220,13 +224,13 @@ class _FastMLP:
         finally:
             set_num_threads(before)
 
-    def _validate_input(self, X, y, incremental, reset):
+    def _validate_input(self, X: Any, y: Any, incremental: Any, reset: Any) -> Any:
         X, y = super()._validate_input(X, y, incremental, reset)
         if self.dtype is not None and X.dtype != np.dtype(self.dtype):
             X = X.astype(self.dtype)
         return X, y
 
-    def _output(self):
+    def _output(self) -> Any:
         """fastprop's loss for out_activation_, and the factors from its loss and gradient to
         scikit-learn's (mean over elements vs. sum over outputs of the mean over samples; ½ in
         the squared error)."""
@@ -237,7 +241,7 @@ class _FastMLP:
             return SigmoidBCE(), float(k), float(k)
         return MSE(), 0.5, 0.5 * k
 
-    def _network(self, layer_units, dtype):
+    def _network(self, layer_units: Any, dtype: Any) -> Any:
         """An fp.Sequential holding coefs_ and intercepts_ (as fastprop's (out, in) weights)."""
         layers = []
         for i, (a, b) in enumerate(pairwise(layer_units)):
@@ -252,7 +256,7 @@ class _FastMLP:
             lin.bias.data = b
         return model
 
-    def _unflat(self, flat, perm):
+    def _unflat(self, flat: Any, perm: Any) -> Any:
         """scikit-learn's list coefs_ + intercepts_ (C-contiguous arrays) from a flat buffer."""
         packed = np.empty(flat.shape, flat.dtype)
         packed[perm] = flat
@@ -266,12 +270,13 @@ class _FastMLP:
             start += b
         return out
 
-    def _set_params_from(self, flat, perm):
+    def _set_params_from(self, flat: Any, perm: Any) -> None:
         params = self._unflat(flat, perm)
         n = len(self._units) - 1
         self.coefs_, self.intercepts_ = params[:n], params[n:]
 
-    def _trainer(self, X, y, layer_units, rule, sk_optimizer, sample_weight):
+    def _trainer(self, X: Any, y: Any, layer_units: Any, rule: Any, sk_optimizer: Any,
+                 sample_weight: Any) -> Any:
         """(step, update, perm, target, loss_scale): ``J = step(x, y, w)`` is one training step
         returning scikit-learn's data loss; ``update`` holds the flat buffers and the L2 term."""
         dtype = X.dtype
@@ -294,7 +299,7 @@ class _FastMLP:
             name = "binary_log_loss"
         loss_fn = LOSS_FUNCTIONS[name]
 
-        def step(x, t, w):  # scikit-learn's _backprop with fastprop's forward and backward
+        def step(x: Any, t: Any, w: Any) -> Any:  # scikit-learn's _backprop with fastprop's forward and backward
             model.zero_grad()
             p = model.forward(x)
             out_activation(p)
@@ -309,8 +314,9 @@ class _FastMLP:
         return step, update, perm, target, 1.0
 
     # ------------------------------------------------------------ stochastic solvers
-    def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads,
-                        intercept_grads, layer_units, incremental):
+    def _fit_stochastic(self, X: Any, y: Any, sample_weight: Any, activations: Any, deltas: Any,
+                        coef_grads: Any, intercept_grads: Any, layer_units: Any,
+                        incremental: Any) -> Any:
         params = self.coefs_ + self.intercepts_
         if not incremental or not hasattr(self, "_optimizer"):
             if self.solver == "sgd":
@@ -423,8 +429,8 @@ class _FastMLP:
             self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
 
     # ------------------------------------------------------------ L-BFGS
-    def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
-                   layer_units):
+    def _fit_lbfgs(self, X: Any, y: Any, sample_weight: Any, activations: Any, deltas: Any,
+                   coef_grads: Any, intercept_grads: Any, layer_units: Any) -> Any:
         if scipy.sparse.issparse(X):  # L-BFGS takes the whole X: kept sparse, scikit-learn's code
             return super()._fit_lbfgs(X, y, sample_weight, activations, deltas, coef_grads,
                                       intercept_grads, layer_units)
@@ -439,8 +445,8 @@ class _FastMLP:
         finally:
             del self._lbfgs
 
-    def _loss_grad_lbfgs(self, packed, X, y, sample_weight, activations, deltas, coef_grads,
-                         intercept_grads):
+    def _loss_grad_lbfgs(self, packed: Any, X: Any, y: Any, sample_weight: Any, activations: Any,
+                         deltas: Any, coef_grads: Any, intercept_grads: Any) -> Any:
         ctx = self.__dict__.get("_lbfgs")
         if ctx is None:
             return super()._loss_grad_lbfgs(packed, X, y, sample_weight, activations, deltas,
@@ -453,10 +459,10 @@ class _FastMLP:
         return J * loss_scale + update.penalty, grad
 
     # ------------------------------------------------------------ extras
-    def _is_classifier(self):
+    def _is_classifier(self) -> Any:
         return isinstance(self, _SkMLPClassifier)
 
-    def to_fastprop(self):
+    def to_fastprop(self) -> Any:
         """The trained network as an ``fp.Sequential`` of the coefs_' dtype; its outputs are
         the logits (apply softmax/sigmoid for probabilities, as fastprop's losses do)."""
         check_is_fitted(self)
@@ -467,27 +473,65 @@ class _FastMLP:
 class MLPClassifier(_FastMLP, _SkMLPClassifier):
     """scikit-learn's MLPClassifier (same parameters, attributes and model) on fastprop.
 
-    Extras (keyword-only; the defaults are scikit-learn's behaviour): ``dtype`` (None: X's, as
-    scikit-learn; "float32" or "float64": X is cast), ``class_weight`` (None, "balanced" or a
-    dict: sample weights by class, as in scikit-learn's linear models), ``restore_best_weights``
-    (with early stopping, end with the best validation score's weights; False keeps the last),
-    ``optimizer`` (None, or "adamw" with solver="adam": the L2 term becomes AdamW's decoupled
-    decay lr·alpha·W), ``n_jobs`` (None: the BLAS's and fastprop's thread settings as they are;
-    n, or -1 for every CPU: both capped at n during fit).
+    Parameters
+    ----------
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate, \
+learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start, \
+momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon, \
+n_iter_no_change, max_fun
+        As :class:`sklearn.neural_network.MLPClassifier`'s, with its defaults.
+    dtype : {None, "float32", "float64"}, default None
+        None: X's (as scikit-learn); otherwise X is cast. Keyword-only, as the extras below.
+    class_weight : dict, "balanced" or None, default None
+        Sample weights by class, as in scikit-learn's linear models.
+    restore_best_weights : bool, default True
+        With early stopping, end with the best validation score's weights (False: the last).
+    optimizer : {None, "adamw"}, default None
+        "adamw" with solver="adam": the L2 term becomes AdamW's decoupled decay lr·alpha·W.
+    n_jobs : int, optional
+        None: the BLAS's and fastprop's thread settings as they are; n, or -1 for every CPU:
+        both capped at n during fit.
+
+    Attributes
+    ----------
+    classes_, coefs_, intercepts_, loss_, loss_curve_, n_iter_, n_layers_, n_outputs_, \
+out_activation_
+        As scikit-learn's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastprop.sklearn import MLPClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((200, 2))
+    >>> y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    >>> clf = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, max_iter=300,
+    ...                     random_state=0).fit(X, y)
+    >>> clf.score(X, y) > 0.95
+    True
+    >>> [w.shape for w in clf.coefs_]
+    [(2, 16), (16, 1)]
+    >>> clf.predict_proba(X[:3]).shape
+    (3, 2)
     """
     _parameter_constraints = {
         **_SkMLPClassifier._parameter_constraints, **_EXTRA_CONSTRAINTS,
         "class_weight": [None, dict, StrOptions({"balanced"})],
     }
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate="constant",
-                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=None, class_weight=None, restore_best_weights=True, optimizer=None,
-                 n_jobs=None):
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,), activation: str = "relu",
+                 *, solver: str = "adam", alpha: float = 0.0001, batch_size: int | str = "auto",
+                 learning_rate: str = "constant", learning_rate_init: float = 0.001,
+                 power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
+                 dtype: DTypeLike | None = None,
+                 class_weight: dict[Any, float] | str | None = None,
+                 restore_best_weights: bool = True, optimizer: str | None = None,
+                 n_jobs: int | None = None) -> None:
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -503,7 +547,7 @@ class MLPClassifier(_FastMLP, _SkMLPClassifier):
         self.optimizer = optimizer
         self.n_jobs = n_jobs
 
-    def _fit(self, X, y, sample_weight=None, incremental=False):
+    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False) -> Any:
         if self.class_weight is not None:
             if incremental and self.class_weight == "balanced":
                 raise ValueError("class_weight 'balanced' is not supported for partial_fit: "
@@ -517,17 +561,44 @@ class MLPClassifier(_FastMLP, _SkMLPClassifier):
 class MLPRegressor(_FastMLP, _SkMLPRegressor):
     """scikit-learn's MLPRegressor (same parameters, attributes and model) on fastprop.
 
-    Extras as MLPClassifier's (without class_weight). ``loss="poisson"`` runs scikit-learn's code.
+    Parameters
+    ----------
+    loss, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate, \
+learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start, \
+momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon, \
+n_iter_no_change, max_fun
+        As :class:`sklearn.neural_network.MLPRegressor`'s, with its defaults;
+        ``loss="poisson"`` runs scikit-learn's own code.
+    dtype, restore_best_weights, optimizer, n_jobs
+        Keyword-only extras, as :class:`MLPClassifier`'s.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastprop.sklearn import MLPRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((100, 3))
+    >>> y = X @ np.array([1.0, -2.0, 0.5])
+    >>> reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=1000, random_state=0).fit(X, y)
+    >>> reg.score(X, y) > 0.95
+    True
+    >>> reg.predict(X[:2]).shape
+    (2,)
     """
     _parameter_constraints = {**_SkMLPRegressor._parameter_constraints, **_EXTRA_CONSTRAINTS}
 
-    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
-                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
-                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=None, restore_best_weights=True, optimizer=None, n_jobs=None):
+    def __init__(self, loss: str = "squared_error",
+                 hidden_layer_sizes: int | Sequence[int] = (100,), activation: str = "relu", *,
+                 solver: str = "adam", alpha: float = 0.0001, batch_size: int | str = "auto",
+                 learning_rate: str = "constant", learning_rate_init: float = 0.001,
+                 power_t: float = 0.5, max_iter: int = 200, shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
+                 dtype: DTypeLike | None = None, restore_best_weights: bool = True,
+                 optimizer: str | None = None, n_jobs: int | None = None) -> None:
         super().__init__(
             loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             solver=solver, alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,

@@ -1,4 +1,5 @@
 """Training: TrainStep (one C call chain per step), fit with progress, History, predict, evaluate."""
+from __future__ import annotations
 import math
 import sys
 import time
@@ -15,6 +16,11 @@ from .lr_scheduler import ReduceLROnPlateau
 from .nn import (Activation, Linear, Module, Sequential, as_input, busy_error, evaluating, flat_runs,
                  flatten_count)
 from .optim import SGD, Adam, AdamW, Optimizer
+from typing import Any, Sequence, TYPE_CHECKING
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:  # for annotations only: no import cycle at run time
+    from .callbacks import Callback
 
 __all__ = ["TrainStep", "fit", "History", "predict", "predict_proba", "evaluate"]
 
@@ -23,7 +29,7 @@ __all__ = ["TrainStep", "fit", "History", "predict", "predict_proba", "evaluate"
 _FUSED_LOSSES = (SoftmaxCrossEntropy, SigmoidBCE, MSE, L1Loss, HuberLoss, SmoothL1Loss)
 
 
-def _net_options(loss, dtype):
+def _net_options(loss: Any, dtype: Any) -> Any:
     """The loss's options as Network.train takes them (SmoothL1Loss's beta goes in its delta)."""
     args = loss.kernel_args(dtype)
     if "beta" in args:
@@ -31,7 +37,7 @@ def _net_options(loss, dtype):
     return args
 
 
-def _chain_blocks(model, loss):
+def _chain_blocks(model: Any, loss: Any) -> Any:
     """The dense blocks of a Sequential of Linear (+ one activation each), or None."""
     if not isinstance(model, Sequential) or type(loss) not in _FUSED_LOSSES:
         return None
@@ -52,7 +58,7 @@ def _chain_blocks(model, loss):
     return blocks or None
 
 
-def _default_loss(loss):
+def _default_loss(loss: Any) -> bool:
     """Whether loss is configured as its class's default instance (the tape's C losses have
     no options: a weighted or smoothed loss takes the modular path)."""
     fresh = type(loss)()
@@ -67,7 +73,7 @@ def _default_loss(loss):
     return True
 
 
-def _tape_for(model, loss):
+def _tape_for(model: Any, loss: Any) -> Any:
     """The tape of model (fastprop.plan), or None where the modular path must run it: a loss
     the tape does not fuse, several outputs, a model of Python modules only."""
     row = next((r for r in registry.LOSSES if type(loss).__name__ == r.cls and
@@ -112,8 +118,10 @@ class TrainStep:
     to that total 2-norm (``clip_grad_norm_``) after the backward pass, before the update.
     """
 
-    def __init__(self, model, loss, optimizer, stop_on_nonfinite=True, per_example_clip=None,
-                 noise_multiplier=0.0, rng=None, comm=None, clip_grad_norm=None):
+    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,
+                 stop_on_nonfinite: bool = True, per_example_clip: Any = None,
+                 noise_multiplier: float = 0.0, rng: np.random.Generator | int | None = None,
+                 comm: Any = None, clip_grad_norm: Any = None) -> None:
         if not isinstance(model, Module):
             raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
         if not isinstance(loss, Loss):
@@ -139,7 +147,7 @@ class TrainStep:
             from .distributed import GradientSync
             self._sync = GradientSync(self, comm)
 
-    def _compile(self):
+    def _compile(self) -> None:
         self._params = self.model.parameters()
         self._flats = [p._flat for p in self._params]
         self._flattens = flatten_count()
@@ -159,13 +167,13 @@ class TrainStep:
         self._grads = [g for _, g in flat_runs(self._params)]  # clip_grad_norm's
 
     @property
-    def output(self):
+    def output(self) -> Any:
         """The model's output of the latest step (before the update; a workspace view)."""
         if self._net is not None:
             return self._net.output
         return self._tape.output if self._tape is not None else self._out
 
-    def __call__(self, x, y, sample_weight=None):
+    def __call__(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """One step on (x, y); sample_weight (batch,): the loss is Σ_i w_i l_i / Σ_i w_i."""
         busy = self.model._busy  # model.exclusive(), inlined: this is the per-step path
         if not busy.acquire(False):
@@ -177,7 +185,7 @@ class TrainStep:
         finally:
             busy.release()
 
-    def _step(self, x, y, sample_weight=None):
+    def _step(self, x: Any, y: Any, sample_weight: Any = None) -> Any:
         if self._flattens != flatten_count():
             if any(p._flat is not f for p, f in zip(self._params, self._flats)):
                 self._compile()  # the parameters moved to new buffers
@@ -223,7 +231,7 @@ class TrainStep:
         self.optimizer._step_holding(model._busy)
         return J
 
-    def _tape_step(self, x, y):
+    def _tape_step(self, x: Any, y: Any) -> Any:
         """Forward, loss and backward of any model on its tape (one C run between the
         callbacks of Python modules); the parameters' gradients overwritten."""
         x = self.model._check_input(x)
@@ -232,14 +240,14 @@ class TrainStep:
         return self._tape.train(tuple(x) if isinstance(x, list) else (x,), y, self._tape.loss_code,
                                 False, self.stop_on_nonfinite)
 
-    def _diverged(self, J):
+    def _diverged(self, J: Any) -> Any:
         if self.stop_on_nonfinite and not math.isfinite(J):
             raise FloatingPointError(
                 f"the loss became {J}: the training diverged (try a lower learning rate), or "
                 f"pass stop_on_nonfinite=False; this step's update was not applied")
 
 
-def _clip_arg(clip_grad_norm, optimizer):
+def _clip_arg(clip_grad_norm: Any, optimizer: Any) -> Any:
     if clip_grad_norm is None:
         return None
     if isinstance(clip_grad_norm, bool):
@@ -257,7 +265,7 @@ def _clip_arg(clip_grad_norm, optimizer):
     return v
 
 
-def _finite_batch(x, y):
+def _finite_batch(x: Any, y: Any) -> Any:
     """x has rows, and x and floating-point targets y hold no NaN or infinity (ValueError).
     x may be several inputs (a list, tuple or dict of arrays: a Graph's)."""
     if isinstance(x, dict):
@@ -278,21 +286,21 @@ def _finite_batch(x, y):
 class History:
     """Per-epoch metrics of ``fit``: ``history["loss"]``, ``history.val_accuracy``, …"""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
                         "samples_per_s": [], "lr": []}
         self.epoch = []
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         return self.history[key]
 
-    def __getattr__(self, key):
+    def __getattr__(self, key: Any) -> Any:
         try:
             return self.__dict__["history"][key]
         except KeyError:
             raise AttributeError(key) from None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         last = {k: v[-1] for k, v in self.history.items() if v and v[-1] is not None}
         return f"History(epochs={len(self.epoch)}, last={last})"
 
@@ -300,7 +308,7 @@ class History:
 class _Progress:
     """tqdm when installed, else one line rewritten in place on stderr."""
 
-    def __init__(self, enabled, total, epochs):
+    def __init__(self, enabled: Any, total: Any, epochs: Any) -> None:
         self.enabled, self.total, self.epochs = enabled, total, epochs
         self.bar = None
         self.last_print = 0.0
@@ -310,13 +318,13 @@ class _Progress:
         except ImportError:
             self.tqdm = None
 
-    def start(self, epoch):
+    def start(self, epoch: Any) -> None:
         self.epoch, self.done, self.t0 = epoch, 0, time.perf_counter()
         if self.enabled and self.tqdm:
             self.bar = self.tqdm(total=self.total, desc=f"epoch {epoch}/{self.epochs}",
                                  unit="sample", unit_scale=True, leave=True, file=sys.stderr)
 
-    def update(self, n, loss, acc, force=False):
+    def update(self, n: Any, loss: Any, acc: Any, force: bool = False) -> None:
         self.done += n
         if not self.enabled:
             return
@@ -341,7 +349,7 @@ class _Progress:
             sys.stderr.flush()
             self.last_print = now
 
-    def end(self, val=None):
+    def end(self, val: Any = None) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
@@ -354,13 +362,13 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _batch_size(batch_size):
+def _batch_size(batch_size: Any) -> Any:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
 
 
-def _dataset(model, X, y, name="X"):
+def _dataset(model: Any, X: Any, y: Any, name: str = "X") -> Any:
     X = as_input(X, model.dtype or np.float32, name)
     if X.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
@@ -373,7 +381,7 @@ def _dataset(model, X, y, name="X"):
     return X, np.ascontiguousarray(y)
 
 
-def _check_targets(loss, y, n_out, name="y"):
+def _check_targets(loss: Any, y: Any, n_out: Any, name: str = "y") -> Any:
     """The whole target array checked once, before any training: so a bad target found in a
     later batch cannot leave the model half-trained."""
     if y.dtype.kind not in "biuf":
@@ -396,10 +404,13 @@ def _check_targets(loss, y, n_out, name="y"):
                              "is outside [0, 1] (BCE targets are probabilities)")
 
 
-def fit(model, X, y, loss, optimizer, epochs=10, batch_size=64, shuffle=True, seed=0,
-        validation_data=None, progress=True, stop_on_nonfinite=True, drop_last=False,
-        sample_weight=None, comm=None, callbacks=None, scheduler=None, scheduler_interval="epoch",
-        checkpoint=None, resume=None):
+def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, optimizer: Optimizer,
+        epochs: int = 10, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
+        validation_data: tuple[ArrayLike, ArrayLike] | None = None, progress: bool = True,
+        stop_on_nonfinite: bool = True, drop_last: bool = False,
+        sample_weight: ArrayLike | None = None, comm: Any = None,
+        callbacks: Sequence[Callback] | None = None, scheduler: Any = None,
+        scheduler_interval: str = "epoch", checkpoint: Any = None, resume: Any = None) -> History:
     """Trains model on (X, y) with minibatches; returns a History of per-epoch metrics.
 
     Each step is a ``TrainStep`` (the fused C path where the model allows it). The data
@@ -567,12 +578,12 @@ class _CEpoch:
     the same kernels in the same order, the sums made as fit makes them. ``ready()`` is False
     where a step must go through TrainStep (the optimizer's first step, moved parameters, ...)."""
 
-    def __init__(self, step, optimizer, labels):
+    def __init__(self, step: Any, optimizer: Any, labels: Any) -> None:
         self.step, self.optimizer, self.labels = step, optimizer, labels
         self.k = 4   # steps per call, then sized to ~0.1 s
 
     @staticmethod
-    def make(step, loss, optimizer, y, other):
+    def make(step: Any, loss: Any, optimizer: Any, y: Any, other: Any) -> Any:
         if other or step.path != "chain" or step._sync is not None or step.clip_grad_norm is not None:
             return None
         if type(loss) is SoftmaxCrossEntropy and y.ndim == 1 and _default_loss(loss):
@@ -585,12 +596,12 @@ class _CEpoch:
             return None
         return _CEpoch(step, optimizer, labels)
 
-    def epoch(self, ys):
+    def epoch(self, ys: Any) -> Any:
         if self.labels is not None:
             self.labels = np.ascontiguousarray(ys, np.int64)
         self.target = None if self.labels is not None else ys
 
-    def ready(self):
+    def ready(self) -> Any:
         opt, step = self.optimizer, self.step
         slot, group = opt._slots[0], opt.param_groups[0]
         count = flatten_count()
@@ -601,7 +612,7 @@ class _CEpoch:
                 and not group.get("amsgrad", False) and step._net is not None
                 and all(p._guard is busy for p in opt.params))
 
-    def _options(self, group, slot):
+    def _options(self, group: Any, slot: Any) -> Any:
         if isinstance(self.optimizer, SGD):
             return {"kind": 0, "lr": group["lr"], "momentum": group["momentum"],
                     "dampening": group["dampening"], "nesterov": group["nesterov"],
@@ -611,7 +622,8 @@ class _CEpoch:
                 "weight_decay": group["weight_decay"], "decoupled": self.optimizer.decoupled,
                 "step": slot.step}
 
-    def run(self, Xs, a, n_used, batch_size, total_loss, correct):
+    def run(self, Xs: Any, a: Any, n_used: Any, batch_size: Any, total_loss: Any,
+            correct: Any) -> Any:
         """Steps from row a on, for ~0.1 s; returns (total_loss, correct, rows, diverged)."""
         opt, step = self.optimizer, self.step
         slot = opt._slots[0]
@@ -638,7 +650,8 @@ class _CEpoch:
 _LOG_KEYS = ("loss", "accuracy", "lr")
 
 
-def _fit_callbacks(callbacks, scheduler, interval, optimizer, has_validation):
+def _fit_callbacks(callbacks: Any, scheduler: Any, interval: Any, optimizer: Any,
+                   has_validation: Any) -> Any:
     """fit's callbacks as a list, with their monitors and the scheduler checked."""
     callbacks = [] if callbacks is None else list(callbacks)
     keys = _LOG_KEYS + (("val_loss", "val_accuracy") if has_validation else ())
@@ -662,9 +675,10 @@ def _fit_callbacks(callbacks, scheduler, interval, optimizer, has_validation):
     return callbacks
 
 
-def _resume(path, model, optimizer, scheduler, rng, history, callbacks):
+def _resume(path: Any, model: Any, optimizer: Any, scheduler: Any, rng: Any, history: Any,
+            callbacks: Any) -> Any:
     """Loads fit's checkpoint; returns (first epoch to run, whether training had stopped)."""
-    def check(state):
+    def check(state: Any) -> Any:
         if state is None:
             raise ValueError(f"{path} was written by save_checkpoint, not by fit(checkpoint=...): "
                              f"it has no epoch and shuffling state to resume from")
@@ -684,7 +698,7 @@ def _resume(path, model, optimizer, scheduler, rng, history, callbacks):
     return state["epoch"] + 1, state["stopped"]
 
 
-def predict(model, X, batch_size=4096):
+def predict(model: Module, X: ArrayLike, batch_size: int = 4096) -> NDArray[Any]:
     """The model's outputs for X (samples, features), computed in chunks, in eval mode (the
     modes are restored after); a new array."""
     X = as_input(X, model.dtype or np.float32)
@@ -701,7 +715,7 @@ def predict(model, X, batch_size=4096):
         return _predict(model, run, X, batch_size)
 
 
-def _predict(model, run, X, batch_size):
+def _predict(model: Any, run: Any, X: Any, batch_size: Any) -> Any:
     with model.exclusive():
         X = model._check_input(X)
         out = np.empty((X.shape[0], run.n_out), run.dtype)   # the only allocation
@@ -710,7 +724,7 @@ def _predict(model, run, X, batch_size):
         return out
 
 
-def predict_proba(model, X, batch_size=4096):
+def predict_proba(model: Module, X: ArrayLike, batch_size: int = 4096) -> NDArray[Any]:
     """Class probabilities: softmax of the outputs, or sigmoid for a single output column."""
     out = predict(model, X, batch_size)
     if out.shape[1] == 1:
@@ -718,7 +732,8 @@ def predict_proba(model, X, batch_size=4096):
     return ops.softmax(out, out=out)
 
 
-def evaluate(model, X, y, loss, batch_size=4096, sample_weight=None):
+def evaluate(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, batch_size: int = 4096,
+             sample_weight: ArrayLike | None = None) -> dict[str, float]:
     """{"loss": mean loss, "accuracy": fraction correct (None for MSE)} over (X, y), in eval
     mode (the modes are restored after).
 
@@ -731,7 +746,7 @@ def evaluate(model, X, y, loss, batch_size=4096, sample_weight=None):
         return _evaluate(model, X, y, loss, batch_size, w)
 
 
-def _sample_weights(sample_weight, n, dtype):
+def _sample_weights(sample_weight: Any, n: Any, dtype: Any) -> Any:
     """None, or the (n,) weights of a whole data set checked once (finite, ≥ 0, a positive sum)."""
     if sample_weight is None:
         return None
@@ -741,7 +756,8 @@ def _sample_weights(sample_weight, n, dtype):
     return w.astype(dtype or np.float32)
 
 
-def _evaluate(model, X, y, loss, batch_size, sample_weight=None):
+def _evaluate(model: Any, X: Any, y: Any, loss: Any, batch_size: Any,
+              sample_weight: Any = None) -> Any:
     total, correct, n, mass = 0.0, 0.0, X.shape[0], 0.0
     has_acc = True
     weighted = sample_weight is not None or getattr(loss, "weight", None) is not None
