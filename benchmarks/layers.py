@@ -8,8 +8,8 @@
    the backward's multiply).
 2. The training step of 784-256-256-10, B=128, float32, SGD (momentum 0.9), softmax
    cross-entropy: the plain ReLU chain (TrainStep's fused C path), the same chain with
-   LayerNorm and Dropout(0.1) after each hidden layer (TrainStep: the modular path, one C
-   kernel per layer), and that model in PyTorch eager (when torch is installed).
+   LayerNorm and Dropout(0.1) after each hidden layer (TrainStep: the tape, the three layers
+   fused as C ops), and that model in PyTorch eager (when torch is installed).
 Each round times every contender once, in turn; the tables give medians over the rounds.
 """
 import argparse
@@ -73,10 +73,10 @@ def step_contenders(batch=128, with_torch=True):
     x = r.standard_normal((batch, 784)).astype(np.float32)
     y = r.integers(0, 10, batch)
     out = {}
-    for name, layers in (("plain ReLU chain (fused)", False), ("plain ReLU chain (modular)", False),
+    for name, layers in (("plain ReLU chain (fused)", False), ("plain ReLU chain (tape)", False),
                          ("LayerNorm + Dropout", True)):
         model = _fp_model(layers)
-        if "modular" in name:   # a nested Sequential is not a chain of Linear layers: the modular path
+        if "tape" in name:   # a nested Sequential is not a chain of Linear layers: it runs on the tape
             model = fp.Sequential(model)
         step = fp.TrainStep(model, fp.SoftmaxCrossEntropy(), fp.SGD(model.parameters(), 0.01, momentum=0.9))
         out[name] = (lambda s=step: s(x, y))

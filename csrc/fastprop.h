@@ -89,7 +89,8 @@ typedef struct {
 /* One op of the tape (tape.c): out = kind(in[0..n_in)) over numbered values; the plan
  * (fastprop/plan.py) fills it. acc[k]: input k's gradient share is added (1) or written (0);
  * acc_params: the parameters' gradients are added (a shared module's later node). */
-enum { FP_OP_DENSE = 0, FP_OP_ACT, FP_OP_PRELU, FP_OP_ADD, FP_OP_MUL, FP_OP_CONCAT };
+enum { FP_OP_DENSE = 0, FP_OP_ACT, FP_OP_PRELU, FP_OP_ADD, FP_OP_MUL, FP_OP_CONCAT,
+       FP_OP_DROPOUT, FP_OP_LAYERNORM, FP_OP_BATCHNORM };
 #define FP_OP_MAX_IN 16
 typedef struct {
     int kind, act;
@@ -101,7 +102,20 @@ typedef struct {
     const void *w, *b;       /* dense: (out, in) and (out) or NULL; PReLU: the slopes */
     void *dw, *db;
     void *preact;            /* dense whose activation's derivative needs its input, else NULL */
+    /* Dropout, LayerNorm, BatchNorm1d: the module's settings (refreshed before each run, so
+     * train()/eval() take effect at once) and the state saved for the backward */
+    int active;              /* Dropout: masks (training, p > 0); BatchNorm: batch statistics */
+    int track;               /* BatchNorm: moves the running statistics (training) */
+    double prob, eps, momentum;  /* Dropout's p; momentum < 0: the cumulative average */
+    uint64_t *rng;           /* Dropout: {key, counter}; a masked forward advances the counter */
+    uint8_t *mask;           /* Dropout: (batch, width) */
+    void *mean, *rstd, *ws;  /* LayerNorm: (batch) each; BatchNorm: (c) each, ws (2c) scratch */
+    void *run_mean, *run_var;   /* BatchNorm: running statistics (NULL: not tracked) */
+    int64_t *tracked;        /* BatchNorm: num_batches_tracked */
 } fp_op;
+
+/* Philox blocks one dropout_forward call of n units uses: its stream advances by this much */
+#define FP_DROPOUT_BLOCKS(n) ((uint64_t)64 * (((uint64_t)(n) + 255) / 256))
 
 /* Fortran BLAS gemm, as scipy.linalg.cython_blas exports it. */
 typedef void (*fp_sgemm_fn)(char *ta, char *tb, int *m, int *n, int *k, float *alpha,

@@ -19,6 +19,7 @@ FP_INLINE void F(row_sums)(double *s1, double *s2, const R *a, const R *w, const
     int64_t j = 0;
     if (w)   /* two loops: a load under a condition (w ? w[j] : 1) would not vectorize */
         for (; j + FP_LANES <= n; j += FP_LANES)
+#pragma GCC unroll 1
             for (int l = 0; l < FP_LANES; l++) {
                 R aw = a[j + l] * w[j + l];
                 acc1[l] += aw;
@@ -26,6 +27,7 @@ FP_INLINE void F(row_sums)(double *s1, double *s2, const R *a, const R *w, const
             }
     else
         for (; j + FP_LANES <= n; j += FP_LANES)
+#pragma GCC unroll 1
             for (int l = 0; l < FP_LANES; l++) {
                 R aw = a[j + l];
                 acc1[l] += aw;
@@ -56,6 +58,7 @@ FP_INLINE void F(row_stats)(R *mean, R *rstd, const R *x, int64_t n, double eps)
     R acc[FP_LANES] = {0}, acc2[FP_LANES] = {0};
     int64_t j = 0;
     for (; j + FP_LANES <= n; j += FP_LANES)
+#pragma GCC unroll 1
         for (int l = 0; l < FP_LANES; l++) {
             R d = x[j + l] - mu;
             acc[l] += d;

@@ -7,6 +7,7 @@
  * (its ∇x is never formed). Parameter gradients are written, or added where the op's
  * acc_params says (a shared module's second node) or the call asks for it. */
 #ifndef R
+#include <string.h>
 #define FP_TEMPLATE "tape.c"
 #include "template.h"
 #else
@@ -48,6 +49,36 @@ int F(tape_forward)(const fp_op *ops, int a, int b, void *const *val, const int6
             for (int k = 0, off = 0; k < o->n_in && rc == FP_OK; off += width[o->in[k]], k++)
                 rc = F(concat_forward)(y, (const R *)val[o->in[k]], batch, width[o->out], off,
                                        width[o->in[k]]);
+            break;
+        case FP_OP_DROPOUT:   // the module's stream, advanced as Dropout._draw advances it
+            if (!o->active) {
+                memcpy(y, x, (size_t)n * sizeof(R));   // eval mode or p = 0: the identity
+            } else if (!o->rng || !o->mask) {
+                rc = FP_ERR_ARG;
+            } else {
+                rc = F(dropout_forward)(y, o->mask, x, n, o->prob, o->rng[0], o->rng[1]);
+                o->rng[1] += FP_DROPOUT_BLOCKS(n);
+            }
+            break;
+        case FP_OP_LAYERNORM:
+            rc = F(layernorm_forward)(y, (R *)o->mean, (R *)o->rstd, x, (const R *)o->w,
+                                      (const R *)o->b, batch, width[o->out], o->eps);
+            break;
+        case FP_OP_BATCHNORM:
+            // BatchNorm1d._forward's call: the running statistics normalize (eval) or are
+            // moved (training, tracked); momentum=None averages over num_batches_tracked
+            if (o->track && !o->tracked) return FP_ERR_ARG;
+            {
+                int run = !o->active || o->track;
+                double m = !o->track ? 0.0 : o->momentum >= 0 ? o->momentum
+                                                              : 1.0 / (double)(*o->tracked + 1);
+                rc = F(batchnorm_forward)(y, (R *)o->mean, (R *)o->rstd,
+                                          run ? (R *)o->run_mean : NULL,
+                                          run ? (R *)o->run_var : NULL, x, (const R *)o->w,
+                                          (const R *)o->b, batch, width[o->out], o->eps, m,
+                                          o->active);
+            }
+            if (rc == FP_OK && o->track) *o->tracked += 1;
             break;
         default:
             rc = FP_ERR_ARG;
@@ -109,6 +140,23 @@ int F(tape_backward)(const fp_op *ops, int a, int b, void *const *val, void *con
                 if (grad[o->in[k]])
                     rc = F(concat_backward)((R *)grad[o->in[k]], g, batch, width[o->out], off,
                                             width[o->in[k]], o->acc[k]);
+            break;
+        case FP_OP_DROPOUT:   // the shares below are computed in place on g, as ACT's
+            if (!dx) break;
+            if (o->active) rc = F(dropout_backward)(g, g, o->mask, n, o->prob);
+            if (rc == FP_OK) rc = F(deposit)(dx, g, n, o->acc[0]);
+            break;
+        case FP_OP_LAYERNORM:
+            rc = F(layernorm_backward)(dx ? g : NULL, (R *)o->dw, (R *)o->db, g, x,
+                                       (const R *)o->mean, (const R *)o->rstd, (const R *)o->w,
+                                       batch, width[o->out], acc_p);
+            if (rc == FP_OK) rc = F(deposit)(dx, g, n, o->acc[0]);
+            break;
+        case FP_OP_BATCHNORM:
+            rc = F(batchnorm_backward)(dx ? g : NULL, (R *)o->dw, (R *)o->db, (R *)o->ws, g, x,
+                                       (const R *)o->mean, (const R *)o->rstd, (const R *)o->w,
+                                       batch, width[o->out], o->active, acc_p);
+            if (rc == FP_OK) rc = F(deposit)(dx, g, n, o->acc[0]);
             break;
         default:
             rc = FP_ERR_ARG;

@@ -369,6 +369,9 @@ cdef extern from *:
 cdef extern from "fastprop.h" nogil:
     enum:
         FP_OP_MAX_IN
+        FP_OP_DROPOUT
+        FP_OP_LAYERNORM
+        FP_OP_BATCHNORM
 
     ctypedef struct fp_op:
         int kind, act
@@ -383,6 +386,16 @@ cdef extern from "fastprop.h" nogil:
         void *dw
         void *db
         void *preact
+        int active, track
+        double prob, eps, momentum
+        uint64_t *rng
+        uint8_t *mask
+        void *mean
+        void *rstd
+        void *ws
+        void *run_mean
+        void *run_var
+        int64_t *tracked
 
 cdef extern from *:
     """

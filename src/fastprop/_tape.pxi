@@ -23,6 +23,12 @@ cdef _check_op(int i, object o, tuple widths, object P):
         ok = all(w == w_out for w in w_in) and (o.kind == P.ADD or len(o.ins) == 2)
     elif o.kind == P.CONCAT:
         ok = sum(w_in) == w_out
+    elif o.kind == P.DROPOUT:
+        ok = len(o.ins) == 1 and w_in[0] == w_out
+    elif o.kind in (P.LAYERNORM, P.BATCHNORM):
+        ok = len(o.ins) == 1 and w_in[0] == w_out and (o.w is None) == (o.dw is None) and \
+            (o.b is None) == (o.db is None) and (o.b is None or o.w is not None) and \
+            all(a is None or a.shape == (w_out,) for a in (o.w, o.b, o.dw, o.db))
     else:
         ok = False
     if not ok:
@@ -35,7 +41,14 @@ cdef class Tape:
 
     program, grads: ``plan.lower(model)`` and ``plan.plan_grads(program)``. The parameter
     arrays are views of the model's flat buffers, kept alive here. Value and gradient
-    workspaces are allocated once per batch size (the two most recent are kept).
+    workspaces, and what Dropout, LayerNorm and BatchNorm1d ops save for the backward (mask,
+    statistics), are allocated once per batch size (the two most recent are kept).
+
+    Each run first reads those three layers' modes and settings from their modules
+    (``training``, p, eps, momentum, ...: a few attribute reads), so ``train()``/``eval()``
+    apply to the next step without re-planning; Dropout's stream position goes from the
+    module into the op and back (one stream per module, the modular path's), BatchNorm1d's
+    running statistics and num_batches_tracked are written in the module's own buffers.
     """
     cdef fp_op *ops
     cdef int64_t *width
@@ -50,6 +63,8 @@ cdef class Tape:
     cdef list arrays, modules
     cdef dict spaces
     cdef list values, gviews         # per value: its (batch, width) array / gradient view
+    cdef tuple stateful, drops       # (op index, kind, module) of the moded layers; the Dropouts
+    cdef object rng                  # (len(drops), 2) uint64: each Dropout's {key, counter}
 
     def __cinit__(self):
         self.ops = NULL
@@ -72,6 +87,14 @@ cdef class Tape:
         self.arrays, self.modules, runs, start = [], [], [], 0
         like = np.empty(0, self.dtype)
         cdef fp_op *k
+        drops, stateful = [], []
+        for o in program.ops:
+            if o.kind == P.DROPOUT and not any(d is o.module for d in drops):
+                drops.append(o.module)
+        self.drops = tuple(drops)
+        self.rng = np.zeros((max(len(drops), 1), 2), np.uint64)
+        cdef uint64_t *rng = <uint64_t*>_ptr(self.rng)
+        cdef int slot
         for i, o in enumerate(program.ops):
             _check_op(i, o, program.widths, P)
             k = &self.ops[i]
@@ -89,6 +112,19 @@ cdef class Tape:
                     self.arrays.append(_out(a, f"op {i} {name}", a.shape, like))
             k.w, k.b, k.dw, k.db = _ptr(o.w), _ptr(o.b), _ptr(o.dw), _ptr(o.db)
             k.n_w = 0 if o.w is None else o.w.size
+            if o.kind in (P.DROPOUT, P.LAYERNORM, P.BATCHNORM):
+                stateful.append((i, o.kind, o.module))
+            if o.kind == P.DROPOUT:
+                slot = next(s for s, d in enumerate(drops) if d is o.module)
+                k.rng = rng + 2 * slot
+            if o.kind == P.BATCHNORM and o.module.running_mean is not None:
+                m, w = o.module, program.widths[o.out]
+                rm = _out(m.running_mean, f"op {i} running_mean", (w,), like)
+                rv = _out(m.running_var, f"op {i} running_var", (w,), like)
+                nt = _out(m.num_batches_tracked, f"op {i} num_batches_tracked", (),
+                          np.empty(0, np.int64))
+                self.arrays += [rm, rv, nt]
+                k.run_mean, k.run_var, k.tracked = _ptr(rm), _ptr(rv), <int64_t*>_ptr(nt)
             if o.kind == P.MODULE:
                 if start < i:
                     runs.append((start, i))
@@ -98,6 +134,7 @@ cdef class Tape:
         if start < self.n_ops:
             runs.append((start, self.n_ops))
         self.runs = tuple(runs)
+        self.stateful = tuple(stateful)
         self.inputs, self.out = tuple(program.inputs), program.output
         self.n_out = program.widths[program.output]
         self.batch = -1
@@ -123,16 +160,49 @@ cdef class Tape:
                       for v, s in enumerate(slots)]
             preacts = [np.empty((batch, widths[o.out]), self.dtype) if P.needs_preact(o) else None
                        for o in self.program.ops]
+            saved = [_saved(o.kind, batch, widths[o.out], self.dtype, P) for o in self.program.ops]
             if len(self.spaces) >= 2:
                 del self.spaces[next(iter(self.spaces))]
-            self.spaces[batch] = (values, gviews, preacts, bufs)
-        self.values, self.gviews, preacts, _ = self.spaces[batch]
+            self.spaces[batch] = (values, gviews, preacts, bufs, saved)
+        self.values, self.gviews, preacts, _, saved = self.spaces[batch]
         for v in range(self.n_val):
             self.val[v] = _ptr(self.values[v])
             self.grad[v] = _ptr(self.gviews[v])
+        cdef fp_op *k
         for i in range(self.n_ops):
-            self.ops[i].preact = _ptr(preacts[i])
+            k = &self.ops[i]
+            k.preact = _ptr(preacts[i])
+            mask, k.mean, k.rstd, k.ws = saved[i][0], _ptr(saved[i][1]), _ptr(saved[i][2]), _ptr(saved[i][3])
+            k.mask = <uint8_t*>_ptr(mask)
         self.batch = batch
+
+    cdef _sync(self, int64_t batch):
+        """Each Dropout, LayerNorm and BatchNorm1d op takes its module's mode and settings
+        for this run, each Dropout stream its position. Raises (nothing written) where the
+        module's forward would: BatchNorm1d in training mode on a batch of one row."""
+        cdef fp_op *k
+        cdef uint64_t *rng = <uint64_t*>_ptr(self.rng)   # no memoryview: a step allocates nothing
+        cdef bint training
+        for i, kind, m in self.stateful:
+            if kind == FP_OP_BATCHNORM and m.training and batch < 2:
+                raise ValueError(f"Expected more than 1 value per channel when training, got "
+                                 f"input size ({batch}, {self.width[self.ops[i].out]})")
+        for s, m in enumerate(self.drops):
+            rng[2 * s], rng[2 * s + 1] = m._key, m._counter
+        for i, kind, m in self.stateful:
+            k = &self.ops[i]
+            if kind == FP_OP_LAYERNORM:
+                k.eps = m.eps
+                continue
+            training = m.training
+            if kind == FP_OP_DROPOUT:
+                k.prob = m._p
+                k.active = training and k.prob > 0
+            else:   # BatchNorm1d._forward's two flags
+                k.eps = m.eps
+                k.momentum = -1.0 if m.momentum is None else m.momentum
+                k.track = training and m.track_running_stats
+                k.active = training or not m.track_running_stats
 
     cdef _inputs(self, tuple xs):
         """Points the input values at xs (checked C-contiguous arrays of the tape's dtype)."""
@@ -155,16 +225,21 @@ cdef class Tape:
     cdef _run_forward(self, int64_t batch):
         cdef int rc, a, b
         cdef bint f64 = not _f32(self.values[self.out])
-        for run in self.runs:
-            if isinstance(run, tuple):
-                a, b = run
-                with nogil:
-                    rc = c_tape_forward(f64, self.ops, a, b, self.val, self.width, batch)
-                _check(rc, "Tape.forward")
-            else:
-                o = self.program.ops[run]
-                y = o.module._forward(self.values[o.ins[0]])
-                np.copyto(self.values[o.out], y)
+        self._sync(batch)
+        try:
+            for run in self.runs:
+                if isinstance(run, tuple):
+                    a, b = run
+                    with nogil:
+                        rc = c_tape_forward(f64, self.ops, a, b, self.val, self.width, batch)
+                    _check(rc, "Tape.forward")
+                else:
+                    o = self.program.ops[run]
+                    y = o.module._forward(self.values[o.ins[0]])
+                    np.copyto(self.values[o.out], y)
+        finally:   # the streams' new positions, as the modules' own forwards leave them
+            for s, m in enumerate(self.drops):
+                m._counter = (<uint64_t*>_ptr(self.rng))[2 * s + 1]
 
     @property
     def output(self):
@@ -220,3 +295,14 @@ cdef class Tape:
             dest += gx
         else:
             np.copyto(dest, gx)
+
+
+cdef tuple _saved(int kind, int64_t batch, int64_t width, object dtype, object P):
+    """What an op keeps for its backward: (mask, mean, rstd, ws), None where it keeps nothing."""
+    if kind == P.DROPOUT:
+        return np.empty(batch * width, np.uint8), None, None, None
+    if kind == P.LAYERNORM:
+        return None, np.empty(batch, dtype), np.empty(batch, dtype), None
+    if kind == P.BATCHNORM:
+        return None, np.empty(width, dtype), np.empty(width, dtype), np.empty(2 * width, dtype)
+    return None, None, None, None

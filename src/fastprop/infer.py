@@ -24,6 +24,11 @@ def _build(model):
         return None, ()
     try:
         program = plan.lower(model)
+        # Dropout/LayerNorm/BatchNorm1d ops need the training tape's per-run mode sync and
+        # saved-state buffers, which Inference does not keep: here they run as their modules
+        moded = (plan.DROPOUT, plan.LAYERNORM, plan.BATCHNORM)
+        program = program._replace(ops=tuple(o._replace(kind=plan.MODULE) if o.kind in moded
+                                             else o for o in program.ops))
         if all(o.kind == plan.MODULE for o in program.ops):
             return None, ()
         run = _kernels.Inference(program, model.dtype)

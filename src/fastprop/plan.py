@@ -4,7 +4,8 @@ structure; ``fastprop._kernels.Tape`` executes the result in C (csrc/tape.c).
 
 ``lower(model)`` walks any nesting of Sequential, Graph and Residual: Linear (fused with
 the activation that follows it), the activations, PReLU, LowRankLinear (two dense ops),
-Add, Mul and Concat become C ops; any other module (a user's own, or one the tape does not
+Dropout, LayerNorm, BatchNorm1d, Add, Mul and Concat become C ops (the three layers'
+modes and settings are read from their modules before each run, see _tape.pxi); any other module (a user's own, or one the tape does not
 know) becomes a ``"module"`` op that calls back into its Python ``_forward``/``_backward``.
 ``plan_grads(program)`` then decides, for the backward of algorithm 6.2, which share of a
 value's gradient is written and which added (sums at fan-in), which values take their
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 from . import nn, registry
+from .layers import BatchNorm1d, Dropout, LayerNorm
 from .nn import Linear, LowRankLinear, PReLU, Sequential
 from typing import Any, TYPE_CHECKING
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:  # for annotations only: no import cycle at run time
 __all__ = ["Op", "Program", "GradPlan", "Unsupported", "lower", "fuse", "plan_grads",
            "topological_order", "GraphGradTable", "graph_grad_table", "ValuePlan", "plan_values"]
 
-DENSE, ACT, PRELU, ADD, MUL, CONCAT = range(6)   # FP_OP_* of csrc/fastprop.h
+DENSE, ACT, PRELU, ADD, MUL, CONCAT, DROPOUT, LAYERNORM, BATCHNORM = range(9)   # FP_OP_* of csrc/fastprop.h
 MODULE = -1                                      # a Python callback
 MAX_IN = 16                                      # FP_OP_MAX_IN
 _ACTIVATIONS = {getattr(nn, a.cls) for a in registry.ACTIVATIONS}   # the built-in classes
@@ -118,7 +120,7 @@ class Unsupported(Exception):
 
 # kind: DENSE...MODULE; ins: value numbers; out: the value it makes; act, params: the activation
 # (DENSE fuses one); w, b, dw, db: parameter arrays (views of the flat buffers); module: the
-# Python module of a MODULE op.
+# Python module of a MODULE op, or the Dropout/LayerNorm/BatchNorm1d whose settings the op reads.
 Op = namedtuple("Op", "kind ins out act params w b dw db module")
 
 
@@ -169,6 +171,18 @@ def lower(model: Module) -> Any:
         if t is PReLU:
             y = value(widths[ins[0]])
             ops.append(_op(PRELU, ins, y, w=m.weight.data, dw=m.weight.grad))
+            return y
+        if t is Dropout:
+            y = value(widths[ins[0]])
+            ops.append(_op(DROPOUT, ins, y, module=m))
+            return y
+        if (t is LayerNorm or t is BatchNorm1d) and m.in_features == widths[ins[0]] and \
+                (t is LayerNorm or (m.running_mean is not None) == m.track_running_stats):
+            w, b = m.weight, m.bias   # else a MODULE op: the module's own forward raises
+            y = value(widths[ins[0]])
+            ops.append(_op(LAYERNORM if t is LayerNorm else BATCHNORM, ins, y, module=m,
+                           w=None if w is None else w.data, dw=None if w is None else w.grad,
+                           b=None if b is None else b.data, db=None if b is None else b.grad))
             return y
         if isinstance(m, Graph) and type(m)._forward is Graph._forward:
             return emit_graph(m, ins)
@@ -245,7 +259,8 @@ def _readers(program: Any) -> Any:
 # loss_acc: False (the loss writes the output's gradient first).
 GradPlan = namedtuple("GradPlan", "acc acc_params slot slot_width")
 
-_IN_PLACE = (ACT, PRELU, ADD)   # ops whose input share can be their output gradient itself
+# ops whose input share can be their output gradient itself
+_IN_PLACE = (ACT, PRELU, ADD, DROPOUT, LAYERNORM, BATCHNORM)
 
 
 def plan_grads(program: Any) -> Any:
