@@ -454,3 +454,15 @@ def test_dense_property_cancelling_input_gradient_case():
 def test_dense_property_saturated_tanh_case():
     """The case hypothesis found for test_dense_property (a saturated tanh, n_out = 1)."""
     test_dense_property.hypothesis.inner_test(1, 97, 1, np.float32, "tanh", 722208)
+
+
+def test_dense_property_gelu_negative_tail_case():
+    """The case hypothesis found: gelu(−5.77) = x Φ(x) with Φ ≈ 4e-9, where the oracle's
+    ½(1 + erf) cancelled (4e-9 relative error); both now use ½ erfc(−x/√2)."""
+    test_dense_property.hypothesis.inner_test(1, 31, 1, np.float64, "gelu", 655669347)
+
+
+def test_softmax_cross_entropy_confident_float64_case():
+    """The case hypothesis found: p_y − 1 ≈ −1.8e-5 in float64, where the oracle's p_y − 1
+    cancelled (7.6e-12 relative error); it now sums the other classes' exponentials."""
+    test_softmax_cross_entropy_property.hypothesis.inner_test(1, 3, np.float64, 3.0, 2279)

@@ -2,7 +2,7 @@
 
 Every function of ``fastprop.ops`` (see ``docs/ops_spec.md``) is implemented here
 with the same name and arguments, using only vectorised NumPy (and
-``scipy.special.erf`` for the exact GELU).  It is the test oracle for the C kernels
+``scipy.special.erfc`` for the exact GELU).  It is the test oracle for the C kernels
 and the baseline for the benchmarks.
 
 Conventions: arrays are batch-major, ``x`` is (B, in), ``weight`` is (out, in)
@@ -22,7 +22,7 @@ buffers, ``out=`` everywhere), used as the benchmark baseline.
 import math
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import erfc
 
 from . import registry
 
@@ -135,7 +135,7 @@ def activation_forward(x, activation, *, out=None, negative_slope=0.01, beta=1.0
     elif activation == "cos":
         y = np.cos(x)
     elif activation == "gelu":
-        y = 0.5 * x * (1 + erf(x * _INV_SQRT2))
+        y = 0.5 * x * erfc(-x * _INV_SQRT2)   # Φ = ½ erfc(−x/√2): ½(1 + erf) cancels for x ≪ 0
     elif activation == "silu":
         y = x * _sigmoid(x)
     else:
@@ -181,7 +181,7 @@ def activation_backward(grad, activation, *, x=None, y=None, out=None, negative_
         result = grad * -np.sin(need_x())
     elif activation == "gelu":                         # f' = Phi(x) + x phi(x)
         x = need_x()
-        cdf = 0.5 * (1 + erf(x * _INV_SQRT2))
+        cdf = 0.5 * erfc(-x * _INV_SQRT2)
         pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
         result = grad * (cdf + x * pdf)
     elif activation == "silu":                         # f' = s (1 + x (1 - s)), s = sigmoid(x)
@@ -397,8 +397,11 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True, w
     loss = float(np.mean(per_row))
     if not compute_grad:
         return loss, None
-    grad = (e / sum_e * t_sum - t) / batch
-    return loss, _into(grad_out, grad)
+    grad = e / sum_e * t_sum - t
+    if np.asarray(target).ndim == 1:   # labels: p_y − 1 = −Σ_{j≠y} e_j / Σ e, which does not cancel
+        rows = np.arange(batch)
+        grad[rows, np.asarray(target)] = -(e * (1 - t)).sum(axis=1) / sum_e[:, 0]
+    return loss, _into(grad_out, grad / batch)
 
 
 def _row_weighted(values, grads, sample_weight, compute_grad):
