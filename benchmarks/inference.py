@@ -31,14 +31,7 @@ def runners(sizes, rows, batch_size):
         fns = {"fastprop": lambda: fp.predict(model, x, batch_size)}
     try:
         import torch
-        layers = []
-        for W, b in weights:
-            lin = torch.nn.Linear(W.shape[1], W.shape[0])
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(W))
-                lin.bias.copy_(torch.from_numpy(b))
-            layers += [lin, torch.nn.ReLU()]
-        tm = torch.nn.Sequential(*layers[:-1]).eval()
+        tm = bench.torch_mlp(weights).eval()
         tx = torch.from_numpy(x)
 
         def torch_run():

@@ -430,6 +430,19 @@ def initial_weights(sizes: Sequence[int], dtype: DTypeLike = np.float32, seed: i
     return [(lin.weight.data.copy(), lin.bias.data.copy()) for lin in mlp(sizes, dtype, seed).layers[::2]]
 
 
+def torch_mlp(weights: Any) -> Any:
+    """The ReLU MLP of initial_weights' (W, b) pairs as a torch.nn.Sequential (torch needed)."""
+    import torch
+    layers = []
+    for W, b in weights:
+        lin = torch.nn.Linear(W.shape[1], W.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers += [lin, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
 def torch_step(weights: Any, x: NDArray[Any], y: NDArray[Any], lr: float = 1e-3,
                momentum: float = 0.9, compiled: bool = False) -> Any:
     """One PyTorch training step as a callable returning the loss (eager, or torch.compile'd
@@ -438,14 +451,7 @@ def torch_step(weights: Any, x: NDArray[Any], y: NDArray[Any], lr: float = 1e-3,
         import torch
     except ImportError:
         return None
-    layers = []
-    for W, b in weights:
-        lin = torch.nn.Linear(W.shape[1], W.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(W))
-            lin.bias.copy_(torch.from_numpy(b))
-        layers += [lin, torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1])
+    model = torch_mlp(weights)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     tx, ty = torch.from_numpy(x), torch.from_numpy(np.asarray(y, np.int64))
 
