@@ -40,7 +40,7 @@ class Callback:
     >>> import fastprop as fp
     >>> class Stop(fp.Callback):
     ...     def on_epoch_end(self, epoch, logs):
-    ...         return epoch >= 1
+    ...         return epoch >= 2   # epochs count from 1
     >>> X, y = fp.datasets.xor()
     >>> model = fp.Sequential(fp.Linear(2, 2, rng=0))
     >>> h = fp.fit(model, X, y.astype(int).ravel(), fp.SoftmaxCrossEntropy(),
@@ -204,11 +204,11 @@ class ModelCheckpoint(Callback):
     >>> X, y = fp.datasets.xor()
     >>> model = fp.Sequential(fp.Linear(2, 2, rng=0))
     >>> folder = tempfile.mkdtemp()
-    >>> cb = fp.ModelCheckpoint(os.path.join(folder, "m-{epoch}.npz"))
+    >>> cb = fp.ModelCheckpoint(os.path.join(folder, "m-{epoch}.npz"), monitor="loss")
     >>> _ = fp.fit(model, X, y.astype(int).ravel(), fp.SoftmaxCrossEntropy(),
     ...            fp.SGD(model.parameters(), lr=0.1), epochs=2, progress=False, callbacks=[cb])
     >>> sorted(os.listdir(folder))
-    ['m-0.npz', 'm-1.npz']
+    ['m-1.npz', 'm-2.npz']
     """
 
     def __init__(self, path: str | os.PathLike[str], monitor: str = "val_loss",

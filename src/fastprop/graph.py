@@ -90,7 +90,7 @@ class Add(Merge):
     >>> a, b = g.input("a", 2), g.input("b", 2)
     >>> model = g.build(outputs=g.add(fp.Add(), a, b))
     >>> model(np.ones((1, 2)), np.full((1, 2), 2.0))
-    array([[3., 3.]], dtype=float32)
+    array([[3., 3.]])
     """
 
     def _forward(self, xs: Any) -> Any:
@@ -130,7 +130,7 @@ class Mul(Merge):
     >>> a, b = g.input("a", 2), g.input("b", 2)
     >>> model = g.build(outputs=g.add(fp.Mul(), a, b))
     >>> model(np.full((1, 2), 3.0), np.full((1, 2), 2.0))
-    array([[6., 6.]], dtype=float32)
+    array([[6., 6.]])
     """
     max_inputs = 2
     min_inputs = 2
@@ -190,7 +190,7 @@ class Concat(Merge):
     >>> a, b = g.input("a", 2), g.input("b", 2)
     >>> model = g.build(outputs=g.add(fp.Concat(), a, b))
     >>> model(np.ones((1, 2)), np.zeros((1, 2)))
-    array([[1., 1., 0., 0.]], dtype=float32)
+    array([[1., 1., 0., 0.]])
     """
     _workspace_keys = ("_y", "_xs", "_widths")
 

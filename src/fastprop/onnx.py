@@ -108,8 +108,8 @@ def export_onnx(model: Module, path: str | os.PathLike[str], opset: Any = None,
     >>> import fastprop as fp
     >>> model = fp.Sequential(fp.Linear(3, 4, rng=0), fp.ReLU(), fp.Linear(4, 2, rng=1))
     >>> proto = fp.export_onnx(model, None, with_output_unit=True)
-    >>> [n.op_type for n in proto.graph.node][-1]
-    'Softmax'
+    >>> [n.op_type for n in proto.graph.node]
+    ['Gemm', 'Relu', 'Gemm', 'Softmax', 'Identity']
     """
     try:
         import onnx
