@@ -131,15 +131,39 @@ def jvp(model: Module, x: ArrayLike, v: ArrayLike | None = None,
 
     Parameters
     ----------
-    model : a Sequential (nested ones too) of Linear, PReLU and the activations, or a Graph
+    model : Module
+        A Sequential (nested ones too) of Linear, PReLU and the activations, or a Graph
         with one output of those, Add, Concat and Mul.
-    x : (B, in_features) array (a tuple or dict of them for a Graph with several inputs).
-    v : (n,) flat parameter direction (the layout of ``parameters_to_vector``), or None.
-    vx : an input direction shaped like x, or None. At least one of v and vx.
+    x : array_like of shape (B, in_features), or tuple or dict of them
+        The inputs (several for a Graph with several inputs).
+    v : array_like of shape (n,), optional
+        A flat parameter direction (the layout of ``parameters_to_vector``).
+    vx : array_like, optional
+        An input direction shaped like x. At least one of v and vx.
 
     Returns
     -------
-    (y, Jv) : two (B, out) arrays: y = model(x) and Jv = d/dr model(x + r vx; θ + r v) at 0.
+    y : ndarray of shape (B, out)
+        model(x).
+    Jv : ndarray of shape (B, out)
+        d/dr model(x + r vx; θ + r v) at r = 0.
+
+    Raises
+    ------
+    TypeError
+        If the model has a module without an R-pass.
+    ValueError
+        If neither v nor vx is given, or x, v or vx has the wrong shape.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> y, Jv = fp.jvp(model, x, vx=np.ones((5, 3)))
+    >>> np.allclose(Jv, fp.jacobian(model, x).sum(axis=2))
+    True
     """
     params = _check_model(model, "jvp")
     x = model._check_input(x)
@@ -157,8 +181,40 @@ def vjp(model: Module, x: ArrayLike,
         gy: ArrayLike) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | tuple[NDArray[Any], ...]]:
     """Reverse mode: (y, gy·∂y/∂θ flat, gy·∂y/∂x), every ``.grad`` left as it was.
 
-    gy : (B, out), the cotangent of the outputs. grad_params is (n,) in the layout of
-    ``parameters_to_vector``; grad_x is shaped like x (a tuple for several inputs).
+    Parameters
+    ----------
+    model : Module
+        As :func:`jvp`.
+    x : array_like of shape (B, in_features), or tuple or dict of them
+        The inputs.
+    gy : array_like of shape (B, out)
+        The cotangent of the outputs.
+
+    Returns
+    -------
+    y : ndarray of shape (B, out)
+        model(x).
+    grad_params : ndarray of shape (n,)
+        gy·∂y/∂θ, in the layout of ``parameters_to_vector``.
+    grad_x : ndarray or tuple of ndarray
+        gy·∂y/∂x, shaped like x (a tuple for several inputs).
+
+    Raises
+    ------
+    TypeError
+        If the model has a module without an R-pass.
+    ValueError
+        If gy does not have the output's shape.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> y, grad_params, grad_x = fp.vjp(model, x, np.ones((5, 2)))
+    >>> grad_params.shape, np.allclose(grad_x, fp.jacobian(model, x).sum(axis=1))
+    ((26,), True)
     """
     params = _check_model(model, "vjp")
     x = model._check_input(x)
@@ -184,6 +240,34 @@ def jacobian(model: Module, x: ArrayLike) -> NDArray[Any]:
     The unit directions go along the batch axis (the rows of a model are independent):
     forward mode with in·B rows when in ≤ out, reverse mode with out·B rows otherwise,
     in chunks of examples that keep the stacked batch near 2¹⁶ rows.
+
+    Parameters
+    ----------
+    model : Module
+        As :func:`jvp`, with one input.
+    x : array_like of shape (B, in_features)
+        The inputs.
+
+    Returns
+    -------
+    ndarray of shape (B, out, in_features)
+        ``J[i, k, j] = ∂y[i, k]/∂x[i, j]``.
+
+    Raises
+    ------
+    TypeError
+        If the model has several inputs, or a module without an R-pass.
+    ValueError
+        If x does not match the model.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> fp.jacobian(model, x).shape
+    (5, 2, 3)
     """
     params = _check_model(model, "jacobian")
     x = model._check_input(x)
@@ -242,6 +326,41 @@ def hessian(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike, *,
     activations; a Graph takes one exact ``hvp`` per column. The result is exact (no
     finite differences); its rounding-level asymmetry is removed by (H + Hᵀ)/2.
     ``max_bytes``: a ValueError when n² entries of the model's dtype would take more.
+
+    Parameters
+    ----------
+    model : Module
+        As :func:`fastprop.curvature.hvp`.
+    loss : Loss
+        As :func:`fastprop.curvature.hvp`.
+    X : array_like of shape (samples, in_features)
+        The inputs.
+    y : array_like
+        The loss's targets.
+    max_bytes : int, default 2**30
+        The largest Hessian to form, in bytes.
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+        The symmetric Hessian, of the model's dtype.
+
+    Raises
+    ------
+    TypeError
+        If the model or loss has no R-pass.
+    ValueError
+        If the Hessian would take more than max_bytes, or X or y does not match.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> H = fp.hessian(model, fp.SoftmaxCrossEntropy(), x, np.array([0, 1, 0, 1, 1]))
+    >>> H.shape, np.array_equal(H, H.T)
+    ((26, 26), True)
     """
     params = _check_curvature(model, loss)
     dtype = params[0].dtype
@@ -531,6 +650,46 @@ def per_example_grads(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike,
     model: a Sequential (nested) of Linear, LowRankLinear, PReLU and the activations (one
     forward and one backward, the rows formed from the outer products), or a Graph the
     R-pass supports (one reverse pass per example). loss: any fastprop loss (a mean over rows).
+
+    Parameters
+    ----------
+    model : Module
+        The model (see above).
+    loss : Loss
+        Any fastprop loss.
+    x : array_like of shape (B, in_features)
+        The inputs.
+    y : array_like
+        The loss's targets.
+    sample_weight : array_like of shape (B,), optional
+        Per-example weights of the loss.
+
+    Returns
+    -------
+    ndarray of shape (B, n)
+        One gradient per example, in the flat layout.
+
+    Raises
+    ------
+    TypeError
+        If the model holds a module this cannot differentiate per example.
+    ValueError
+        If x, y or sample_weight does not match.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> labels, loss_fn = np.array([0, 1, 0, 1, 1]), fp.SoftmaxCrossEntropy()
+    >>> G = fp.per_example_grads(model, loss_fn, x, labels)
+    >>> _ = loss_fn(model(x), labels)
+    >>> model.zero_grad()
+    >>> _ = model.backward(loss_fn.backward())
+    >>> grad = np.concatenate([p.grad.ravel() for p in model.parameters()])
+    >>> G.shape, np.allclose(G.mean(axis=0), grad)
+    ((5, 26), True)
     """
     params, leaves, x, y, sw = _per_example_check(model, loss, x, y, sample_weight)
     with model.exclusive():
@@ -559,6 +718,42 @@ def per_example_grad_norms(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike
     layer's is the outer product gᵢ hᵢᵀ, of squared norm ‖gᵢ‖²‖hᵢ‖² (‖gᵢ‖² for its bias);
     the cost is one forward and one backward without the ∇W GEMMs. A Graph takes the
     norms of per_example_grads' rows.
+
+    Parameters
+    ----------
+    model : Module
+        As :func:`per_example_grads`.
+    loss : Loss
+        Any fastprop loss.
+    x : array_like of shape (B, in_features)
+        The inputs.
+    y : array_like
+        The loss's targets.
+    sample_weight : array_like of shape (B,), optional
+        Per-example weights of the loss.
+
+    Returns
+    -------
+    ndarray of shape (B,)
+        The norms.
+
+    Raises
+    ------
+    TypeError
+        As :func:`per_example_grads`.
+    ValueError
+        As :func:`per_example_grads`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> labels, loss_fn = np.array([0, 1, 0, 1, 1]), fp.SoftmaxCrossEntropy()
+    >>> norms = fp.per_example_grad_norms(model, loss_fn, x, labels)
+    >>> np.allclose(norms, np.linalg.norm(fp.per_example_grads(model, loss_fn, x, labels), axis=1))
+    True
     """
     params, leaves, x, y, sw = _per_example_check(model, loss, x, y, sample_weight)
     with model.exclusive():

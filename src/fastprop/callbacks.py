@@ -29,8 +29,26 @@ __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint"]
 
 
 class Callback:
-    """A callback that does nothing: subclass it and override what you need."""
-    model = None
+    """A callback that does nothing: subclass it and override what you need.
+
+    ``fit`` calls ``set_model(model)``, then ``on_train_begin(logs)``,
+    ``on_epoch_end(epoch, logs)`` after each epoch (returning True stops training) and
+    ``on_train_end(logs)``; ``logs`` holds the epoch's metrics (``"loss"``, ``"val_loss"``, …).
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> class Stop(fp.Callback):
+    ...     def on_epoch_end(self, epoch, logs):
+    ...         return epoch >= 2   # epochs count from 1
+    >>> X, y = fp.datasets.xor()
+    >>> model = fp.Sequential(fp.Linear(2, 2, rng=0))
+    >>> h = fp.fit(model, X, y.astype(int).ravel(), fp.SoftmaxCrossEntropy(),
+    ...            fp.SGD(model.parameters(), lr=0.1), epochs=10, progress=False, callbacks=[Stop()])
+    >>> len(h["loss"])
+    2
+    """
+    model: Module = None  # type: ignore[assignment]  # set by set_model before any hook
 
     def set_model(self, model: Module) -> None:
         self.model = model
@@ -69,6 +87,27 @@ class EarlyStopping(Callback):
     epochs; with restore_best_weights, the model ends with the state of its best epoch
     (also when training ran to the last epoch).
 
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+        The key of fit's logs to watch.
+    patience : int, default 10
+        Epochs without improvement before stopping (>= 0).
+    min_delta : float, default 0.0
+        The least change that counts as an improvement (>= 0).
+    mode : {"min", "max"}, default "min"
+        Whether the monitored value should fall or rise.
+    restore_best_weights : bool, default True
+        End with the model's state of its best epoch.
+
+    Raises
+    ------
+    TypeError
+        If monitor is not a str.
+    ValueError
+        If patience, min_delta or mode is out of range; from fit, if monitor is not a
+        key of its logs.
+
     Examples
     --------
     >>> import fastprop as fp
@@ -102,7 +141,7 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
         self.wait = 0
         self.stopped_epoch = 0
-        self.best_weights = None
+        self.best_weights: dict[str, Any] | None = None
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
         self._reset()
@@ -139,8 +178,38 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Saves the model (fp.save) after each epoch, or only when ``monitor`` improved with
-    save_best_only. path may hold ``{epoch}`` and the logs' keys (``"m-{epoch:03d}.npz"``)."""
+    """Save the model (fp.save) after each epoch, or only when ``monitor`` improved.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; it may hold ``{epoch}`` and the logs' keys (``"m-{epoch:03d}.npz"``).
+    monitor : str, default "val_loss"
+        The key of fit's logs that save_best_only watches.
+    save_best_only : bool, default False
+        Save only when ``monitor`` improved.
+    mode : {"min", "max"}, default "min"
+        Whether the monitored value should fall or rise.
+
+    Raises
+    ------
+    TypeError
+        If monitor is not a str.
+    ValueError
+        If mode is not "min" or "max"; from fit, if monitor is not a key of its logs.
+
+    Examples
+    --------
+    >>> import os, tempfile, fastprop as fp
+    >>> X, y = fp.datasets.xor()
+    >>> model = fp.Sequential(fp.Linear(2, 2, rng=0))
+    >>> folder = tempfile.mkdtemp()
+    >>> cb = fp.ModelCheckpoint(os.path.join(folder, "m-{epoch}.npz"), monitor="loss")
+    >>> _ = fp.fit(model, X, y.astype(int).ravel(), fp.SoftmaxCrossEntropy(),
+    ...            fp.SGD(model.parameters(), lr=0.1), epochs=2, progress=False, callbacks=[cb])
+    >>> sorted(os.listdir(folder))
+    ['m-1.npz', 'm-2.npz']
+    """
 
     def __init__(self, path: str | os.PathLike[str], monitor: str = "val_loss",
                  save_best_only: bool = False, mode: str = "min") -> None:

@@ -175,12 +175,36 @@ def read(path: str | os.PathLike[str], model: Module, optimizer: Optimizer, sche
 
 def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Optimizer,
                     scheduler: Any = None, **extra: Any) -> None:
-    """Writes everything training needs to continue to path (.npz), atomically.
+    """Write everything training needs to continue to path (.npz), atomically.
 
     The model's state_dict() (parameters and buffers), optimizer.state_dict() (state
     buffers, step counts, the groups' hyperparameters), scheduler.state_dict(), the RNG
     state of every module that has rng_state() (Dropout), and extra (numbers, strings,
     lists, dicts, numpy arrays). ``load_checkpoint`` reads it back.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    model : Module
+        The model.
+    optimizer : Optimizer
+        The optimizer over the model's parameters.
+    scheduler : LRScheduler, optional
+        A learning-rate scheduler over the optimizer.
+    **extra
+        Anything else to keep (numbers, strings, lists, dicts, numpy arrays).
+
+    Raises
+    ------
+    TypeError
+        If an extra value cannot be stored.
+    ValueError
+        If scheduler belongs to another optimizer.
+
+    See Also
+    --------
+    load_checkpoint
 
     Examples
     --------
@@ -200,7 +224,45 @@ def save_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Opti
 
 def load_checkpoint(path: str | os.PathLike[str], model: Module, optimizer: Optimizer,
                     scheduler: Any = None) -> dict[str, Any]:
-    """Loads a save_checkpoint file into model, optimizer (and scheduler); returns the extra
-    dict. A checkpoint of another architecture, optimizer or scheduler is a ValueError and
-    nothing changes."""
+    """Load a save_checkpoint file into model, optimizer (and scheduler).
+
+    A checkpoint of another architecture, optimizer or scheduler is a ValueError and
+    nothing changes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save_checkpoint`.
+    model : Module
+        The model to load into (of the saved architecture).
+    optimizer : Optimizer
+        The optimizer to load into (of the saved kind, over ``model``).
+    scheduler : LRScheduler, optional
+        The scheduler to load into, if one was saved.
+
+    Returns
+    -------
+    dict
+        The ``extra`` keyword arguments given to save_checkpoint.
+
+    Raises
+    ------
+    FileNotFoundError
+        If path does not exist.
+    ValueError
+        If the file is damaged, or of another architecture, optimizer or scheduler.
+
+    See Also
+    --------
+    save_checkpoint
+
+    Examples
+    --------
+    >>> import os, tempfile, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 2, rng=0))
+    >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+    >>> fp.save_checkpoint(path, model, fp.SGD(model.parameters(), lr=0.1), epoch=1)
+    >>> fp.load_checkpoint(path, model, fp.SGD(model.parameters(), lr=0.1))
+    {'epoch': 1}
+    """
     return read(path, model, optimizer, scheduler)[0]

@@ -125,7 +125,25 @@ def clip_grad_norm_(parameters: Iterable[Parameter] | Parameter, max_norm: float
 
 
 def clip_grad_value_(parameters: Iterable[Parameter] | Parameter, clip_value: float) -> None:
-    """Clamps every gradient element into [−clip_value, clip_value] in place.
+    """Clamp every gradient element into [−clip_value, clip_value] in place.
+
+    Parameters
+    ----------
+    parameters : Parameter or iterable of Parameter
+        The parameters whose ``.grad`` is clamped.
+    clip_value : float
+        The bound, >= 0.
+
+    Raises
+    ------
+    TypeError
+        If clip_value is not a number or parameters are not Parameters.
+    ValueError
+        If clip_value is negative or NaN.
+
+    See Also
+    --------
+    clip_grad_norm_ : Scale the gradients to a total norm.
 
     Examples
     --------

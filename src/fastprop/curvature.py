@@ -36,7 +36,31 @@ def _params(model_or_params: Any) -> Any:
 
 
 def parameters_to_vector(model_or_params: Module | Iterable[Parameter]) -> NDArray[Any]:
-    """The parameters as one new flat vector, in the model's flat layout."""
+    """Return the parameters as one new flat vector, in the model's flat layout.
+
+    Parameters
+    ----------
+    model_or_params : Module or iterable of Parameter
+        The model, or its parameters in order.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        A copy of every parameter, raveled and concatenated (n parameters in all).
+
+    Raises
+    ------
+    ValueError
+        If there are no parameters.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> fp.parameters_to_vector(model).shape
+    (26,)
+    """
     params = _params(model_or_params)
     if not params:
         raise ValueError("no parameters")
@@ -45,7 +69,33 @@ def parameters_to_vector(model_or_params: Module | Iterable[Parameter]) -> NDArr
 
 def vector_views(vec: NDArray[Any],
                  model_or_params: Module | Iterable[Parameter]) -> list[NDArray[Any]]:
-    """Views of the flat vector vec, one per parameter and shaped like it (no copy)."""
+    """Return views of the flat vector vec, one per parameter and shaped like it (no copy).
+
+    Parameters
+    ----------
+    vec : ndarray of shape (n,)
+        A vector in the flat layout of ``parameters_to_vector``.
+    model_or_params : Module or iterable of Parameter
+        The model, or its parameters in order.
+
+    Returns
+    -------
+    list of ndarray
+        One view of ``vec`` per parameter, of that parameter's shape.
+
+    Raises
+    ------
+    ValueError
+        If vec is not of shape (n,), n the number of parameters.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> [v.shape for v in fp.vector_views(np.zeros(26), model)]
+    [(4, 3), (4,), (2, 4), (2,)]
+    """
     params = _params(model_or_params)
     n = sum(p.size for p in params)
     vec = np.asarray(vec)
@@ -60,7 +110,33 @@ def vector_views(vec: NDArray[Any],
 
 
 def vector_to_parameters(vec: NDArray[Any], model_or_params: Module | Iterable[Parameter]) -> None:
-    """Copies the flat vector vec into the parameters (checked before anything is written)."""
+    """Copy the flat vector vec into the parameters (checked before anything is written).
+
+    Parameters
+    ----------
+    vec : ndarray of shape (n,)
+        A vector in the flat layout of ``parameters_to_vector``.
+    model_or_params : Module or iterable of Parameter
+        The model, or its parameters in order.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        If vec is not of shape (n,), n the number of parameters (nothing is written).
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> fp.vector_to_parameters(np.arange(26.0), model)
+    >>> float(model.parameters()[-1].data[1])
+    25.0
+    """
     params = _params(model_or_params)
     for p, view in zip(params, vector_views(vec, params)):
         p.data[...] = view
@@ -180,20 +256,35 @@ def hvp(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike, v: ArrayLike, *,
 
     Parameters
     ----------
-    model : a Sequential (nested ones too) of Linear, PReLU and the activations of
+    model : Module
+        A Sequential (nested ones too) of Linear, PReLU and the activations of
         fastprop.nn, or a Graph with one output of those, Add, Concat, Mul, Residual and
         nested models (shared modules too).
-    loss : SoftmaxCrossEntropy, SigmoidBCE or MSE.
-    x : (B, in_features) array, or for a Graph with several inputs a tuple or dict of
-        them (as ``model(...)`` takes them); y : the loss's targets for x.
-    v : (n,) flat vector in the model's flat-parameter layout (see parameters_to_vector).
-    batch_size : evaluate in chunks of this many rows (the same product: the loss is a mean).
-    out : an (n,) array of the model's dtype to write into.
+    loss : Loss
+        SoftmaxCrossEntropy, SigmoidBCE or MSE (or another loss with an ``_hvp`` kernel).
+    x : array_like of shape (B, in_features), or tuple or dict of them
+        The inputs (for a Graph with several inputs, as ``model(...)`` takes them).
+    y : array_like
+        The loss's targets for x.
+    v : array_like of shape (n,)
+        A flat vector in the model's flat-parameter layout (see parameters_to_vector).
+    batch_size : int, optional
+        Evaluate in chunks of this many rows (the same product: the loss is a mean).
+    out : ndarray of shape (n,), optional
+        A writeable C-contiguous array of the model's dtype to write into.
 
     Returns
     -------
-    (n,) array of the model's dtype. The parameters, every ``.grad`` and the last
-    forward's workspaces are left as they were.
+    ndarray of shape (n,)
+        H v, of the model's dtype. The parameters, every ``.grad`` and the last
+        forward's workspaces are left as they were.
+
+    Raises
+    ------
+    TypeError
+        If model is not a Module, or it or the loss has no R-pass.
+    ValueError
+        If x, y, v or out has the wrong shape or dtype.
 
     Examples
     --------
@@ -219,8 +310,47 @@ def gnvp(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike, v: ArrayLike, *,
          batch_size: int | None = None, out: ArrayLike | None = None) -> NDArray[Any]:
     """The Gauss–Newton product G v = J_outᵀ H_loss J_out v (positive semi-definite).
 
-    The same arguments and result as ``hvp``: R-forward, then H_loss R{z} back-propagated
-    as an ordinary gradient (the activations' f″ terms and the δ·V terms dropped).
+    R-forward, then H_loss R{z} back-propagated as an ordinary gradient (the
+    activations' f″ terms and the δ·V terms dropped).
+
+    Parameters
+    ----------
+    model : Module
+        As :func:`hvp`.
+    loss : Loss
+        As :func:`hvp`.
+    x : array_like of shape (B, in_features), or tuple or dict of them
+        The inputs.
+    y : array_like
+        The loss's targets for x.
+    v : array_like of shape (n,)
+        A flat vector in the model's flat-parameter layout.
+    batch_size : int, optional
+        Evaluate in chunks of this many rows.
+    out : ndarray of shape (n,), optional
+        An array of the model's dtype to write into.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        G v, of the model's dtype.
+
+    Raises
+    ------
+    TypeError
+        As :func:`hvp`.
+    ValueError
+        As :func:`hvp`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> X, y = np.random.default_rng(0).standard_normal((8, 3)), np.array([0, 1] * 4)
+    >>> v = np.ones(model.num_parameters())
+    >>> float(v @ fp.gnvp(model, fp.SoftmaxCrossEntropy(), X, y, v)) >= 0
+    True
     """
     return _product(model, loss, x, y, v, batch_size, True, out)
 
@@ -249,9 +379,56 @@ def hessian_eigs(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike, k: int =
 
     ``scipy.sparse.linalg.eigsh`` over a LinearOperator whose matvec is ``hvp`` (or
     ``gnvp`` with gauss_newton=True). which: "LA" (largest algebraic, the default: the
-    top eigenvalue), "SA", "LM", "SM", "BE", as eigsh. Needs k < the number of parameters.
-    Returns the eigenvalues in ascending order (as eigsh and numpy.linalg.eigvalsh), and
-    with return_eigenvectors the (n, k) eigenvectors as well, in the flat layout.
+    top eigenvalue), "SA", "LM", "SM", "BE", as eigsh.
+
+    Parameters
+    ----------
+    model : Module
+        As :func:`hvp`.
+    loss : Loss
+        As :func:`hvp`.
+    X : array_like of shape (samples, in_features)
+        The inputs.
+    y : array_like
+        The loss's targets.
+    k : int, default 1
+        How many eigenvalues (1 <= k < n, the number of parameters).
+    which : {"LA", "SA", "LM", "SM", "BE"}, default "LA"
+        Which eigenvalues, as ``eigsh``.
+    batch_size : int, optional
+        Evaluate each product in chunks of this many rows.
+    tol : float, default 0.0
+        eigsh's relative accuracy (0: machine precision).
+    maxiter : int, optional
+        eigsh's iteration limit.
+    seed : int, default 0
+        Seed of the starting vector.
+    return_eigenvectors : bool, default False
+        Return the eigenvectors too.
+    gauss_newton : bool, default False
+        The Gauss–Newton matrix instead of the Hessian.
+
+    Returns
+    -------
+    ndarray of shape (k,), or tuple of ndarray of shapes (k,) and (n, k)
+        The eigenvalues in ascending order (as eigsh and numpy.linalg.eigvalsh), and with
+        return_eigenvectors the eigenvectors, in the flat layout.
+
+    Raises
+    ------
+    ValueError
+        If k is not an integer in [1, n).
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> X, y = np.random.default_rng(0).standard_normal((16, 3)), np.array([0, 1] * 8)
+    >>> loss_fn = fp.SoftmaxCrossEntropy()
+    >>> top = fp.hessian_eigs(model, loss_fn, X, y, k=1)
+    >>> bool(np.isclose(top[0], np.linalg.eigvalsh(fp.hessian(model, loss_fn, X, y))[-1]))
+    True
     """
     from scipy.sparse.linalg import eigsh
     op, n = _operator(model, loss, X, y, batch_size, gauss_newton)
@@ -274,7 +451,49 @@ def hessian_trace(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike, n_sampl
     """Hutchinson's estimate of tr H: the mean of vᵀ H v over Rademacher vectors v.
 
     Unbiased; its standard error falls as 1/√n_samples (exact when H is diagonal).
-    With return_std, returns (estimate, standard error of the estimate).
+
+    Parameters
+    ----------
+    model : Module
+        As :func:`hvp`.
+    loss : Loss
+        As :func:`hvp`.
+    X : array_like of shape (samples, in_features)
+        The inputs.
+    y : array_like
+        The loss's targets.
+    n_samples : int, default 64
+        How many Rademacher vectors.
+    seed : int, default 0
+        Their seed.
+    batch_size : int, optional
+        Evaluate each product in chunks of this many rows.
+    gauss_newton : bool, default False
+        The Gauss–Newton matrix's trace instead of the Hessian's.
+    return_std : bool, default False
+        Return the estimate's standard error too.
+
+    Returns
+    -------
+    float, or tuple of float
+        The estimate, or (estimate, standard error of the estimate) with return_std.
+
+    Raises
+    ------
+    ValueError
+        If n_samples is not a positive integer.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(4, 2, dtype=np.float64, rng=1))
+    >>> X, y = np.random.default_rng(0).standard_normal((16, 3)), np.array([0, 1] * 8)
+    >>> loss_fn = fp.SoftmaxCrossEntropy()
+    >>> est, err = fp.hessian_trace(model, loss_fn, X, y, n_samples=400, return_std=True)
+    >>> exact = float(np.trace(fp.hessian(model, loss_fn, X, y)))
+    >>> abs(est - exact) < 5 * err
+    True
     """
     params = _check(model, loss)
     n = sum(p.size for p in params)

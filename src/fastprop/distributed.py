@@ -42,24 +42,110 @@ __all__ = ["broadcast_parameters", "broadcast_optimizer_state", "allreduce_gradi
 
 
 def is_root(comm: Any, root: int = 0) -> Any:
-    """True on the rank that prints and writes files (True without a communicator)."""
+    """Whether this is the rank that prints and writes files.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator or None
+        The communicator; None: a single process.
+    root : int, default 0
+        The rank that prints.
+
+    Returns
+    -------
+    bool
+        True on ``root``, and without a communicator.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> distributed.is_root(None), distributed.is_root(comm) == (comm.Get_rank() == 0)
+    (True, True)
+    """
     return comm is None or comm.Get_rank() == root
 
 
 def shard(n: int, comm: Any) -> Any:
-    """(lo, hi): this rank's part of n rows; the parts differ by at most one row."""
+    """Return (lo, hi): this rank's part of n rows; the parts differ by at most one row.
+
+    Parameters
+    ----------
+    n : int
+        The number of rows.
+    comm : mpi4py communicator
+        The ranks sharing them.
+
+    Returns
+    -------
+    tuple of int
+        This rank's rows ``lo:hi``.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> lo, hi = distributed.shard(10, comm)
+    >>> comm.allreduce(hi - lo)
+    10
+    """
     rank, size = comm.Get_rank(), comm.Get_size()
     return n * rank // size, n * (rank + 1) // size
 
 
 def rows_of(lo: Any, hi: Any, comm: Any) -> Any:
-    """This rank's (lo, hi) part of the rows lo:hi (see shard)."""
+    """Return this rank's (lo, hi) part of the rows lo:hi (see shard).
+
+    Parameters
+    ----------
+    lo, hi : int
+        The rows ``lo:hi``.
+    comm : mpi4py communicator
+        The ranks sharing them.
+
+    Returns
+    -------
+    tuple of int
+        This rank's part.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> a, b = distributed.rows_of(5, 15, comm)
+    >>> 5 <= a <= b <= 15, comm.allreduce(b - a)
+    (True, 10)
+    """
     a, b = shard(hi - lo, comm)
     return lo + a, lo + b
 
 
 def sum_over_ranks(comm: Any, *values: Any) -> Any:
-    """The sums over all ranks of a few numbers (one small Allreduce)."""
+    """Return the sums over all ranks of a few numbers (one small Allreduce).
+
+    Parameters
+    ----------
+    comm : mpi4py communicator
+        The ranks.
+    *values : float
+        This rank's numbers.
+
+    Returns
+    -------
+    tuple of float
+        Their sums over the ranks.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> distributed.sum_over_ranks(comm, 1.0, 2.0) == (comm.Get_size(), 2.0 * comm.Get_size())
+    True
+    """
     buf = np.array(values, dtype=np.float64)
     comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
     return tuple(buf.tolist())
@@ -67,8 +153,47 @@ def sum_over_ranks(comm: Any, *values: Any) -> Any:
 
 def evaluate(model: Module, X: NDArray[Any], y: NDArray[Any], loss: Loss, comm: Any,
              batch_size: int = 4096) -> Any:
-    """fastprop.evaluate over all ranks' rows: each rank scores its shard of (X, y), and the
-    loss and accuracy are the means over all rows (every rank passes the same X, y)."""
+    """Return fastprop.evaluate over all ranks' rows.
+
+    Each rank scores its shard of (X, y), and the loss and accuracy are the means over all
+    rows (every rank passes the same X, y).
+
+    Parameters
+    ----------
+    model : Module
+        The model (the same on every rank).
+    X : ndarray of shape (samples, in_features)
+        The inputs, the same on every rank.
+    y : ndarray
+        The targets, as the loss takes them.
+    loss : Loss
+        The loss.
+    comm : mpi4py communicator
+        The ranks.
+    batch_size : int, default 4096
+        Rows per forward pass.
+
+    Returns
+    -------
+    dict
+        ``{"loss": mean loss, "accuracy": fraction correct, or None}``, the same on every rank.
+
+    Raises
+    ------
+    ValueError
+        As :func:`fastprop.evaluate`.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=comm.Get_rank()), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> X, y = fp.datasets.xor()
+    >>> sorted(distributed.evaluate(model, X, y, fp.SoftmaxCrossEntropy(), comm))
+    ['accuracy', 'loss']
+    """
     from .train import evaluate as local_evaluate
     lo, hi = shard(len(X), comm)
     total, correct, has_acc = 0.0, 0.0, False
@@ -82,10 +207,33 @@ def evaluate(model: Module, X: NDArray[Any], y: NDArray[Any], loss: Loss, comm: 
 
 
 def check_same_data(comm: Any, *arrays: Any, root: int = 0) -> None:
-    """A ValueError on every rank unless every rank holds the same arrays (compared by shape,
-    dtype and a sum of about 64 rows each): fit(comm=...) splits every batch itself, so
-    ranks that each pass their own shard would train on the wrong rows, or wait forever
-    for a rank that has fewer batches."""
+    """Check that every rank holds the same arrays (by shape, dtype and a sum of ~64 rows).
+
+    fit(comm=...) splits every batch itself, so ranks that each pass their own shard would
+    train on the wrong rows, or wait forever for a rank that has fewer batches.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator
+        The ranks.
+    *arrays : array_like
+        This rank's arrays.
+    root : int, default 0
+        The rank the others are compared with.
+
+    Raises
+    ------
+    ValueError
+        On every rank, if some rank's arrays differ from root's.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> import numpy as np
+    >>> distributed.check_same_data(comm, np.arange(6.0).reshape(3, 2))
+    """
     sig = []
     for a in arrays:
         a = np.asarray(a)
@@ -109,16 +257,44 @@ def _agree_signatures(what: Any, sig: Any, comm: Any, root: Any) -> Any:
 
 
 def broadcast_parameters(model: Module, comm: Any, root: int = 0) -> Any:
-    """Copies root's parameters into every rank's model (one Bcast per flat buffer), and its
-    buffers (running statistics); a Dropout's mask stream becomes root's, made distinct per
-    rank.
+    """Copy root's parameters into every rank's model (one Bcast per flat buffer).
 
-    A ValueError on every rank (and nothing changed) if the models' parameter names, shapes
-    or dtypes differ across ranks."""
+    Its buffers (running statistics) too; a Dropout's mask stream becomes root's, made
+    distinct per rank.
+
+    Parameters
+    ----------
+    model : Module
+        This rank's model.
+    comm : mpi4py communicator
+        The ranks.
+    root : int, default 0
+        The rank whose parameters are copied.
+
+    Raises
+    ------
+    TypeError
+        If model is not a Module.
+    ValueError
+        On every rank (and nothing changed), if the models' parameter names, shapes or
+        dtypes differ across ranks.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=comm.Get_rank()), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> distributed.broadcast_parameters(model, comm)
+    >>> w = model[0].weight.data
+    >>> bool(np.all(comm.allgather(w.sum()) == w.sum()))
+    True
+    """
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
-    buffers = getattr(model, "named_buffers", list)()  # BatchNorm's running statistics
-    sig = [(name, p.shape, str(p.dtype)) for name, p in model.named_parameters()]
+    buffers: list[Any] = getattr(model, "named_buffers", list)()  # BatchNorm's running statistics
+    sig: list[Any] = [(name, p.shape, str(p.dtype)) for name, p in model.named_parameters()]
     sig += [(name, np.shape(b), str(b.dtype)) for name, b in buffers]
     sig.append(("modules", [type(m).__name__ for m in model.modules()]))
     _agree_signatures("models", sig, comm, root)
@@ -144,10 +320,33 @@ def _distinct_streams(model: Any, comm: Any, root: Any) -> None:
 
 
 def broadcast_optimizer_state(optimizer: Optimizer, comm: Any, root: int = 0) -> None:
-    """Copies root's optimizer state (step count, momentum / moment buffers) to every rank.
+    """Copy root's optimizer state (step count, momentum / moment buffers) to every rank.
 
-    A ValueError on every rank (and nothing changed) if the optimizers' types or parameter
-    shapes and dtypes differ across ranks."""
+    Parameters
+    ----------
+    optimizer : Optimizer
+        This rank's optimizer.
+    comm : mpi4py communicator
+        The ranks.
+    root : int, default 0
+        The rank whose state is copied.
+
+    Raises
+    ------
+    ValueError
+        On every rank (and nothing changed), if the optimizers' types or parameter shapes
+        and dtypes differ across ranks.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=comm.Get_rank()), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> opt = fp.Adam(model.parameters())
+    >>> distributed.broadcast_optimizer_state(opt, comm)
+    """
     sig = [type(optimizer).__name__] + [(p.shape, str(p.dtype)) for p in optimizer.params]
     if hasattr(optimizer, "state_dict"):  # torch's layout: hyperparameters and buffers
         _agree_signatures("optimizers", sig, comm, root)
@@ -164,8 +363,29 @@ def broadcast_optimizer_state(optimizer: Optimizer, comm: Any, root: int = 0) ->
 
 
 def allreduce_gradients(model: Module, comm: Any) -> None:
-    """Replaces every ``.grad`` by its mean over the ranks: one in-place Allreduce per flat
-    gradient buffer (one for a model)."""
+    """Replace every ``.grad`` by its mean over the ranks.
+
+    One in-place Allreduce per flat gradient buffer (one for a model).
+
+    Parameters
+    ----------
+    model : Module
+        This rank's model, its gradients computed.
+    comm : mpi4py communicator
+        The ranks.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=comm.Get_rank()), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> model[0].weight.grad[...] = 1.0
+    >>> distributed.allreduce_gradients(model, comm)
+    >>> float(model[0].weight.grad[0, 0])
+    1.0
+    """
     size = comm.Get_size()
     for _, grad in flat_runs(model.parameters()):
         comm.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
@@ -225,6 +445,31 @@ class Overlap:
     machine it does not beat the fused path plus one Allreduce (benchmarks/distributed.py),
     which is why ``comm=comm`` alone takes the latter. MPICH progresses the reductions only
     inside MPI calls (between layers, here) unless MPIR_CVAR_ASYNC_PROGRESS=1.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator
+        The ranks.
+    bucket_bytes : int, default 1 << 20
+        The size of a bucket of gradients reduced at once.
+
+    Raises
+    ------
+    ValueError
+        If bucket_bytes is not a positive integer.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> from fastprop import distributed
+    >>> comm = MPI.COMM_WORLD.Dup()   # run under mpiexec for several ranks
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=comm.Get_rank()), fp.ReLU(), fp.Linear(3, 2, rng=1))
+    >>> step = fp.TrainStep(model, fp.SoftmaxCrossEntropy(), fp.SGD(model.parameters(), lr=0.1),
+    ...                     comm=distributed.Overlap(comm, bucket_bytes=4096))
+    >>> X, y = fp.datasets.xor()
+    >>> isinstance(step(X, y), float)
+    True
     """
 
     def __init__(self, comm: Any, bucket_bytes: Any = 1 << 20) -> None:
@@ -242,8 +487,8 @@ class GradientSync:
             raise TypeError(f"comm must be an mpi4py communicator or distributed.Overlap, "
                             f"got {type(comm).__name__}")
         self.overlap = isinstance(comm, Overlap)
-        self.bucket_bytes = comm.bucket_bytes if self.overlap else None
-        self.comm = comm.comm if self.overlap else comm
+        self.bucket_bytes = comm.bucket_bytes if isinstance(comm, Overlap) else None
+        self.comm: Any = comm.comm if isinstance(comm, Overlap) else comm
         self.step = step
         self.reached = False
         if step.closure:
@@ -252,7 +497,7 @@ class GradientSync:
         # DP-SGD (per_example_clip): each rank clips its own examples, and the noise σCξ is
         # added once, by the last rank (fit's shards always give it rows), as in one process
         dp = getattr(step, "_dp", None)
-        self.noise = None
+        self.noise: Any = None
         if dp is not None:
             if self.overlap:
                 raise TypeError("distributed.Overlap does not take per_example_clip (DP-SGD)")

@@ -44,6 +44,13 @@ class Merge(Module):
     for an input that does not move, and ``_rbackward_into(g, rg, dests, rdests, accumulate)``
     writes g's and R{g}'s shares as ``_backward_into`` does (g None: the Gauss–Newton pass).
     Both keep their own workspaces (``_rbuf``), apart from the forward's.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop.graph import Merge
+    >>> all(issubclass(c, Merge) for c in (fp.Add, fp.Concat, fp.Mul))
+    True
     """
     min_inputs, max_inputs = 2, None
     _workspace_keys = ("_y", "_xs")
@@ -74,7 +81,17 @@ class Merge(Module):
 
 
 class Add(Merge):
-    """``y = Σ_k x_k`` over n inputs of one shape: the skip connection's merge."""
+    """``y = Σ_k x_k`` over n inputs of one shape: the skip connection's merge.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> g = fp.Graph()
+    >>> a, b = g.input("a", 2), g.input("b", 2)
+    >>> model = g.build(outputs=g.add(fp.Add(), a, b))
+    >>> model(np.ones((1, 2)), np.full((1, 2), 2.0))
+    array([[3., 3.]])
+    """
 
     def _forward(self, xs: Any) -> Any:
         y = ops.add_forward(xs, out=self._workspace(xs[0].shape, xs[0].dtype))
@@ -104,7 +121,17 @@ class Add(Merge):
 
 
 class Mul(Merge):
-    """``y = a ⊙ b`` elementwise (two inputs of one shape): a gate."""
+    """``y = a ⊙ b`` elementwise (two inputs of one shape): a gate.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> g = fp.Graph()
+    >>> a, b = g.input("a", 2), g.input("b", 2)
+    >>> model = g.build(outputs=g.add(fp.Mul(), a, b))
+    >>> model(np.full((1, 2), 3.0), np.full((1, 2), 2.0))
+    array([[6., 6.]])
+    """
     max_inputs = 2
     min_inputs = 2
 
@@ -154,7 +181,17 @@ class Mul(Merge):
 
 
 class Concat(Merge):
-    """``y = [x_1, x_2, ...]`` along the features: (batch, Σ widths)."""
+    """``y = [x_1, x_2, ...]`` along the features: (batch, Σ widths).
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> g = fp.Graph()
+    >>> a, b = g.input("a", 2), g.input("b", 2)
+    >>> model = g.build(outputs=g.add(fp.Concat(), a, b))
+    >>> model(np.ones((1, 2)), np.zeros((1, 2)))
+    array([[1., 1., 0., 0.]])
+    """
     _workspace_keys = ("_y", "_xs", "_widths")
 
     def _forward(self, xs: Any) -> Any:
@@ -200,8 +237,25 @@ class Concat(Merge):
 # ---------------------------------------------------------------- the graph
 
 class Node:
-    """A handle on a graph node, returned by ``g.input`` and ``g.add``; pass it (or its name)
-    as another node's input."""
+    """A handle on a graph node, returned by ``g.input`` and ``g.add``.
+
+    Pass it (or its name) as another node's input; it is not made by hand.
+
+    Parameters
+    ----------
+    graph : Graph
+        The graph the node belongs to.
+    name : str
+        The node's name.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> g = fp.Graph()
+    >>> x = g.input("x", 3)
+    >>> x.name
+    'x'
+    """
     __slots__ = ("graph", "name")
 
     def __init__(self, graph: Any, name: str) -> None:
@@ -788,6 +842,28 @@ class Residual(Graph):
 
     module must give as many features as it takes (checked where they are known). Its
     parameters are named ``module.weight``, …
+
+    Parameters
+    ----------
+    module : Module
+        The residual branch; its output has its input's width.
+
+    Raises
+    ------
+    TypeError
+        If module is not a Module.
+    ValueError
+        If module's output width differs from its input width.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> block = fp.Residual(fp.Sequential(fp.Linear(4, 4, rng=0), fp.Tanh()))
+    >>> model = fp.Sequential(fp.Linear(2, 4, rng=1), block, fp.Linear(4, 1, rng=2))
+    >>> model(np.ones((3, 2), np.float32)).shape
+    (3, 1)
+    >>> [name for name, _ in block.named_parameters()]
+    ['module.0.weight', 'module.0.bias']
     """
     width_preserving = True
 

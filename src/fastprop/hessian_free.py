@@ -35,6 +35,33 @@ class Closure:
     evaluation (before any update); the counters say how many of each pass ran.
     The caller holds the model (``TrainStep`` does); use ``with model.exclusive():``
     around a step otherwise.
+
+    Parameters
+    ----------
+    model : Module
+        The model.
+    loss : Loss
+        The loss.
+    x : ndarray of shape (batch, in_features)
+        The batch's inputs (checked against the model).
+    y : ndarray
+        The batch's targets, as the loss takes them.
+
+    Raises
+    ------
+    ValueError
+        If x does not match the model.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 3, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(3, 2, dtype=np.float64, rng=1))
+    >>> X, y = np.random.default_rng(0).standard_normal((8, 2)), np.array([0, 1] * 4)
+    >>> closure = fp.Closure(model, fp.SoftmaxCrossEntropy(), X, y)
+    >>> J = closure()
+    >>> closure.gnvp(np.ones(model.num_parameters())).shape, closure.n_grad
+    ((17,), 1)
     """
 
     def __init__(self, model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any]) -> None:
@@ -77,6 +104,46 @@ class HessianFree(Optimizer):
     that lowers the loss, or none. Damping: ×3/2 when ρ < ¼, ×2/3 when ρ > ¾ (ρ: actual
     over predicted reduction), within [min_damping, max_damping]. Returns the loss before
     the update.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        The parameters to update (one dtype).
+    lr : float, default 1.0
+        Scales the step.
+    damping : float, default 1.0
+        The initial Levenberg–Marquardt damping.
+    max_cg_iter : int, default 50
+        CG iterations per step (>= 1).
+    cg_tol : float, default 1e-4
+        CG's relative residual tolerance.
+    warm_start : float, default 0.95
+        CG's start as a multiple of the previous direction, in [0, 1].
+    max_backtracks : int, default 8
+        Halvings of α tried (>= 0).
+    min_damping, max_damping : float, default 1e-8 and 1e8
+        The damping's range.
+    adapt_damping : bool, default True
+        Adapt the damping by ρ.
+
+    Raises
+    ------
+    TypeError
+        If an option is not a number.
+    ValueError
+        If an option is out of range.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> X, y = fp.datasets.spirals(200, classes=2, seed=0)
+    >>> model = fp.Sequential(fp.Linear(2, 8, dtype=np.float64, rng=0), fp.Tanh(),
+    ...                       fp.Linear(8, 2, dtype=np.float64, rng=1))
+    >>> h = fp.fit(model, X, y, fp.SoftmaxCrossEntropy(),
+    ...            fp.HessianFree(model.parameters(), max_cg_iter=10),
+    ...            epochs=3, batch_size=200, progress=False)
+    >>> h["loss"][-1] < h["loss"][0]
+    True
     """
     needs_closure = True
 

@@ -40,8 +40,19 @@ def _blas() -> str:
 
 
 def info() -> dict[str, Any]:
-    """A dict of the facts ``python -m fastprop info`` prints: versions, build, SIMD clone,
-    BLAS and threads."""
+    """Return the facts ``python -m fastprop info`` prints.
+
+    Returns
+    -------
+    dict of str to str
+        Versions, build, SIMD clone, BLAS and threads.
+
+    Examples
+    --------
+    >>> from fastprop.info import info
+    >>> {"fastprop", "numpy", "blas"} <= set(info())
+    True
+    """
     build = _kernels.build_info()
     return {
         "fastprop": __version__,
@@ -61,7 +72,22 @@ def info() -> dict[str, Any]:
 
 
 def print_info(file: TextIO | None = None) -> None:
-    """Print :func:`info`, one ``name: value`` line each."""
+    """Print :func:`info`, one ``name: value`` line each.
+
+    Parameters
+    ----------
+    file : text file, optional
+        Where to print (default: sys.stdout).
+
+    Examples
+    --------
+    >>> import io
+    >>> from fastprop.info import print_info
+    >>> out = io.StringIO()
+    >>> print_info(out)
+    >>> "fastprop:" in out.getvalue()
+    True
+    """
     facts = info()
     width = max(map(len, facts))
     for name, value in facts.items():

@@ -32,6 +32,32 @@ def architecture(module: Module) -> dict[str, Any]:
     "nodes": [{"name", "module": index into modules, "inputs": [names]}], "outputs": [names]}:
     nodes in the order they were added, each module once (a shared module is one entry
     that several nodes name). A Residual is {"type": "Residual", "module": ...}.
+
+    Parameters
+    ----------
+    module : Module
+        A model of fastprop's built-in modules (a user's own Module has no description).
+
+    Returns
+    -------
+    dict
+        JSON-able data that :func:`build` turns back into an equal model (without the
+        parameters' values).
+
+    Raises
+    ------
+    TypeError
+        If the model holds a module that cannot be described.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop.io import architecture, build
+    >>> arch = architecture(fp.Sequential(fp.Linear(3, 2, rng=0), fp.Tanh()))
+    >>> arch["type"], [layer["type"] for layer in arch["layers"]]
+    ('Sequential', ['Linear', 'Tanh'])
+    >>> build(arch)(fp.datasets.xor()[0][:, [0, 1, 1]]).shape
+    (4, 2)
     """
     kind = type(module).__name__
     if _BUILDABLE.get(kind) is not type(module):
@@ -73,7 +99,33 @@ def _graph_parts(arch: Any) -> Any:
 
 
 def build(arch: Any, dtype: DTypeLike | None = None) -> Module:
-    """A new module from architecture(...) data (dtype overrides the stored one)."""
+    """Return a new module built from :func:`architecture` data.
+
+    Parameters
+    ----------
+    arch : dict
+        A description written by :func:`architecture`.
+    dtype : {np.float32, np.float64}, optional
+        Overrides the stored dtype.
+
+    Returns
+    -------
+    Module
+        A new model of that architecture, freshly initialised.
+
+    Raises
+    ------
+    ValueError
+        If arch is not a description of a known module.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> from fastprop.io import architecture, build
+    >>> arch = architecture(fp.Sequential(fp.Linear(3, 2, rng=0)))
+    >>> build(arch, dtype=np.float64).dtype
+    dtype('float64')
+    """
     if not isinstance(arch, dict) or arch.get("type") not in _BUILDABLE:
         raise ValueError(f"unknown module description {arch!r:.200}")
     cls = _BUILDABLE[arch["type"]]
@@ -97,8 +149,10 @@ def build(arch: Any, dtype: DTypeLike | None = None) -> Module:
 
 
 def save(model: Module, path: str | os.PathLike[str]) -> None:
-    """Writes model to path (.npz) atomically: a temporary file in the same folder, then
-    os.replace, so an interrupted save never destroys the previous file.
+    """Write model to path (.npz) atomically.
+
+    A temporary file in the same folder, then os.replace, so an interrupted save never
+    destroys the previous file.
 
     Parameters
     ----------
@@ -210,7 +264,7 @@ def _parameter_shapes(arch: Any, prefix: str = "") -> Any:
 
 
 def load(path: str | os.PathLike[str]) -> Module:
-    """Reads a model written by save; any damaged or foreign file is a ValueError.
+    """Read a model written by save; any damaged or foreign file is a ValueError.
 
     Parameters
     ----------
@@ -232,6 +286,14 @@ def load(path: str | os.PathLike[str]) -> Module:
     See Also
     --------
     save
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, fastprop as fp
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+    >>> fp.save(fp.Sequential(fp.Linear(3, 2, dtype=np.float64, rng=0)), path)
+    >>> fp.load(path).dtype
+    dtype('float64')
     """
     path = os.fspath(path)
     if not os.path.exists(path):

@@ -70,6 +70,29 @@ class Dropout(Module):
     Curvature (hvp, gnvp): in training mode dropout is a fixed linear map for a given mask.
     The R-forward draws one mask from the stream (advancing it, as a forward does) and applies
     it to both y and R{y}; the R-backward applies the same mask to g and R{g}.
+
+    Parameters
+    ----------
+    p : float, default 0.5
+        The probability of zeroing a unit, in [0, 1].
+    rng : numpy.random.Generator or int, optional
+        The mask stream's key (a generator or a seed).
+
+    Raises
+    ------
+    ValueError
+        If p is not a number in [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> drop = fp.Dropout(0.5, rng=0)
+    >>> y = drop(np.ones((2, 1000), np.float32))
+    >>> sorted(set(y.ravel().tolist()))
+    [0.0, 2.0]
+    >>> _ = drop.eval()
+    >>> float(drop(np.ones((2, 3), np.float32)).sum())
+    6.0
     """
     width_preserving = True
     r_supported = True
@@ -173,6 +196,34 @@ class LayerNorm(Module):
     weight (ones) and bias (zeros) are Parameters when elementwise_affine (bias=False drops
     the bias); else both are None. Forward and backward are each one C pass over the batch
     (csrc/norm.c, two-pass variance), and so are the R-operator's two passes (hvp, gnvp).
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of one int
+        The number of features (inputs are 2-D).
+    eps : float, default 1e-5
+        Added to the variance (> 0).
+    elementwise_affine : bool, default True
+        Learnable weight and bias.
+    bias : bool, default True
+        With elementwise_affine, whether there is a bias.
+    dtype : numpy dtype, default float32
+        float32 or float64.
+
+    Raises
+    ------
+    TypeError
+        If normalized_shape is not an int or a tuple of ints, or dtype is not a float type.
+    ValueError
+        If normalized_shape is not one positive integer, or eps is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> norm = fp.LayerNorm(4)
+    >>> y = norm(np.array([[1.0, 2.0, 3.0, 4.0]], np.float32))
+    >>> np.allclose(y.mean(axis=1), 0, atol=1e-6), np.allclose(y.std(axis=1), 1, atol=1e-4)
+    (True, True)
     """
     width_preserving = True
     r_supported = True
@@ -278,6 +329,39 @@ class BatchNorm1d(Module):
     num_batches_tracked are buffers: in state_dict(), save/load and copies, not in
     parameters(). Curvature: in eval mode with tracked statistics (an affine map); batch
     statistics are a TypeError in hvp/gnvp.
+
+    Parameters
+    ----------
+    num_features : int
+        The number of features (positive).
+    eps : float, default 1e-5
+        Added to the variance (> 0).
+    momentum : float or None, default 0.1
+        The running statistics' update factor, in [0, 1]; None: the cumulative average.
+    affine : bool, default True
+        Learnable weight and bias.
+    track_running_stats : bool, default True
+        Keep running_mean and running_var (used in eval mode).
+    dtype : numpy dtype, default float32
+        float32 or float64.
+
+    Raises
+    ------
+    TypeError
+        If momentum is not a number or None, or dtype is not a float type.
+    ValueError
+        If num_features is not a positive integer, eps is not positive or momentum is not
+        in [0, 1]; from a training forward, a batch of one row.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> bn = fp.BatchNorm1d(2)
+    >>> y = bn(np.array([[1.0, 10.0], [3.0, 30.0]], np.float32))
+    >>> np.allclose(y, [[-1, -1], [1, 1]], atol=1e-4)
+    True
+    >>> bn.running_mean
+    array([0.2, 2. ], dtype=float32)
     """
     width_preserving = True
     _workspace_keys = ("_x", "_y", "_mean", "_rstd", "_ws")

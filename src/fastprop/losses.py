@@ -21,12 +21,23 @@ class Loss:
     """Base class: ``__call__`` returns the loss as a float and keeps ∂J/∂pred for ``backward``.
 
     Subclasses differ by ``kernel``, the fused C loss and gradient they run.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> loss_fn = fp.MSE()
+    >>> isinstance(loss_fn, fp.losses.Loss)
+    True
+    >>> loss_fn(np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]]))
+    2.5
+    >>> loss_fn.backward()
+    array([[1., 2.]])
     """
     kernel: Any = None  # the name of the fused kernel in fastprop.ops
     _workspace_keys = ("_grad",)
 
     def __init__(self) -> None:
-        self._grad = None
+        self._grad: Any = None
         self._ready = False
 
     def __call__(self, pred: ArrayLike, target: ArrayLike,

@@ -39,7 +39,38 @@ def _per_group(name: Any, optimizer: Any, value: Any) -> Any:
 
 
 class LRScheduler:
-    """The base: ``step()`` advances ``last_epoch`` and writes get_lr() into the groups."""
+    """The base: ``step()`` advances ``last_epoch`` and writes get_lr() into the groups.
+
+    Subclasses define ``get_lr()``; the built-in schedules below are its subclasses.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer whose groups' ``lr`` the schedule sets.
+    last_epoch : int, default -1
+        The index of the last epoch (-1: start afresh, from each group's current lr).
+
+    Raises
+    ------
+    TypeError
+        If optimizer is not a fastprop optimizer.
+    ValueError
+        If last_epoch is not an integer >= -1.
+    KeyError
+        If resuming (last_epoch >= 0) and a group has no ``initial_lr``.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> from fastprop.lr_scheduler import LRScheduler
+    >>> class Halving(LRScheduler):
+    ...     def get_lr(self):
+    ...         return [base * 0.5 ** self.last_epoch for base in self.base_lrs]
+    >>> sched = Halving(fp.SGD(fp.Linear(2, 1, rng=0).parameters(), lr=1.0))
+    >>> sched.step(); sched.step()
+    >>> sched.get_last_lr()
+    [0.25]
+    """
     _is_initial = False
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
@@ -715,8 +746,8 @@ class ReduceLROnPlateau(LRScheduler):
         if isinstance(min_lr, (list, tuple)):
             if len(min_lr) != len(optimizer.param_groups):
                 raise ValueError(f"expected {len(optimizer.param_groups)} min_lrs, got {len(min_lr)}")
-            self.default_min_lr = None
-            self.min_lrs = list(min_lr)
+            self.default_min_lr: float | None = None
+            self.min_lrs: list[float] = list(min_lr)
         else:
             self.default_min_lr = min_lr
             self.min_lrs = [min_lr] * len(optimizer.param_groups)
@@ -731,7 +762,7 @@ class ReduceLROnPlateau(LRScheduler):
         self.cooldown_counter = 0
         self.num_bad_epochs = 0
 
-    def step(self, metrics: Any) -> None:
+    def step(self, metrics: Any) -> None:  # type: ignore[override]  # PyTorch's signature
         current = float(metrics)
         self.last_epoch += 1
         if self._is_better(current, self.best):

@@ -77,6 +77,26 @@ class Parameter:
 
     Assigning ``p.data = value`` copies into the view (the shape must match), so the
     model and its optimizer keep seeing the same memory.
+
+    Parameters
+    ----------
+    data : array_like of float32 or float64
+        The initial value (copied); its dtype must be float32 or float64.
+
+    Raises
+    ------
+    TypeError
+        If data's dtype is not float32 or float64.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> p = fp.Parameter(np.zeros((2, 3), np.float32))
+    >>> p.shape, p.grad.shape
+    ((2, 3), (2, 3))
+    >>> p.data = np.ones((2, 3))
+    >>> float(p.data.sum())
+    6.0
     """
 
     def __init__(self, data: Any) -> None:
@@ -187,7 +207,30 @@ def flat_runs(params: Any) -> Any:
 
 
 class Module:
-    """Base class: ``y = m(x)``, ``gx = m.backward(gy)`` (accumulating into every ``.grad``)."""
+    """Base class: ``y = m(x)``, ``gx = m.backward(gy)`` (accumulating into every ``.grad``).
+
+    A subclass defines ``_forward(x)`` (saving what its backward needs and setting
+    ``_ready``), ``_backward(g, need_input_grad)`` and ``_output_like()``; Module gives
+    ``forward``/``backward`` (checked), ``parameters()``, ``named_parameters()``,
+    ``zero_grad()``, ``train()``/``eval()``, ``state_dict()``/``load_state_dict()`` and
+    the rest, as torch.nn.Module.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> class Square(fp.Module):
+    ...     width_preserving = True
+    ...     def _forward(self, x):
+    ...         self._x, self._ready = x.copy(), True
+    ...         return x * x
+    ...     def _backward(self, g, need_input_grad):
+    ...         return 2 * self._x * g
+    ...     def _output_like(self):
+    ...         return self._x
+    >>> model = fp.Sequential(fp.Linear(2, 2, rng=0), Square())
+    >>> model(np.ones((1, 2), np.float32)).shape
+    (1, 2)
+    """
 
     def __init__(self) -> None:
         self._params = {}     # name -> Parameter, in definition order
@@ -677,6 +720,39 @@ class LowRankLinear(Module):
     of in·out. The forward is two GEMMs (h = x Uᵀ, then y = h Vᵀ + b, each one C call through
     the dense kernels) and the backward two more pairs, so it costs O(batch·rank·(in + out)).
     The initialisation gives W the variance of He's (U with variance 1/in, V with 2/rank).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        The widths of the input and the output (positive).
+    rank : int
+        The rank of the weight (positive).
+    bias : bool, default True
+        Whether the layer adds a learnable bias b of shape (out_features,).
+    dtype : numpy dtype, default float32
+        float32 or float64.
+    bias_init : float, default 0.0
+        The bias's constant initial value.
+    rng : numpy.random.Generator or int, optional
+        The generator (or its seed) U and V are drawn from.
+
+    Raises
+    ------
+    ValueError
+        If a width or the rank is not a positive integer.
+    TypeError
+        If dtype is not float32 or float64.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> layer = fp.LowRankLinear(6, 4, rank=2, rng=0)
+    >>> layer.U.shape, layer.V.shape, layer.num_parameters()
+    ((2, 6), (4, 2), 24)
+    >>> x = np.ones((3, 6), np.float32)
+    >>> W = layer.V.data @ layer.U.data
+    >>> np.allclose(layer(x), x @ W.T + layer.bias.data, atol=1e-6)
+    True
     """
     _workspace_keys = ("_x", "_h", "_y", "_gh", "_gx")
 
@@ -857,7 +933,31 @@ if TYPE_CHECKING:  # the classes made above from the registry's rows, spelled ou
 
 
 class PReLU(Module):
-    """``y = x if x > 0 else a·x`` with a learnable slope a: one, or one per feature."""
+    """``y = x if x > 0 else a·x`` with a learnable slope a: one, or one per feature.
+
+    Parameters
+    ----------
+    num_parameters : int, default 1
+        1 (one slope shared by every feature) or the number of features.
+    init : float, default 0.25
+        The slopes' initial value.
+    dtype : numpy dtype, default float32
+        float32 or float64.
+
+    Raises
+    ------
+    ValueError
+        If num_parameters is not a positive integer.
+    TypeError
+        If dtype is not float32 or float64.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> act = fp.PReLU(init=0.5)
+    >>> act(np.array([[-2.0, 3.0]], np.float32))
+    array([[-1.,  3.]], dtype=float32)
+    """
     _workspace_keys = ("_x", "_y")
 
     def __init__(self, num_parameters: int = 1, init: float = 0.25,

@@ -67,23 +67,49 @@ _ERFC_S = (1.0, 2.26052863220117276590E0, 9.39603524938001434673E0, 1.2048953980
 
 def export_onnx(model: Module, path: str | os.PathLike[str], opset: Any = None,
                 batch_dim: str = "batch", with_output_unit: bool = False) -> Any:
-    """Writes ``model`` to ``path`` as an ONNX model, checked with ``onnx.checker``; returns
-    the ``onnx.ModelProto``.
-
-    Parameters
-    ----------
-    model : fastprop Module (Sequential, Graph, Residual, or a single layer)
-    path : str or os.PathLike, or None to only return the ModelProto
-    opset : int, default 17 (13 up to what the installed onnx knows)
-    batch_dim : str (a named dynamic batch dimension) or int (a fixed batch size)
-    with_output_unit : False (the raw outputs), True (predict_proba's rule: Sigmoid for one
-        output column, else Softmax over the features, also where the width is not fixed), "softmax", "sigmoid", or the loss the
-        model was trained with, an instance or a class (SoftmaxCrossEntropy → Softmax,
-        SigmoidBCE → Sigmoid, any other → nothing); applied to every output.
+    """Write ``model`` to ``path`` as an ONNX model, checked with ``onnx.checker``.
 
     The inputs and outputs are (batch, features) tensors of the model's dtype (float32 for a
     model without parameters), named "x" and "y" for a single module, and after the graph's
     input and output nodes for a Graph.
+
+    Parameters
+    ----------
+    model : Module
+        A Sequential, Graph, Residual, or a single layer.
+    path : str or os.PathLike or None
+        The file to write; None only returns the ModelProto.
+    opset : int, optional
+        The ONNX opset, from 13; default 17 (or the newest the installed onnx knows).
+    batch_dim : str or int, default "batch"
+        A named dynamic batch dimension (str) or a fixed batch size (int).
+    with_output_unit : bool, str, Loss or Loss class, default False
+        False (the raw outputs), True (predict_proba's rule: Sigmoid for one output
+        column, else Softmax over the features), "softmax", "sigmoid", or the loss the
+        model was trained with (SoftmaxCrossEntropy → Softmax, SigmoidBCE → Sigmoid, any
+        other → nothing); applied to every output.
+
+    Returns
+    -------
+    onnx.ModelProto
+        The model written.
+
+    Raises
+    ------
+    ImportError
+        If onnx is not installed.
+    TypeError
+        If the model holds a module ONNX export does not support.
+    ValueError
+        If opset, batch_dim or with_output_unit is not valid.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, rng=0), fp.ReLU(), fp.Linear(4, 2, rng=1))
+    >>> proto = fp.export_onnx(model, None, with_output_unit=True)
+    >>> [n.op_type for n in proto.graph.node]
+    ['Gemm', 'Relu', 'Gemm', 'Softmax', 'Identity']
     """
     try:
         import onnx

@@ -77,8 +77,35 @@ class _Slot:
 class Optimizer:
     """Parameter groups over flat runs (one per consecutive block of one model's buffer).
 
-    ``params``: Parameters, or a list of dicts ``{"params": [...], "lr": ..., ...}`` whose
-    missing hyperparameters come from the constructor's arguments (``opt.defaults``).
+    The base class of SGD, Adam, AdamW, RMSprop and Adagrad: ``step()``, ``zero_grad()``,
+    ``state_dict()``/``load_state_dict()``, ``add_param_group()`` and ``param_groups`` as in
+    torch.optim.
+
+    Parameters
+    ----------
+    params : Parameter, iterable of Parameter, or iterable of dict
+        The parameters, or groups ``{"params": [...], "lr": ..., ...}`` whose missing
+        hyperparameters come from the constructor's arguments (``opt.defaults``).
+    lr : float
+        The learning rate (>= 0).
+    **defaults
+        The subclass's other hyperparameters.
+
+    Raises
+    ------
+    TypeError
+        If params is a set, or holds something other than Parameters.
+    ValueError
+        If a hyperparameter is out of range, or a parameter appears twice.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 3, rng=0), fp.ReLU(), fp.Linear(3, 1, rng=1))
+    >>> opt = fp.SGD([{"params": model[0].parameters()},
+    ...               {"params": model[2].parameters(), "lr": 0.01}], lr=0.1)
+    >>> isinstance(opt, fp.optim.Optimizer), [g["lr"] for g in opt.param_groups]
+    (True, [0.1, 0.01])
     """
     _state_order = ()     # the state buffers' names, in state_arrays() order
     _has_step = True      # a per-parameter "step" in state_dict() (as torch's, not SGD's)
@@ -564,8 +591,45 @@ class AdamW(Adam):
 
 
 class RMSprop(Optimizer):
-    """RMSprop as torch.optim.RMSprop: v = αv + (1−α)g², θ −= lr·g/(√v + ε) (centered:
-    √(v − ḡ²), ḡ the running mean of g), with momentum and weight decay."""
+    """RMSprop as torch.optim.RMSprop: v = αv + (1−α)g², θ −= lr·g/(√v + ε).
+
+    Centered: √(v − ḡ²), ḡ the running mean of g; with momentum and weight decay.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or of dict
+        The parameters to update, or parameter groups (see :class:`Optimizer`).
+    lr : float, default 1e-2
+        The learning rate (>= 0).
+    alpha : float, default 0.99
+        The smoothing constant α, in [0, 1].
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 0
+        An L2 term added to the gradient: g ← g + λ θ.
+    momentum : float, default 0
+        The momentum factor.
+    centered : bool, default False
+        Normalise by the estimated variance of the gradient.
+
+    Raises
+    ------
+    TypeError
+        If params holds something other than Parameters, or an option is not a number.
+    ValueError
+        If an option is out of range, or a parameter appears twice.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.data[:] = [[1.0, -1.0]]
+    >>> opt = fp.RMSprop(layer.parameters(), lr=0.1, alpha=0.0)
+    >>> layer.weight.grad[:] = [[2.0, -2.0]]
+    >>> opt.step()
+    >>> layer.weight.data.round(4)
+    array([[ 0.9, -0.9]], dtype=float32)
+    """
     _state_order = ("square_avg", "momentum_buffer", "grad_avg")
     _NAMES = {(False, False): ("square_avg",), (True, False): ("square_avg", "momentum_buffer"),
               (False, True): ("square_avg", "grad_avg"), (True, True): _state_order}
@@ -598,8 +662,43 @@ class RMSprop(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """Adagrad as torch.optim.Adagrad: s += g², θ −= lr_t·g/(√s + ε) with
-    lr_t = lr / (1 + (t − 1)·lr_decay); s starts at initial_accumulator_value."""
+    """Adagrad as torch.optim.Adagrad: s += g², θ −= lr_t·g/(√s + ε).
+
+    lr_t = lr / (1 + (t − 1)·lr_decay); s starts at initial_accumulator_value.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or of dict
+        The parameters to update, or parameter groups (see :class:`Optimizer`).
+    lr : float, default 1e-2
+        The learning rate (>= 0).
+    lr_decay : float, default 0
+        The learning rate's decay per step.
+    weight_decay : float, default 0
+        An L2 term added to the gradient: g ← g + λ θ.
+    initial_accumulator_value : float, default 0
+        The starting value of the sum of squares s.
+    eps : float, default 1e-10
+        Added to the denominator.
+
+    Raises
+    ------
+    TypeError
+        If params holds something other than Parameters, or an option is not a number.
+    ValueError
+        If an option is out of range, or a parameter appears twice.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> layer = fp.Linear(2, 1, bias=False, rng=0)
+    >>> layer.weight.data[:] = [[1.0, -1.0]]
+    >>> opt = fp.Adagrad(layer.parameters(), lr=0.1)
+    >>> layer.weight.grad[:] = [[3.0, -3.0]]
+    >>> opt.step()
+    >>> layer.weight.data.round(4)
+    array([[ 0.9, -0.9]], dtype=float32)
+    """
     _state_order = ("sum",)
 
     def __init__(self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0,

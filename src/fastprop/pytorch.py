@@ -30,8 +30,33 @@ def _torch() -> Any:
 
 
 def numpy_state_dict(state_dict: Mapping[str, Any]) -> Any:
-    """{name: ndarray} from a state dict of torch tensors or arrays. The arrays may share
-    memory with the tensors: load_state_dict copies them into the model."""
+    """Return {name: ndarray} from a state dict of torch tensors or arrays.
+
+    The arrays may share memory with the tensors: load_state_dict copies them into the
+    model.
+
+    Parameters
+    ----------
+    state_dict : mapping of str to tensor or array
+        A torch ``state_dict()``, or names to arrays.
+
+    Returns
+    -------
+    dict of str to ndarray
+        The same entries as NumPy arrays.
+
+    Raises
+    ------
+    TypeError
+        If state_dict is not a mapping of str to tensors or arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastprop.pytorch import numpy_state_dict
+    >>> numpy_state_dict({"0.weight": np.zeros((2, 3))})["0.weight"].shape
+    (2, 3)
+    """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors or arrays, got "
                         f"{type(state_dict).__name__}")
@@ -138,8 +163,38 @@ def from_torch(module: Module) -> Module:
     bit, in the module's dtype (float32 or float64), each layer in its training mode.
 
     Parameter names follow fastprop's Sequential ("0.weight", "1.0.bias"): the same as
-    torch's for a Sequential built from positional layers. Raises TypeError naming an
-    unsupported layer (and where it is), nothing built.
+    torch's for a Sequential built from positional layers.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A ``torch.nn.Sequential`` (nested allowed) of the supported layers, or one of them.
+
+    Returns
+    -------
+    Module
+        The equivalent fastprop model, a copy of the parameters and buffers.
+
+    Raises
+    ------
+    ImportError
+        If PyTorch is not installed.
+    TypeError
+        If module is not a torch module, or holds an unsupported layer (named, with
+        where it is; nothing is built).
+
+    See Also
+    --------
+    to_torch
+
+    Examples
+    --------
+    >>> import numpy as np, torch, fastprop as fp
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> model = fp.from_torch(net)
+    >>> x = np.ones((2, 3), np.float32)
+    >>> np.allclose(model(x), net(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+    True
     """
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
@@ -158,9 +213,8 @@ def from_torch(module: Module) -> Module:
 def _to_layer(m: Any, path: Any, dtype: Any) -> Any:
     torch = _torch()
     tnn = torch.nn
-    kind = type(m).__name__
-    if type(m) is not (getattr(nn, kind, None) or getattr(layers, kind, None)):
-        kind = None
+    name = type(m).__name__
+    kind = name if type(m) is (getattr(nn, name, None) or getattr(layers, name, None)) else None
     if kind == "Sequential":
         return tnn.Sequential(*[_to_layer(c, f"{path}.{i}" if path else str(i), dtype)
                                 for i, c in enumerate(m)])
@@ -197,15 +251,47 @@ def _param(m: Any, name: Any) -> Any:
 
 
 def to_torch(model: Module) -> Any:
-    """The ``torch.nn`` module equivalent to ``model`` (a fastprop Sequential, nested allowed,
-    of the layers this module lists, or one such layer): the same parameters and buffers bit
-    for bit, in the model's dtype, each layer in its training mode. Raises TypeError naming
-    an unsupported layer (Abs, Cos, LowRankLinear, Graph, Residual, a Python Module)."""
+    """The ``torch.nn`` module equivalent to ``model``.
+
+    ``model`` is a fastprop Sequential (nested allowed) of the layers this module lists, or
+    one such layer: the same parameters and buffers bit for bit, in the model's dtype, each
+    layer in its training mode.
+
+    Parameters
+    ----------
+    model : Module
+        The fastprop model.
+
+    Returns
+    -------
+    torch.nn.Module
+        The equivalent torch module.
+
+    Raises
+    ------
+    ImportError
+        If PyTorch is not installed.
+    TypeError
+        If model is not a Module, or holds an unsupported layer (Abs, Cos, LowRankLinear,
+        Graph, Residual, a Python Module), named.
+
+    See Also
+    --------
+    from_torch
+
+    Examples
+    --------
+    >>> import numpy as np, torch, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(3, 4, rng=0), fp.Tanh(), fp.Linear(4, 2, rng=1))
+    >>> net = fp.to_torch(model)
+    >>> x = np.ones((2, 3), np.float32)
+    >>> np.allclose(net(torch.from_numpy(x)).detach().numpy(), model(x), atol=1e-6)
+    True
+    """
     torch = _torch()
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_torch takes a fastprop Module, got {type(model).__name__}")
-    dtype = {np.dtype(np.float64): torch.float64}.get(np.dtype(model.dtype or np.float32),
-                                                      torch.float32)
+    dtype = torch.float64 if np.dtype(model.dtype or np.float32) == np.float64 else torch.float32
     out = _to_layer(model, "", dtype)
     for t, f in _pairs(out, model):
         if not isinstance(f, nn.Sequential):

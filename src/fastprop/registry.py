@@ -23,19 +23,51 @@ __all__ = ["Activation", "Layer", "Loss", "ACTIVATIONS", "LAYERS", "LOSSES", "ac
 # input's sign only when the slope is > 0); doc: the Module's docstring.
 Activation = namedtuple("Activation", "name cls code params from_output doc")
 
+
+
+def _activation_doc(cls: str, formula: str, same_as: str, params: str = "", args: str = "") -> str:
+    """An activation Module's numpydoc docstring: the formula, its parameters, an example
+    comparing it with NumPy's ``same_as`` (an expression in x)."""
+    head = f"Elementwise {formula}\n\nInput and output are (batch, features), of one dtype.\n"
+    if params:
+        head += f"\nParameters\n----------\n{params}"
+        head += "\nRaises\n------\nTypeError\n    If an argument is unknown or given twice.\n"
+        if "beta" in params:
+            head += "ValueError\n    If beta is 0.\n"
+    return (head + "\nExamples\n--------\n>>> import math, numpy as np, fastprop as fp\n"
+            ">>> x = np.linspace(-3, 3, 7).reshape(1, 7)\n"
+            f">>> np.allclose(fp.{cls}({args})(x), {same_as}, atol=1e-6)\nTrue\n")
+
+
 ACTIVATIONS = (
-    Activation("identity", "Identity", 0, (), "always", "y = x."),
-    Activation("relu", "ReLU", 1, (), "always", "y = max(x, 0); relu′(0) = 0."),
+    Activation("identity", "Identity", 0, (), "always",
+               _activation_doc("Identity", "y = x.", "x")),
+    Activation("relu", "ReLU", 1, (), "always",
+               _activation_doc("ReLU", "y = max(x, 0); relu′(0) = 0.", "np.maximum(x, 0)")),
     Activation("leaky_relu", "LeakyReLU", 2, (("negative_slope", 0.01),), "positive_slope",
-               "y = x if x > 0 else negative_slope·x."),
-    Activation("abs", "Abs", 3, (), "never", "y = abs(x); abs′(0) = 0."),
-    Activation("sigmoid", "Sigmoid", 4, (), "always", "y = 1 / (1 + exp(−x))."),
-    Activation("tanh", "Tanh", 5, (), "always", "y = tanh(x)."),
+               _activation_doc("LeakyReLU", "y = x if x > 0 else negative_slope·x.",
+                               "np.where(x > 0, x, 0.1 * x)",
+                               "negative_slope : float, default 0.01\n    The slope for x <= 0.\n",
+                               "0.1")),
+    Activation("abs", "Abs", 3, (), "never",
+               _activation_doc("Abs", "y = abs(x); abs′(0) = 0.", "np.abs(x)")),
+    Activation("sigmoid", "Sigmoid", 4, (), "always",
+               _activation_doc("Sigmoid", "y = 1 / (1 + exp(−x)).", "1 / (1 + np.exp(-x))")),
+    Activation("tanh", "Tanh", 5, (), "always",
+               _activation_doc("Tanh", "y = tanh(x).", "np.tanh(x)")),
     Activation("softplus", "Softplus", 6, (("beta", 1.0), ("threshold", 20.0)), "never",
-               "y = log(1 + exp(βx))/β, and x where βx > threshold."),
-    Activation("cos", "Cos", 7, (), "never", "y = cos(x)."),
-    Activation("gelu", "GELU", 8, (), "never", "y = x Φ(x) (the exact erf form)."),
-    Activation("silu", "SiLU", 9, (), "never", "y = x σ(x)."),
+               _activation_doc("Softplus", "y = log(1 + exp(βx))/β, and x where βx > threshold.",
+                               "np.log1p(np.exp(2 * x)) / 2",
+                               "beta : float, default 1.0\n    β (nonzero).\n"
+                               "threshold : float, default 20.0\n    Above it (βx), y = x.\n",
+                               "beta=2.0")),
+    Activation("cos", "Cos", 7, (), "never",
+               _activation_doc("Cos", "y = cos(x).", "np.cos(x)")),
+    Activation("gelu", "GELU", 8, (), "never",
+               _activation_doc("GELU", "y = x Φ(x) (the exact erf form).",
+                               "x * (1 + np.vectorize(math.erf)(x / np.sqrt(2))) / 2")),
+    Activation("silu", "SiLU", 9, (), "never",
+               _activation_doc("SiLU", "y = x σ(x).", "x / (1 + np.exp(-x))")),
 )
 
 # The parametrised modules and containers: cls is the Module class (in module "nn" or

@@ -478,7 +478,7 @@ class MLPClassifier(_FastMLP, _SkMLPClassifier):
     hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate, \
 learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start, \
 momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon, \
-n_iter_no_change, max_fun
+n_iter_no_change, max_fun : as scikit-learn's
         As :class:`sklearn.neural_network.MLPClassifier`'s, with its defaults.
     dtype : {None, "float32", "float64"}, default None
         None: X's (as scikit-learn); otherwise X is cast. Keyword-only, as the extras below.
@@ -566,10 +566,10 @@ class MLPRegressor(_FastMLP, _SkMLPRegressor):
     loss, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate, \
 learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start, \
 momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon, \
-n_iter_no_change, max_fun
+n_iter_no_change, max_fun : as scikit-learn's
         As :class:`sklearn.neural_network.MLPRegressor`'s, with its defaults;
         ``loss="poisson"`` runs scikit-learn's own code.
-    dtype, restore_best_weights, optimizer, n_jobs
+    dtype, restore_best_weights, optimizer, n_jobs : as MLPClassifier's
         Keyword-only extras, as :class:`MLPClassifier`'s.
 
     Examples

@@ -117,6 +117,61 @@ class TrainStep:
     over all ranks' rows before the update, and J is the global mean (fastprop.distributed).
     ``clip_grad_norm`` (a max_norm): the gradients of the model's parameters are clipped
     to that total 2-norm (``clip_grad_norm_``) after the backward pass, before the update.
+
+    Parameters
+    ----------
+    model : Module
+        The model to train.
+    loss : Loss
+        The loss J(model(x), y).
+    optimizer : Optimizer
+        The optimizer over the model's parameters.
+    stop_on_nonfinite : bool, default True
+        Raise FloatingPointError, before the update, on a NaN or infinite loss.
+    per_example_clip : float, optional
+        DP-SGD: each example's gradient is clipped to this 2-norm.
+    noise_multiplier : float, default 0.0
+        DP-SGD: Gaussian noise of standard deviation noise_multiplier · per_example_clip
+        is added to the clipped sum (needs ``per_example_clip``).
+    rng : numpy.random.Generator or int, optional
+        The DP-SGD noise's generator or seed.
+    comm : mpi4py communicator or distributed.Overlap, optional
+        Data-parallel steps over the ranks of ``comm``.
+    clip_grad_norm : float, optional
+        Clip the gradients to this total 2-norm before the update.
+
+    Raises
+    ------
+    TypeError
+        If model is not a Module, loss not a Loss or optimizer not an Optimizer, or
+        per_example_clip is given with an optimizer that needs a closure.
+    ValueError
+        If noise_multiplier is nonzero without per_example_clip. From a call: if x of
+        shape (batch, in_features) or y does not match the model, or holds non-finite
+        values (nothing is changed).
+    FloatingPointError
+        From a call, with stop_on_nonfinite, on a non-finite loss.
+
+    See Also
+    --------
+    fit : The epoch loop over minibatches, built on TrainStep.
+
+    Notes
+    -----
+    ``step(x, y)`` takes x of shape (batch, in_features) and y as the loss takes it, and
+    returns the batch's mean loss (a float) before the update.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> X, y = fp.datasets.spirals(300, classes=3, seed=0)
+    >>> model = fp.Sequential(fp.Linear(2, 32, rng=0), fp.Tanh(), fp.Linear(32, 3, rng=1))
+    >>> step = fp.TrainStep(model, fp.SoftmaxCrossEntropy(), fp.Adam(model.parameters(), lr=1e-2))
+    >>> first = step(X[:64], y[:64])
+    >>> for _ in range(20):
+    ...     last = step(X[:64], y[:64])
+    >>> isinstance(first, float), last < first
+    (True, True)
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,
@@ -285,7 +340,29 @@ def _finite_batch(x: Any, y: Any) -> Any:
 
 
 class History:
-    """Per-epoch metrics of ``fit``: ``history["loss"]``, ``history.val_accuracy``, …"""
+    """Per-epoch metrics of ``fit``: ``history["loss"]``, ``history.val_accuracy``, …
+
+    ``fit`` returns one; it is not made by hand.
+
+    Attributes
+    ----------
+    history : dict of str to list
+        One list per metric, one entry per epoch: ``"loss"``, ``"accuracy"``,
+        ``"val_loss"``, ``"val_accuracy"`` (None where it has no meaning),
+        ``"samples_per_s"`` and ``"lr"`` (the first group's lr at the epoch's start).
+    epoch : list of int
+        The epochs run.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> X, y = fp.datasets.xor()
+    >>> model = fp.Sequential(fp.Linear(2, 4, rng=0), fp.Tanh(), fp.Linear(4, 2, rng=1))
+    >>> h = fp.fit(model, X, y.astype(int).ravel(), fp.SoftmaxCrossEntropy(),
+    ...            fp.SGD(model.parameters(), lr=0.1), epochs=2, progress=False)
+    >>> len(h["loss"]), h.loss == h.history["loss"]
+    (2, True)
+    """
 
     def __init__(self) -> None:
         self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
@@ -438,6 +515,83 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, optimizer: Optimi
     checkpoint (save_checkpoint plus fit's own state: epoch, shuffling RNG, history,
     callbacks) after each epoch; ``resume=path`` loads one and continues with the next
     epoch, so a killed fit resumed gives bitwise the parameters of an uninterrupted one.
+
+    Parameters
+    ----------
+    model : Module
+        The model to train (in place).
+    X : array_like of shape (samples, in_features)
+        The inputs, converted to the model's dtype.
+    y : array_like of shape (samples,) or (samples, out_features)
+        The targets: integer labels for SoftmaxCrossEntropy, an array otherwise.
+    loss : Loss
+        The loss.
+    optimizer : Optimizer
+        The optimizer over the model's parameters.
+    epochs : int, default 10
+        Passes over the data.
+    batch_size : int, default 64
+        Rows per step.
+    shuffle : bool, default True
+        Shuffle the rows once per epoch.
+    seed : int, default 0
+        The shuffling's seed.
+    validation_data : tuple (X_val, y_val), optional
+        Evaluated after each epoch (``val_loss``, ``val_accuracy``).
+    progress : bool, default True
+        Show a progress bar (tqdm when installed).
+    stop_on_nonfinite : bool, default True
+        Stop with a FloatingPointError on a non-finite loss.
+    drop_last : bool, default False
+        Skip the last partial batch of each epoch.
+    sample_weight : array_like of shape (samples,), optional
+        Per-sample weights of the loss.
+    comm : mpi4py communicator, optional
+        Data-parallel training over its ranks.
+    callbacks : sequence of Callback, optional
+        Called at the start, after each epoch and at the end.
+    scheduler : LRScheduler, optional
+        A learning-rate scheduler over ``optimizer``.
+    scheduler_interval : {"epoch", "step"}, default "epoch"
+        When the scheduler steps.
+    checkpoint : str or path, optional
+        A checkpoint file written after each epoch.
+    resume : str or path, optional
+        A checkpoint file (written by ``checkpoint=``) to continue from.
+
+    Returns
+    -------
+    History
+        The per-epoch metrics: ``history.history["loss"]``, ``["accuracy"]``,
+        ``["val_loss"]``, ``["val_accuracy"]``, ``["samples_per_s"]``, ``["lr"]``.
+
+    Raises
+    ------
+    TypeError
+        If model, loss or optimizer has the wrong type.
+    ValueError
+        If X and y do not match each other or the model, epochs or batch_size is not a
+        valid integer, or validation_data is not a pair.
+    FloatingPointError
+        With stop_on_nonfinite, on a non-finite loss.
+
+    See Also
+    --------
+    TrainStep : One step, as fit runs it.
+    evaluate : The loss and accuracy over a data set.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> X, y = fp.datasets.spirals(300, classes=3, seed=0)
+    >>> model = fp.Sequential(fp.Linear(2, 32, rng=0), fp.Tanh(), fp.Linear(32, 3, rng=1))
+    >>> history = fp.fit(model, X, y, loss=fp.SoftmaxCrossEntropy(),
+    ...                  optimizer=fp.Adam(model.parameters(), lr=1e-2),
+    ...                  epochs=3, batch_size=32, progress=False, validation_data=(X, y))
+    >>> sorted(history.history)
+    ['accuracy', 'loss', 'lr', 'samples_per_s', 'val_accuracy', 'val_loss']
+    >>> len(history.history["loss"])
+    3
     """
     X, y = _dataset(model, X, y)
     w = _sample_weights(sample_weight, X.shape[0], model.dtype)
@@ -700,8 +854,41 @@ def _resume(path: Any, model: Any, optimizer: Any, scheduler: Any, rng: Any, his
 
 
 def predict(model: Module, X: ArrayLike, batch_size: int = 4096) -> NDArray[Any]:
-    """The model's outputs for X (samples, features), computed in chunks, in eval mode (the
-    modes are restored after); a new array."""
+    """Return the model's outputs for X, computed in chunks in eval mode.
+
+    The modules' training modes are restored after.
+
+    Parameters
+    ----------
+    model : Module
+        The model.
+    X : array_like of shape (samples, in_features)
+        The inputs, converted to the model's dtype.
+    batch_size : int, default 4096
+        Rows per forward pass.
+
+    Returns
+    -------
+    ndarray of shape (samples, out_features)
+        The outputs, a new array of the model's dtype.
+
+    Raises
+    ------
+    ValueError
+        If X is not 2-D, has no samples or does not match the model, or batch_size is
+        not a positive integer.
+
+    See Also
+    --------
+    predict_proba : The class probabilities.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 8, rng=0), fp.ReLU(), fp.Linear(8, 3, rng=1))
+    >>> fp.predict(model, np.zeros((4, 2))).shape
+    (4, 3)
+    """
     X = as_input(X, model.dtype or np.float32)
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (samples, features), got shape {X.shape}")
@@ -726,7 +913,38 @@ def _predict(model: Any, run: Any, X: Any, batch_size: Any) -> Any:
 
 
 def predict_proba(model: Module, X: ArrayLike, batch_size: int = 4096) -> NDArray[Any]:
-    """Class probabilities: softmax of the outputs, or sigmoid for a single output column."""
+    """Return class probabilities: softmax of the outputs, or sigmoid for one output column.
+
+    Parameters
+    ----------
+    model : Module
+        The model (its outputs are logits).
+    X : array_like of shape (samples, in_features)
+        The inputs.
+    batch_size : int, default 4096
+        Rows per forward pass.
+
+    Returns
+    -------
+    ndarray of shape (samples, out_features)
+        The probabilities (each row sums to 1 for several columns), of the model's dtype.
+
+    Raises
+    ------
+    ValueError
+        As :func:`predict`.
+
+    See Also
+    --------
+    predict : The raw outputs.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> model = fp.Sequential(fp.Linear(2, 8, rng=0), fp.ReLU(), fp.Linear(8, 3, rng=1))
+    >>> fp.predict_proba(model, np.zeros((2, 2))).sum(axis=1).round(6)
+    array([1., 1.], dtype=float32)
+    """
     out = predict(model, X, batch_size)
     if out.shape[1] == 1:
         return ops.activation_forward(out, "sigmoid", out=out)
@@ -735,11 +953,45 @@ def predict_proba(model: Module, X: ArrayLike, batch_size: int = 4096) -> NDArra
 
 def evaluate(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, batch_size: int = 4096,
              sample_weight: ArrayLike | None = None) -> dict[str, float]:
-    """{"loss": mean loss, "accuracy": fraction correct (None for MSE)} over (X, y), in eval
-    mode (the modes are restored after).
+    """Return the mean loss and the accuracy over (X, y), in eval mode.
 
-    sample_weight (samples,): the loss is the weighted mean Σ_i w_i l_i / Σ_i w_i (the
-    accuracy stays the plain fraction)."""
+    The modules' training modes are restored after.
+
+    Parameters
+    ----------
+    model : Module
+        The model.
+    X : array_like of shape (samples, in_features)
+        The inputs.
+    y : array_like
+        The targets, as the loss takes them.
+    loss : Loss
+        The loss.
+    batch_size : int, default 4096
+        Rows per forward pass.
+    sample_weight : array_like of shape (samples,), optional
+        Row weights: the loss is the weighted mean Σ_i w_i l_i / Σ_i w_i (the accuracy
+        stays the plain fraction).
+
+    Returns
+    -------
+    dict
+        ``{"loss": mean loss, "accuracy": fraction correct, or None for MSE}``.
+
+    Raises
+    ------
+    ValueError
+        If X and y do not match each other or the model, or sample_weight has the
+        wrong shape.
+
+    Examples
+    --------
+    >>> import numpy as np, fastprop as fp
+    >>> X, y = fp.datasets.spirals(300, classes=3, seed=0)
+    >>> model = fp.Sequential(fp.Linear(2, 8, rng=0), fp.ReLU(), fp.Linear(8, 3, rng=1))
+    >>> sorted(fp.evaluate(model, X, y, fp.SoftmaxCrossEntropy()))
+    ['accuracy', 'loss']
+    """
     X, y = _dataset(model, X, y)
     batch_size = _batch_size(batch_size)
     w = _sample_weights(sample_weight, X.shape[0], model.dtype)
