@@ -63,7 +63,8 @@ def runner(model):
 def forward(model, xs):
     """The model's output for the checked inputs xs (a list of arrays) as a new array, on the
     tape; None where the modular path must run it: a model the tape cannot run, or one with a
-    Python module in training mode (its backward would need this forward's own state)."""
+    Python module in training mode (its backward would need this forward's own state), or a
+    Dropout, LayerNorm or BatchNorm1d in training mode (the C ops run eval mode only)."""
     _, run, modules = _entry(model)
     if run is None or model.training or any(m.training for m in modules):
         return None

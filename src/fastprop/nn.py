@@ -243,8 +243,9 @@ class Module:
     ``_output_like()``, ``_config()``, and for curvature ``r_supported``, ``_rforward``,
     ``_rbackward``; its constructor puts its Parameters in ``self._params`` (its children in
     ``self._children``), then calls ``flatten_parameters(self.parameters())`` and
-    ``self._share_guard()``. Other modules (containers, TrainStep and the tape, Closure,
-    curvature, autodiff, distributed) call the public side only: ``layer_forward``,
+    ``self._share_guard()``. Containers (Sequential, Graph) are Modules and call their
+    children's hooks; the other modules (TrainStep and the tape, Closure, curvature,
+    autodiff, distributed, io) call the public side only: ``layer_forward``,
     ``layer_backward``, ``layer_rforward``, ``layer_rbackward`` (the hooks, on workspaces,
     no copies), ``check_input``, ``r_workspace``, ``guard``/``exclusive()``,
     ``named_children()``, and each Parameter's ``buffer`` (a :class:`FlatBuffer` whose
