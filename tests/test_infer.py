@@ -254,3 +254,117 @@ def test_predict_allocates_only_its_output():
     finally:
         tracemalloc.stop()
     assert peak - start < y.nbytes + 4096
+
+
+# ---------------------------------------------------------------- Dropout, LayerNorm, BatchNorm1d in C
+
+def normed(dtype, track=True, affine=True):
+    return fp.Sequential(lin(5, 8, 0, dtype), fp.LayerNorm(8, dtype=dtype), fp.ReLU(),
+                         fp.Dropout(0.3, rng=0), lin(8, 8, 1, dtype),
+                         fp.BatchNorm1d(8, momentum=0.3, affine=affine, track_running_stats=track,
+                                        dtype=dtype),
+                         fp.Tanh(), lin(8, 3, 2, dtype))
+
+
+def trained(model, steps=3):
+    """Some training steps (on the tape), so the running statistics and weights are not their
+    initial values."""
+    rng = np.random.default_rng(7)
+    step = fp.TrainStep(model, fp.SoftmaxCrossEntropy(), fp.SGD(model.parameters(), lr=0.1))
+    for _ in range(steps):
+        step(rng.standard_normal((16, 5)).astype(model.dtype), rng.integers(0, 3, 16))
+    return model
+
+
+def no_python_forward(model, monkeypatch):
+    """The three layers' own forwards raise: what runs below runs in C."""
+    def refuse(self, x):
+        raise AssertionError(f"{type(self).__name__}._forward was called")
+    for cls in (fp.Dropout, fp.LayerNorm, fp.BatchNorm1d):
+        monkeypatch.setattr(cls, "_forward", refuse)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("track", [True, False])
+def test_dropout_layernorm_batchnorm_run_in_c_in_eval_mode(dtype, track, monkeypatch):
+    model = trained(normed(dtype, track))
+    X = np.random.default_rng(1).standard_normal((37, 5)).astype(dtype)
+    want = modular(model, X, 16)
+    want_call = modular(model, X[:7], 7)
+    counter = model[3]._counter
+    no_python_forward(model, monkeypatch)
+    got = fp.predict(model, X, batch_size=16)
+    np.testing.assert_array_equal(got, want)
+    model.eval()
+    np.testing.assert_array_equal(model(X[:7]), want_call)
+    assert model._replay is not None                  # model(x) ran on the tape
+    assert model[3]._counter == counter               # eval mode draws no mask
+    if track:
+        assert int(model[5].num_batches_tracked) == 3  # nor moves the statistics
+
+
+def test_settings_changed_or_loaded_after_the_runner_was_built(monkeypatch):
+    model = trained(normed(F64))
+    X = np.random.default_rng(2).standard_normal((20, 5))
+    before = fp.predict(model, X)
+    run = infer.runner(model)
+    model[1].eps, model[5].eps = 0.5, 2.0
+    model[3].p = 0.9                                     # eval mode: still the identity
+    changed = fp.predict(model, X)
+    assert infer.runner(model) is run                    # read at each run, no rebuild
+    assert not np.allclose(changed, before)
+    np.testing.assert_array_equal(changed, modular(model, X, 20))
+    other = trained(normed(F64), steps=5)
+    other[1].eps, other[5].eps = 0.5, 2.0
+    model.load_state_dict(other.state_dict())           # new weights and running statistics
+    np.testing.assert_array_equal(fp.predict(model, X), modular(other, X, 20))
+    assert infer.runner(model) is run
+
+
+def test_batchnorm_momentum_none_and_no_affine_in_eval_mode():
+    model = normed(F32, affine=False)
+    model[5].momentum = None                             # the cumulative average
+    trained(model, steps=4)
+    X = np.random.default_rng(3).standard_normal((9, 5)).astype(F32)
+    np.testing.assert_array_equal(fp.predict(model, X), modular(model, X, 9))
+    np.testing.assert_array_equal(fp.predict(model, X[:1]), modular(model, X[:1], 1))  # one row
+
+
+def test_training_mode_still_takes_the_modular_path():
+    model = trained(normed(F64))
+    x = np.random.default_rng(4).standard_normal((6, 5))
+    twin = copy_model(model)
+    counter, tracked = model[3]._counter, int(model[5].num_batches_tracked)
+    y = model(x)                                         # training mode: masks, batch statistics
+    assert model._replay is None
+    assert model[3]._counter > counter
+    assert int(model[5].num_batches_tracked) == tracked + 1
+    np.testing.assert_array_equal(y, twin(x))            # the same stream, the same statistics
+    model.eval()
+    model[5].train()                                     # one moded layer in training mode
+    model(x)
+    assert model._replay is None and int(model[5].num_batches_tracked) == tracked + 2
+    run = infer.runner(model)
+    with pytest.raises(ValueError, match="BatchNorm1d is in training mode"):
+        run.run((x,))
+
+
+def copy_model(model):
+    import copy
+    return copy.deepcopy(model)
+
+
+def test_eval_backward_after_a_tape_forward_matches_the_modular_one():
+    a = trained(normed(F64))
+    b = copy_model(a)
+    a.eval(), b.eval()
+    x = np.random.default_rng(5).standard_normal((8, 5))
+    ya = a(x)
+    assert a._replay is not None
+    with fp.nn.evaluating(b):
+        yb = b._public_forward(x)
+    np.testing.assert_array_equal(ya, yb)
+    g = np.random.default_rng(6).standard_normal(ya.shape)
+    np.testing.assert_array_equal(a.backward(g), b.backward(g))
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)

@@ -1,7 +1,9 @@
 # Forward-only runs of a tape (inference: predict, evaluate, model(x) in eval mode). The ops
 # are the tape's (built and checked by Tape), without the pre-activations a backward needs;
 # the values live in the buffers of plan.plan_values, each reused once its value is dead, and
-# the inputs and the output are the caller's arrays: a run allocates nothing.
+# the inputs and the output are the caller's arrays: a run allocates nothing. Dropout,
+# LayerNorm and BatchNorm1d run in C too, in eval mode: each run first reads their settings
+# from their modules (as Tape._sync does for a training run).
 # Included by _kernels.pyx (one extension module); the shared checks live there.
 
 cdef class Inference:
@@ -20,6 +22,8 @@ cdef class Inference:
     cdef object values               # per value, for the Python ops: its (batch, width) array
     cdef int64_t values_batch
     cdef bint has_modules
+    cdef tuple stateful              # (op index, kind, module) of Dropout, LayerNorm, BatchNorm1d
+    cdef list saved                  # their statistics' scratch (LayerNorm's grow with the batch)
 
     def __cinit__(self):
         self.ops = NULL
@@ -34,9 +38,20 @@ cdef class Inference:
         self.val = <void**>calloc(t.n_val, sizeof(void*))
         if not (self.ops and self.val):
             raise MemoryError()
+        stateful, self.saved = [], []
         for i in range(t.n_ops):
             self.ops[i] = t.ops[i]
             self.ops[i].preact = NULL   # kept for a backward only
+            self.ops[i].mask, self.ops[i].ws = NULL, NULL
+            o = program.ops[i]
+            if o.kind in (P.DROPOUT, P.LAYERNORM, P.BATCHNORM):
+                stateful.append((i, o.kind, o.module))
+            if o.kind == P.BATCHNORM:   # per feature: sized once
+                w = program.widths[o.out]
+                mean, rstd = np.empty(w, t.dtype), np.empty(w, t.dtype)
+                self.saved += [mean, rstd]
+                self.ops[i].mean, self.ops[i].rstd = _ptr(mean), _ptr(rstd)
+        self.stateful = tuple(stateful)
         vp = P.plan_values(program)
         if vp.slot[t.out] is None:
             raise ValueError("the program's output is one of its inputs: nothing to run")
@@ -55,7 +70,34 @@ cdef class Inference:
         self.bufs = [np.empty(batch * w, self.dtype) for w in self.slot_width]
         for v, s in enumerate(self.slot):
             self.val[v] = NULL if s is None else _ptr(self.bufs[s])
+        cdef fp_op *k
+        for i, kind, m in self.stateful:
+            if kind == FP_OP_LAYERNORM:   # per row: grows with the batch
+                k = &self.ops[i]
+                mean, rstd = np.empty(batch, self.dtype), np.empty(batch, self.dtype)
+                self.saved += [mean, rstd]
+                k.mean, k.rstd = _ptr(mean), _ptr(rstd)
         self.capacity, self.values_batch = batch, -1
+
+    cdef _sync(self):
+        """Each Dropout, LayerNorm and BatchNorm1d op takes its module's settings for this run
+        (p, eps, momentum, track_running_stats), in eval mode: a module in training mode is a
+        ValueError (its forward would draw a mask or move statistics: the modular path's job)."""
+        cdef fp_op *k
+        for i, kind, m in self.stateful:
+            if m.training:
+                raise ValueError(f"{type(m).__name__} is in training mode: inference runs eval "
+                                 f"mode only (call model.eval(), or use the modular forward)")
+        for i, kind, m in self.stateful:
+            k = &self.ops[i]
+            if kind == FP_OP_DROPOUT:   # eval mode: the identity
+                k.prob, k.active, k.track = m._p, 0, 0
+            elif kind == FP_OP_LAYERNORM:
+                k.eps = m.eps
+            else:   # BatchNorm1d._forward's flags in eval mode: running statistics if tracked
+                k.eps = m.eps
+                k.momentum = -1.0 if m.momentum is None else m.momentum
+                k.track, k.active = 0, not m.track_running_stats
 
     cdef _python_values(self, int64_t batch, tuple xs, object out):
         """Each value as an array, for the Python ops' callbacks (a view of its buffer)."""
@@ -90,6 +132,7 @@ cdef class Inference:
             batch = x.shape[0]
         if out is not None:
             out = _out(out, "out", (batch, self.n_out), np.empty(0, self.dtype))
+        self._sync()
         self._reserve(max(batch, 1))
         for v, x in zip(self.inputs, xs):
             self.val[v] = _ptr(x)

@@ -43,17 +43,17 @@ __all__ = ["jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_exampl
 
 def _rforward(model: Any, x: Any, rx: Any, v: Any) -> Any:
     """(y, R{y}) as workspace views: x moving by rx (None: fixed), parameters by v (dict)."""
-    return model._rforward(x, rx, v)
+    return model.layer_rforward(x, rx, v)
 
 
 def _rbackward(model: Any, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: Any) -> Any:
     """(gx, R{gx}); adds R{∂J/∂θ} into hv (dict). g None: the Gauss–Newton form."""
-    return model._rbackward(g, rg, v, hv, need_input_grad)
+    return model.layer_rbackward(g, rg, v, hv, need_input_grad)
 
 
 def _buf(model: Any, key: Any, shape: Any, dtype: Any) -> Any:
     """A workspace of this module's passes, kept on the model per key (and shape)."""
-    return model._rbuf(("autodiff",) + key, shape, dtype)
+    return model.r_workspace(("autodiff",) + key, shape, dtype)
 
 
 # ---------------------------------------------------------------- checks
@@ -63,7 +63,7 @@ def _check_model(model: Any, what: Any) -> Any:
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
     for m in model.modules():
-        if not m.r_supported and not m._children:
+        if not m.r_supported and not m.children():
             raise TypeError(f"{type(m).__name__} has no R-operator: {what} works on Sequential "
                             f"and Graph models of Linear, PReLU, the activations, Add, Concat "
                             f"and Mul")
@@ -103,7 +103,7 @@ def _input_direction(model: Any, x: Any, vx: Any) -> Any:
     """vx checked against the checked input x: the same structure, shapes and dtype."""
     if isinstance(x, list):  # a Graph's several inputs: vx as a tuple or dict like them
         try:
-            vx = model._check_input(vx)
+            vx = model.check_input(vx)
         except ValueError as e:
             raise ValueError(f"vx: {e}") from None
         pairs = zip(x, vx)
@@ -166,7 +166,7 @@ def jvp(model: Module, x: ArrayLike, v: ArrayLike | None = None,
     True
     """
     params = _check_model(model, "jvp")
-    x = model._check_input(x)
+    x = model.check_input(x)
     dtype = _dtype(x)
     if v is None and vx is None:
         raise ValueError("jvp needs a direction: v (the parameters'), vx (the input's) or both")
@@ -217,7 +217,7 @@ def vjp(model: Module, x: ArrayLike,
     ((26,), True)
     """
     params = _check_model(model, "vjp")
-    x = model._check_input(x)
+    x = model.check_input(x)
     dtype = _dtype(x)
     gy = as_input(gy, dtype, "gy")
     n = sum(p.size for p in params)
@@ -270,7 +270,7 @@ def jacobian(model: Module, x: ArrayLike) -> NDArray[Any]:
     (5, 2, 3)
     """
     params = _check_model(model, "jacobian")
-    x = model._check_input(x)
+    x = model.check_input(x)
     if isinstance(x, list):
         raise TypeError(f"jacobian needs a model with one input, this one has {len(x)}")
     B, d_in = x.shape
@@ -369,7 +369,7 @@ def hessian(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike, *,
     if size > max_bytes:
         raise ValueError(f"the Hessian of {n} parameters takes {size:,} bytes, more than "
                          f"max_bytes={max_bytes:,}: pass a larger max_bytes to allow it")
-    X = model._check_input(X)
+    X = model.check_input(X)
     y = _targets(X, y)
     leaves, _ = _leaves(model)
     if leaves is None:  # a Graph: one exact H eᵢ per column
@@ -520,7 +520,7 @@ def _per_example_check(model: Any, loss: Any, x: Any, y: Any,
     leaves, bad = _leaves(model)
     if leaves is None:
         _check_model(model, "per-example gradients")
-    x = model._check_input(x)
+    x = model.check_input(x)
     if _rows(x) < 1:
         raise ValueError("x must have at least one row")
     y = _targets(x, y)

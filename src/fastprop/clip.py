@@ -14,7 +14,7 @@ def _guards(params: Any) -> Any:
     """The locks of the models the parameters belong to (as an optimizer step takes them)."""
     out: list[Any] = []
     for p in params:
-        g = p._guard
+        g = p.guard
         if g is not None and all(g is not h for h in out):
             out.append(g)
     return out

@@ -151,7 +151,7 @@ def _check(model: Any, loss: Any) -> Any:
         why = getattr(m, "r_unsupported", None)   # a module that says why (BatchNorm1d in training)
         if why:
             raise TypeError(why)
-        if not m.r_supported and not m._children:
+        if not m.r_supported and not m.children():
             raise TypeError(f"{type(m).__name__} has no R-operator: Hessian–vector products "
                             f"support Sequential and Graph models of Linear, PReLU, the "
                             f"activations, Add, Concat and Mul")
@@ -181,14 +181,14 @@ def _rpass(model: Any, loss: Any, x: Any, y: Any, v: Any, hv: Any, gauss_newton:
     params = model.parameters()
     V = dict(zip(params, vector_views(v, params)))
     H = dict(zip(params, vector_views(hv, params)))
-    z, rz = model._rforward(x, None, V)
+    z, rz = model.layer_rforward(x, None, V)
     g = None
     args = loss.kernel_args(z.dtype)  # class weights, label smoothing, Huber's delta, ...
     if not gauss_newton:
-        _, g = getattr(ops, loss.kernel)(z, y, grad_out=model._rbuf("loss_g", z.shape, z.dtype), **args)
-    rg = getattr(ops, f"{loss.kernel}_hvp")(z, y, rz, out=model._rbuf("loss_rg", z.shape, z.dtype),
+        _, g = getattr(ops, loss.kernel)(z, y, grad_out=model.r_workspace("loss_g", z.shape, z.dtype), **args)
+    rg = getattr(ops, f"{loss.kernel}_hvp")(z, y, rz, out=model.r_workspace("loss_rg", z.shape, z.dtype),
                                              **args)
-    model._rbackward(g, rg, V, H, False)
+    model.layer_rbackward(g, rg, V, H, False)
 
 
 def _product(model: Any, loss: Any, x: Any, y: Any, v: Any, batch_size: Any, gauss_newton: Any,
@@ -197,7 +197,7 @@ def _product(model: Any, loss: Any, x: Any, y: Any, v: Any, batch_size: Any, gau
     dtype = params[0].dtype
     n = sum(p.size for p in params)
     v = _vector(v, n, dtype)
-    x = model._check_input(x)
+    x = model.check_input(x)
     y = np.asarray(y)
     rows = _rows(x)
     if y.ndim == 0 or y.shape[0] != rows:
@@ -362,7 +362,7 @@ def _operator(model: Any, loss: Any, X: Any, y: Any, batch_size: Any, gauss_newt
     params = _check(model, loss)
     n = sum(p.size for p in params)
     dtype = params[0].dtype
-    X = model._check_input(X)
+    X = model.check_input(X)
 
     def matvec(v: Any) -> Any:
         v = np.ascontiguousarray(np.asarray(v).reshape(-1), dtype=dtype)
@@ -500,7 +500,7 @@ def hessian_trace(model: Module, loss: Loss, X: ArrayLike, y: ArrayLike, n_sampl
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     dtype = params[0].dtype
-    X = model._check_input(X)
+    X = model.check_input(X)
     rng = np.random.default_rng(seed)
     hv = np.empty(n, dtype)
     samples = np.empty(n_samples)

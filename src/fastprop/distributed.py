@@ -549,7 +549,7 @@ class GradientSync:
         J = loss_sum / total if total else float("nan")
         ts._diverged(J)
         if not mass:
-            ts.optimizer._step_holding(ts.model._busy)
+            ts.optimizer._step_holding(ts.model.guard)
         return J
 
     # ---------------------------------------------------------------- DDP-style overlap
@@ -558,10 +558,10 @@ class GradientSync:
         ts, comm, model, mass = self.step, self.comm, self.step.model, self.mass
         J = 0.0
         if mass:
-            x = model._check_input(x)
+            x = model.check_input(x)
             if ts._check_batches:
                 _finite_batch(x, y)
-            out = model._forward(x)
+            out = model.layer_forward(x)
             J = ts.loss(out, y) if sample_weight is None else ts.loss(out, y, sample_weight)
             ts._diverged(J)
         self.reached = True
@@ -575,7 +575,7 @@ class GradientSync:
             g *= mass / total  # every parameter gradient comes out weighted for the global mean
         for i in range(len(model.layers) - 1, -1, -1):
             if mass:
-                g = model.layers[i]._backward(g, i > 0)
+                g = model.layers[i].layer_backward(g, i > 0)
             while b < len(buckets) and buckets[b][0] >= starts[i]:  # this bucket is final
                 lo, hi = buckets[b]
                 pending.append(comm.Iallreduce(MPI.IN_PLACE, grad[lo:hi], op=MPI.SUM))
@@ -587,7 +587,7 @@ class GradientSync:
             ts._out = out
         J = loss_sum / total if total else float("nan")
         ts._diverged(J)
-        ts.optimizer._step_holding(model._busy)
+        ts.optimizer._step_holding(model.guard)
         return J
 
     def _buckets(self, model: Any, grad: Any) -> Any:

@@ -66,20 +66,20 @@ class Closure:
 
     def __init__(self, model: Module, loss: Loss, x: NDArray[Any], y: NDArray[Any]) -> None:
         self.model, self.loss = model, loss
-        self.x = model._check_input(x)
+        self.x = model.check_input(x)
         self.y = np.asarray(y)
         self.output = None
         self.n_loss = self.n_grad = self.n_products = 0
 
     def __call__(self, backward: bool = True) -> Any:
         model = self.model
-        out = model._forward(self.x)
+        out = model.layer_forward(self.x)
         J = self.loss(out, self.y)
         if self.output is None:
             self.output = out.copy()
         if backward:
             model.zero_grad()
-            model._backward(self.loss.backward(), False)
+            model.layer_backward(self.loss.backward(), False)
             self.n_grad += 1
         else:
             self.n_loss += 1

@@ -78,7 +78,7 @@ def architecture(module: Module) -> dict[str, Any]:
             origin = module._origin[name]
             if origin not in index:
                 index[origin] = len(modules)
-                modules.append(architecture(module._children[origin]))
+                modules.append(architecture(dict(module.named_children())[origin]))
             nodes.append({"name": name, "module": index[origin], "inputs": list(refs)})
         return {"type": kind, "inputs": inputs, "modules": modules, "nodes": nodes,
                 "outputs": module.output_names}

@@ -4,8 +4,10 @@ A model owns ONE contiguous parameter buffer and ONE gradient buffer; every
 ``Parameter.data`` / ``.grad`` is a view into them, so an optimizer update is one
 C call over the flat buffer. Workspaces for activations and gradients are
 allocated once per batch size and reused. ``forward``/``backward`` return fresh
-arrays (a later call never changes what an earlier one returned); the internal
-``_forward``/``_backward`` pass workspaces along the chain.
+arrays (a later call never changes what an earlier one returned); the layer protocol's
+``layer_forward``/``layer_backward`` (the hooks ``_forward``/``_backward`` a subclass defines)
+pass workspaces along the chain. Each flat buffer is a :class:`FlatBuffer` with a version
+that its holders check (see :class:`Module` for the protocol).
 
 The activations (``Identity``, ``ReLU``, ``LeakyReLU(negative_slope=0.01)``, ``Abs``,
 ``Sigmoid``, ``Tanh``, ``Softplus(beta=1.0, threshold=20.0)``, ``Cos``, ``GELU``, ``SiLU``)
@@ -37,7 +39,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Parameter", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU",
+__all__ = ["Parameter", "FlatBuffer", "BufferVersions", "Module", "Linear", "LowRankLinear", "Sequential", "Identity", "ReLU", "LeakyReLU",
            "PReLU", "Abs", "Sigmoid", "Tanh", "Softplus", "Cos", "GELU", "SiLU"]
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -72,11 +74,67 @@ def _copy_into(view: Any, value: Any, what: Any) -> Any:
     view[...] = value
 
 
+class FlatBuffer:
+    """The contiguous ``data`` and ``grad`` arrays that some Parameters are views of (a model
+    has one; a lone Parameter is its own).
+
+    ``version`` increases whenever what a holder compiled from these arrays may have stopped
+    being true: a parameter moved out of them into new buffers (``flatten_parameters``: the
+    model was nested in another container, or copied), or the parameters were handed another
+    model's guard. A holder (TrainStep, an optimizer, the inference cache) keeps a
+    :class:`BufferVersions` of what it holds and compares it before each use: explicit
+    ownership, O(buffers) per step, no global state.
+    """
+    __slots__ = ("data", "grad", "version")
+
+    def __init__(self, data: Any, grad: Any) -> None:
+        self.data, self.grad, self.version = data, grad, 0
+
+    def __repr__(self) -> str:
+        return f"FlatBuffer(size={self.data.size}, dtype={self.data.dtype}, version={self.version})"
+
+
+class BufferVersions:
+    """What a holder of some parameters compiled against: each parameter's FlatBuffer, and
+    the version of every distinct one.
+
+    ``changed()`` (O(buffers), per step) says whether some version moved since; then
+    ``moved()`` (O(parameters), rare) says whether a parameter really left its buffer (the
+    holder recompiles, or refuses), else ``renew()`` records the new versions.
+    """
+    __slots__ = ("params", "flats", "buffers", "versions")
+
+    def __init__(self, params: Any) -> None:
+        self.params = list(params)
+        self.flats = [p._flat for p in self.params]
+        seen: dict[int, FlatBuffer] = {}
+        for f in self.flats:
+            seen.setdefault(id(f), f)
+        self.buffers = list(seen.values())
+        self.versions = [b.version for b in self.buffers]
+
+    def changed(self) -> bool:
+        """Whether some buffer's version moved since this was taken (or renewed)."""
+        for b, v in zip(self.buffers, self.versions):
+            if b.version != v:
+                return True
+        return False
+
+    def moved(self) -> bool:
+        """Whether some parameter is no longer a view of the buffer it was in."""
+        return any(p._flat is not f for p, f in zip(self.params, self.flats))
+
+    def renew(self) -> None:
+        """Records the buffers' current versions (after a change that moved no parameter)."""
+        self.versions = [b.version for b in self.buffers]
+
+
 class Parameter:
     """A learnable array: ``data`` and ``grad`` are views into the model's flat buffers.
 
     Assigning ``p.data = value`` copies into the view (the shape must match), so the
-    model and its optimizer keep seeing the same memory.
+    model and its optimizer keep seeing the same memory. ``p.buffer`` is the
+    :class:`FlatBuffer` it is a view of, ``p.offset`` where it starts there.
 
     Parameters
     ----------
@@ -103,7 +161,7 @@ class Parameter:
         data = np.array(data, dtype=as_dtype(np.asarray(data).dtype), copy=True, order="C")
         self._data = data
         self._grad = np.zeros_like(data)
-        self._flat = None      # (data buffer, grad buffer) the views belong to
+        self._flat = FlatBuffer(data.reshape(-1), self._grad.reshape(-1))   # its own, alone
         self._offset = 0
         self._guard = None     # the lock of the model it belongs to (Module._share_guard)
 
@@ -126,6 +184,10 @@ class Parameter:
     shape = property(lambda self: self._data.shape)
     size = property(lambda self: self._data.size)
     dtype = property(lambda self: self._data.dtype)
+    buffer = property(lambda self: self._flat, doc="The FlatBuffer this parameter is a view of.")
+    offset = property(lambda self: self._offset, doc="Its first element's index in buffer.")
+    guard = property(lambda self: self._guard,
+                     doc="The lock of the model it belongs to (None: none), as Module.guard.")
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
@@ -135,45 +197,35 @@ class Parameter:
 
     def __setstate__(self, state: Any) -> None:
         self._data, self._grad = state["data"], state["grad"]
-        self._flat, self._offset, self._guard = None, 0, None
-
-
-_flattens = 0   # how many times parameters were moved: a cheap staleness check for holders
-_guard_changes = 0  # how many times parameters were handed a guard (Module._share_guard)
-
-
-def guard_count() -> Any:
-    """Increases whenever some parameters get a new guard: optimizers cache their guards."""
-    return _guard_changes
-
-
-def flatten_count() -> Any:
-    """Increases whenever some parameters move to new buffers (see flatten_parameters)."""
-    return _flattens
+        self._flat = FlatBuffer(self._data.reshape(-1), self._grad.reshape(-1))
+        self._offset, self._guard = 0, None
 
 
 def flatten_parameters(params: Any) -> Any:
-    """Moves params into one new data buffer and one grad buffer; each becomes a view."""
-    global _flattens
+    """Moves params into one new data buffer and one grad buffer; each becomes a view. The
+    buffers they leave get a new version (their holders find out at their next use)."""
     if not params:
         return None
-    _flattens += 1
     dtypes = {p.dtype for p in params}
     if len(dtypes) > 1:
         raise TypeError(f"one model has one dtype, got parameters of {sorted(map(str, dtypes))}")
     dtype = dtypes.pop()
     total = sum(p.size for p in params)
     data, grad = np.empty(total, dtype), np.empty(total, dtype)
-    flat = (data, grad)
+    flat = FlatBuffer(data, grad)
     offset = 0
+    left = {}
     for p in params:
         n = p.size
         data[offset:offset + n] = p._data.reshape(-1)
         grad[offset:offset + n] = p._grad.reshape(-1)
         p._data = data[offset:offset + n].reshape(p.shape)
         p._grad = grad[offset:offset + n].reshape(p.shape)
+        left[id(p._flat)] = p._flat
         p._flat, p._offset = flat, offset
         offset += n
+    for old in left.values():
+        old.version += 1
     return data, grad
 
 
@@ -188,8 +240,7 @@ def flat_runs(params: Any) -> Any:
     for i, p in enumerate(params):
         if start is not None:
             q = params[i - 1]
-            if p._flat is not None and p._flat is params[start]._flat and \
-                    p._offset == q._offset + q.size:
+            if p._flat is params[start]._flat and p._offset == q._offset + q.size:
                 continue
             runs.append((start, i))
         start = i
@@ -198,22 +249,27 @@ def flat_runs(params: Any) -> Any:
     out = []
     for a, b in runs:
         first, last = params[a], params[b - 1]
-        if first._flat is None:  # a lone parameter that is its own buffer
-            out.append((first._data.reshape(-1), first._grad.reshape(-1)))
-        else:
-            lo, hi = first._offset, last._offset + last.size
-            out.append((first._flat[0][lo:hi], first._flat[1][lo:hi]))
+        lo, hi = first._offset, last._offset + last.size
+        out.append((first._flat.data[lo:hi], first._flat.grad[lo:hi]))
     return out
 
 
 class Module:
     """Base class: ``y = m(x)``, ``gx = m.backward(gy)`` (accumulating into every ``.grad``).
 
-    A subclass defines ``_forward(x)`` (saving what its backward needs and setting
-    ``_ready``), ``_backward(g, need_input_grad)`` and ``_output_like()``; Module gives
-    ``forward``/``backward`` (checked), ``parameters()``, ``named_parameters()``,
-    ``zero_grad()``, ``train()``/``eval()``, ``state_dict()``/``load_state_dict()`` and
-    the rest, as torch.nn.Module.
+    The layer protocol. A subclass defines the hooks ``_forward(x)`` (its output, in a
+    workspace it owns; saves what the backward needs), ``_backward(g, need_input_grad)``
+    (adds into its parameters' ``.grad``, returns ∂J/∂x or None; g is scratch),
+    ``_output_like()``, ``_config()``, and for curvature ``r_supported``, ``_rforward``,
+    ``_rbackward``; its constructor puts its Parameters in ``self._params`` (its children in
+    ``self._children``), then calls ``flatten_parameters(self.parameters())`` and
+    ``self._share_guard()``. Containers (Sequential, Graph) are Modules and call their
+    children's hooks; the other modules (TrainStep and the tape, Closure, curvature,
+    autodiff, distributed, io) call the public side only: ``layer_forward``,
+    ``layer_backward``, ``layer_rforward``, ``layer_rbackward`` (the hooks, on workspaces,
+    no copies), ``check_input``, ``r_workspace``, ``guard``/``exclusive()``,
+    ``named_children()``, and each Parameter's ``buffer`` (a :class:`FlatBuffer` whose
+    ``version`` tells a holder that what it compiled is stale).
 
     Examples
     --------
@@ -291,6 +347,52 @@ class Module:
             with evaluating(self):
                 self._forward(x)
 
+    # -------------------------------------------------------------- the layer protocol
+    # What other modules call; each delegates to the hook a subclass defines.
+    def layer_forward(self, x: Any) -> Any:
+        """The hook ``_forward``: f(x) into this module's workspace (valid until its next
+        pass), keeping what ``layer_backward`` needs. x is checked (``check_input``)."""
+        return self._forward(x)
+
+    def layer_backward(self, g: Any, need_input_grad: bool) -> Any:
+        """The hook ``_backward``: ∂J/∂x (None when not need_input_grad, if the module skips
+        it) from ∂J/∂y = g of the last ``layer_forward``; ADDS into every ``.grad``. g is
+        scratch: the module may overwrite it."""
+        return self._backward(g, need_input_grad)
+
+    def layer_rforward(self, x: Any, rx: Any, v: Any) -> Any:
+        """The hook ``_rforward``: (y, R{y}) for the input moving by rx and the parameters
+        by v (a dict Parameter → array), in the R pass's own workspaces."""
+        return self._rforward(x, rx, v)
+
+    def layer_rbackward(self, g: Any, rg: Any, v: Any, hv: Any, need_input_grad: bool) -> Any:
+        """The hook ``_rbackward``: (∂J/∂x, R{∂J/∂x}); ADDS R{∂J/∂θ} into hv[p]."""
+        return self._rbackward(g, rg, v, hv, need_input_grad)
+
+    def check_input(self, x: Any) -> Any:
+        """x as this module's forward takes it (contiguous, of its dtype, the width checked);
+        several inputs (a Graph's) as a list. TypeError/ValueError naming x otherwise."""
+        return self._check_input(x)
+
+    def r_workspace(self, key: Any, shape: Any, dtype: Any) -> Any:
+        """A workspace of the R pass kept on this module per key (reallocated when the shape
+        or dtype changes): for callers that run R passes through it (curvature, autodiff)."""
+        return self._rbuf(key, shape, dtype)
+
+    @property
+    def guard(self) -> Any:
+        """The lock every module and parameter of this model shares (see ``exclusive``); a
+        runner that holds it for a whole step takes it without waiting."""
+        return self._busy
+
+    def named_children(self) -> list[tuple[str, Module]]:
+        """[(name, module)] of the modules directly inside this one."""
+        return list(self._children.items())
+
+    def children(self) -> list[Module]:
+        """The modules directly inside this one."""
+        return list(self._children.values())
+
     def exclusive(self) -> Any:
         """A guard for one call: a second thread using this model meanwhile gets a clear
         RuntimeError instead of overwriting the first one's workspaces."""
@@ -298,13 +400,16 @@ class Module:
 
     def _share_guard(self) -> None:
         """This module's guard for every module and parameter inside it: they share its
-        workspaces and buffers, so using a layer of a model counts as using the model."""
-        global _guard_changes
+        workspaces and buffers, so using a layer of a model counts as using the model. Their
+        buffers get a new version (an optimizer caches the guards its step takes)."""
         for m in self.modules():
             m._busy = self._busy
+        bumped = set()
         for p in self.parameters():
             p._guard = self._busy
-        _guard_changes += 1
+            if id(p._flat) not in bumped:
+                bumped.add(id(p._flat))
+                p._flat.version += 1
 
     def _public_forward(self, x: Any) -> Any:
         xc = self._check_input(x)
@@ -503,7 +608,7 @@ class Module:
         # a deep copy or an unpickled model gets its own flat buffers again, and its own
         # guard; a shallow copy shares the original's parameters (as in PyTorch) and must
         # not move them, and shares their guard with them
-        if any(p._flat is None for p in params) or len(flat_runs(params)) > 1:
+        if len(flat_runs(params)) > 1:
             flatten_parameters(params)
             shared = None
         else:

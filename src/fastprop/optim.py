@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ._kernels import FlatRun, FlatUpdate
-from .nn import Parameter, _Exclusive, flat_runs, flatten_count, guard_count
+from .nn import BufferVersions, Parameter, _Exclusive, flat_runs
 from typing import Any, Iterable, Mapping, Union
 
 # what an optimizer takes: parameters, or parameter groups (dicts with "params" and options)
@@ -129,7 +129,7 @@ class Optimizer:
             self.add_param_group(group)
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
-        self._guards = None  # ((guard_count(), id(held)), the guards a step takes)
+        self._guards = None  # (id(held), the guards a step takes), until a buffer's version moves
 
     # ------------------------------------------------------------------ groups
     def _check_group(self, group: Any, where: Any) -> Any:
@@ -158,8 +158,8 @@ class Optimizer:
         self._alloc(slot, group)
         self.param_groups.append(group)
         self._slots.append(slot)
-        self._buffers = [p._flat for p in self.params]
-        self._flattens = flatten_count()
+        self._held = BufferVersions(self.params)   # the buffers the runs are views of
+        self._guards = None
 
     @property
     def _runs(self) -> Any:
@@ -205,12 +205,13 @@ class Optimizer:
     def _current_runs(self) -> Any:
         """The flat runs, group after group; an error if a parameter was moved to a new
         buffer since."""
-        if self._flattens != flatten_count():
-            if any(p._flat is not f for p, f in zip(self.params, self._buffers)):
+        if self._held.changed():
+            if self._held.moved():
                 raise RuntimeError("the model's parameters were moved to new buffers after the "
                                    "optimizer was created (e.g. by nesting the model in another "
                                    "Sequential); create the optimizer after building the model")
-            self._flattens = flatten_count()
+            self._held.renew()
+            self._guards = None   # the parameters may have other guards now
         return [run for slot in self._slots for run in slot.runs]
 
     def zero_grad(self) -> None:
@@ -223,11 +224,13 @@ class Optimizer:
 
     def _step_holding(self, held: Any) -> None:
         """step() for a caller that already holds the guard `held` (TrainStep holds its model's)."""
-        key = (guard_count(), id(held))
+        if self._held.changed():   # O(buffers); raises if the parameters moved
+            self._current_runs()
+        key = id(held)
         if self._guards is None or self._guards[0] != key:  # per step: cached, not recomputed
             guards = []
             for p in self.params:
-                g = p._guard
+                g = p.guard
                 if g is not None and g is not held and all(g is not h for h in guards):
                     guards.append(g)
             self._guards = (key, guards)
@@ -239,7 +242,7 @@ class Optimizer:
             self._step()
 
     def _step(self) -> None:
-        if self._flattens != flatten_count():
+        if self._held.changed():
             self._current_runs()
         for group, slot in zip(self.param_groups, self._slots):
             names = self._state_names(group)

@@ -13,8 +13,8 @@ from .clip import clip_by_norm
 from .hessian_free import Closure
 from .losses import MSE, HuberLoss, L1Loss, Loss, SigmoidBCE, SmoothL1Loss, SoftmaxCrossEntropy
 from .lr_scheduler import ReduceLROnPlateau
-from .nn import (Activation, Linear, Module, Sequential, as_input, busy_error, evaluating, flat_runs,
-                 flatten_count)
+from .nn import (Activation, BufferVersions, Linear, Module, Sequential, as_input, busy_error,
+                 evaluating, flat_runs)
 from .optim import SGD, Adam, AdamW, Optimizer
 from typing import Any, Sequence, TYPE_CHECKING
 from numpy.typing import ArrayLike, NDArray
@@ -205,8 +205,7 @@ class TrainStep:
 
     def _compile(self) -> None:
         self._params = self.model.parameters()
-        self._flats = [p._flat for p in self._params]
-        self._flattens = flatten_count()
+        self._held = BufferVersions(self._params)   # what the runner below was compiled against
         # an optimizer that needs the batch (HessianFree) gets a Closure, on the modular path
         self.closure = bool(getattr(self.optimizer, "needs_closure", False))
         special = self.closure or self._dp is not None
@@ -231,7 +230,7 @@ class TrainStep:
 
     def __call__(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """One step on (x, y); sample_weight (batch,): the loss is Σ_i w_i l_i / Σ_i w_i."""
-        busy = self.model._busy  # model.exclusive(), inlined: this is the per-step path
+        busy = self.model.guard  # model.exclusive(), inlined: this is the per-step path
         if not busy.acquire(False):
             raise busy_error(type(self.model).__name__)
         try:
@@ -242,10 +241,11 @@ class TrainStep:
             busy.release()
 
     def _step(self, x: Any, y: Any, sample_weight: Any = None) -> Any:
-        if self._flattens != flatten_count():
-            if any(p._flat is not f for p, f in zip(self._params, self._flats)):
+        if self._held.changed():   # O(buffers): one version for a model
+            if self._held.moved():
                 self._compile()  # the parameters moved to new buffers
-            self._flattens = flatten_count()
+            else:
+                self._held.renew()
         model = self.model
         if self.closure:
             if sample_weight is not None:
@@ -256,7 +256,7 @@ class TrainStep:
             self._out = closure.output
             return J
         if self._dp is not None:
-            x = model._check_input(x)
+            x = model.check_input(x)
             if self._check_batches:
                 _finite_batch(x, y)
             J, self._out = self._dp(x, y, sample_weight)
@@ -271,26 +271,26 @@ class TrainStep:
             J = self._tape_step(x, y)
             self._diverged(J)
         else:
-            x = model._check_input(x)
+            x = model.check_input(x)
             if self._check_batches:
                 _finite_batch(x, y)
-            out = model._forward(x)
+            out = model.layer_forward(x)
             J = self.loss(out, y, sample_weight)
             self._diverged(J)
             model.zero_grad()
-            model._backward(self.loss.backward(), False)
+            model.layer_backward(self.loss.backward(), False)
             self._out = out
         if self._sync is not None:  # between backward and update: all ranks' mean, global J
             J = self._sync.before_update(J)
         if self.clip_grad_norm is not None:
             clip_by_norm(self._grads, self.clip_grad_norm, 2.0, False)
-        self.optimizer._step_holding(model._busy)
+        self.optimizer._step_holding(model.guard)
         return J
 
     def _tape_step(self, x: Any, y: Any) -> Any:
         """Forward, loss and backward of any model on its tape (one C run between the
         callbacks of Python modules); the parameters' gradients overwritten."""
-        x = self.model._check_input(x)
+        x = self.model.check_input(x)
         if self._check_batches:
             _finite_batch(x, y)
         return self._tape.train(tuple(x) if isinstance(x, list) else (x,), y, self._tape.loss_code,
@@ -759,13 +759,12 @@ class _CEpoch:
     def ready(self) -> Any:
         opt, step = self.optimizer, self.step
         slot, group = opt._slots[0], opt.param_groups[0]
-        count = flatten_count()
-        busy = step.model._busy
-        return (step._flattens == count and opt._flattens == count and slot.calls is not None
+        busy = step.model.guard
+        return (not step._held.changed() and not opt._held.changed() and slot.calls is not None
                 and len(slot.calls) == 1 and type(slot.calls[0]) is _kernels.FlatUpdate
                 and not slot.fresh and opt._state_names(group) is slot.key
                 and not group.get("amsgrad", False) and step._net is not None
-                and all(p._guard is busy for p in opt.params))
+                and all(p.guard is busy for p in opt.params))
 
     def _options(self, group: Any, slot: Any) -> Any:
         if isinstance(self.optimizer, SGD):
@@ -782,7 +781,7 @@ class _CEpoch:
         """Steps from row a on, for ~0.1 s; returns (total_loss, correct, rows, diverged)."""
         opt, step = self.optimizer, self.step
         slot = opt._slots[0]
-        busy = step.model._busy
+        busy = step.model.guard
         if not busy.acquire(False):
             raise busy_error(type(step.model).__name__)
         try:
@@ -905,7 +904,7 @@ def predict(model: Module, X: ArrayLike, batch_size: int = 4096) -> NDArray[Any]
 
 def _predict(model: Any, run: Any, X: Any, batch_size: Any) -> Any:
     with model.exclusive():
-        X = model._check_input(X)
+        X = model.check_input(X)
         out = np.empty((X.shape[0], run.n_out), run.dtype)   # the only allocation
         for a in range(0, X.shape[0], batch_size):   # forward-only, on the tape
             run.run((X[a:a + batch_size],), out[a:a + batch_size])
@@ -1018,8 +1017,8 @@ def _evaluate(model: Any, X: Any, y: Any, loss: Any, batch_size: Any,
     run = run if run is not None and run.n_inputs == 1 else None
     for a in range(0, n, batch_size):
         b = min(a + batch_size, n)
-        xb = model._check_input(X[a:b])
-        out = model._forward(xb) if run is None else run.run((xb,))
+        xb = model.check_input(X[a:b])
+        out = model.layer_forward(xb) if run is None else run.run((xb,))
         wb = None if sample_weight is None else sample_weight[a:b]
         m = loss.weight_total(y[a:b], wb) if weighted else b - a
         if m > 0:  # a chunk whose weights are all 0 adds nothing (its own mean is undefined)
