@@ -84,6 +84,13 @@ class FlatBuffer:
     model's guard. A holder (TrainStep, an optimizer, the inference cache) keeps a
     :class:`BufferVersions` of what it holds and compares it before each use: explicit
     ownership, O(buffers) per step, no global state.
+
+    Parameters
+    ----------
+    data : ndarray of float32 or float64, shape (n,)
+        The parameters' values, contiguous.
+    grad : ndarray, shape (n,), of data's dtype
+        Their gradients, laid out as data.
     """
     __slots__ = ("data", "grad", "version")
 
@@ -101,6 +108,11 @@ class BufferVersions:
     ``changed()`` (O(buffers), per step) says whether some version moved since; then
     ``moved()`` (O(parameters), rare) says whether a parameter really left its buffer (the
     holder recompiles, or refuses), else ``renew()`` records the new versions.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        What the holder holds, in its order.
     """
     __slots__ = ("params", "flats", "buffers", "versions")
 
