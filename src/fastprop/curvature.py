@@ -12,14 +12,21 @@ Vectors ``v`` and the results are flat, in the model's flat-parameter layout
 ``vector_to_parameters`` and ``vector_views`` move between that and the parameters.
 
 Neither the parameters nor any ``.grad`` is touched, and neither is the last
-ordinary forward's workspace: the R pass has its own (``Module._rws``).
+ordinary forward's workspace: the R pass has its own.
+
+Both passes run on the model's tape (csrc/tape.c: the R-forward and R-backward of every op
+in C, a Python module's own ``_rforward``/``_rbackward`` called back for its op only), built
+once per model and kept until its parameters move; a model the tape cannot lower takes the
+modular path (each module's ``_rforward``/``_rbackward``, workspaces in ``Module._rws``).
 """
 from __future__ import annotations
+import weakref
+
 import numpy as np
 
-from . import ops
+from . import _kernels, ops, plan
 from .losses import Loss
-from .nn import Module, Parameter, as_input
+from .nn import Module, Parameter, as_input, flatten_count
 from typing import Any, Iterable
 from numpy.typing import ArrayLike, NDArray
 
@@ -100,14 +107,58 @@ def _vector(v: Any, n: Any, dtype: Any) -> Any:
     return arr
 
 
+# model -> (flatten_count at the check, the parameters' flat buffers, its R tape or None)
+_tapes: Any = weakref.WeakKeyDictionary()
+
+
+def _build_rtape(model: Any) -> Any:
+    if model.dtype is None:
+        return None
+    try:
+        program = plan.lower(model, fused=False)
+        if all(o.kind == plan.MODULE for o in program.ops):
+            return None
+        return _kernels.Tape(program, plan.plan_grads(program), model.dtype, -1,
+                             plan.plan_rvalues(program),
+                             plan.plan_offsets(program, model.parameters()))
+    except (plan.Unsupported, ValueError):   # a shape the tape does not run: modular path
+        return None
+
+
+def _rtape(model: Any) -> Any:
+    """The model's tape for the R-passes (built again when its parameters move), or None."""
+    entry, count = _tapes.get(model), flatten_count()
+    if entry is not None and entry[0] == count:
+        return entry[2]
+    flats = [p._flat for p in model.parameters()]
+    if entry is None or len(flats) != len(entry[1]) or \
+            any(a is not b for a, b in zip(flats, entry[1])):
+        entry = (count, flats, _build_rtape(model))
+    else:
+        entry = (count,) + entry[1:]
+    _tapes[model] = entry
+    return entry[2]
+
+
 def _rpass(model: Any, loss: Any, x: Any, y: Any, v: Any, hv: Any, gauss_newton: Any) -> None:
     """Adds the Hessian (or Gauss–Newton) product of J(x, y) with v into hv (flat)."""
     params = model.parameters()
-    V = dict(zip(params, vector_views(v, params)))
-    H = dict(zip(params, vector_views(hv, params)))
+    tape = _rtape(model)
+    V = H = None
+    if tape is None or tape.has_callbacks:   # what the modules' own R-passes take
+        V = dict(zip(params, vector_views(v, params)))
+        H = dict(zip(params, vector_views(hv, params)))
+    args = loss.kernel_args(v.dtype)  # class weights, label smoothing, Huber's delta, ...
+    if tape is not None:
+        z, rz = tape.rforward(tuple(x) if isinstance(x, list) else (x,), v, V)
+        g, rg = tape.output_grads
+        if not gauss_newton:
+            getattr(ops, loss.kernel)(z, y, grad_out=g, **args)
+        getattr(ops, f"{loss.kernel}_hvp")(z, y, rz, out=rg, **args)
+        tape.rbackward(v, hv, gauss_newton, V, H)
+        return
     z, rz = model._rforward(x, None, V)
     g = None
-    args = loss.kernel_args(z.dtype)  # class weights, label smoothing, Huber's delta, ...
     if not gauss_newton:
         _, g = getattr(ops, loss.kernel)(z, y, grad_out=model._rbuf("loss_g", z.shape, z.dtype), **args)
     rg = getattr(ops, f"{loss.kernel}_hvp")(z, y, rz, out=model._rbuf("loss_rg", z.shape, z.dtype),
