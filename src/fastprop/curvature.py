@@ -78,10 +78,15 @@ def vector_to_parameters(vec: NDArray[Any], model_or_params: Module | Iterable[P
 def _check(model: Any, loss: Any) -> Any:
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
+    # on the tape the C ops have their R-ops (LowRankLinear too): only a Python module's
+    # op needs its own _rforward/_rbackward
+    tape, callbacks = _rtape(model), _rtapes_callbacks(model)
     for m in model.modules():
         why = getattr(m, "r_unsupported", None)   # a module that says why (BatchNorm1d in training)
         if why:
             raise TypeError(why)
+        if callbacks is not None and id(m) not in callbacks:
+            continue
         if not m.r_supported and not m._children:
             raise TypeError(f"{type(m).__name__} has no R-operator: Hessian–vector products "
                             f"support Sequential and Graph models of Linear, PReLU, the "
@@ -107,37 +112,48 @@ def _vector(v: Any, n: Any, dtype: Any) -> Any:
     return arr
 
 
-# model -> (flatten_count at the check, the parameters' flat buffers, its R tape or None)
+# model -> (flatten_count at the check, the parameters' flat buffers, its R tape or None,
+# the ids of the modules its Python callbacks run, and of the modules inside them)
 _tapes: Any = weakref.WeakKeyDictionary()
 
 
 def _build_rtape(model: Any) -> Any:
     if model.dtype is None:
-        return None
+        return None, None
     try:
         program = plan.lower(model, fused=False)
         if all(o.kind == plan.MODULE for o in program.ops):
-            return None
-        return _kernels.Tape(program, plan.plan_grads(program), model.dtype, -1,
+            return None, None
+        tape = _kernels.Tape(program, plan.plan_grads(program), model.dtype, -1,
                              plan.plan_rvalues(program),
                              plan.plan_offsets(program, model.parameters()))
     except (plan.Unsupported, ValueError):   # a shape the tape does not run: modular path
-        return None
+        return None, None
+    return tape, {id(s) for o in program.ops if o.kind == plan.MODULE for s in o.module.modules()}
+
+
+def _rtape_entry(model: Any) -> Any:
+    entry, count = _tapes.get(model), flatten_count()
+    if entry is not None and entry[0] == count:
+        return entry
+    flats = [p._flat for p in model.parameters()]
+    if entry is None or len(flats) != len(entry[1]) or \
+            any(a is not b for a, b in zip(flats, entry[1])):
+        entry = (count, flats) + _build_rtape(model)
+    else:
+        entry = (count,) + entry[1:]
+    _tapes[model] = entry
+    return entry
 
 
 def _rtape(model: Any) -> Any:
     """The model's tape for the R-passes (built again when its parameters move), or None."""
-    entry, count = _tapes.get(model), flatten_count()
-    if entry is not None and entry[0] == count:
-        return entry[2]
-    flats = [p._flat for p in model.parameters()]
-    if entry is None or len(flats) != len(entry[1]) or \
-            any(a is not b for a, b in zip(flats, entry[1])):
-        entry = (count, flats, _build_rtape(model))
-    else:
-        entry = (count,) + entry[1:]
-    _tapes[model] = entry
-    return entry[2]
+    return _rtape_entry(model)[2]
+
+
+def _rtapes_callbacks(model: Any) -> Any:
+    """The ids of the modules the R tape's Python callbacks run (None: no tape)."""
+    return _rtape_entry(model)[3]
 
 
 def _rpass(model: Any, loss: Any, x: Any, y: Any, v: Any, hv: Any, gauss_newton: Any) -> None:
