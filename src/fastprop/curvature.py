@@ -75,12 +75,12 @@ def vector_to_parameters(vec: NDArray[Any], model_or_params: Module | Iterable[P
 
 # ---------------------------------------------------------------- the R pass
 
-def _check(model: Any, loss: Any) -> Any:
+def _check(model: Any, loss: Any, on_tape: bool = True) -> Any:
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
     # on the tape the C ops have their R-ops (LowRankLinear too): only a Python module's
-    # op needs its own _rforward/_rbackward
-    tape, callbacks = _rtape(model), _rtapes_callbacks(model)
+    # op needs its own _rforward/_rbackward (on_tape=False: every module, the modular R pass)
+    callbacks = _rtapes_callbacks(model) if on_tape else None
     for m in model.modules():
         why = getattr(m, "r_unsupported", None)   # a module that says why (BatchNorm1d in training)
         if why:
@@ -158,10 +158,10 @@ def _rtapes_callbacks(model: Any) -> Any:
 
 def _rpass(model: Any, loss: Any, x: Any, y: Any, v: Any, hv: Any, gauss_newton: Any) -> None:
     """Adds the Hessian (or Gauss–Newton) product of J(x, y) with v into hv (flat)."""
-    params = model.parameters()
     tape = _rtape(model)
     V = H = None
     if tape is None or tape.has_callbacks:   # what the modules' own R-passes take
+        params = model.parameters()
         V = dict(zip(params, vector_views(v, params)))
         H = dict(zip(params, vector_views(hv, params)))
     args = loss.kernel_args(v.dtype)  # class weights, label smoothing, Huber's delta, ...
