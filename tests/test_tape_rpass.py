@@ -418,19 +418,3 @@ def test_the_r_passes_refuse_bad_vectors_and_order():
         fp._kernels.Tape(program, plan.plan_grads(program), F64, -1, plan.plan_rvalues(program),
                          bad_offsets)
 
-
-def test_gradcheck_takes_its_gradient_from_the_tape(monkeypatch):
-    from fastprop import train
-    made = []
-
-    def spy(model, loss):
-        made.append(train_tape(model, loss))
-        return made[-1]
-    train_tape = train._tape_for
-    monkeypatch.setattr(train, "_tape_for", spy)
-    model = fp.Sequential(lin(3, 4, 0, F32), fp.Tanh(), fp.Residual(fp.Sequential(lin(4, 4, 1, F32))),
-                          lin(4, 2, 2, F32))
-    rng = np.random.default_rng(9)
-    x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
-    assert fp.gradcheck(model, fp.MSE(), x, y) < 1e-6
-    assert made and made[0] is not None

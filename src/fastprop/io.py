@@ -268,9 +268,7 @@ def gradcheck(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike, eps: float 
     """Maximum relative error between back-propagated and central-difference gradients.
 
     Runs on a float64 copy of the model (model itself is untouched). Every parameter
-    is perturbed, or max_checks of them chosen at random. The back-propagated gradient is
-    the tape's (csrc/tape.c) where the model lowers and the loss runs there, else the
-    modular path's.
+    is perturbed, or max_checks of them chosen at random.
 
     Parameters
     ----------
@@ -326,15 +324,9 @@ def gradcheck(model: Module, loss: Loss, x: ArrayLike, y: ArrayLike, eps: float 
         x = np.asarray(x, dtype=np.float64)
     m64.zero_grad()
     rewind()
-    from .train import _tape_for   # the analytic gradient on the tape where the model lowers
-    tape = _tape_for(m64, loss)
-    if tape is not None:
-        xs = m64._check_input(x)
-        tape.train(tuple(xs) if isinstance(xs, list) else (xs,), y, tape.loss_code)
-    else:
-        out = m64.forward(x)
-        loss(out, y)
-        m64.backward(loss.backward())
+    out = m64.forward(x)
+    loss(out, y)
+    m64.backward(loss.backward())
     (data, grad), = nn.flat_runs(m64.parameters())
     analytic = grad.copy()
     idx = np.arange(data.size)
