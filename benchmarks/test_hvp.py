@@ -6,13 +6,17 @@ chain (Network.train, no optimizer update); "hvp" is fastprop.hvp (R-forward and
 R-backward), "gnvp" the Gauss–Newton product. Before timing, the float64 hvp of the
 same network is checked against central differences of its gradient, and the float32
 one against the float64 one. The ratio hvp / gradient is the issue's cost criterion (≤ 3).
+
+"hvp-residual": a residual MLP of width 64 (32 → 64, four Residual blocks of
+Linear-ReLU-Linear, → 10; B=128, float32): fastprop.hvp on the tape (the R-passes in C)
+against the same product on the modular path (one Python visit per module and pass).
 """
 import numpy as np
 import pytest
 from conftest import run
 
 import fastprop as fp
-from fastprop import _kernels
+from fastprop import _kernels, curvature
 from fastprop.bench import WORKLOADS
 from fastprop.train import _chain_blocks
 
@@ -56,6 +60,14 @@ class Setup:
     def gnvp(self):
         return fp.gnvp(self.model, self.loss, self.x, self.y, self.v, out=self.out)
 
+    def hvp_modular(self):   # the same product with the R tape off: the modular path
+        saved = curvature._rtape, curvature._rtapes_callbacks
+        curvature._rtape = curvature._rtapes_callbacks = lambda m: None
+        try:
+            return self.hvp()
+        finally:
+            curvature._rtape, curvature._rtapes_callbacks = saved
+
 
 _setup = []
 
@@ -85,14 +97,43 @@ def setup():
     return _setup[0]
 
 
-@pytest.mark.parametrize("kind", ["gradient", "fused_gradient", "hvp", "gnvp"])
+@pytest.mark.parametrize("kind", ["gradient", "fused_gradient", "hvp", "gnvp", "hvp_modular"])
 def test_hvp_against_gradient(benchmark, kind):
     benchmark.group = "hvp-small"
     benchmark.name = {"gradient": "gradient (modular)", "fused_gradient": "gradient (fused C chain)",
-                      "hvp": "fastprop.hvp", "gnvp": "fastprop.gnvp"}[kind]
+                      "hvp": "fastprop.hvp", "gnvp": "fastprop.gnvp",
+                      "hvp_modular": "fastprop.hvp (modular path)"}[kind]
     s = setup()
     result = run(benchmark, getattr(s, kind))
-    if kind in ("hvp", "gnvp"):
+    if kind in ("hvp", "gnvp", "hvp_modular"):
         assert result is s.out and np.all(np.isfinite(result))
     else:
         assert np.isfinite(result)
+
+
+def residual_model(width=64, blocks=4, dtype=np.float32):
+    layers = [fp.Linear(32, width, dtype=dtype, rng=0), fp.ReLU()]
+    layers += [fp.Residual(fp.Sequential(fp.Linear(width, width, dtype=dtype, rng=k + 1), fp.ReLU(),
+                                         fp.Linear(width, width, dtype=dtype, rng=k + 50)))
+               for k in range(blocks)]
+    return fp.Sequential(*layers, fp.Linear(width, 10, dtype=dtype, rng=99))
+
+
+@pytest.mark.parametrize("path", ["tape", "modular"])
+def test_hvp_of_a_residual_model(benchmark, path, monkeypatch):
+    benchmark.group = "hvp-residual"
+    benchmark.name = f"fastprop.hvp, residual width 64 ({path})"
+    rng = np.random.default_rng(0)
+    model, loss = residual_model(), fp.SoftmaxCrossEntropy()
+    x, y = rng.standard_normal((BATCH, 32)).astype(np.float32), rng.integers(0, 10, BATCH)
+    v = rng.standard_normal(model.num_parameters()).astype(np.float32)
+    out = np.empty_like(v)
+    on_tape = fp.hvp(model, loss, x, y, v).astype(np.float64)
+    assert curvature._rtape(model) is not None
+    if path == "modular":
+        monkeypatch.setattr(curvature, "_rtape", lambda m: None)
+        monkeypatch.setattr(curvature, "_rtapes_callbacks", lambda m: None)
+        ref = fp.hvp(model, loss, x, y, v).astype(np.float64)
+        assert np.abs(ref - on_tape).max() <= 1e-4 * np.abs(ref).max()
+    result = run(benchmark, lambda: fp.hvp(model, loss, x, y, v, out=out))
+    assert result is out and np.all(np.isfinite(result))

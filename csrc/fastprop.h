@@ -112,6 +112,7 @@ typedef struct {
     void *mean, *rstd, *ws;  /* LayerNorm: (batch) each; BatchNorm: (c) each, ws (2c) scratch */
     void *run_mean, *run_var;   /* BatchNorm: running statistics (NULL: not tracked) */
     int64_t *tracked;        /* BatchNorm: num_batches_tracked */
+    int64_t off_w, off_b;    /* the R-pass: w's and b's offsets in the flat v and hv (-1: none) */
 } fp_op;
 
 /* Philox blocks one dropout_forward call of n units uses: its stream advances by this much */
@@ -215,7 +216,14 @@ void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
                           void *const *grad, const int64_t *width, int64_t batch,          \
                           int accumulate);                                                 \
     int tape_loss_##S(double *loss, R *g, const R *z, int64_t batch, int64_t n_out,        \
-                      int loss_kind, const int64_t *labels, const R *target);
+                      int loss_kind, const int64_t *labels, const R *target);              \
+    /* the tape's R-passes: R-forward of ops [a, b), R-backward into both grad tables */  \
+    int tape_rforward_##S(const fp_op *ops, int a, int b, void *const *val,                \
+                          void *const *rval, const int64_t *width, int64_t batch,          \
+                          const R *v);                                                     \
+    int tape_rbackward_##S(const fp_op *ops, int a, int b, void *const *val,               \
+                           void *const *rval, void *const *grad, void *const *rgrad,       \
+                           const int64_t *width, int64_t batch, const R *v, R *hv);
 
 FP_DECLARE(float, f32)
 FP_DECLARE(double, f64)

@@ -396,12 +396,15 @@ cdef extern from "fastprop.h" nogil:
         void *run_mean
         void *run_var
         int64_t *tracked
+        int64_t off_w, off_b
 
 cdef extern from *:
     """
     #define c_tape_forward(f64, ...) FP_BY_DTYPE(tape_forward, f64, __VA_ARGS__)
     #define c_tape_backward(f64, ...) FP_BY_DTYPE(tape_backward, f64, __VA_ARGS__)
     #define c_tape_loss(f64, ...) FP_BY_DTYPE(tape_loss, f64, __VA_ARGS__)
+    #define c_tape_rforward(f64, ...) FP_BY_DTYPE(tape_rforward, f64, __VA_ARGS__)
+    #define c_tape_rbackward(f64, ...) FP_BY_DTYPE(tape_rbackward, f64, __VA_ARGS__)
     """
     int c_tape_forward(bint f64, const fp_op *ops, int a, int b, void **val,
         const int64_t *width, int64_t batch) nogil
@@ -409,6 +412,11 @@ cdef extern from *:
         const int64_t *width, int64_t batch, int accumulate) nogil
     int c_tape_loss(bint f64, double *loss, void *g, const void *z, int64_t batch, int64_t n_out,
         int loss_kind, const void *labels, const void *target) nogil
+    int c_tape_rforward(bint f64, const fp_op *ops, int a, int b, void **val, void **rval,
+        const int64_t *width, int64_t batch, const void *v) nogil
+    int c_tape_rbackward(bint f64, const fp_op *ops, int a, int b, void **val, void **rval,
+        void **grad, void **rgrad, const int64_t *width, int64_t batch, const void *v,
+        void *hv) nogil
 
 # fit's epoch in C (csrc/fit.c, bindings in _fit.pxi)
 cdef extern from "fastprop.h":

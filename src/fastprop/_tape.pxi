@@ -49,6 +49,13 @@ cdef class Tape:
     apply to the next step without re-planning; Dropout's stream position goes from the
     module into the op and back (one stream per module, the modular path's), BatchNorm1d's
     running statistics and num_batches_tracked are written in the module's own buffers.
+
+    The R-passes (curvature): built with ``rvalues=plan.plan_rvalues(program)`` and
+    ``offsets=plan.plan_offsets(program, params)`` from an unfused program (``lower(model,
+    fused=False)``), ``rforward(xs, v)`` then ``rbackward(v, hv, gauss_newton)`` add the
+    Hessian (or Gauss–Newton) product with the flat direction v into hv, the loss's
+    ``*_hvp`` kernel between them writing ``output_grads``. Their R-values and R{g} slots
+    are allocated once per batch size too.
     """
     cdef fp_op *ops
     cdef int64_t *width
@@ -65,13 +72,21 @@ cdef class Tape:
     cdef list values, gviews         # per value: its (batch, width) array / gradient view
     cdef tuple stateful, drops       # (op index, kind, module) of the moded layers; the Dropouts
     cdef object rng                  # (len(drops), 2) uint64: each Dropout's {key, counter}
+    cdef void **rval
+    cdef void **rgrad
+    cdef object rplan                # plan.RValuePlan, or None: no R-passes
+    cdef readonly int64_t n_params   # the length of v and hv (R-passes)
+    cdef int64_t rbatch, rdone       # the R workspace's batch; the batch of the last R-forward
+    cdef dict rspaces
+    cdef list rvalues, rgviews       # per value: its R-value / R{g} view (None: none)
 
     def __cinit__(self):
         self.ops = NULL
         self.width = NULL
         self.val = self.grad = NULL
+        self.rval = self.rgrad = NULL
 
-    def __init__(self, program, grads, dtype, int loss_code=-1):
+    def __init__(self, program, grads, dtype, int loss_code=-1, rvalues=None, offsets=None):
         from fastprop import plan as P
         self.program, self.plan, self.dtype = program, grads, np.dtype(dtype)
         self.loss_code = loss_code
@@ -80,7 +95,9 @@ cdef class Tape:
         self.width = <int64_t*>calloc(self.n_val, sizeof(int64_t))
         self.val = <void**>calloc(self.n_val, sizeof(void*))
         self.grad = <void**>calloc(self.n_val, sizeof(void*))
-        if not (self.ops and self.width and self.val and self.grad):
+        self.rval = <void**>calloc(self.n_val, sizeof(void*))
+        self.rgrad = <void**>calloc(self.n_val, sizeof(void*))
+        if not (self.ops and self.width and self.val and self.grad and self.rval and self.rgrad):
             raise MemoryError()
         for v, w in enumerate(program.widths):
             self.width[v] = w
@@ -112,6 +129,15 @@ cdef class Tape:
                     self.arrays.append(_out(a, f"op {i} {name}", a.shape, like))
             k.w, k.b, k.dw, k.db = _ptr(o.w), _ptr(o.b), _ptr(o.dw), _ptr(o.db)
             k.n_w = 0 if o.w is None else o.w.size
+            k.off_w = k.off_b = -1
+            if offsets is not None:   # checked: each parameter inside v, as large as the op's
+                ow, ob = offsets.ops[i]
+                for off, a in ((ow, o.w), (ob, o.b)):
+                    if (a is None) != (off < 0) or \
+                            (a is not None and not 0 <= off <= offsets.n - a.size):
+                        raise ValueError(f"op {i}: parameter offsets {offsets.ops[i]} outside "
+                                         f"the {offsets.n} parameters")
+                k.off_w, k.off_b = ow, ob
             if o.kind in (P.DROPOUT, P.LAYERNORM, P.BATCHNORM):
                 stateful.append((i, o.kind, o.module))
             if o.kind == P.DROPOUT:
@@ -139,12 +165,20 @@ cdef class Tape:
         self.n_out = program.widths[program.output]
         self.batch = -1
         self.spaces = {}
+        self.rplan = rvalues
+        self.n_params = -1 if offsets is None else offsets.n
+        if rvalues is not None and (offsets is None or len(rvalues.slot) != self.n_val):
+            raise ValueError("the R-passes need the offsets and an R-value plan of this program")
+        self.rbatch = self.rdone = -1
+        self.rspaces = {}
 
     def __dealloc__(self):
         free(self.ops)
         free(self.width)
         free(self.val)
         free(self.grad)
+        free(self.rval)
+        free(self.rgrad)
 
     cdef _workspace(self, int64_t batch):
         """Each value's array, the gradient slots and the kept pre-activations, per batch size."""
@@ -284,6 +318,124 @@ cdef class Tape:
             else:
                 self._module_backward(run)
         return value
+
+    # ------------------------------------------------------------ the R-passes (curvature)
+    cdef _rworkspace(self, int64_t batch):
+        """The R-values' buffers (plan.plan_rvalues) and the R{g} slots (the grad table's
+        plan again), per batch size; the value workspace is _workspace's."""
+        if batch == self.rbatch:
+            return
+        widths = self.program.widths
+        if batch not in self.rspaces:
+            rbufs = [np.empty(batch * w, self.dtype) for w in self.rplan.slot_width]
+            rvalues = [None if s is None else rbufs[s][:batch * widths[v]].reshape(batch, widths[v])
+                       for v, s in enumerate(self.rplan.slot)]
+            gbufs = [np.empty(batch * w, self.dtype) for w in self.plan.slot_width]
+            rgviews = [None if s is None else gbufs[s][:batch * widths[v]].reshape(batch, widths[v])
+                       for v, s in enumerate(self.plan.slot)]
+            if len(self.rspaces) >= 2:
+                del self.rspaces[next(iter(self.rspaces))]
+            self.rspaces[batch] = (rvalues, rgviews)
+        self.rvalues, self.rgviews = self.rspaces[batch]
+        for v in range(self.n_val):
+            self.rval[v] = _ptr(self.rvalues[v])
+            self.rgrad[v] = _ptr(self.rgviews[v])
+        self.rbatch = batch
+
+    cdef _direction(self, a, str name, bint write):
+        if not isinstance(a, np.ndarray) or a.dtype != self.dtype or a.shape != (self.n_params,) \
+                or not a.flags.c_contiguous or (write and not a.flags.writeable):
+            raise ValueError(f"{name} must be a{' writeable' if write else ''} C-contiguous "
+                             f"({self.n_params},) array of {self.dtype}")
+        return a
+
+    @property
+    def has_callbacks(self):
+        """Whether some op is a Python module's (its R-passes then take vdict and hdict)."""
+        return bool(self.modules)
+
+    @property
+    def output_grads(self):
+        """(∂J/∂z, R{∂J/∂z}) of the latest R-forward's output: the loss writes them."""
+        if self.rdone < 0:
+            return None
+        return self.gviews[self.out], self.rgviews[self.out]
+
+    def rforward(self, tuple xs, v, vdict=None):
+        """The R-forward along the flat direction v: returns (z, R{z}), workspace views.
+        vdict (Parameter -> view of v) is what the Python modules' _rforward take."""
+        if self.rplan is None:
+            raise ValueError("this tape was built without the R-passes' plan")
+        cdef int64_t batch = self._inputs(xs)
+        V = self._direction(v, "v", False)
+        self._rworkspace(batch)
+        self.rdone = -1
+        cdef int rc, a, b
+        cdef bint f64 = self.dtype == np.float64
+        cdef vptr pv = _ptr(V)
+        self._sync(batch)
+        try:
+            for run in self.runs:
+                if isinstance(run, tuple):
+                    a, b = run
+                    with nogil:
+                        rc = c_tape_rforward(f64, self.ops, a, b, self.val, self.rval, self.width,
+                                             batch, pv)
+                    _check(rc, "Tape.rforward")
+                else:
+                    o = self.program.ops[run]
+                    y, ry = o.module._rforward(self.values[o.ins[0]], self.rvalues[o.ins[0]], vdict)
+                    np.copyto(self.values[o.out], y)
+                    if ry is None:
+                        self.rvalues[o.out].fill(0)
+                    else:
+                        np.copyto(self.rvalues[o.out], ry)
+        finally:
+            for s, m in enumerate(self.drops):
+                m._counter = (<uint64_t*>_ptr(self.rng))[2 * s + 1]
+        self.rdone = batch
+        return self.values[self.out], self.rvalues[self.out]
+
+    def rbackward(self, v, hv, bint gauss_newton=False, vdict=None, hdict=None):
+        """The R-backward of the latest rforward (the same v) from output_grads: adds
+        R{∂J/∂θ} into hv (flat). gauss_newton: ∂J/∂z is not read (the Gauss–Newton pass).
+        vdict, hdict: Parameter -> views of v and hv, for the Python modules' _rbackward."""
+        if self.rdone < 0 or self.rdone != self.batch or self.rdone != self.rbatch:
+            raise ValueError("rbackward needs the R-forward of this batch first")
+        V, H = self._direction(v, "v", False), self._direction(hv, "hv", True)
+        cdef int rc, a, b
+        cdef int64_t batch = self.rdone
+        cdef bint f64 = self.dtype == np.float64
+        cdef vptr pv = _ptr(V), ph = _ptr(H)
+        cdef void **grad = NULL if gauss_newton else self.grad
+        for run in reversed(self.runs):
+            if isinstance(run, tuple):
+                a, b = run
+                with nogil:
+                    rc = c_tape_rbackward(f64, self.ops, a, b, self.val, self.rval, grad,
+                                          self.rgrad, self.width, batch, pv, ph)
+                _check(rc, "Tape.rbackward")
+            else:
+                self._module_rbackward(run, gauss_newton, vdict, hdict)
+
+    cdef _module_rbackward(self, int i, bint gauss_newton, vdict, hdict):
+        o = self.program.ops[i]
+        dest, rdest = self.gviews[o.ins[0]], self.rgviews[o.ins[0]]
+        g = None if gauss_newton else self.gviews[o.out]
+        gx, rgx = o.module._rbackward(g, self.rgviews[o.out], vdict, hdict, rdest is not None)
+        if rdest is None:
+            return
+        acc = self.plan.acc[i][0]
+        for d, t in ((None if gauss_newton else dest, gx), (rdest, rgx)):
+            if d is None:
+                continue
+            if t is None:   # a share that is zero
+                if not acc:
+                    d.fill(0)
+            elif acc:
+                d += t
+            else:
+                np.copyto(d, t)
 
     cdef _module_backward(self, int i):
         o = self.program.ops[i]

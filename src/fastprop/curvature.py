@@ -12,14 +12,21 @@ Vectors ``v`` and the results are flat, in the model's flat-parameter layout
 ``vector_to_parameters`` and ``vector_views`` move between that and the parameters.
 
 Neither the parameters nor any ``.grad`` is touched, and neither is the last
-ordinary forward's workspace: the R pass has its own (``Module._rws``).
+ordinary forward's workspace: the R pass has its own.
+
+Both passes run on the model's tape (csrc/tape.c: the R-forward and R-backward of every op
+in C, a Python module's own ``_rforward``/``_rbackward`` called back for its op only), built
+once per model and kept until its parameters move; a model the tape cannot lower takes the
+modular path (each module's ``_rforward``/``_rbackward``, workspaces in ``Module._rws``).
 """
 from __future__ import annotations
+import weakref
+
 import numpy as np
 
-from . import ops
+from . import _kernels, ops, plan
 from .losses import Loss
-from .nn import Module, Parameter, as_input
+from .nn import BufferVersions, Module, Parameter, as_input
 from typing import Any, Iterable
 from numpy.typing import ArrayLike, NDArray
 
@@ -144,13 +151,18 @@ def vector_to_parameters(vec: NDArray[Any], model_or_params: Module | Iterable[P
 
 # ---------------------------------------------------------------- the R pass
 
-def _check(model: Any, loss: Any) -> Any:
+def _check(model: Any, loss: Any, on_tape: bool = True) -> Any:
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastprop Module, got {type(model).__name__}")
+    # on the tape the C ops have their R-ops (LowRankLinear too): only a Python module's
+    # op needs its own _rforward/_rbackward (on_tape=False: every module, the modular R pass)
+    callbacks = _rtapes_callbacks(model) if on_tape else None
     for m in model.modules():
         why = getattr(m, "r_unsupported", None)   # a module that says why (BatchNorm1d in training)
         if why:
             raise TypeError(why)
+        if callbacks is not None and id(m) not in callbacks:
+            continue
         if not m.r_supported and not m.children():
             raise TypeError(f"{type(m).__name__} has no R-operator: Hessian–vector products "
                             f"support Sequential and Graph models of Linear, PReLU, the "
@@ -176,14 +188,69 @@ def _vector(v: Any, n: Any, dtype: Any) -> Any:
     return arr
 
 
+# model -> (BufferVersions of its parameters, its R tape or None,
+# the ids of the modules its Python callbacks run, and of the modules inside them)
+_tapes: Any = weakref.WeakKeyDictionary()
+
+
+def _build_rtape(model: Any) -> Any:
+    if model.dtype is None:
+        return None, None
+    try:
+        program = plan.lower(model, fused=False)
+        if all(o.kind == plan.MODULE for o in program.ops):
+            return None, None
+        tape = _kernels.Tape(program, plan.plan_grads(program), model.dtype, -1,
+                             plan.plan_rvalues(program),
+                             plan.plan_offsets(program, model.parameters()))
+    except (plan.Unsupported, ValueError):   # a shape the tape does not run: modular path
+        return None, None
+    return tape, {id(s) for o in program.ops if o.kind == plan.MODULE for s in o.module.modules()}
+
+
+def _rtape_entry(model: Any) -> Any:
+    entry = _tapes.get(model)
+    if entry is not None:
+        held = entry[0]
+        if not held.changed():
+            return entry
+        if not held.moved():
+            held.renew()
+            return entry
+    entry = (BufferVersions(model.parameters()),) + _build_rtape(model)
+    _tapes[model] = entry
+    return entry
+
+
+def _rtape(model: Any) -> Any:
+    """The model's tape for the R-passes (built again when its parameters move), or None."""
+    return _rtape_entry(model)[1]
+
+
+def _rtapes_callbacks(model: Any) -> Any:
+    """The ids of the modules the R tape's Python callbacks run (None: no tape)."""
+    return _rtape_entry(model)[2]
+
+
 def _rpass(model: Any, loss: Any, x: Any, y: Any, v: Any, hv: Any, gauss_newton: Any) -> None:
     """Adds the Hessian (or Gauss–Newton) product of J(x, y) with v into hv (flat)."""
-    params = model.parameters()
-    V = dict(zip(params, vector_views(v, params)))
-    H = dict(zip(params, vector_views(hv, params)))
+    tape = _rtape(model)
+    V = H = None
+    if tape is None or tape.has_callbacks:   # what the modules' own R-passes take
+        params = model.parameters()
+        V = dict(zip(params, vector_views(v, params)))
+        H = dict(zip(params, vector_views(hv, params)))
+    args = loss.kernel_args(v.dtype)  # class weights, label smoothing, Huber's delta, ...
+    if tape is not None:
+        z, rz = tape.rforward(tuple(x) if isinstance(x, list) else (x,), v, V)
+        g, rg = tape.output_grads
+        if not gauss_newton:
+            getattr(ops, loss.kernel)(z, y, grad_out=g, **args)
+        getattr(ops, f"{loss.kernel}_hvp")(z, y, rz, out=rg, **args)
+        tape.rbackward(v, hv, gauss_newton, V, H)
+        return
     z, rz = model.layer_rforward(x, None, V)
     g = None
-    args = loss.kernel_args(z.dtype)  # class weights, label smoothing, Huber's delta, ...
     if not gauss_newton:
         _, g = getattr(ops, loss.kernel)(z, y, grad_out=model.r_workspace("loss_g", z.shape, z.dtype), **args)
     rg = getattr(ops, f"{loss.kernel}_hvp")(z, y, rz, out=model.r_workspace("loss_rg", z.shape, z.dtype),

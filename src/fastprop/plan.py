@@ -11,6 +11,11 @@ know) becomes a ``"module"`` op that calls back into its Python ``_forward``/``_
 value's gradient is written and which added (sums at fan-in), which values take their
 consumer's buffer (one consumer that works in place), and which buffer slot each gradient
 lives in (a slot is reused once the gradient it held is dead).
+
+The R-passes of curvature run an unfused program (``lower(model, fused=False)``: each
+activation its own op, so R{a} and R{f(a)} are values): ``plan_rvalues`` says which values
+move along a direction of the parameters and where their R-values live, ``plan_offsets``
+where each op's parameters sit in the flat vectors v and Hv.
 """
 from __future__ import annotations
 from collections import namedtuple
@@ -24,7 +29,8 @@ if TYPE_CHECKING:  # for annotations only: no import cycle at run time
     from .nn import Module
 
 __all__ = ["Op", "Program", "GradPlan", "Unsupported", "lower", "fuse", "plan_grads",
-           "topological_order", "GraphGradTable", "graph_grad_table", "ValuePlan", "plan_values"]
+           "topological_order", "GraphGradTable", "graph_grad_table", "ValuePlan", "plan_values",
+           "RValuePlan", "plan_rvalues", "Offsets", "plan_offsets"]
 
 DENSE, ACT, PRELU, ADD, MUL, CONCAT, DROPOUT, LAYERNORM, BATCHNORM = range(9)   # FP_OP_* of csrc/fastprop.h
 MODULE = -1                                      # a Python callback
@@ -133,8 +139,9 @@ def _op(kind: Any, ins: Any, out: Any, act: str = "identity", params: Any = None
 Program = namedtuple("Program", "ops widths inputs output")
 
 
-def lower(model: Module) -> Any:
-    """The Program of model (one output; several inputs are fine)."""
+def lower(model: Module, fused: bool = True) -> Any:
+    """The Program of model (one output; several inputs are fine); fused=False keeps each
+    activation its own op (see fuse)."""
     from .graph import Add, Concat, Graph, Mul   # graph.py plans with this module's functions
     kinds = {Add: ADD, Mul: MUL, Concat: CONCAT}
     widths, ops = [], []
@@ -223,7 +230,8 @@ def lower(model: Module) -> Any:
     else:
         inputs = [value(getattr(model, "in_features", None))]
     output = emit(model, list(inputs))
-    return fuse(Program(tuple(ops), tuple(widths), tuple(inputs), output))
+    program = Program(tuple(ops), tuple(widths), tuple(inputs), output)
+    return fuse(program) if fused else program
 
 
 def fuse(program: Any) -> Any:
@@ -371,3 +379,74 @@ def plan_values(program: Any) -> Any:
         holder[s] = o.out
         slot[o.out] = s
     return ValuePlan(tuple(slot), tuple(slot_width))
+
+
+# moving[v]: value v changes along a direction of the parameters (R{v} ≠ 0 in general);
+# slot[v]: the buffer of R{v} (None: it does not move); slot_width[s]: its width
+RValuePlan = namedtuple("RValuePlan", "moving slot slot_width")
+
+# ops whose R-backward does not read their inputs' R-values (linear in them)
+_R_UNREAD = (ADD, CONCAT, DROPOUT)
+
+
+def plan_rvalues(program: Any) -> Any:
+    """The R-forward's workspace. A value moves when its op has parameters or reads a value
+    that moves (a Python module's output is taken to move); the model's inputs do not. R{v}
+    is kept to the backward when an op there reads it (all but Add, Concat, Dropout; the loss
+    reads the output's); otherwise its buffer is free once its last reader has run, for a
+    later op's R-value (never one of that op's own inputs). Unsupported when the output
+    does not move (no parameter reaches it)."""
+    ops, inputs = program.ops, set(program.inputs)
+    moving = [False] * len(program.widths)
+    for o in ops:
+        moving[o.out] = o.out not in inputs and (
+            o.kind == MODULE or o.w is not None or o.b is not None or any(moving[v] for v in o.ins))
+    if not moving[program.output]:
+        raise Unsupported("the output does not depend on the parameters")
+    last = {}   # R-value -> the last op that reads it in the forward (None: kept)
+    for i, o in enumerate(ops):
+        for v in o.ins:
+            if moving[v] and last.get(v, 0) is not None:
+                last[v] = i if o.kind in _R_UNREAD else None
+    last[program.output] = None
+    slot, slot_width, holder = [None] * len(program.widths), [], []
+    for i, o in enumerate(ops):
+        if not moving[o.out]:
+            continue
+        width = program.widths[o.out]
+        free = [s for s, v in enumerate(holder) if last.get(v, 0) is not None and last.get(v, 0) < i]
+        fits = [s for s in free if slot_width[s] >= width]
+        s = min(fits, key=lambda s: slot_width[s]) if fits else \
+            max(free, key=lambda s: slot_width[s], default=None)
+        if s is None:
+            s = len(slot_width)
+            slot_width.append(0)
+            holder.append(None)
+        slot_width[s] = max(slot_width[s], width)
+        holder[s] = o.out
+        slot[o.out] = s
+    return RValuePlan(tuple(moving), tuple(slot), tuple(slot_width))
+
+
+# ops[i]: (offset of op i's w, of its b) in the flat parameter vector, -1 where it has none;
+# n: that vector's length
+Offsets = namedtuple("Offsets", "ops n")
+
+
+def plan_offsets(program: Any, params: Any) -> Any:
+    """Where each op's parameter arrays sit in the flat layout of params (the model's
+    parameters, concatenated raveled as curvature.vector_views lays them out)."""
+    at, n = {}, 0
+    for p in params:
+        at[(p.data.__array_interface__["data"][0], p.size)] = n
+        n += p.size
+
+    def offset(a: Any) -> Any:
+        if a is None:
+            return -1
+        key = (a.__array_interface__["data"][0], a.size)
+        if key not in at:
+            raise Unsupported("an op's parameter is not among the model's parameters")
+        return at[key]
+    return Offsets(tuple((offset(o.w), offset(o.b)) for o in program.ops), n)
+
