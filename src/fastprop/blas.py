@@ -185,9 +185,9 @@ def _cpu_key() -> str:
 def calibrate_small_gemm(reps: int = 3, cache: bool = True) -> int:
     """Measures where the active BLAS overtakes the small kernel on the workloads' shapes and
     sets the threshold there: the largest probed m·n·k up to which the small kernel is at
-    least as fast at every probed size. Takes ~10–50 ms; the result is kept in
-    ``~/.cache/fastprop/small_gemm.json`` per CPU model and backend (``cache=False``: neither
-    read nor written), so that later processes on this machine use the same threshold and
+    least as fast at every probed size. Takes tens of ms on a quiet machine, more under load;
+    the result is kept in ``~/.cache/fastprop/small_gemm.json`` per CPU model and backend
+    (``cache=False``: neither read nor written), so that later processes on this machine use the same threshold and
     give the same bits. Returns the threshold."""
     if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
         raise ValueError(f"reps must be a positive int, got {reps!r}")
