@@ -127,6 +127,36 @@ typedef void (*fp_dgemm_fn)(char *ta, char *tb, int *m, int *n, int *k, double *
                             double *c, int *ldc);
 void fp_set_blas(fp_sgemm_fn sgemm, fp_dgemm_fn dgemm);
 
+/* Other GEMM backends (fastprop.set_blas). A backend is a calling convention and a gemm
+ * function per precision, cast to fp_any_fn:
+ *   FP_BLAS_FORTRAN   fp_sgemm_fn / fp_dgemm_fn (SciPy's OpenBLAS, MKL's sgemm_),
+ *   FP_BLAS_ROWMAJOR  fp_sgemm_rm_fn / fp_dgemm_rm_fn (oneDNN's dnnl_sgemm),
+ *   FP_BLAS_BLIS      fp_sgemm_blis_fn / fp_dgemm_blis_fn (cython-blis's blis.cy sgemm/dgemm:
+ *                     one thread each; gemm_* cuts a large C into row blocks over
+ *                     fp_parallel_for). */
+enum { FP_BLAS_FORTRAN = 0, FP_BLAS_ROWMAJOR = 1, FP_BLAS_BLIS = 2 };
+typedef void (*fp_any_fn)(void);
+typedef int (*fp_sgemm_rm_fn)(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha,
+                              const float *a, int64_t lda, const float *b, int64_t ldb,
+                              float beta, float *c, int64_t ldc);
+typedef int (*fp_dgemm_rm_fn)(char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha,
+                              const double *a, int64_t lda, const double *b, int64_t ldb,
+                              double beta, double *c, int64_t ldc);
+typedef void (*fp_sgemm_blis_fn)(int ta, int tb, int m, int n, int k, float alpha,
+                                 const float *a, int lda, const float *b, int ldb, float beta,
+                                 float *c, int ldc);
+typedef void (*fp_dgemm_blis_fn)(int ta, int tb, int m, int n, int k, double alpha,
+                                 const double *a, int lda, const double *b, int ldb,
+                                 double beta, double *c, int ldc);
+#define FP_BLAS_SLOTS 8  /* slot 0 is fp_set_blas's (the default) */
+/* Fills backend slot 1..FP_BLAS_SLOTS-1 once (both functions non-NULL, kinds known);
+ * FP_ERR_ARG otherwise, or when the slot holds other functions already. */
+int fp_blas_register(int slot, int kind_s, fp_any_fn sgemm, int kind_d, fp_any_fn dgemm);
+/* Makes a filled slot the one gemm_* calls (read once per call: a plain swap between
+ * calls); FP_ERR_ARG for an empty one. */
+int fp_blas_select(int slot);
+int fp_blas_selected(void);
+
 /* Declarations for one precision: R is the element type, S the suffix. */
 #define FP_DECLARE(R, S)                                                              \
     /* C = alpha op(A) op(B) + beta C, row-major; op is a transpose when t is 'T'. */ \

@@ -194,11 +194,62 @@ static void test_bounds(void)
     fp_small_gemm_max_mnk = saved;
 }
 
+/* The other backends' calling conventions (fp_blas_register): a row-major (oneDNN-style)
+ * and a BLIS-style gemm, both the naive Fortran one with the operands swapped */
+#define ROWMAJOR_GEMM(NAME, R, NAIVE)                                                            \
+    static int NAME##_rm(char ta, char tb, int64_t m, int64_t n, int64_t k, R alpha, const R *a, \
+                         int64_t lda, const R *b, int64_t ldb, R beta, R *c, int64_t ldc)        \
+    {                                                                                            \
+        int M = (int)m, N = (int)n, K = (int)k, la = (int)lda, lb = (int)ldb, lc = (int)ldc;    \
+        NAIVE(&tb, &ta, &N, &M, &K, &alpha, (R *)b, &lb, (R *)a, &la, &beta, c, &lc);          \
+        return 0;                                                                                \
+    }                                                                                            \
+    static void NAME##_blis(int ta, int tb, int m, int n, int k, R alpha, const R *a, int lda,   \
+                            const R *b, int ldb, R beta, R *c, int ldc)                          \
+    {                                                                                            \
+        NAME##_rm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);  \
+    }
+ROWMAJOR_GEMM(naive_s, float, naive_sgemm)
+ROWMAJOR_GEMM(naive_d, double, naive_dgemm)
+
+static void test_backends(void)
+{
+    int64_t saved = fp_small_gemm_max_mnk;
+    fp_small_gemm_max_mnk = 0;  /* every product to the backend */
+    CHECK(fp_blas_register(0, FP_BLAS_FORTRAN, (fp_any_fn)naive_sgemm, FP_BLAS_FORTRAN,
+                           (fp_any_fn)naive_dgemm) == FP_ERR_ARG, "slot 0 is fp_set_blas's");
+    CHECK(fp_blas_register(1, 7, (fp_any_fn)naive_sgemm, FP_BLAS_FORTRAN,
+                           (fp_any_fn)naive_dgemm) == FP_ERR_ARG, "an unknown kind");
+    CHECK(fp_blas_select(5) == FP_ERR_ARG && fp_blas_selected() == 0, "an empty slot");
+    CHECK(fp_blas_register(1, FP_BLAS_ROWMAJOR, (fp_any_fn)naive_s_rm, FP_BLAS_ROWMAJOR,
+                           (fp_any_fn)naive_d_rm) == FP_OK, "row-major slot");
+    CHECK(fp_blas_register(2, FP_BLAS_BLIS, (fp_any_fn)naive_s_blis, FP_BLAS_BLIS,
+                           (fp_any_fn)naive_d_blis) == FP_OK, "BLIS slot");
+    CHECK(fp_blas_register(2, FP_BLAS_ROWMAJOR, (fp_any_fn)naive_s_rm, FP_BLAS_ROWMAJOR,
+                           (fp_any_fn)naive_d_rm) == FP_ERR_ARG, "a filled slot is kept");
+    static const int shapes[][3] = {{1, 1, 1}, {7, 33, 65}, {65, 7, 33}, {130, 131, 129}};
+    static const char tr[][2] = {{'N', 'N'}, {'N', 'T'}, {'T', 'N'}, {'T', 'T'}};
+    for (int slot = 1; slot <= 2; slot++) {  /* 130·131·129 > 2^21: BLIS's row blocks */
+        CHECK(fp_blas_select(slot) == FP_OK && fp_blas_selected() == slot, "select %d", slot);
+        for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int t = 0; t < 4; t++) {
+                int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+                blas_calls = 0;
+                check_shape_f32(via_gemm_f32, tr[t][0], tr[t][1], m, n, k, "backend f32");
+                check_shape_f64(via_gemm_f64, tr[t][0], tr[t][1], m, n, k, "backend f64");
+                CHECK(blas_calls >= 16, "slot %d: %d calls", slot, blas_calls);
+            }
+    }
+    CHECK(fp_blas_select(0) == FP_OK && fp_blas_selected() == 0, "back to slot 0");
+    fp_small_gemm_max_mnk = saved;
+}
+
 int main(void)
 {
     fp_set_blas(naive_sgemm, naive_dgemm);
     test_dispatch();
     test_bounds();
+    test_backends();
     test_sweep();
     printf("small-gemm: %d passed, %d failed\n", checks - failures, failures);
     return failures != 0;

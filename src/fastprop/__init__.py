@@ -2,6 +2,7 @@
 from __future__ import annotations
 from . import datasets, ops, reference
 from ._kernels import get_num_threads, set_num_threads
+from .blas import calibrate_small_gemm, get_blas, set_blas
 from .graph import Add, Concat, Graph, Mul, Residual
 from .autodiff import hessian, jacobian, jvp, per_example_grad_norms, per_example_grads, vjp
 from .curvature import (gnvp, hessian_eigs, hessian_trace, hvp, parameters_to_vector,
@@ -38,4 +39,5 @@ __all__ = [
     "Callback", "EarlyStopping", "ModelCheckpoint", "save_checkpoint", "load_checkpoint",
     "jvp", "vjp", "jacobian", "hessian", "per_example_grads", "per_example_grad_norms",
     "L1Loss", "HuberLoss", "SmoothL1Loss",
+    "set_blas", "get_blas", "calibrate_small_gemm",
 ]

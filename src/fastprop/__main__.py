@@ -27,6 +27,8 @@ def main(argv=None):
                        help="TrainStep against NumPy, PyTorch eager, torch.compile and JAX jit")
     bench.add_argument("--gemm", action="store_true",
                        help="GFLOP/s of each GEMM backend at every shape the workloads use")
+    bench.add_argument("--blas", action="store_true",
+                       help="TrainStep time of each workload with each GEMM backend (set_blas)")
     bench.add_argument("--rounds", type=int, default=None,
                        help="with --peers or --gemm: interleaved rounds (default 3 and 2)")
     bench.add_argument("--batches", type=int, nargs="*", default=None,
@@ -55,6 +57,8 @@ def main(argv=None):
             bench_sklearn.sklearn_table()
         elif args.peers:
             bench_module.peer_table(args.workloads, rounds=args.rounds or 3)
+        elif args.blas:
+            bench_module.blas_step_table(args.workloads, rounds=args.rounds or 2)
         elif args.gemm:
             bench_module.gemm_table(args.workloads, args.batches, rounds=args.rounds or 2)
         else:

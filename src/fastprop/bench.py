@@ -679,6 +679,13 @@ def gemm_backends() -> Any:
     else:
         backends["blis"] = lambda ta, tb, a, b, c: blis.py.gemm(a, b, out=c, trans1=ta, trans2=tb,
                                                                  beta=0.0)
+    from . import blas
+    for name in blas.available_blas():
+        if name != "openblas":
+            def through(ta: Any, tb: Any, a: Any, b: Any, c: Any) -> Any:
+                return ops.gemm(a, b, trans_a=ta, trans_b=tb, out=c)
+            through.blas_backend = name   # gemm_table selects it around the timing
+            backends[f"fastprop {name}"] = through
     for kind, wheel in (("mkl", "mkl"), ("onednn", "onednn-cpu-gomp")):
         sgemm = _ctypes_sgemm(kind)
         if sgemm is None:
@@ -687,6 +694,52 @@ def gemm_backends() -> Any:
             backends[kind] = lambda ta, tb, a, b, c, f=sgemm: f(ta, tb, c.shape[0], c.shape[1],
                                                                a.shape[0] if ta else a.shape[1], a, b, c)
     return backends, notes
+
+
+class _blas_selected:
+    """A context in which fastprop's GEMMs use BLAS backend name (fastprop.set_blas)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.previous = name, "openblas"
+
+    def __enter__(self) -> None:
+        from .blas import set_blas
+        self.previous = set_blas(self.name)
+
+    def __exit__(self, *exc: Any) -> None:
+        from .blas import set_blas
+        set_blas(self.previous)
+
+
+def blas_step_table(names: Any = None, rounds: int = 2, min_time: float = 0.3,
+                    settle: float = 0.2, out: Any = print) -> Any:
+    """TrainStep time of each workload with each GEMM backend fastprop can select here
+    (fastprop.set_blas), float32; the backends take turns in each round, the rounds' times are
+    pooled into one median, quoted as ms and as a ratio against OpenBLAS. Returns the rows."""
+    from .blas import available_blas
+    backends = available_blas()
+    out(f"machine: {machine()}")
+    out(load())
+    out(f"TrainStep ms (median over {rounds} interleaved rounds), and OpenBLAS time / backend time")
+    out(f"{'workload':8s} " + " ".join(f"{b:>9s}" for b in backends) + "  "
+        + " ".join(f"{b:>9s}" for b in backends if b != "openblas"))
+    rows = []
+    for name in names or WORKLOADS:
+        sizes, batch = WORKLOADS[name]
+        setup = StepSetup(sizes, batch)
+        times: dict[str, list[float]] = {b: [] for b in backends}
+        for r in range(rounds):
+            for b in backends[r % len(backends):] + backends[:r % len(backends)]:
+                time.sleep(settle)
+                with _blas_selected(b):
+                    times[b] += repeat_times(setup.fused, min_time)
+        ms = {b: 1e3 * float(np.median(t)) for b, t in times.items()}
+        row = {"workload": name, **{f"{b}_ms": v for b, v in ms.items()},
+               **{f"{b}_speedup": ms["openblas"] / v for b, v in ms.items() if b != "openblas"}}
+        rows.append(row)
+        out(f"{name:8s} " + " ".join(f"{ms[b]:9.3f}" for b in backends) + "  "
+            + " ".join(f"{row[b + '_speedup']:8.2f}x" for b in backends if b != "openblas"))
+    return rows
 
 
 def gemm_table(names: Any = None, batches: Any = None, rounds: int = 2, min_time: float = 0.1,
@@ -719,9 +772,12 @@ def gemm_table(names: Any = None, batches: Any = None, rounds: int = 2, min_time
         for r in range(rounds):
             for col in cols[r % len(cols):] + cols[:r % len(cols)]:
                 threads = getattr(backends[col], "blas_threads", None)
+                backend = getattr(backends[col], "blas_backend", None)
                 if threads:
                     from threadpoolctl import threadpool_limits
                     limit = threadpool_limits(limits=threads, user_api="blas")
+                elif backend:
+                    limit = _blas_selected(backend)
                 else:
                     limit = contextlib.nullcontext()
                 time.sleep(settle)

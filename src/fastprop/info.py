@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import scipy
 
-from . import _kernels
+from . import _kernels, blas
 from ._version import __version__
 from typing import Any, TextIO
 
@@ -66,6 +66,10 @@ def info() -> dict[str, Any]:
         "flags": build["flags"],
         "simd clone": build["simd"],
         "blas": _blas(),
+        "gemm backend": f"{blas.get_blas()} (set_blas / FASTPROP_BLAS; available: "
+                        f"{', '.join(blas.available_blas())})",
+        "small gemm": f"m·n·k <= {blas.small_gemm_threshold()} on fastprop's own kernel "
+                      "(calibrate_small_gemm / FASTPROP_SMALL_GEMM_MAX)",
         "fastprop threads": f"{_kernels.get_num_threads()} (set_num_threads / FASTPROP_NUM_THREADS; "
                             "only for optimizer passes of >= 2^20 elements)",
     }
