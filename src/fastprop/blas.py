@@ -88,7 +88,19 @@ def _load(name: str) -> None:
 
 
 def available_blas() -> list[str]:
-    """The backends that load here (each is loaded, not selected)."""
+    """The backends that load here (each is loaded, not selected).
+
+    Returns
+    -------
+    list of str
+        The names of :data:`BACKENDS` whose libraries load, "openblas" first.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> "openblas" in fp.blas.available_blas()
+    True
+    """
     names = []
     for name in BACKENDS:
         try:
@@ -111,7 +123,34 @@ def _check_name(name: object, what: str) -> str:
 def set_blas(name: str) -> str:
     """Selects the BLAS behind fastprop's GEMMs: one of :data:`BACKENDS`. An optional backend
     that is not installed raises ``RuntimeError`` (through ``FASTPROP_BLAS`` it falls back to
-    OpenBLAS silently). Returns the previous backend's name. NumPy and SciPy are unaffected."""
+    OpenBLAS silently). NumPy and SciPy are unaffected.
+
+    Parameters
+    ----------
+    name : str
+        "openblas", "mkl", "onednn" or "blis" (case-insensitive).
+
+    Returns
+    -------
+    str
+        The previous backend's name.
+
+    Raises
+    ------
+    TypeError
+        If name is not a string.
+    ValueError
+        If name is not one of :data:`BACKENDS`.
+    RuntimeError
+        If that backend's library is not installed.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> previous = fp.set_blas("openblas")
+    >>> fp.get_blas()
+    'openblas'
+    """
     global _active
     key = _check_name(name, "name")
     try:
@@ -125,12 +164,30 @@ def set_blas(name: str) -> str:
 
 
 def get_blas() -> str:
-    """The name of the BLAS behind fastprop's GEMMs ("openblas" unless :func:`set_blas`)."""
+    """The name of the BLAS behind fastprop's GEMMs ("openblas" unless :func:`set_blas`).
+
+    Returns
+    -------
+    str
+        One of :data:`BACKENDS`.
+
+    Examples
+    --------
+    >>> import fastprop as fp
+    >>> fp.get_blas() in fp.blas.BACKENDS
+    True
+    """
     return _active
 
 
 def small_gemm_threshold() -> int:
-    """Products with m·n·k up to this use fastprop's small kernel, larger ones the BLAS."""
+    """Products with m·n·k up to this use fastprop's small kernel, larger ones the BLAS.
+
+    Returns
+    -------
+    int
+        The threshold on m·n·k (0: every product goes to the BLAS).
+    """
     return int(_kernels.small_gemm_max())
 
 
@@ -188,7 +245,25 @@ def calibrate_small_gemm(reps: int = 3, cache: bool = True) -> int:
     least as fast at every probed size. Takes tens of ms on a quiet machine, more under load;
     the result is kept in ``~/.cache/fastprop/small_gemm.json`` per CPU model and backend
     (``cache=False``: neither read nor written), so that later processes on this machine use the same threshold and
-    give the same bits. Returns the threshold."""
+    give the same bits.
+
+    Parameters
+    ----------
+    reps : int, default 3
+        Timings per probed shape (the least is kept).
+    cache : bool, default True
+        Read and write the per-CPU cache file.
+
+    Returns
+    -------
+    int
+        The threshold now in use (see :func:`small_gemm_threshold`).
+
+    Raises
+    ------
+    ValueError
+        If reps is not a positive int.
+    """
     if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
         raise ValueError(f"reps must be a positive int, got {reps!r}")
     key, path, table = _cpu_key(), _cache_path(), {}

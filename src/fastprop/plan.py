@@ -414,7 +414,7 @@ def plan_rvalues(program: Any) -> Any:
         if not moving[o.out]:
             continue
         width = program.widths[o.out]
-        free = [s for s, v in enumerate(holder) if last.get(v, 0) is not None and last.get(v, 0) < i]
+        free = [s for s, v in enumerate(holder) if (lv := last.get(v, 0)) is not None and lv < i]
         fits = [s for s in free if slot_width[s] >= width]
         s = min(fits, key=lambda s: slot_width[s]) if fits else \
             max(free, key=lambda s: slot_width[s], default=None)
