@@ -351,23 +351,18 @@ def needs_preact(op: Any) -> Any:
 ValuePlan = namedtuple("ValuePlan", "slot slot_width")
 
 
-def plan_values(program: Any) -> Any:
-    """The workspace of forward-only runs (inference): op i's output takes a buffer whose
-    holder is dead, i.e. was last read by an op before i (never one of op i's own inputs:
-    a kernel does not write over what it reads)."""
-    ops, inputs = program.ops, set(program.inputs)
-    last = {}   # value -> the last op that makes or reads it
-    for i, o in enumerate(ops):
-        last[o.out] = max(last.get(o.out, i), i)
-        for v in o.ins:
-            last[v] = i
+
+def _best_fit(program: Any, wanted: Any, last: Any) -> Any:
+    """Buffers for the outputs of the ops with wanted[i], in op order: value v's buffer is
+    free for a later op once op last[v] has run (None: never). Each op takes the smallest free
+    buffer wide enough, else the widest free one (grown), else a new one. Returns (slot of
+    each value, None where it has none; width of each buffer)."""
     slot, slot_width, holder = [None] * len(program.widths), [], []   # holder[s]: its value
-    for i, o in enumerate(ops):
-        if o.out in inputs:
+    for i, o in enumerate(program.ops):
+        if not wanted[i]:
             continue
         width = program.widths[o.out]
-        free = [s for s, v in enumerate(holder) if last[v] < i]
-        # the smallest free buffer wide enough, else the widest free one (grown), else a new one
+        free = [s for s, v in enumerate(holder) if last[v] is not None and last[v] < i]
         fits = [s for s in free if slot_width[s] >= width]
         s = min(fits, key=lambda s: slot_width[s]) if fits else \
             max(free, key=lambda s: slot_width[s], default=None)
@@ -378,7 +373,20 @@ def plan_values(program: Any) -> Any:
         slot_width[s] = max(slot_width[s], width)
         holder[s] = o.out
         slot[o.out] = s
-    return ValuePlan(tuple(slot), tuple(slot_width))
+    return tuple(slot), tuple(slot_width)
+
+def plan_values(program: Any) -> Any:
+    """The workspace of forward-only runs (inference): op i's output takes a buffer whose
+    holder is dead, i.e. was last read by an op before i (never one of op i's own inputs:
+    a kernel does not write over what it reads)."""
+    ops, inputs = program.ops, set(program.inputs)
+    last = {}   # value -> the last op that makes or reads it
+    for i, o in enumerate(ops):
+        last[o.out] = max(last.get(o.out, i), i)
+        for v in o.ins:
+            last[v] = i
+    slot, slot_width = _best_fit(program, [o.out not in inputs for o in ops], last)
+    return ValuePlan(slot, slot_width)
 
 
 # moving[v]: value v changes along a direction of the parameters (R{v} ≠ 0 in general);
@@ -409,23 +417,9 @@ def plan_rvalues(program: Any) -> Any:
             if moving[v] and last.get(v, 0) is not None:
                 last[v] = i if o.kind in _R_UNREAD else None
     last[program.output] = None
-    slot, slot_width, holder = [None] * len(program.widths), [], []
-    for i, o in enumerate(ops):
-        if not moving[o.out]:
-            continue
-        width = program.widths[o.out]
-        free = [s for s, v in enumerate(holder) if (lv := last.get(v, 0)) is not None and lv < i]
-        fits = [s for s in free if slot_width[s] >= width]
-        s = min(fits, key=lambda s: slot_width[s]) if fits else \
-            max(free, key=lambda s: slot_width[s], default=None)
-        if s is None:
-            s = len(slot_width)
-            slot_width.append(0)
-            holder.append(None)
-        slot_width[s] = max(slot_width[s], width)
-        holder[s] = o.out
-        slot[o.out] = s
-    return RValuePlan(tuple(moving), tuple(slot), tuple(slot_width))
+    slot, slot_width = _best_fit(program, [moving[o.out] for o in ops],
+                                 {v: last.get(v, 0) for v in range(len(program.widths))})
+    return RValuePlan(tuple(moving), slot, slot_width)
 
 
 # ops[i]: (offset of op i's w, of its b) in the flat parameter vector, -1 where it has none;
