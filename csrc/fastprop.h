@@ -358,7 +358,13 @@ typedef struct {
                         const int64_t *labels, const R *target, int64_t n_rows, int64_t first, \
                         int64_t batch, int64_t max_steps, int loss_kind,                     \
                         const fp_loss_opts *opts, fp_fit_update *u, int stop_nonfinite,      \
-                        R *g0, R *g1);
+                        R *g0, R *g1);                                                \
+    int tape_fit_##S(double *loss_sum, double *correct, int64_t *steps, int64_t *bad_row,     \
+                     const fp_op *ops, int n_ops, void **val, void *const *grad,              \
+                     const int64_t *width, int in_v, int out_v, const R *X,                   \
+                     const int64_t *labels, const R *target, int64_t n_rows, int64_t first,   \
+                     int64_t batch, int64_t max_steps, int loss_kind, fp_fit_update *u,       \
+                     int stop_nonfinite);
 FP_DECLARE_FIT(float, f32)
 FP_DECLARE_FIT(double, f64)
 #undef FP_DECLARE_FIT

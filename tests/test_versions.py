@@ -228,3 +228,17 @@ def test_the_public_protocol_delegates_to_the_hooks():
         model.check_input(np.ones((2, 4)))
     ws = model.r_workspace("k", (2, 3), F64)
     assert model.r_workspace("k", (2, 3), F64) is ws
+
+
+def test_a_graph_hands_its_guard_to_its_parts():
+    """Graph.build, like Sequential: one lock for the model, its modules (a shared one's twin
+    too) and parameters, so a layer in use counts as the model in use."""
+    g = fp.Graph()
+    x = g.input("x", 3)
+    shared = fp.Linear(3, 3, rng=0)
+    model = g.build(g.add(fp.Add(), g.add(shared, x), g.add(shared, g.add(fp.Tanh(), x))))
+    assert all(m.guard is model.guard for m in model.modules())
+    assert all(p.guard is model.guard for p in model.parameters())
+    with model.guard:
+        with pytest.raises(RuntimeError):
+            shared(np.ones((2, 3), F32))

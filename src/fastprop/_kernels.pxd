@@ -436,12 +436,18 @@ cdef extern from "fastprop.h":
 cdef extern from *:
     """
     #define c_network_fit(f64, ...) FP_BY_DTYPE(network_fit, f64, __VA_ARGS__)
+    #define c_tape_fit(f64, ...) FP_BY_DTYPE(tape_fit, f64, __VA_ARGS__)
     """
     int c_network_fit(bint f64, double *loss_sum, double *correct, int64_t *steps, int64_t *bad_row,
         const fp_dense_block *blocks, int n_blocks, const void *X, const int64_t *labels,
         const void *target, int64_t n_rows, int64_t first, int64_t batch, int64_t max_steps,
         int loss_kind, const fp_loss_opts *opts, fp_fit_update *u, int stop_nonfinite,
         void *g0, void *g1) nogil
+    int c_tape_fit(bint f64, double *loss_sum, double *correct, int64_t *steps, int64_t *bad_row,
+        const fp_op *ops, int n_ops, void **val, void **grad, const int64_t *width, int in_v,
+        int out_v, const void *X, const int64_t *labels, const void *target, int64_t n_rows,
+        int64_t first, int64_t batch, int64_t max_steps, int loss_kind, fp_fit_update *u,
+        int stop_nonfinite) nogil
 
 cdef extern from "fastprop.h" nogil:
     # DP-SGD's Gaussian noise (dropout.c's Philox stream)

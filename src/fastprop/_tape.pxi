@@ -350,6 +350,11 @@ cdef class Tape:
         return a
 
     @property
+    def n_inputs(self):
+        """The number of the model's inputs (arrays each pass takes)."""
+        return len(self.inputs)
+
+    @property
     def has_callbacks(self):
         """Whether some op is a Python module's (its R-passes then take vdict and hdict)."""
         return bool(self.modules)

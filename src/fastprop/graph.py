@@ -475,6 +475,7 @@ class Graph(Module):
         self._check_sharing()
         self._make_steps(order, ins, width, outs)
         flatten_parameters(self.parameters())
+        self._share_guard()   # one lock and one flat run for the model: its parts are its own
         params = self.parameters()
         self._dtype = params[0].dtype if params else None
         self._built = True

@@ -658,9 +658,10 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, optimizer: Optimi
                 if rows:
                     bar.update(rows, total_loss / max(loss_mass, 1e-300),
                                correct / mine if has_acc else None, force=a == n_used)
-                if not bad:
+                if rows and not bad:
                     continue
-                # the batch at a diverged (nothing applied): the step below raises fit's error
+                # the batch at a diverged (nothing applied), or one C does not run (a row alone
+                # under a training BatchNorm1d): the step below takes it, or raises fit's error
             b = min(a + batch_size, n_used)
             a_next = b
             wb = None if ws is None else ws[a:b]
@@ -727,9 +728,9 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, optimizer: Optimi
 
 
 class _CEpoch:
-    """fit's batches in C (``_kernels.network_fit``), each C call ~0.1 s of steps: the fused
-    chain, softmax cross-entropy on int labels or MSE (their default options), SGD or Adam /
-    AdamW (no amsgrad) with one group over one flat run. The same bits as TrainStep's loop:
+    """fit's batches in C (``_kernels.network_fit``, or ``tape_fit`` for a tape of C ops with
+    one input), each C call ~0.1 s of steps: softmax cross-entropy on int labels or MSE
+    (their default options), SGD or Adam / AdamW (no amsgrad) with one group over one flat run. The same bits as TrainStep's loop:
     the same kernels in the same order, the sums made as fit makes them. ``ready()`` is False
     where a step must go through TrainStep (the optimizer's first step, moved parameters, ...)."""
 
@@ -739,7 +740,12 @@ class _CEpoch:
 
     @staticmethod
     def make(step: Any, loss: Any, optimizer: Any, y: Any, other: Any) -> Any:
-        if other or step.path != "chain" or step._sync is not None or step.clip_grad_norm is not None:
+        if other or step._sync is not None or step.clip_grad_norm is not None:
+            return None
+        if step.path == "tape":
+            if step._tape.has_callbacks or step._tape.n_inputs != 1:
+                return None
+        elif step.path != "chain":
             return None
         if type(loss) is SoftmaxCrossEntropy and y.ndim == 1 and _default_loss(loss):
             labels = True
@@ -763,7 +769,8 @@ class _CEpoch:
         return (not step._held.changed() and not opt._held.changed() and slot.calls is not None
                 and len(slot.calls) == 1 and type(slot.calls[0]) is _kernels.FlatUpdate
                 and not slot.fresh and opt._state_names(group) is slot.key
-                and not group.get("amsgrad", False) and step._net is not None
+                and not group.get("amsgrad", False)
+                and (step._net is not None or step._tape is not None)
                 and all(p.guard is busy for p in opt.params))
 
     def _options(self, group: Any, slot: Any) -> Any:
@@ -786,8 +793,10 @@ class _CEpoch:
             raise busy_error(type(step.model).__name__)
         try:
             t = time.perf_counter()
-            total_loss, correct, steps, bad, adam_step = _kernels.network_fit(
-                step._net, slot.calls[0], self._options(opt.param_groups[0], slot), Xs,
+            run, runner = ((_kernels.network_fit, step._net) if step._net is not None
+                           else (_kernels.tape_fit, step._tape))
+            total_loss, correct, steps, bad, adam_step = run(
+                runner, slot.calls[0], self._options(opt.param_groups[0], slot), Xs,
                 self.labels, self.target, a, n_used, batch_size, self.k, step.stop_on_nonfinite,
                 total_loss, correct)
             t = time.perf_counter() - t
