@@ -807,6 +807,32 @@ def test_gradcheck_detects_a_broken_backward(monkeypatch):
     assert fp.gradcheck(tanh_model(), fp.SoftmaxCrossEntropy(), x, y) < 1e-4
 
 
+def test_gradcheck_checks_the_gradient_training_runs(monkeypatch):
+    """The fused chain's or tape's gradient (TrainStep's) is checked as well as the modules':
+    a wrong one shows, whatever path it came from."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    original = fp.TrainStep.__call__
+    paths = []
+
+    def scaled(self, *a, **k):
+        J = original(self, *a, **k)
+        paths.append(self.path)
+        for p in self.model.parameters():
+            p.grad[...] *= 1.5
+        return J
+    monkeypatch.setattr(fp.TrainStep, "__call__", scaled)
+    g = fp.Graph()
+    h = g.input("x", 4)
+    graph_model = g.build(g.add(fp.Linear(4, 3, rng=1), g.add(fp.Add(), h, g.add(fp.Tanh(), h))))
+    for model in (tanh_model(), graph_model):
+        assert fp.gradcheck(model, fp.SoftmaxCrossEntropy(), x, y) == pytest.approx(1 / 3, rel=1e-3)
+    assert paths == ["chain", "tape"]
+    monkeypatch.undo()
+    for model in (tanh_model(), graph_model):
+        assert fp.gradcheck(model, fp.SoftmaxCrossEntropy(), x, y) < 1e-4
+
+
 def test_gradcheck_is_central_difference_accurate():
     """Its result really is the worst relative error: one wrong entry is reported."""
     rng = np.random.default_rng(1)
