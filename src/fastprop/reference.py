@@ -729,7 +729,7 @@ def _row_weighted(values, grads, sample_weight, compute_grad):
 
 
 def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True, sample_weight=None):
-    """Mean BCE on logits, max(z,0) - z*y + log1p(exp(-|z|)); grad = (sigmoid(z) - y) / n.
+    """Mean BCE on logits, max(z,0) - z*y + log1p(exp(-abs(z))); grad = (sigmoid(z) - y) / n.
 
     Parameters
     ----------
@@ -872,7 +872,7 @@ def _pointwise_loss(name, pred, target, grad_out, compute_grad, sample_weight, p
 
 
 def l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
-    """loss = mean|pred - target| (torch's L1Loss); grad = sign(pred - target) / n.
+    """loss = mean(abs(pred - target)) (torch's L1Loss); grad = sign(pred - target) / n.
 
     Parameters
     ----------
@@ -899,7 +899,7 @@ def l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=Non
 
 
 def huber_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, delta=1.0):
-    """torch's HuberLoss: mean of d^2/2 where |d| < delta, delta (|d| - delta/2) elsewhere.
+    """torch's HuberLoss: mean of d^2/2 where abs(d) < delta, delta (abs(d) - delta/2) elsewhere.
 
     Parameters
     ----------
@@ -928,7 +928,7 @@ def huber_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=
 
 
 def smooth_l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, beta=1.0):
-    """torch's SmoothL1Loss: mean of d^2/(2 beta) where |d| < beta, |d| - beta/2 elsewhere.
+    """torch's SmoothL1Loss: mean of d^2/(2 beta) where abs(d) < beta, abs(d) - beta/2 elsewhere.
 
     Parameters
     ----------
@@ -1391,7 +1391,7 @@ def l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None):
 
 
 def huber_loss_hvp(pred, target, v, *, out=None, sample_weight=None, delta=1.0):
-    """(d^2 J / dp^2) v = v / n where |pred - target| < delta, else 0.
+    """(d^2 J / dp^2) v = v / n where abs(pred - target) < delta, else 0.
 
     Parameters
     ----------
@@ -1418,7 +1418,7 @@ def huber_loss_hvp(pred, target, v, *, out=None, sample_weight=None, delta=1.0):
 
 
 def smooth_l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None, beta=1.0):
-    """(d^2 J / dp^2) v = v / (beta n) where |pred - target| < beta, else 0.
+    """(d^2 J / dp^2) v = v / (beta n) where abs(pred - target) < beta, else 0.
 
     Parameters
     ----------
