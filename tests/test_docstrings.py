@@ -12,14 +12,15 @@ from fastprop import registry
 validate = pytest.importorskip("numpydoc.validate").validate
 
 # The public modules whose ``__all__`` is checked; the optional-dependency ones are skipped
-# when their dependency is missing. Not here: fastprop.ops and fastprop._kernels (the C
-# bindings' docstrings live in the Cython sources and are documented by docs/api/ops.rst
-# and docs/ops_spec.md) and fastprop.reference (the tests' NumPy oracle).
+# when their dependency is missing. fastprop.ops re-exports the C bindings of
+# fastprop._kernels (their docstrings live in the Cython sources); fastprop.reference has
+# the same functions in NumPy, with the same Parameters.
 MODULES = ["fastprop", "fastprop.nn", "fastprop.graph", "fastprop.layers", "fastprop.losses",
            "fastprop.optim", "fastprop.lr_scheduler", "fastprop.train", "fastprop.io",
            "fastprop.curvature", "fastprop.hessian_free", "fastprop.autodiff",
            "fastprop.datasets", "fastprop.clip", "fastprop.checkpoint", "fastprop.callbacks",
-           "fastprop.onnx", "fastprop.pytorch", "fastprop.info"]
+           "fastprop.onnx", "fastprop.pytorch", "fastprop.info", "fastprop.ops",
+           "fastprop.reference"]
 OPTIONAL = {"fastprop.sklearn": "sklearn", "fastprop.distributed": "mpi4py"}
 
 # numpydoc checks not enforced: layout and wording conventions (where the docstring starts,
@@ -50,6 +51,12 @@ MAIN = ["fastprop.train.TrainStep", "fastprop.train.fit", "fastprop.train.predic
         "fastprop.autodiff.hessian", "fastprop.autodiff.per_example_grads"]
 
 
+def _is_function(obj):
+    """A Python function or a Cython one (compiled with binding=True, Cython 3's default, so
+    inspect.signature reads its parameters)."""
+    return inspect.isfunction(obj) or type(obj).__name__ == "cython_function_or_method"
+
+
 def _public(modules):
     """{dotted name where defined: object} for the classes and functions in the modules'
     ``__all__`` (a re-exported name once, under the module that defines it)."""
@@ -58,8 +65,8 @@ def _public(modules):
         mod = importlib.import_module(mod_name)
         for name in mod.__all__:
             obj = getattr(mod, name)
-            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
-                continue   # submodules, constants, and the C bindings (builtins)
+            if not (inspect.isclass(obj) or _is_function(obj)):
+                continue   # submodules and constants
             out.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
     return out
 
@@ -81,6 +88,22 @@ NAMES = _names()
 def test_the_public_names_are_found():
     assert len(NAMES) > 80
     assert "fastprop.train.fit" in NAMES and "fastprop.nn.ReLU" in NAMES
+    assert "fastprop._kernels.dense_forward" in NAMES           # fastprop.ops, the C bindings
+    assert "fastprop.reference.dense_forward" in NAMES
+
+
+def _sections(obj):
+    from numpydoc.docscrape import FunctionDoc
+    doc = FunctionDoc(obj)
+    return [[(p.name, p.type) for p in doc[s]] for s in ("Parameters", "Returns")]
+
+
+@pytest.mark.parametrize("name", importlib.import_module("fastprop.ops").__all__)
+def test_ops_and_reference_document_the_same_parameters(name):
+    ops, reference = (importlib.import_module(m) for m in ("fastprop.ops", "fastprop.reference"))
+    if not hasattr(reference, name):
+        pytest.skip(f"{name} has no NumPy reference")
+    assert _sections(getattr(ops, name)) == _sections(getattr(reference, name)), name
 
 
 # the activations are made from registry rows with an ``__init__(*args, **kw)`` (PyTorch's

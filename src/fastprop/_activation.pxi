@@ -5,7 +5,29 @@
 
 def activation_forward(x, activation, *, out=None, double negative_slope=0.01,
                        double beta=1.0, double threshold=20.0):
-    """``y = f(x)`` elementwise, any shape; out=x works in place."""
+    """``y = f(x)`` elementwise, any shape; out=x works in place.
+
+    Parameters
+    ----------
+    x : ndarray
+        The inputs, any shape.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    out : ndarray or None
+        Buffer for the result, of x's shape (may be x itself); allocated when None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        ``f(x)``, of x's shape.
+    """
     X = _floats(x, "x", -1)
     cdef int act = _act(activation)
     cdef fp_act_params p = _params(negative_slope, beta, threshold)
@@ -27,6 +49,33 @@ def activation_backward(grad, activation, *, x=None, y=None, out=None,
 
     relu, leaky_relu (slope > 0), sigmoid, tanh and identity need only y, the saved
     output; the others need x, the input.
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the output, any shape.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    x : ndarray or None
+        The forward's input, of grad's shape; needed unless y is given and the activation is
+        identity, relu, leaky_relu (slope > 0), sigmoid or tanh.
+    y : ndarray or None
+        The forward's output ``f(x)``, of grad's shape; enough for identity, relu, leaky_relu
+        (slope > 0), sigmoid and tanh.
+    out : ndarray or None
+        Buffer for the result, of grad's shape (may be grad itself); allocated when None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        ``grad f'(x)``, of grad's shape.
     """
     G = _floats(grad, "grad", -1)
     cdef int act = _act(activation)
@@ -55,7 +104,31 @@ def activation_backward(grad, activation, *, x=None, y=None, out=None,
 def activation_second(grad, activation, *, x, out=None, double negative_slope=0.01,
                       double beta=1.0, double threshold=20.0):
     """``grad ⊙ f″(x)`` in one pass (0 for relu, leaky_relu and abs, almost everywhere);
-    out=grad works in place. x is the input (the pre-activation)."""
+    out=grad works in place. x is the input (the pre-activation).
+
+    Parameters
+    ----------
+    grad : ndarray
+        The vector multiplied by f'', any shape.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    x : ndarray
+        The forward's input (the pre-activation), of grad's shape.
+    out : ndarray or None
+        Buffer for the result, of grad's shape (may be grad itself); allocated when None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        ``grad f''(x)``, of grad's shape.
+    """
     G = _floats(grad, "grad", -1)
     cdef int act = _act(activation)
     cdef fp_act_params p = _params(negative_slope, beta, threshold)
@@ -82,6 +155,37 @@ def activation_rbackward(grad, rgrad, activation, *, x, rx, out=None, rout=None,
     Along a direction where the input moves by rx and the upstream gradient by rgrad:
     out = grad ⊙ f′(x), rout = rgrad ⊙ f′(x) + grad ⊙ f″(x) ⊙ rx. All arrays have one
     shape; out=grad and rout=rgrad work in place. Returns (out, rout).
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the output, any shape.
+    rgrad : ndarray
+        R{grad}, the gradient's directional derivative, of grad's shape.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    x : ndarray
+        The forward's input, of grad's shape.
+    rx : ndarray
+        R{x}, the input's direction, of grad's shape.
+    out : ndarray or None
+        Buffer for the backward, of grad's shape (may be grad itself); allocated when None.
+    rout : ndarray or None
+        Buffer for its R-operator, of grad's shape (may be rgrad itself); allocated when None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        ``grad f'(x)``, of grad's shape.
+    rout : ndarray
+        ``rgrad f'(x) + grad f''(x) rx``, of grad's shape.
     """
     G = _floats(grad, "grad", -1)
     RG = _floats(rgrad, "rgrad", -1, G, "grad")
@@ -117,7 +221,22 @@ cdef tuple _prelu_shapes(object X, object W):
 
 
 def prelu_forward(x, weight, *, out=None):
-    """``y = x if x > 0 else weight[c] * x``; x : (B, C), weight : (1,) or (C,)."""
+    """``y = x if x > 0 else weight[c] * x``; x : (B, C), weight : (1,) or (C,).
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, C) inputs.
+    weight : ndarray
+        (1,) or (C,): the slope below 0, shared or one per channel.
+    out : ndarray or None
+        Buffer for the result, (B, C) (may be x itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C): x where x > 0, else ``weight[c] x``.
+    """
     X = _floats(x, "x", 2)
     W = _floats(weight, "weight", 1, X, "x")
     cdef int64_t batch, channels, n_w
@@ -138,6 +257,28 @@ def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=Fa
     """grad_input = grad if x > 0 else weight[c]*grad; grad_weight[c] (+)= Σ_{x≤0} grad·x.
 
     Returns (grad_input, grad_weight); out=grad works in place.
+
+    Parameters
+    ----------
+    grad : ndarray
+        (B, C) gradient of the output.
+    x : ndarray
+        (B, C) the forward's inputs.
+    weight : ndarray
+        (1,) or (C,): the slope below 0, shared or one per channel.
+    out : ndarray or None
+        (B, C) buffer for grad_input (may be grad itself); allocated when None.
+    grad_weight : ndarray or None
+        Buffer for grad_weight, of weight's shape; allocated when None.
+    accumulate : bool
+        Add into grad_weight instead of overwriting it.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C) grad_input: grad where x > 0, else ``weight[c] grad``.
+    grad_weight : ndarray
+        Of weight's shape: the sum over x <= 0 of ``grad x``.
     """
     G = _floats(grad, "grad", 2)
     X = _floats(x, "x", 2, G, "grad")
@@ -165,6 +306,24 @@ def prelu_rforward(x, weight, v_weight, *, rx=None, out=None):
     """The R-operator of PReLU: ``(x > 0 ? rx : weight[c]·rx) + (x > 0 ? 0 : x·v_weight[c])``.
 
     x, rx, out : (B, C); weight, v_weight : (1,) or (C,). rx None: a fixed input (R{x} = 0).
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, C) inputs.
+    weight : ndarray
+        (1,) or (C,): the slope below 0, shared or one per channel.
+    v_weight : ndarray
+        The slopes' direction, of weight's shape.
+    rx : ndarray or None
+        (B, C) R{x}, the input's direction; None for a fixed input (R{x} = 0).
+    out : ndarray or None
+        Buffer for the result, (B, C) (may be rx itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C) R{y}: rx where x > 0, else ``weight[c] rx + x v_weight[c]``.
     """
     X = _floats(x, "x", 2)
     W = _floats(weight, "weight", 1, X, "x")
@@ -198,6 +357,38 @@ def prelu_rbackward(grad, rgrad, x, weight, v_weight, *, rx=None, out=None, rout
     v_weight[c]·grad); hv_weight[c] (+)= Σ_{x ≤ 0} (rgrad·x + grad·rx). grad None (the
     Gauss–Newton pass) drops grad's terms and gives out None; rx None drops rx's.
     out=grad and rout=rgrad work in place. Returns (out, rout, hv_weight).
+
+    Parameters
+    ----------
+    grad : ndarray or None
+        (B, C) gradient of the output; None (the Gauss-Newton pass) drops its terms.
+    rgrad : ndarray
+        (B, C) R{grad}, the gradient's directional derivative.
+    x : ndarray
+        (B, C) the forward's inputs.
+    weight : ndarray
+        (1,) or (C,): the slope below 0, shared or one per channel.
+    v_weight : ndarray
+        The slopes' direction, of weight's shape.
+    rx : ndarray or None
+        (B, C) R{x}, the input's direction; None drops its terms.
+    out : ndarray or None
+        (B, C) buffer for grad_input (may be grad itself); allocated when None.
+    rout : ndarray or None
+        (B, C) buffer for R{grad_input} (may be rgrad itself); allocated when None.
+    hv_weight : ndarray or None
+        Buffer for R{grad_weight}, of weight's shape; allocated when None.
+    accumulate : bool
+        Add into hv_weight instead of overwriting it.
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, C) grad_input; None when grad is None.
+    rout : ndarray
+        (B, C) R{grad_input}.
+    hv_weight : ndarray
+        Of weight's shape: the sum over x <= 0 of ``rgrad x + grad rx``.
     """
     RG = _floats(rgrad, "rgrad", 2)
     X = _floats(x, "x", 2, RG, "rgrad")

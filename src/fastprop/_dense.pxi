@@ -8,6 +8,28 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
 
     a : (m, k), or (k, m) with trans_a; b : (k, n), or (n, k) with trans_b;
     out : (m, n), read when beta != 0 (it must then be given).
+
+    Parameters
+    ----------
+    a : ndarray
+        (m, k), or (k, m) with trans_a.
+    b : ndarray
+        (k, n), or (n, k) with trans_b; a's dtype.
+    trans_a : bool
+        Multiply by ``a.T`` in place of a.
+    trans_b : bool
+        Multiply by ``b.T`` in place of b.
+    alpha : float
+        The scale of the product.
+    beta : float
+        The scale of out's old values; nonzero reads out, which must then be given.
+    out : ndarray or None
+        Buffer for the result, (m, n); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (m, n): ``alpha op(a) @ op(b) + beta out``.
     """
     A = _floats(a, "a", 2)
     Bm = _floats(b, "b", 2, A, "a")
@@ -41,6 +63,34 @@ def dense_forward(x, weight, bias=None, activation="identity", *, out=None, prea
 
     x : (B, in); weight : (out, in); bias : (out,) or None; returns y : (B, out).
     preact_out : (B, out), receives ``x @ weight.T + bias`` when given.
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, in) inputs.
+    weight : ndarray
+        (out, in) weights.
+    bias : ndarray or None
+        (out,) biases, or None for none.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    out : ndarray or None
+        Buffer for the result, (B, out); allocated when None.
+    preact_out : ndarray or None
+        (B, out) buffer that receives the pre-activation ``x @ weight.T + bias``; not kept when
+        None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        (B, out): ``f(x @ weight.T + bias)``.
     """
     X = _floats(x, "x", 2)
     W = _floats(weight, "weight", 2, X, "x")
@@ -80,6 +130,38 @@ def dense_backward(grad_out, x, weight, *, bias=True, input_grad=True, grad_inpu
     accumulate=True adds into grad_weight and grad_bias instead of overwriting them;
     accumulate_input does the same for grad_input (default: as accumulate).
     Returns (grad_input, grad_weight, grad_bias).
+
+    Parameters
+    ----------
+    grad_out : ndarray
+        (B, out) gradient of the pre-activation ``x @ weight.T + bias``.
+    x : ndarray
+        (B, in) the forward's inputs.
+    weight : ndarray
+        (out, in) weights.
+    bias : bool
+        Compute grad_bias (else None is returned for it).
+    input_grad : bool
+        Compute grad_input (else None is returned for it).
+    grad_input : ndarray or None
+        (B, in) buffer for grad_input; allocated when None.
+    grad_weight : ndarray or None
+        (out, in) buffer for grad_weight; allocated when None.
+    grad_bias : ndarray or None
+        (out,) buffer for grad_bias; allocated when None.
+    accumulate : bool
+        Add into grad_weight and grad_bias instead of overwriting them.
+    accumulate_input : bool or None
+        Add into grad_input; None: as accumulate.
+
+    Returns
+    -------
+    grad_input : ndarray or None
+        (B, in): ``grad_out @ weight``; None without input_grad.
+    grad_weight : ndarray
+        (out, in): ``grad_out.T @ x``.
+    grad_bias : ndarray or None
+        (out,): ``grad_out.sum(0)``; None without bias.
     """
     G = _floats(grad_out, "grad_out", 2)
     X = _floats(x, "x", 2, G, "grad_out")

@@ -41,7 +41,13 @@ _load_blas()
 def set_num_threads(int n):
     """Caps the threads of fastprop's own large passes (the optimizer updates over
     buffers of 2^20 elements and more); 0 means one per online CPU. The BLAS keeps its own
-    setting (OPENBLAS_NUM_THREADS, threadpoolctl)."""
+    setting (OPENBLAS_NUM_THREADS, threadpoolctl).
+
+    Parameters
+    ----------
+    n : int
+        The cap, in [0, 8]; 0 means one per online CPU.
+    """
     global fp_num_threads
     if n < 0 or n > FP_MAX_THREADS:
         raise ValueError(f"n must be in [0, {FP_MAX_THREADS}], got {n}")
@@ -49,7 +55,13 @@ def set_num_threads(int n):
 
 
 def get_num_threads():
-    """The threads fastprop's own large passes use at most."""
+    """The threads fastprop's own large passes use at most.
+
+    Returns
+    -------
+    n : int
+        The threads used at most.
+    """
     cdef int n
     with nogil:
         n = fp_threads()

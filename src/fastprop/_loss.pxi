@@ -20,12 +20,38 @@ cdef _softmax(logits, out, bint log_space, str where):
 
 
 def softmax(logits, *, out=None):
-    """Row-wise softmax of (B, C) logits, shifted by the row maximum."""
+    """Row-wise softmax of (B, C) logits, shifted by the row maximum.
+
+    Parameters
+    ----------
+    logits : ndarray
+        (B, C) logits.
+    out : ndarray or None
+        Buffer for the result, (B, C) (may be logits itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C): each row's softmax.
+    """
     return _softmax(logits, out, False, "softmax")
 
 
 def log_softmax(logits, *, out=None):
-    """Row-wise log-softmax of (B, C) logits (log-sum-exp)."""
+    """Row-wise log-softmax of (B, C) logits (log-sum-exp).
+
+    Parameters
+    ----------
+    logits : ndarray
+        (B, C) logits.
+    out : ndarray or None
+        Buffer for the result, (B, C) (may be logits itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C): each row's log-softmax.
+    """
     return _softmax(logits, out, True, "log_softmax")
 
 
@@ -70,6 +96,31 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True, w
     loss = mean_i [logsumexp(z_i) − Σ_j t_ij z_ij]; grad = (softmax(z) Σ_j t_ij − t) / B.
     weight (C,), label_smoothing and sample_weight (B,) as torch's CrossEntropyLoss (see
     losses.SoftmaxCrossEntropy). Returns (loss as float, grad or None); grad_out=logits works in place.
+
+    Parameters
+    ----------
+    logits : ndarray
+        (B, C) logits.
+    target : array_like
+        (B,) integer labels in [0, C), or (B, C) soft targets.
+    grad_out : ndarray or None
+        Buffer for the gradient, of logits's shape (may be logits itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    weight : array_like or None
+        (C,) class weights, finite and >= 0 (torch's CrossEntropyLoss weight); None: all 1.
+    label_smoothing : float
+        In [0, 1]: the targets become ``(1 - eps) t + eps / C``.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d logits, of logits's shape; None without compute_grad.
     """
     if weight is not None or sample_weight is not None or label_smoothing != 0:
         return _xent_weighted(logits, target, grad_out, compute_grad, weight, label_smoothing,
@@ -95,6 +146,27 @@ def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True, sample_weig
 
     loss = mean(max(z, 0) − z·y + log1p(exp(−|z|))); grad = (σ(z) − y) / n.
     target has the shape of logits (any real dtype, cast to the logits' dtype).
+
+    Parameters
+    ----------
+    logits : ndarray
+        Logits, any shape with the rows on axis 0.
+    target : array_like
+        Probabilities in [0, 1], of logits' shape (any real dtype, cast to the logits').
+    grad_out : ndarray or None
+        Buffer for the gradient, of logits's shape (may be logits itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d logits, of logits's shape; None without compute_grad.
     """
     if sample_weight is not None:
         return _pointwise_loss("sigmoid_bce", "logits", logits, target, grad_out, compute_grad,
@@ -117,7 +189,29 @@ def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True, sample_weig
 
 
 def mse(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
-    """Mean squared error: loss = mean((pred − target)²); grad = 2 (pred − target) / n."""
+    """Mean squared error: loss = mean((pred − target)²); grad = 2 (pred − target) / n.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
+    """
     if sample_weight is not None:
         return _pointwise_loss("mse", "pred", pred, target, grad_out, compute_grad, sample_weight, 0)
     P = _floats(pred, "pred", -1)
@@ -159,6 +253,29 @@ def softmax_cross_entropy_hvp(logits, target, v, *, out=None, weight=None, label
 
     logits, v, out : (B, C); target : labels (B,) or soft targets (B, C). out must not
     overlap logits or v. weight, label_smoothing, sample_weight: as softmax_cross_entropy's.
+
+    Parameters
+    ----------
+    logits : ndarray
+        (B, C) logits.
+    target : array_like
+        (B,) integer labels in [0, C), or (B, C) soft targets.
+    v : ndarray
+        The direction, of logits's shape.
+    out : ndarray or None
+        Buffer for the result, (B, C) (must not overlap logits or v); allocated when None.
+    weight : array_like or None
+        (C,) class weights, finite and >= 0 (torch's CrossEntropyLoss weight); None: all 1.
+    label_smoothing : float
+        In [0, 1]: the targets become ``(1 - eps) t + eps / C``.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d logits^2) v``, of logits's shape.
     """
     if weight is not None or sample_weight is not None or label_smoothing != 0:
         return _xent_weighted_hvp(logits, target, v, out, weight, label_smoothing, sample_weight)
@@ -182,7 +299,27 @@ def softmax_cross_entropy_hvp(logits, target, v, *, out=None, weight=None, label
 
 
 def sigmoid_bce_hvp(logits, target, v, *, out=None, sample_weight=None):
-    """``(∂²J/∂z²) v`` of sigmoid_bce: ``σ(z)(1 − σ(z)) v / n``; target only checked."""
+    """``(∂²J/∂z²) v`` of sigmoid_bce: ``σ(z)(1 − σ(z)) v / n``; target only checked.
+
+    Parameters
+    ----------
+    logits : ndarray
+        Logits, any shape with the rows on axis 0.
+    target : array_like
+        Of logits' shape; only checked (the Hessian does not depend on it).
+    v : ndarray
+        The direction, of logits's shape.
+    out : ndarray or None
+        Buffer for the result, of logits's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d logits^2) v``, of logits's shape.
+    """
     if sample_weight is not None:
         return _pointwise_hvp("sigmoid_bce", "logits", logits, target, v, out, sample_weight, 0)
     Z, T, V, D = _hvp_args(logits, "logits", target, v, out)
@@ -198,7 +335,27 @@ def sigmoid_bce_hvp(logits, target, v, *, out=None, sample_weight=None):
 
 
 def mse_hvp(pred, target, v, *, out=None, sample_weight=None):
-    """``(∂²J/∂p²) v`` of mse: ``2 v / n``; pred and target only checked."""
+    """``(∂²J/∂p²) v`` of mse: ``2 v / n``; pred and target only checked.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        Of pred's shape; only checked (the Hessian does not depend on it).
+    v : ndarray
+        The direction, of pred's shape.
+    out : ndarray or None
+        Buffer for the result, of pred's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d pred^2) v``, of pred's shape.
+    """
     if sample_weight is not None:
         return _pointwise_hvp("mse", "pred", pred, target, v, out, sample_weight, 0)
     P, T, V, D = _hvp_args(pred, "pred", target, v, out)
@@ -224,6 +381,27 @@ def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True, sample_weigh
     (e^{−log σ²/2} multiplies instead), so a log σ² of ±hundreds neither overflows nor divides by 0.
     sample_weight (B,): Σ_i w_i l_i / Σ_i w_i with l_i row i's mean over its k elements.
     Returns (loss as float, grad or None); grad_out=pred works in place.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, 2k): the means and the log-variances ``[mu, log sigma^2]``.
+    target : array_like
+        (B, k) targets (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
     """
     if sample_weight is not None:
         return _gaussian_nll_weighted(pred, target, grad_out, compute_grad, sample_weight)

@@ -104,35 +104,169 @@ cdef object _pointwise_hvp(str name, str pname, pred, target, v, out, sample_wei
 def l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
     """Mean absolute error (torch's L1Loss): loss = mean(abs(pred − target)); grad = sign(pred − target) / n
     (0 where they are equal). sample_weight (B,): Σ_i w_i mean_j l_ij / Σ_i w_i, as every loss here.
-    Returns (loss as float, grad or None); grad_out=pred works in place."""
+    Returns (loss as float, grad or None); grad_out=pred works in place.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
+    """
     return _pointwise_loss("l1_loss", "pred", pred, target, grad_out, compute_grad, sample_weight, 0)
 
 
 def huber_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, delta=1.0):
-    """torch's HuberLoss: mean of ½ d² where abs(d) < delta, delta (abs(d) − ½ delta) elsewhere (d = pred − target)."""
+    """torch's HuberLoss: mean of ½ d² where abs(d) < delta, delta (abs(d) − ½ delta) elsewhere (d = pred − target).
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+    delta : float
+        Where abs(pred - target) turns from quadratic to linear; > 0.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
+    """
     d = check_loss_param(delta, "delta", False)
     return _pointwise_loss("huber_loss", "pred", pred, target, grad_out, compute_grad, sample_weight, d)
 
 
 def smooth_l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, beta=1.0):
-    """torch's SmoothL1Loss: mean of ½ d²/beta where abs(d) < beta, abs(d) − ½ beta elsewhere; beta = 0 is L1."""
+    """torch's SmoothL1Loss: mean of ½ d²/beta where abs(d) < beta, abs(d) − ½ beta elsewhere; beta = 0 is L1.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+    beta : float
+        Where abs(pred - target) turns from quadratic to linear; >= 0 (0 is L1).
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
+    """
     b = check_loss_param(beta, "beta", True)
     return _pointwise_loss("smooth_l1_loss", "pred", pred, target, grad_out, compute_grad, sample_weight, b)
 
 
 def l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None):
-    """``(∂²J/∂p²) v`` of l1_loss: 0 (the loss is piecewise linear)."""
+    """``(∂²J/∂p²) v`` of l1_loss: 0 (the loss is piecewise linear).
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        Of pred's shape; only checked (the Hessian does not depend on it).
+    v : ndarray
+        The direction, of pred's shape.
+    out : ndarray or None
+        Buffer for the result, of pred's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d pred^2) v``, of pred's shape.
+    """
     return _pointwise_hvp("l1_loss", "pred", pred, target, v, out, sample_weight, 0)
 
 
 def huber_loss_hvp(pred, target, v, *, out=None, sample_weight=None, delta=1.0):
-    """``(∂²J/∂p²) v`` of huber_loss: v / n where abs(pred − target) < delta, 0 elsewhere."""
+    """``(∂²J/∂p²) v`` of huber_loss: v / n where abs(pred − target) < delta, 0 elsewhere.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape.
+    v : ndarray
+        The direction, of pred's shape.
+    out : ndarray or None
+        Buffer for the result, of pred's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+    delta : float
+        Where abs(pred - target) turns from quadratic to linear; > 0.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d pred^2) v``, of pred's shape.
+    """
     d = check_loss_param(delta, "delta", False)
     return _pointwise_hvp("huber_loss", "pred", pred, target, v, out, sample_weight, d)
 
 
 def smooth_l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None, beta=1.0):
-    """``(∂²J/∂p²) v`` of smooth_l1_loss: v / (beta n) where abs(pred − target) < beta, 0 elsewhere."""
+    """``(∂²J/∂p²) v`` of smooth_l1_loss: v / (beta n) where abs(pred − target) < beta, 0 elsewhere.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape.
+    v : ndarray
+        The direction, of pred's shape.
+    out : ndarray or None
+        Buffer for the result, of pred's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+    beta : float
+        Where abs(pred - target) turns from quadratic to linear; >= 0 (0 is L1).
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d pred^2) v``, of pred's shape.
+    """
     b = check_loss_param(beta, "beta", True)
     return _pointwise_hvp("smooth_l1_loss", "pred", pred, target, v, out, sample_weight, b)
 

@@ -30,7 +30,21 @@ cdef bint _flag(object accumulate, int i, int n) except -1:
 def add_forward(inputs, *, out=None):
     """``out = Σ_k inputs[k]``; inputs : a list of (B, n) arrays of one shape and dtype.
 
-    out may be exactly inputs[0] (in place); it must not overlap the others."""
+    out may be exactly inputs[0] (in place); it must not overlap the others.
+
+    Parameters
+    ----------
+    inputs : list of ndarray
+        The summands, of one shape and dtype.
+    out : ndarray or None
+        Buffer for the result, of the inputs' shape (may be exactly inputs[0]); allocated when
+        None.
+
+    Returns
+    -------
+    out : ndarray
+        The elementwise sum.
+    """
     xs = _same_inputs(inputs, "inputs")
     X0 = xs[0]
     for i, a in enumerate(xs):
@@ -60,7 +74,22 @@ def add_forward(inputs, *, out=None):
 
 def add_backward(grad, *, out=None, accumulate=False):
     """The gradient of each summand of an Add: ``out (+)= grad`` (any shape); also the
-    grad table's accumulation of one consumer's contribution."""
+    grad table's accumulation of one consumer's contribution.
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the sum, any shape.
+    out : ndarray or None
+        Buffer for the result, of grad's shape; allocated when None.
+    accumulate : bool
+        Add grad into out instead of overwriting it.
+
+    Returns
+    -------
+    out : ndarray
+        Each summand's gradient (grad, or out + grad).
+    """
     G = _floats(grad, "grad", -1)
     cdef bint acc = bool(accumulate)
     D = _out(out, "out", G.shape, G, acc)
@@ -76,7 +105,22 @@ def add_backward(grad, *, out=None, accumulate=False):
 
 
 def mul_forward(a, b, *, out=None):
-    """``out = a ⊙ b`` elementwise; a and b of one shape; out may be exactly a or b."""
+    """``out = a ⊙ b`` elementwise; a and b of one shape; out may be exactly a or b.
+
+    Parameters
+    ----------
+    a : ndarray
+        Any shape.
+    b : ndarray
+        Of a's shape.
+    out : ndarray or None
+        Buffer for the result, of a's shape (may be exactly a or b); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        ``a b`` elementwise.
+    """
     A = _floats(a, "a", -1)
     Bm = _floats(b, "b", -1, A, "a")
     if Bm.shape != A.shape:
@@ -99,7 +143,36 @@ def mul_backward(grad, a, b, *, grad_a=None, grad_b=None, need_a=True, need_b=Tr
 
     need_a / need_b False skips that side (None is returned for it). grad_a may be exactly
     grad_b (the gradient of x ⊙ x: both contributions are added into it).
-    Returns (grad_a, grad_b)."""
+    Returns (grad_a, grad_b).
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the product, any shape.
+    a : ndarray
+        The forward's first factor, of grad's shape.
+    b : ndarray
+        The forward's second factor, of grad's shape.
+    grad_a : ndarray or None
+        Buffer for grad_a; allocated when None.
+    grad_b : ndarray or None
+        Buffer for grad_b (may be exactly grad_a: both are added into it); allocated when None.
+    need_a : bool
+        Compute grad_a (else None is returned for it).
+    need_b : bool
+        Compute grad_b (else None is returned for it).
+    accumulate_a : bool
+        Add into grad_a instead of overwriting it.
+    accumulate_b : bool
+        Add into grad_b instead of overwriting it.
+
+    Returns
+    -------
+    grad_a : ndarray or None
+        ``grad b``; None without need_a.
+    grad_b : ndarray or None
+        ``grad a``; None without need_b.
+    """
     G = _floats(grad, "grad", -1)
     A = _floats(a, "a", -1, G, "grad")
     Bm = _floats(b, "b", -1, G, "grad")
@@ -129,7 +202,20 @@ def mul_backward(grad, a, b, *, grad_a=None, grad_b=None, need_a=True, need_b=Tr
 
 
 def concat_forward(inputs, *, out=None):
-    """``out = [inputs[0], inputs[1], ...]`` along the features: (B, Σ widths)."""
+    """``out = [inputs[0], inputs[1], ...]`` along the features: (B, Σ widths).
+
+    Parameters
+    ----------
+    inputs : list of ndarray
+        (B, n_i) arrays of one dtype.
+    out : ndarray or None
+        Buffer for the result, (B, sum n_i); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, sum n_i): the inputs side by side.
+    """
     xs = _same_inputs(inputs, "inputs")
     X0 = xs[0]
     cdef int64_t batch = X0.shape[0], width = sum(a.shape[1] for a in xs), offset = 0, w
@@ -154,7 +240,26 @@ def concat_backward(grad, widths, *, outs=None, needed=None, accumulate=False):
 
     grad : (B, Σ widths); outs : a list of (B, widths[i]) buffers or None (allocated);
     needed : one bool per input (False: skipped, None returned); accumulate : one bool
-    for all or one per input. Returns the list of gradients."""
+    for all or one per input. Returns the list of gradients.
+
+    Parameters
+    ----------
+    grad : ndarray
+        (B, sum widths) gradient of the concatenation.
+    widths : list of int
+        The inputs' widths n_i, in order.
+    outs : list or None
+        One (B, widths[i]) buffer or None (allocated) per input; None: all allocated.
+    needed : list of bool or None
+        One flag per input (False: skipped, None returned); None: all needed.
+    accumulate : bool or list of bool
+        Add into the buffers instead of overwriting them; one flag for all or one per input.
+
+    Returns
+    -------
+    grads : list
+        Per input, the (B, widths[i]) column block of grad, or None.
+    """
     G = _floats(grad, "grad", 2)
     ws = [int(w) for w in widths]
     cdef int n_in = len(ws)

@@ -96,6 +96,28 @@ def dropout_forward(x, p, key, counter, *, out=None, mask_out=None):
 
     x, out : any shape; mask_out : uint8 of x's shape. out=x works in place. The call uses
     ``dropout_blocks(x.size)`` counter values. Returns (out, mask).
+
+    Parameters
+    ----------
+    x : ndarray
+        The inputs, any shape.
+    p : float
+        The drop probability, in [0, 1].
+    key : int
+        The Philox key of the random stream.
+    counter : int
+        The stream's first counter; a call uses ``64 ceil(x.size / 256)`` counter values.
+    out : ndarray or None
+        Buffer for the result, of x's shape (may be x itself); allocated when None.
+    mask_out : ndarray or None
+        uint8 buffer for the mask, of x's shape; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        ``x / (1 - p)`` where kept, else 0.
+    mask : ndarray
+        uint8, of x's shape: 1 where kept.
     """
     X = _floats(x, "x", -1)
     cdef double q = _probability(p)
@@ -114,7 +136,24 @@ def dropout_forward(x, p, key, counter, *, out=None, mask_out=None):
 
 def dropout_backward(grad, mask, p, *, out=None):
     """``out = mask ? grad / (1 − p) : 0``, the forward's mask reused (also R{y} from R{x}).
-    out=grad works in place."""
+    out=grad works in place.
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the output, any shape.
+    mask : ndarray
+        The forward's uint8 mask, of grad's shape.
+    p : float
+        The forward's drop probability, in [0, 1].
+    out : ndarray or None
+        Buffer for the result, of grad's shape (may be grad itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        ``grad / (1 - p)`` where kept, else 0.
+    """
     G = _floats(grad, "grad", -1)
     cdef double q = _probability(p)
     if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.shape != G.shape:
@@ -216,6 +255,32 @@ def layernorm_forward(x, weight=None, bias=None, *, eps=1e-5, out=None, mean_out
 
     weight, bias : (n,) or None. Returns (y, mean, rstd), mean and rstd (B,) for the
     backward. out=x works in place.
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, n) inputs, normalized over each row.
+    weight : ndarray or None
+        (n,) scale; None: 1.
+    bias : ndarray or None
+        (n,) shift; None: 0.
+    eps : float
+        Added to the variance, > 0.
+    out : ndarray or None
+        Buffer for the result, (B, n) (may be x itself); allocated when None.
+    mean_out : ndarray or None
+        (B,) buffer for the rows' means; allocated when None.
+    rstd_out : ndarray or None
+        (B,) buffer for the rows' ``1 / sqrt(var + eps)``; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, n): ``(x - mean) rstd weight + bias``.
+    mean : ndarray
+        (B,) the rows' means.
+    rstd : ndarray
+        (B,) the rows' ``1 / sqrt(var + eps)`` (biased variance).
     """
     X = _rows2d(x, "x")
     cdef double e = _eps(eps)
@@ -237,7 +302,40 @@ def layernorm_backward(grad, x, mean, rstd, weight=None, *, input_grad=True, out
     """LayerNorm's backward: grad_input = rstd (d − mean(d) − x̂ mean(d x̂)), d = grad·weight;
     grad_weight (+)= Σ_rows grad·x̂ and grad_bias (+)= Σ_rows grad when given (or, with
     accumulate False, allocated when None... only the given ones are written).
-    Returns (grad_input or None, grad_weight, grad_bias). out=grad works in place."""
+    Returns (grad_input or None, grad_weight, grad_bias). out=grad works in place.
+
+    Parameters
+    ----------
+    grad : ndarray
+        (B, n) gradient of the output.
+    x : ndarray
+        (B, n) the forward's inputs.
+    mean : ndarray
+        (B,) the forward's row means.
+    rstd : ndarray
+        (B,) the forward's row ``1 / sqrt(var + eps)``.
+    weight : ndarray or None
+        (n,) scale; None: 1.
+    input_grad : bool
+        Compute the input's gradient (else None is returned for it).
+    out : ndarray or None
+        (B, n) buffer for the input's gradient (may be grad itself); allocated when None.
+    grad_weight : ndarray or None
+        (n,) buffer for weight's gradient; only written when given.
+    grad_bias : ndarray or None
+        (n,) buffer for bias's gradient; only written when given.
+    accumulate : bool
+        Add into grad_weight and grad_bias instead of overwriting them.
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, n) the input's gradient; None without input_grad.
+    grad_weight : ndarray or None
+        (n,): the sum over the rows of ``grad xhat``; None when not given.
+    grad_bias : ndarray or None
+        (n,): the sum over the rows of grad; None when not given.
+    """
     G = _rows2d(grad, "grad")
     X = _same_shape(x, "x", G, "grad")
     cdef int64_t batch = G.shape[0], n = G.shape[1]
@@ -265,7 +363,36 @@ def layernorm_backward(grad, x, mean, rstd, weight=None, *, input_grad=True, out
 def layernorm_rforward(x, rx, weight=None, bias=None, v_weight=None, v_bias=None, *, eps=1e-5,
                        out=None, rout=None):
     """LayerNorm's R-operator: y and R{y} = R{x̂} weight + x̂ v_weight + v_bias, with
-    R{x̂} = rstd (R{x} − mean(R{x}) − x̂ mean(x̂ R{x})). rx None: a fixed input. Returns (y, ry)."""
+    R{x̂} = rstd (R{x} − mean(R{x}) − x̂ mean(x̂ R{x})). rx None: a fixed input. Returns (y, ry).
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, n) inputs.
+    rx : ndarray or None
+        (B, n) R{x}, the input's direction; None for a fixed input.
+    weight : ndarray or None
+        (n,) scale; None: 1.
+    bias : ndarray or None
+        (n,) shift; None: 0.
+    v_weight : ndarray or None
+        (n,) weight's direction; None: 0.
+    v_bias : ndarray or None
+        (n,) bias's direction; None: 0.
+    eps : float
+        Added to the variance, > 0.
+    out : ndarray or None
+        Buffer for the result, (B, n); allocated when None.
+    rout : ndarray or None
+        (B, n) buffer for R{y}; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, n) y, as layernorm_forward's.
+    rout : ndarray
+        (B, n) R{y}: ``R{xhat} weight + xhat v_weight + v_bias``.
+    """
     X = _rows2d(x, "x")
     cdef double e = _eps(eps)
     cdef int64_t n = X.shape[1]
@@ -287,7 +414,48 @@ def layernorm_rbackward(grad, rgrad, x, rx=None, weight=None, v_weight=None, *, 
     """LayerNorm's R-backward (csrc/norm.c): (grad_input, R{grad_input}) and
     hv_weight (+)= Σ (R{g} x̂ + g R{x̂}), hv_bias (+)= Σ R{g} when given. grad None: the
     Gauss–Newton pass (grad_input None). out=grad, rout=rgrad work in place.
-    Returns (out, rout, hv_weight, hv_bias); out and rout None without input_grad."""
+    Returns (out, rout, hv_weight, hv_bias); out and rout None without input_grad.
+
+    Parameters
+    ----------
+    grad : ndarray or None
+        (B, n) The gradient of the output; None (the Gauss-Newton pass) drops its terms.
+    rgrad : ndarray
+        (B, n) R{grad}, the gradient's directional derivative.
+    x : ndarray
+        (B, n) the forward's inputs.
+    rx : ndarray or None
+        (B, n) R{x}, the input's direction; None for a fixed input.
+    weight : ndarray or None
+        (n,) scale; None: 1.
+    v_weight : ndarray or None
+        (n,) weight's direction; None: 0.
+    eps : float
+        Added to the variance, > 0.
+    input_grad : bool
+        Compute the input's gradient (else None is returned for it).
+    out : ndarray or None
+        (B, n) buffer for the input's gradient (may be grad itself); allocated when None.
+    rout : ndarray or None
+        (B, n) buffer for R{input's gradient} (may be rgrad itself); allocated when None.
+    hv_weight : ndarray or None
+        (n,) buffer for R{weight's gradient}; only written when given.
+    hv_bias : ndarray or None
+        (n,) buffer for R{bias's gradient}; only written when given.
+    accumulate : bool
+        Add into hv_weight and hv_bias instead of overwriting them.
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, n) the input's gradient; None when grad is None or without input_grad.
+    rout : ndarray or None
+        (B, n) R{input's gradient}; None without input_grad.
+    hv_weight : ndarray or None
+        (n,) R{weight's gradient}; None when not given.
+    hv_bias : ndarray or None
+        (n,) R{bias's gradient}: the sum over the rows of rgrad; None when not given.
+    """
     RG = _rows2d(rgrad, "rgrad")
     cdef double e = _eps(eps)
     cdef int64_t n = RG.shape[1]
@@ -400,6 +568,42 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
     running statistics (when given, B ≥ 2) by momentum towards the mean and the unbiased
     variance, in place; else normalize by the running statistics. Returns (y, mean, rstd),
     the statistics used (for the backward).
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, C) inputs, normalized over the batch per feature.
+    weight : ndarray or None
+        (C,) scale; None: 1.
+    bias : ndarray or None
+        (C,) shift; None: 0.
+    running_mean : ndarray or None
+        (C,) running mean, updated in place with batch_stats; both running statistics or
+        neither.
+    running_var : ndarray or None
+        (C,) running variance (unbiased), updated in place with batch_stats.
+    batch_stats : bool
+        Normalize by the batch's mean and biased variance and move the running statistics (B >=
+        2); else normalize by the running statistics.
+    eps : float
+        Added to the variance, > 0.
+    momentum : float
+        ``running = (1 - momentum) running + momentum batch_statistic``.
+    out : ndarray or None
+        Buffer for the result, (B, C); allocated when None.
+    mean_out : ndarray or None
+        (C,) buffer for the mean used; allocated when None.
+    rstd_out : ndarray or None
+        (C,) buffer for the ``1 / sqrt(var + eps)`` used; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C): ``(x - mean) rstd weight + bias``.
+    mean : ndarray
+        (C,) the mean used.
+    rstd : ndarray
+        (C,) the ``1 / sqrt(var + eps)`` used.
     """
     X = _floats(x, "x", 2)
     cdef double e = _eps(eps), m = float(momentum)
@@ -439,7 +643,44 @@ def batchnorm_backward(grad, x, mean, rstd, weight=None, *, batch_stats=True, in
     """BatchNorm's backward with the forward's (mean, rstd): batch_stats gives
     grad_input = rstd w (g − Σg/B − x̂ Σ(g x̂)/B), else g·rstd·w; grad_weight (+)= Σ g x̂ and
     grad_bias (+)= Σ g when given. workspace: (2C,) scratch (allocated when None).
-    Returns (grad_input or None, grad_weight, grad_bias). out=grad works in place."""
+    Returns (grad_input or None, grad_weight, grad_bias). out=grad works in place.
+
+    Parameters
+    ----------
+    grad : ndarray
+        (B, C) gradient of the output.
+    x : ndarray
+        (B, C) the forward's inputs.
+    mean : ndarray
+        (C,) the forward's mean (the statistics used).
+    rstd : ndarray
+        (C,) the forward's ``1 / sqrt(var + eps)``.
+    weight : ndarray or None
+        (C,) scale; None: 1.
+    batch_stats : bool
+        As the forward's: the statistics depend on x (True) or are fixed.
+    input_grad : bool
+        Compute the input's gradient (else None is returned for it).
+    out : ndarray or None
+        (B, C) buffer for the input's gradient (may be grad itself); allocated when None.
+    grad_weight : ndarray or None
+        (C,) buffer for weight's gradient; only written when given.
+    grad_bias : ndarray or None
+        (C,) buffer for bias's gradient; only written when given.
+    accumulate : bool
+        Add into grad_weight and grad_bias instead of overwriting them.
+    workspace : ndarray or None
+        (2C,) scratch buffer of the C kernel; allocated when None.
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, C) the input's gradient; None without input_grad.
+    grad_weight : ndarray or None
+        (C,): the sum over the rows of ``grad xhat``; None when not given.
+    grad_bias : ndarray or None
+        (C,): the sum over the rows of grad; None when not given.
+    """
     G = _floats(grad, "grad", 2)
     X = _same_shape(x, "x", G, "grad")
     cdef int64_t c = G.shape[1]
@@ -470,7 +711,38 @@ def batchnorm_backward(grad, x, mean, rstd, weight=None, *, batch_stats=True, in
 def batchnorm_rforward(x, rx, mean, rstd, weight=None, bias=None, v_weight=None, v_bias=None, *,
                        out=None, rout=None):
     """BatchNorm's R-operator with fixed statistics (eval mode): y and
-    R{y} = R{x} rstd w + x̂ v_weight + v_bias. rx None: a fixed input. Returns (y, ry)."""
+    R{y} = R{x} rstd w + x̂ v_weight + v_bias. rx None: a fixed input. Returns (y, ry).
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, C) inputs.
+    rx : ndarray or None
+        (B, C) R{x}, the input's direction; None for a fixed input.
+    mean : ndarray
+        (C,) the fixed mean.
+    rstd : ndarray
+        (C,) the fixed ``1 / sqrt(var + eps)``.
+    weight : ndarray or None
+        (C,) scale; None: 1.
+    bias : ndarray or None
+        (C,) shift; None: 0.
+    v_weight : ndarray or None
+        (C,) weight's direction; None: 0.
+    v_bias : ndarray or None
+        (C,) bias's direction; None: 0.
+    out : ndarray or None
+        Buffer for the result, (B, C); allocated when None.
+    rout : ndarray or None
+        (B, C) buffer for R{y}; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C) y, with the fixed statistics.
+    rout : ndarray
+        (B, C) R{y}: ``rx rstd weight + xhat v_weight + v_bias``.
+    """
     X = _floats(x, "x", 2)
     cdef int64_t c = X.shape[1]
     RX = _same_shape(rx, "rx", X, "x")
@@ -493,7 +765,50 @@ def batchnorm_rbackward(grad, rgrad, x, rx, mean, rstd, weight=None, v_weight=No
                         accumulate=False):
     """BatchNorm's R-backward with fixed statistics: grad_input = g rstd w,
     R{grad_input} = R{g} rstd w + g rstd v_weight, hv_weight (+)= Σ (R{g} x̂ + g R{x} rstd),
-    hv_bias (+)= Σ R{g}. grad None: the Gauss–Newton pass. Returns (out, rout, hv_weight, hv_bias)."""
+    hv_bias (+)= Σ R{g}. grad None: the Gauss–Newton pass. Returns (out, rout, hv_weight, hv_bias).
+
+    Parameters
+    ----------
+    grad : ndarray or None
+        (B, C) The gradient of the output; None (the Gauss-Newton pass) drops its terms.
+    rgrad : ndarray
+        (B, C) R{grad}, the gradient's directional derivative.
+    x : ndarray
+        (B, C) the forward's inputs.
+    rx : ndarray or None
+        (B, C) R{x}, the input's direction; None for a fixed input.
+    mean : ndarray
+        (C,) the fixed mean.
+    rstd : ndarray
+        (C,) the fixed ``1 / sqrt(var + eps)``.
+    weight : ndarray or None
+        (C,) scale; None: 1.
+    v_weight : ndarray or None
+        (C,) weight's direction; None: 0.
+    input_grad : bool
+        Compute the input's gradient (else None is returned for it).
+    out : ndarray or None
+        (B, C) buffer for the input's gradient (may be grad itself); allocated when None.
+    rout : ndarray or None
+        (B, C) buffer for R{input's gradient} (may be rgrad itself); allocated when None.
+    hv_weight : ndarray or None
+        (C,) buffer for R{weight's gradient}; only written when given.
+    hv_bias : ndarray or None
+        (C,) buffer for R{bias's gradient}; only written when given.
+    accumulate : bool
+        Add into hv_weight and hv_bias instead of overwriting them.
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, C) the input's gradient; None when grad is None or without input_grad.
+    rout : ndarray or None
+        (B, C) R{input's gradient}; None without input_grad.
+    hv_weight : ndarray or None
+        (C,) R{weight's gradient}; None when not given.
+    hv_bias : ndarray or None
+        (C,) R{bias's gradient}: the sum over the rows of rgrad; None when not given.
+    """
     RG = _floats(rgrad, "rgrad", 2)
     cdef int64_t c = RG.shape[1]
     G = _same_shape(grad, "grad", RG, "rgrad")

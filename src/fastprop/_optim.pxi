@@ -32,6 +32,27 @@ def sgd_step(param, grad, *, lr, momentum_buffer=None, double momentum=0.0,
 
     g = grad + weight_decay·param; with momentum: buf = g on the first step, else
     momentum·buf + (1 − dampening)·g; g = g + momentum·buf (Nesterov) or buf; param −= lr·g.
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    lr : float
+        The learning rate, >= 0.
+    momentum_buffer : ndarray or None
+        The momentum state, of param's shape, updated in place; needed when momentum != 0.
+    momentum : float
+        The momentum factor, >= 0.
+    dampening : float
+        The dampening of the momentum.
+    nesterov : bool
+        Nesterov momentum (needs momentum > 0 and dampening = 0).
+    weight_decay : float
+        L2 penalty >= 0 (``grad + weight_decay param``).
+    first_step : bool
+        The buffer's first step: ``buf = g``, as torch starts it.
     """
     P = _param(param)
     G = _floats(grad, "grad", P.ndim, P, "param")
@@ -63,6 +84,31 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, double lr=1e-3, double 
     """One Adam (decoupled=False) or AdamW (decoupled=True) update in place, as torch.optim.
 
     step is the 1-based count of this update (for the bias corrections).
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    exp_avg : ndarray
+        The first moment, of param's shape, updated in place.
+    exp_avg_sq : ndarray
+        The second moment, of param's shape, updated in place.
+    step : int
+        This update's 1-based count (for the bias corrections).
+    lr : float
+        The learning rate, >= 0.
+    beta1 : float
+        The first moment's decay, in [0, 1).
+    beta2 : float
+        The second moment's decay, in [0, 1).
+    eps : float
+        Added to the denominator, >= 0.
+    weight_decay : float
+        Weight decay >= 0: L2 (Adam) or decoupled (AdamW).
+    decoupled : bool
+        AdamW's decoupled weight decay (``param -= lr weight_decay param``).
     """
     P = _param(param)
     G = _floats(grad, "grad", P.ndim, P, "param")

@@ -164,7 +164,35 @@ def amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, doub
                  double beta1=0.9, double beta2=0.999, double eps=1e-8, double weight_decay=0.0,
                  decoupled=False):
     """One Adam/AdamW update with amsgrad=True in place, as torch.optim: the denominator
-    uses max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq). step counts from 1."""
+    uses max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq). step counts from 1.
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    exp_avg : ndarray
+        The first moment, of param's shape, updated in place.
+    exp_avg_sq : ndarray
+        The second moment, of param's shape, updated in place.
+    max_exp_avg_sq : ndarray
+        The running maximum of exp_avg_sq, of param's shape, updated in place.
+    step : int
+        This update's 1-based count (for the bias corrections).
+    lr : float
+        The learning rate, >= 0.
+    beta1 : float
+        The first moment's decay, in [0, 1).
+    beta2 : float
+        The second moment's decay, in [0, 1).
+    eps : float
+        Added to the denominator, >= 0.
+    weight_decay : float
+        Weight decay >= 0: L2 (Adam) or decoupled (AdamW).
+    decoupled : bool
+        AdamW's decoupled weight decay (``param -= lr weight_decay param``).
+    """
     if exp_avg is None or exp_avg_sq is None or max_exp_avg_sq is None:
         raise TypeError("exp_avg, exp_avg_sq and max_exp_avg_sq must be arrays shaped like param")
     P, G, (M, V, VM) = _update_arrays(param, grad, ((exp_avg, "exp_avg"),
@@ -183,7 +211,32 @@ def rmsprop_step(param, grad, square_avg, *, double lr=1e-2, double alpha=0.99, 
                  double weight_decay=0.0, double momentum=0.0, momentum_buffer=None,
                  grad_avg=None):
     """One RMSprop update in place, as torch.optim.RMSprop; centered when grad_avg is given,
-    momentum > 0 needs momentum_buffer."""
+    momentum > 0 needs momentum_buffer.
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    square_avg : ndarray
+        The running average of grad squared, of param's shape, updated in place.
+    lr : float
+        The learning rate, >= 0.
+    alpha : float
+        The smoothing constant, in [0, 1].
+    eps : float
+        Added to the denominator, >= 0.
+    weight_decay : float
+        L2 penalty >= 0 (``grad + weight_decay param``).
+    momentum : float
+        The momentum factor, >= 0.
+    momentum_buffer : ndarray or None
+        The momentum state, of param's shape, updated in place; needed when momentum > 0.
+    grad_avg : ndarray or None
+        The running average of grad, of param's shape, updated in place; given: the centered
+        variant.
+    """
     if square_avg is None:
         raise TypeError("square_avg must be an array shaped like param")
     if momentum > 0 and momentum_buffer is None:
@@ -206,7 +259,27 @@ def rmsprop_step(param, grad, square_avg, *, double lr=1e-2, double alpha=0.99, 
 def adagrad_step(param, grad, state_sum, *, step, double lr=1e-2, double lr_decay=0.0,
                  double eps=1e-10, double weight_decay=0.0):
     """One Adagrad update in place, as torch.optim.Adagrad: the step size is
-    lr / (1 + (step − 1)·lr_decay); step counts from 1."""
+    lr / (1 + (step − 1)·lr_decay); step counts from 1.
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    state_sum : ndarray
+        The sum of grad squared, of param's shape, updated in place.
+    step : int
+        This update's 1-based count.
+    lr : float
+        The learning rate, >= 0.
+    lr_decay : float
+        The step size is ``lr / (1 + (step - 1) lr_decay)``; >= 0.
+    eps : float
+        Added to the denominator, >= 0.
+    weight_decay : float
+        L2 penalty >= 0 (``grad + weight_decay param``).
+    """
     if state_sum is None:
         raise TypeError("state_sum must be an array shaped like param")
     P, G, (S,) = _update_arrays(param, grad, ((state_sum, "state_sum"),))

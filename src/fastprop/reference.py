@@ -10,7 +10,7 @@ Conventions: arrays are batch-major, ``x`` is (B, in), ``weight`` is (out, in)
 (float32 stays float32, float64 stays float64); loss values are Python floats.
 When a buffer argument (``out=``, ``grad_out=``, ``grad_weight=``, ...) is given,
 the result is written into it and that buffer is returned; ``accumulate=True``
-adds into the buffer instead.  ``sgd_step`` and ``adam_step`` work in place.
+adds into the buffer instead.  The optimizer steps (``sgd_step``, ``adam_step``, ...) work in place.
 
 The module also contains a small fully-connected network written with these
 formulas (``mlp_forward`` / ``mlp_backward``, after algorithms 6.3 and 6.4 of
@@ -65,6 +65,9 @@ __all__ = [
     "smooth_l1_loss_hvp",
     "sgd_step",
     "adam_step",
+    "amsgrad_step",
+    "rmsprop_step",
+    "adagrad_step",
     "mlp_forward",
     "mlp_backward",
     "NumpyMLPTrainer",
@@ -115,7 +118,29 @@ def _log1p_exp(z):
 
 def activation_forward(x, activation, *, out=None, negative_slope=0.01, beta=1.0,
                        threshold=20.0):
-    """Apply the named elementwise activation f to ``x``."""
+    """Apply the named elementwise activation f to ``x``.
+
+    Parameters
+    ----------
+    x : ndarray
+        The inputs, any shape.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    out : ndarray or None
+        Buffer for the result, of x's shape (may be x itself); allocated when None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        ``f(x)``, of x's shape.
+    """
     x = np.asarray(x)
     if activation == "identity":
         y = x.copy()
@@ -145,7 +170,35 @@ def activation_forward(x, activation, *, out=None, negative_slope=0.01, beta=1.0
 
 def activation_backward(grad, activation, *, x=None, y=None, out=None, negative_slope=0.01,
                         beta=1.0, threshold=20.0):
-    """Return grad * f'(x); relu, leaky_relu (slope > 0), sigmoid, tanh, identity need only y."""
+    """Return grad * f'(x); relu, leaky_relu (slope > 0), sigmoid, tanh, identity need only y.
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the output, any shape.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    x : ndarray or None
+        The forward's input, of grad's shape; needed unless y is given and the activation is
+        identity, relu, leaky_relu (slope > 0), sigmoid or tanh.
+    y : ndarray or None
+        The forward's output ``f(x)``, of grad's shape; enough for identity, relu, leaky_relu
+        (slope > 0), sigmoid and tanh.
+    out : ndarray or None
+        Buffer for the result, of grad's shape (may be grad itself); allocated when None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        ``grad f'(x)``, of grad's shape.
+    """
     grad = np.asarray(grad)
     x = None if x is None else np.asarray(x)
     y = None if y is None else np.asarray(y)
@@ -219,14 +272,70 @@ def _second_derivative(x, activation, negative_slope, beta, threshold):
 
 def activation_second(grad, activation, *, x, out=None, negative_slope=0.01, beta=1.0,
                       threshold=20.0):
-    """Return grad * f''(x) (x is the input, the pre-activation)."""
+    """Return grad * f''(x) (x is the input, the pre-activation).
+
+    Parameters
+    ----------
+    grad : ndarray
+        The vector multiplied by f'', any shape.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    x : ndarray
+        The forward's input (the pre-activation), of grad's shape.
+    out : ndarray or None
+        Buffer for the result, of grad's shape (may be grad itself); allocated when None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        ``grad f''(x)``, of grad's shape.
+    """
     grad, x = np.asarray(grad), np.asarray(x)
     return _into(out, grad * _second_derivative(x, activation, negative_slope, beta, threshold))
 
 
 def activation_rbackward(grad, rgrad, activation, *, x, rx, out=None, rout=None,
                          negative_slope=0.01, beta=1.0, threshold=20.0):
-    """Return (grad * f'(x), rgrad * f'(x) + grad * f''(x) * rx): the backward and its R-operator."""
+    """Return (grad * f'(x), rgrad * f'(x) + grad * f''(x) * rx): the backward and its R-operator.
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the output, any shape.
+    rgrad : ndarray
+        R{grad}, the gradient's directional derivative, of grad's shape.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    x : ndarray
+        The forward's input, of grad's shape.
+    rx : ndarray
+        R{x}, the input's direction, of grad's shape.
+    out : ndarray or None
+        Buffer for the backward, of grad's shape (may be grad itself); allocated when None.
+    rout : ndarray or None
+        Buffer for its R-operator, of grad's shape (may be rgrad itself); allocated when None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        ``grad f'(x)``, of grad's shape.
+    rout : ndarray
+        ``rgrad f'(x) + grad f''(x) rx``, of grad's shape.
+    """
     grad, rgrad, x, rx = (np.asarray(a) for a in (grad, rgrad, x, rx))
     params = {"negative_slope": negative_slope, "beta": beta, "threshold": threshold}
     d1 = activation_backward(np.ones_like(x), activation, x=x, **params)
@@ -240,7 +349,36 @@ def activation_rbackward(grad, rgrad, activation, *, x, rx, out=None, rout=None,
 
 def dense_forward(x, weight, bias=None, activation="identity", *, out=None, preact_out=None,
                   negative_slope=0.01, beta=1.0, threshold=20.0):
-    """y = f(x @ weight.T + bias); the pre-activation is stored in ``preact_out`` if given."""
+    """y = f(x @ weight.T + bias); the pre-activation is stored in ``preact_out`` if given.
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, in) inputs.
+    weight : ndarray
+        (out, in) weights.
+    bias : ndarray or None
+        (out,) biases, or None for none.
+    activation : str
+        The activation's name, one of ``ACTIVATIONS`` (identity, relu, leaky_relu, abs,
+        sigmoid, tanh, softplus, cos, gelu, silu).
+    out : ndarray or None
+        Buffer for the result, (B, out); allocated when None.
+    preact_out : ndarray or None
+        (B, out) buffer that receives the pre-activation ``x @ weight.T + bias``; not kept
+        when None.
+    negative_slope : float
+        leaky_relu's slope for inputs below 0.
+    beta : float
+        softplus's beta (nonzero): ``log(1 + exp(beta x)) / beta``.
+    threshold : float
+        softplus is the identity where ``beta x > threshold``.
+
+    Returns
+    -------
+    out : ndarray
+        (B, out): ``f(x @ weight.T + bias)``.
+    """
     a = x @ weight.T
     if bias is not None:
         a += bias
@@ -252,7 +390,40 @@ def dense_forward(x, weight, bias=None, activation="identity", *, out=None, prea
 
 def dense_backward(grad_out, x, weight, *, bias=True, input_grad=True, grad_input=None,
                    grad_weight=None, grad_bias=None, accumulate=False, accumulate_input=None):
-    """Gradients of a linear layer: (grad_out @ weight, grad_out.T @ x, grad_out.sum(0))."""
+    """Gradients of a linear layer: (grad_out @ weight, grad_out.T @ x, grad_out.sum(0)).
+
+    Parameters
+    ----------
+    grad_out : ndarray
+        (B, out) gradient of the pre-activation ``x @ weight.T + bias``.
+    x : ndarray
+        (B, in) the forward's inputs.
+    weight : ndarray
+        (out, in) weights.
+    bias : bool
+        Compute grad_bias (else None is returned for it).
+    input_grad : bool
+        Compute grad_input (else None is returned for it).
+    grad_input : ndarray or None
+        (B, in) buffer for grad_input; allocated when None.
+    grad_weight : ndarray or None
+        (out, in) buffer for grad_weight; allocated when None.
+    grad_bias : ndarray or None
+        (out,) buffer for grad_bias; allocated when None.
+    accumulate : bool
+        Add into grad_weight and grad_bias instead of overwriting them.
+    accumulate_input : bool or None
+        Add into grad_input; None: as accumulate.
+
+    Returns
+    -------
+    grad_input : ndarray or None
+        (B, in): ``grad_out @ weight``; None without input_grad.
+    grad_weight : ndarray
+        (out, in): ``grad_out.T @ x``.
+    grad_bias : ndarray or None
+        (out,): ``grad_out.sum(0)``; None without bias.
+    """
     acc_x = accumulate if accumulate_input is None else accumulate_input
     gw = _into(grad_weight, grad_out.T @ x, accumulate)
     gb = _into(grad_bias, grad_out.sum(axis=0), accumulate) if bias else None
@@ -273,13 +444,51 @@ def _per_channel(weight, x):
 
 
 def prelu_forward(x, weight, *, out=None):
-    """y = x where x > 0, else weight[c] * x (c = channel = axis 1)."""
+    """y = x where x > 0, else weight[c] * x (c = channel = axis 1).
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, C) inputs.
+    weight : ndarray
+        (1,) or (C,): the slope below 0, shared or one per channel.
+    out : ndarray or None
+        Buffer for the result, (B, C) (may be x itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C): x where x > 0, else ``weight[c] x``.
+    """
     x = np.asarray(x)
     return _into(out, np.where(x > 0, x, _per_channel(weight, x) * x))
 
 
 def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=False):
-    """Return (grad_input, grad_weight) of PReLU; grad_weight[c] = sum over x <= 0 of grad * x."""
+    """Return (grad_input, grad_weight) of PReLU; grad_weight[c] = sum over x <= 0 of grad * x.
+
+    Parameters
+    ----------
+    grad : ndarray
+        (B, C) gradient of the output.
+    x : ndarray
+        (B, C) the forward's inputs.
+    weight : ndarray
+        (1,) or (C,): the slope below 0, shared or one per channel.
+    out : ndarray or None
+        (B, C) buffer for grad_input (may be grad itself); allocated when None.
+    grad_weight : ndarray or None
+        Buffer for grad_weight, of weight's shape; allocated when None.
+    accumulate : bool
+        Add into grad_weight instead of overwriting it.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C) grad_input: grad where x > 0, else ``weight[c] grad``.
+    grad_weight : ndarray
+        Of weight's shape: the sum over x <= 0 of ``grad x``.
+    """
     grad, x = np.asarray(grad), np.asarray(x)
     weight = np.asarray(weight)
     positive = x > 0
@@ -293,7 +502,26 @@ def prelu_backward(grad, x, weight, *, out=None, grad_weight=None, accumulate=Fa
 
 
 def prelu_rforward(x, weight, v_weight, *, rx=None, out=None):
-    """R{y} of PReLU: where x > 0, rx; elsewhere weight[c] * rx + x * v_weight[c]."""
+    """R{y} of PReLU: where x > 0, rx; elsewhere weight[c] * rx + x * v_weight[c].
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, C) inputs.
+    weight : ndarray
+        (1,) or (C,): the slope below 0, shared or one per channel.
+    v_weight : ndarray
+        The slopes' direction, of weight's shape.
+    rx : ndarray or None
+        (B, C) R{x}, the input's direction; None for a fixed input (R{x} = 0).
+    out : ndarray or None
+        Buffer for the result, (B, C) (may be rx itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C) R{y}: rx where x > 0, else ``weight[c] rx + x v_weight[c]``.
+    """
     x = np.asarray(x)
     rx = np.zeros_like(x) if rx is None else np.asarray(rx)
     a, va = _per_channel(weight, x), _per_channel(v_weight, x)
@@ -302,7 +530,40 @@ def prelu_rforward(x, weight, v_weight, *, rx=None, out=None):
 
 def prelu_rbackward(grad, rgrad, x, weight, v_weight, *, rx=None, out=None, rout=None,
                     hv_weight=None, accumulate=False):
-    """(grad * f'(x), rgrad * f'(x) + [x <= 0] v_weight grad, sum over x <= 0 of rgrad x + grad rx)."""
+    """(grad * f'(x), rgrad * f'(x) + [x <= 0] v_weight grad, sum over x <= 0 of rgrad x + grad rx).
+
+    Parameters
+    ----------
+    grad : ndarray or None
+        (B, C) gradient of the output; None (the Gauss-Newton pass) drops its terms.
+    rgrad : ndarray
+        (B, C) R{grad}, the gradient's directional derivative.
+    x : ndarray
+        (B, C) the forward's inputs.
+    weight : ndarray
+        (1,) or (C,): the slope below 0, shared or one per channel.
+    v_weight : ndarray
+        The slopes' direction, of weight's shape.
+    rx : ndarray or None
+        (B, C) R{x}, the input's direction; None drops its terms.
+    out : ndarray or None
+        (B, C) buffer for grad_input (may be grad itself); allocated when None.
+    rout : ndarray or None
+        (B, C) buffer for R{grad_input} (may be rgrad itself); allocated when None.
+    hv_weight : ndarray or None
+        Buffer for R{grad_weight}, of weight's shape; allocated when None.
+    accumulate : bool
+        Add into hv_weight instead of overwriting it.
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, C) grad_input; None when grad is None.
+    rout : ndarray
+        (B, C) R{grad_input}.
+    hv_weight : ndarray
+        Of weight's shape: the sum over x <= 0 of ``rgrad x + grad rx``.
+    """
     rgrad, x = np.asarray(rgrad), np.asarray(x)
     g = np.zeros_like(x) if grad is None else np.asarray(grad)
     rx = np.zeros_like(x) if rx is None else np.asarray(rx)
@@ -323,14 +584,40 @@ def prelu_rbackward(grad, rgrad, x, weight, v_weight, *, rx=None, out=None, rout
 # --------------------------------------------------------------------------- softmax and losses
 
 def softmax(logits, *, out=None):
-    """Row-wise softmax, shifted by the row max."""
+    """Row-wise softmax, shifted by the row max.
+
+    Parameters
+    ----------
+    logits : ndarray
+        (B, C) logits.
+    out : ndarray or None
+        Buffer for the result, (B, C) (may be logits itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C): each row's softmax.
+    """
     z = np.asarray(logits)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return _into(out, e / e.sum(axis=-1, keepdims=True))
 
 
 def log_softmax(logits, *, out=None):
-    """Row-wise log-softmax: z - logsumexp(z)."""
+    """Row-wise log-softmax: z - logsumexp(z).
+
+    Parameters
+    ----------
+    logits : ndarray
+        (B, C) logits.
+    out : ndarray or None
+        Buffer for the result, (B, C) (may be logits itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C): each row's log-softmax.
+    """
     z = np.asarray(logits)
     shifted = z - z.max(axis=-1, keepdims=True)
     return _into(out, shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
@@ -371,6 +658,31 @@ def softmax_cross_entropy(logits, target, *, grad_out=None, compute_grad=True, w
     to 1 (always for labels) the loss is mean_i[logsumexp(z_i) - t_i . z_i].
     ``weight`` (C,), ``label_smoothing`` and ``sample_weight`` (B,): torch's CrossEntropyLoss
     with t replaced by q (_xent_weights) and the mean by sum_i s_i (...) / D.
+
+    Parameters
+    ----------
+    logits : ndarray
+        (B, C) logits.
+    target : array_like
+        (B,) integer labels in [0, C), or (B, C) soft targets.
+    grad_out : ndarray or None
+        Buffer for the gradient, of logits's shape (may be logits itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    weight : array_like or None
+        (C,) class weights, finite and >= 0 (torch's CrossEntropyLoss weight); None: all 1.
+    label_smoothing : float
+        In [0, 1]: the targets become ``(1 - eps) t + eps / C``.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d logits, of logits's shape; None without compute_grad.
     """
     z = np.asarray(logits)
     if z.ndim != 2:
@@ -417,7 +729,29 @@ def _row_weighted(values, grads, sample_weight, compute_grad):
 
 
 def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True, sample_weight=None):
-    """Mean BCE on logits, max(z,0) - z*y + log1p(exp(-|z|)); grad = (sigmoid(z) - y) / n."""
+    """Mean BCE on logits, max(z,0) - z*y + log1p(exp(-abs(z))); grad = (sigmoid(z) - y) / n.
+
+    Parameters
+    ----------
+    logits : ndarray
+        Logits, any shape with the rows on axis 0.
+    target : array_like
+        Probabilities in [0, 1], of logits' shape (any real dtype, cast to the logits').
+    grad_out : ndarray or None
+        Buffer for the gradient, of logits's shape (may be logits itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d logits, of logits's shape; None without compute_grad.
+    """
     z = np.asarray(logits)
     y = np.asarray(target).astype(z.dtype, copy=False)
     if y.shape != z.shape:
@@ -433,7 +767,29 @@ def sigmoid_bce(logits, target, *, grad_out=None, compute_grad=True, sample_weig
 
 
 def mse(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
-    """loss = mean((pred - target)**2); grad = 2 * (pred - target) / n."""
+    """loss = mean((pred - target)**2); grad = 2 * (pred - target) / n.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
+    """
     pred = np.asarray(pred)
     diff = pred - np.asarray(target).astype(pred.dtype, copy=False)
     if sample_weight is not None:
@@ -450,6 +806,27 @@ def gaussian_nll(pred, target, *, grad_out=None, compute_grad=True, sample_weigh
 
     The Gaussian negative log-likelihood without its constant log(2 pi)/2 (torch's
     GaussianNLLLoss with full=False, var = e^s); grad = [-(t - mu) e^-s, (1 - (t - mu)^2 e^-s)/2] / n.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, 2k): the means and the log-variances ``[mu, log sigma^2]``.
+    target : array_like
+        (B, k) targets (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
     """
     z = np.asarray(pred)
     k = z.shape[1] // 2
@@ -495,24 +872,108 @@ def _pointwise_loss(name, pred, target, grad_out, compute_grad, sample_weight, p
 
 
 def l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None):
-    """loss = mean|pred - target| (torch's L1Loss); grad = sign(pred - target) / n."""
+    """loss = mean(abs(pred - target)) (torch's L1Loss); grad = sign(pred - target) / n.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
+    """
     return _pointwise_loss("l1_loss", pred, target, grad_out, compute_grad, sample_weight, 0)
 
 
 def huber_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, delta=1.0):
-    """torch's HuberLoss: mean of d^2/2 where |d| < delta, delta (|d| - delta/2) elsewhere."""
+    """torch's HuberLoss: mean of d^2/2 where abs(d) < delta, delta (abs(d) - delta/2) elsewhere.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+    delta : float
+        Where abs(pred - target) turns from quadratic to linear; > 0.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
+    """
     return _pointwise_loss("huber_loss", pred, target, grad_out, compute_grad, sample_weight, delta)
 
 
 def smooth_l1_loss(pred, target, *, grad_out=None, compute_grad=True, sample_weight=None, beta=1.0):
-    """torch's SmoothL1Loss: mean of d^2/(2 beta) where |d| < beta, |d| - beta/2 elsewhere."""
+    """torch's SmoothL1Loss: mean of d^2/(2 beta) where abs(d) < beta, abs(d) - beta/2 elsewhere.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape (any real dtype, cast to pred's).
+    grad_out : ndarray or None
+        Buffer for the gradient, of pred's shape (may be pred itself); allocated when None.
+    compute_grad : bool
+        False skips the gradient (None is returned for it).
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+    beta : float
+        Where abs(pred - target) turns from quadratic to linear; >= 0 (0 is L1).
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    grad : ndarray or None
+        d loss / d pred, of pred's shape; None without compute_grad.
+    """
     return _pointwise_loss("smooth_l1_loss", pred, target, grad_out, compute_grad, sample_weight, beta)
 
 
 # --------------------------------------------------------------------------- graph merge nodes
 
 def add_forward(inputs, *, out=None):
-    """y = sum of the inputs (one shape)."""
+    """y = sum of the inputs (one shape).
+
+    Parameters
+    ----------
+    inputs : list of ndarray
+        The summands, of one shape and dtype.
+    out : ndarray or None
+        Buffer for the result, of the inputs' shape (may be exactly inputs[0]); allocated when
+        None.
+
+    Returns
+    -------
+    out : ndarray
+        The elementwise sum.
+    """
     y = np.asarray(inputs[0]).copy()
     for x in inputs[1:]:
         y += x
@@ -520,18 +981,77 @@ def add_forward(inputs, *, out=None):
 
 
 def add_backward(grad, *, out=None, accumulate=False):
-    """The gradient of each summand of a sum: grad itself (added into ``out`` with accumulate)."""
+    """The gradient of each summand of a sum: grad itself (added into ``out`` with accumulate).
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the sum, any shape.
+    out : ndarray or None
+        Buffer for the result, of grad's shape; allocated when None.
+    accumulate : bool
+        Add grad into out instead of overwriting it.
+
+    Returns
+    -------
+    out : ndarray
+        Each summand's gradient (grad, or out + grad).
+    """
     return _into(out, np.array(grad, copy=True), accumulate)
 
 
 def mul_forward(a, b, *, out=None):
-    """y = a * b elementwise."""
+    """y = a * b elementwise.
+
+    Parameters
+    ----------
+    a : ndarray
+        Any shape.
+    b : ndarray
+        Of a's shape.
+    out : ndarray or None
+        Buffer for the result, of a's shape (may be exactly a or b); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        ``a b`` elementwise.
+    """
     return _into(out, np.asarray(a) * np.asarray(b))
 
 
 def mul_backward(grad, a, b, *, grad_a=None, grad_b=None, need_a=True, need_b=True,
                  accumulate_a=False, accumulate_b=False):
-    """(grad * b, grad * a), each written or added into its buffer when given."""
+    """(grad * b, grad * a), each written or added into its buffer when given.
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the product, any shape.
+    a : ndarray
+        The forward's first factor, of grad's shape.
+    b : ndarray
+        The forward's second factor, of grad's shape.
+    grad_a : ndarray or None
+        Buffer for grad_a; allocated when None.
+    grad_b : ndarray or None
+        Buffer for grad_b (may be exactly grad_a: both are added into it); allocated when None.
+    need_a : bool
+        Compute grad_a (else None is returned for it).
+    need_b : bool
+        Compute grad_b (else None is returned for it).
+    accumulate_a : bool
+        Add into grad_a instead of overwriting it.
+    accumulate_b : bool
+        Add into grad_b instead of overwriting it.
+
+    Returns
+    -------
+    grad_a : ndarray or None
+        ``grad b``; None without need_a.
+    grad_b : ndarray or None
+        ``grad a``; None without need_b.
+    """
     ga = _into(grad_a, grad * b, accumulate_a) if need_a else None
     if need_b and grad_b is not None and grad_b is grad_a:
         return ga, _into(ga, grad * a, True)
@@ -540,12 +1060,44 @@ def mul_backward(grad, a, b, *, grad_a=None, grad_b=None, need_a=True, need_b=Tr
 
 
 def concat_forward(inputs, *, out=None):
-    """y = the inputs side by side along the features."""
+    """y = the inputs side by side along the features.
+
+    Parameters
+    ----------
+    inputs : list of ndarray
+        (B, n_i) arrays of one dtype.
+    out : ndarray or None
+        Buffer for the result, (B, sum n_i); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, sum n_i): the inputs side by side.
+    """
     return _into(out, np.concatenate(inputs, axis=1))
 
 
 def concat_backward(grad, widths, *, outs=None, needed=None, accumulate=False):
-    """The column blocks of grad, one per input of the given widths."""
+    """The column blocks of grad, one per input of the given widths.
+
+    Parameters
+    ----------
+    grad : ndarray
+        (B, sum widths) gradient of the concatenation.
+    widths : list of int
+        The inputs' widths n_i, in order.
+    outs : list or None
+        One (B, widths[i]) buffer or None (allocated) per input; None: all allocated.
+    needed : list of bool or None
+        One flag per input (False: skipped, None returned); None: all needed.
+    accumulate : bool or list of bool
+        Add into the buffers instead of overwriting them; one flag for all or one per input.
+
+    Returns
+    -------
+    grads : list
+        Per input, the (B, widths[i]) column block of grad, or None.
+    """
     n = len(widths)
     outs = [None] * n if outs is None else outs
     needed = [True] * n if needed is None else needed
@@ -561,13 +1113,55 @@ def concat_backward(grad, widths, *, outs=None, needed=None, accumulate=False):
 # --------------------------------------------------------------------------- low-rank dense layer
 
 def low_rank_forward(x, u, v, bias=None):
-    """y = x (V U)^T + b with U (rank, in), V (out, rank): W = V U of rank <= rank."""
+    """y = x (V U)^T + b with U (rank, in), V (out, rank): W = V U of rank <= rank.
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, in) inputs.
+    u : ndarray
+        (rank, in) the first factor U.
+    v : ndarray
+        (out, rank) the second factor V.
+    bias : ndarray or None
+        (out,) biases, or None for none.
+
+    Returns
+    -------
+    y : ndarray
+        (B, out): ``x (V U)^T + bias``.
+    """
     y = (x @ u.T) @ v.T
     return y if bias is None else y + bias
 
 
 def low_rank_backward(grad_out, x, u, v, bias=True):
-    """Returns (grad_x, grad_u, grad_v, grad_bias) of low_rank_forward."""
+    """Returns (grad_x, grad_u, grad_v, grad_bias) of low_rank_forward.
+
+    Parameters
+    ----------
+    grad_out : ndarray
+        (B, out) gradient of the output.
+    x : ndarray
+        (B, in) the forward's inputs.
+    u : ndarray
+        (rank, in) the first factor U.
+    v : ndarray
+        (out, rank) the second factor V.
+    bias : bool
+        Compute grad_bias (else None is returned for it).
+
+    Returns
+    -------
+    grad_x : ndarray
+        (B, in).
+    grad_u : ndarray
+        (rank, in).
+    grad_v : ndarray
+        (out, rank).
+    grad_bias : ndarray or None
+        (out,); None without bias.
+    """
     h = x @ u.T
     gh = grad_out @ v
     return gh @ u, gh.T @ x, grad_out.T @ h, grad_out.sum(axis=0) if bias else None
@@ -582,6 +1176,18 @@ def graph_forward(nodes, inputs):
     "linear" (and "weight", "bias" or None), "add", "concat", "mul", or an activation name
     (and optional "params", its keyword arguments); inputs : {name: array}.
     Returns {name: value} for the inputs and every node.
+
+    Parameters
+    ----------
+    nodes : list of dict
+        The nodes in topological order (see above).
+    inputs : dict
+        {name: array} of the graph's inputs.
+
+    Returns
+    -------
+    values : dict
+        {name: array} of the inputs and every node's value.
     """
     values = dict(inputs)
     for node in nodes:
@@ -610,6 +1216,23 @@ def graph_backward(nodes, values, output_grads):
     output_grads : {name: dJ/d value}. Returns (grads, param_grads): grads {name: dJ/d value}
     for every node reached (inputs included), param_grads {key: (grad_weight, grad_bias)} for
     the linear nodes, summed over the nodes sharing a "key" (default: the node's name).
+
+    Parameters
+    ----------
+    nodes : list of dict
+        graph_forward's nodes.
+    values : dict
+        graph_forward's values.
+    output_grads : dict
+        {name: dJ/d value} of the outputs.
+
+    Returns
+    -------
+    grads : dict
+        {name: dJ/d value} of every node reached, inputs included.
+    param_grads : dict
+        {key: (grad_weight, grad_bias)} of the linear nodes, summed over the nodes sharing a
+        key.
     """
     table = {name: np.array(g, copy=True) for name, g in output_grads.items()}
     param_grads = {}
@@ -651,7 +1274,31 @@ def graph_backward(nodes, values, output_grads):
 def softmax_cross_entropy_hvp(logits, target, v, *, out=None, weight=None, label_smoothing=0.0,
                               sample_weight=None):
     """(d^2 J / dz^2) v = sum_j t_ij (p * v - p (p . v)) / B row-wise, p = softmax(z)
-    (sum_j q_ij s_i / D in place of sum_j t_ij / B with the options, see _xent_weights)."""
+    (sum_j q_ij s_i / D in place of sum_j t_ij / B with the options, see _xent_weights).
+
+    Parameters
+    ----------
+    logits : ndarray
+        (B, C) logits.
+    target : array_like
+        (B,) integer labels in [0, C), or (B, C) soft targets.
+    v : ndarray
+        The direction, of logits's shape.
+    out : ndarray or None
+        Buffer for the result, (B, C) (must not overlap logits or v); allocated when None.
+    weight : array_like or None
+        (C,) class weights, finite and >= 0 (torch's CrossEntropyLoss weight); None: all 1.
+    label_smoothing : float
+        In [0, 1]: the targets become ``(1 - eps) t + eps / C``.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d logits^2) v``, of logits's shape.
+    """
     z, v = np.asarray(logits), np.asarray(v)
     q, r = _xent_weights(z, target, weight, label_smoothing, sample_weight)
     p = softmax(z)
@@ -668,28 +1315,132 @@ def _row_scaled(h, v, sample_weight):
 
 
 def sigmoid_bce_hvp(logits, target, v, *, out=None, sample_weight=None):
-    """(d^2 J / dz^2) v = sigmoid(z) (1 - sigmoid(z)) v / n (target does not enter)."""
+    """(d^2 J / dz^2) v = sigmoid(z) (1 - sigmoid(z)) v / n (target does not enter).
+
+    Parameters
+    ----------
+    logits : ndarray
+        Logits, any shape with the rows on axis 0.
+    target : array_like
+        Of logits' shape; only checked (the Hessian does not depend on it).
+    v : ndarray
+        The direction, of logits's shape.
+    out : ndarray or None
+        Buffer for the result, of logits's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d logits^2) v``, of logits's shape.
+    """
     s = _sigmoid(np.asarray(logits))
     return _into(out, _row_scaled(s * (1 - s), v, sample_weight))
 
 
 def mse_hvp(pred, target, v, *, out=None, sample_weight=None):
-    """(d^2 J / dp^2) v = 2 v / n."""
+    """(d^2 J / dp^2) v = 2 v / n.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        Of pred's shape; only checked (the Hessian does not depend on it).
+    v : ndarray
+        The direction, of pred's shape.
+    out : ndarray or None
+        Buffer for the result, of pred's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d pred^2) v``, of pred's shape.
+    """
     return _into(out, _row_scaled(2, v, sample_weight))
 
 
 def l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None):
-    """(d^2 J / dp^2) v = 0."""
+    """(d^2 J / dp^2) v = 0.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        Of pred's shape; only checked (the Hessian does not depend on it).
+    v : ndarray
+        The direction, of pred's shape.
+    out : ndarray or None
+        Buffer for the result, of pred's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d pred^2) v``, of pred's shape.
+    """
     return _into(out, _row_scaled(0, v, sample_weight))
 
 
 def huber_loss_hvp(pred, target, v, *, out=None, sample_weight=None, delta=1.0):
-    """(d^2 J / dp^2) v = v / n where |pred - target| < delta, else 0."""
+    """(d^2 J / dp^2) v = v / n where abs(pred - target) < delta, else 0.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape.
+    v : ndarray
+        The direction, of pred's shape.
+    out : ndarray or None
+        Buffer for the result, of pred's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+    delta : float
+        Where abs(pred - target) turns from quadratic to linear; > 0.
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d pred^2) v``, of pred's shape.
+    """
     return _into(out, _row_scaled(_pointwise("huber_loss", pred, target, delta)[2], v, sample_weight))
 
 
 def smooth_l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None, beta=1.0):
-    """(d^2 J / dp^2) v = v / (beta n) where |pred - target| < beta, else 0."""
+    """(d^2 J / dp^2) v = v / (beta n) where abs(pred - target) < beta, else 0.
+
+    Parameters
+    ----------
+    pred : ndarray
+        (B, ...) predictions, any shape with the rows on axis 0.
+    target : array_like
+        The targets, of pred's shape.
+    v : ndarray
+        The direction, of pred's shape.
+    out : ndarray or None
+        Buffer for the result, of pred's shape (may be v itself); allocated when None.
+    sample_weight : array_like or None
+        (B,) weights of the rows, finite and >= 0: the loss is ``sum_i w_i l_i / sum_i w_i``
+        with l_i row i's mean loss.
+    beta : float
+        Where abs(pred - target) turns from quadratic to linear; >= 0 (0 is L1).
+
+    Returns
+    -------
+    out : ndarray
+        The Hessian-vector product ``(d^2 loss / d pred^2) v``, of pred's shape.
+    """
     return _into(out, _row_scaled(_pointwise("smooth_l1_loss", pred, target, beta)[2], v, sample_weight))
 
 
@@ -697,7 +1448,29 @@ def smooth_l1_loss_hvp(pred, target, v, *, out=None, sample_weight=None, beta=1.
 
 def sgd_step(param, grad, *, lr, momentum_buffer=None, momentum=0.0, dampening=0.0,
              nesterov=False, weight_decay=0.0, first_step=False):
-    """One in-place step of torch.optim.SGD (momentum, dampening, Nesterov, weight decay)."""
+    """One in-place step of torch.optim.SGD (momentum, dampening, Nesterov, weight decay).
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    lr : float
+        The learning rate, >= 0.
+    momentum_buffer : ndarray or None
+        The momentum state, of param's shape, updated in place; needed when momentum != 0.
+    momentum : float
+        The momentum factor, >= 0.
+    dampening : float
+        The dampening of the momentum.
+    nesterov : bool
+        Nesterov momentum (needs momentum > 0 and dampening = 0).
+    weight_decay : float
+        L2 penalty >= 0 (``grad + weight_decay param``).
+    first_step : bool
+        The buffer's first step: ``buf = g``, as torch starts it.
+    """
     g = grad + weight_decay * param if weight_decay else grad
     if momentum:
         if momentum_buffer is None:
@@ -731,7 +1504,33 @@ def _adam_moments(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weig
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
               eps=1e-8, weight_decay=0.0, decoupled=False):
-    """One in-place step of torch.optim.Adam (AdamW if ``decoupled``); ``step`` counts from 1."""
+    """One in-place step of torch.optim.Adam (AdamW if ``decoupled``); ``step`` counts from 1.
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    exp_avg : ndarray
+        The first moment, of param's shape, updated in place.
+    exp_avg_sq : ndarray
+        The second moment, of param's shape, updated in place.
+    step : int
+        This update's 1-based count (for the bias corrections).
+    lr : float
+        The learning rate, >= 0.
+    beta1 : float
+        The first moment's decay, in [0, 1).
+    beta2 : float
+        The second moment's decay, in [0, 1).
+    eps : float
+        Added to the denominator, >= 0.
+    weight_decay : float
+        Weight decay >= 0: L2 (Adam) or decoupled (AdamW).
+    decoupled : bool
+        AdamW's decoupled weight decay (``param -= lr weight_decay param``).
+    """
     _adam_moments(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weight_decay, decoupled)
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
@@ -741,7 +1540,35 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
 
 def amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr=1e-3, beta1=0.9,
                  beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False):
-    """adam_step with amsgrad=True: the denominator uses the running maximum of exp_avg_sq."""
+    """adam_step with amsgrad=True: the denominator uses the running maximum of exp_avg_sq.
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    exp_avg : ndarray
+        The first moment, of param's shape, updated in place.
+    exp_avg_sq : ndarray
+        The second moment, of param's shape, updated in place.
+    max_exp_avg_sq : ndarray
+        The running maximum of exp_avg_sq, of param's shape, updated in place.
+    step : int
+        This update's 1-based count (for the bias corrections).
+    lr : float
+        The learning rate, >= 0.
+    beta1 : float
+        The first moment's decay, in [0, 1).
+    beta2 : float
+        The second moment's decay, in [0, 1).
+    eps : float
+        Added to the denominator, >= 0.
+    weight_decay : float
+        Weight decay >= 0: L2 (Adam) or decoupled (AdamW).
+    decoupled : bool
+        AdamW's decoupled weight decay (``param -= lr weight_decay param``).
+    """
     _adam_moments(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weight_decay, decoupled)
     np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
     denom = np.sqrt(max_exp_avg_sq) / math.sqrt(1 - beta2 ** step) + eps
@@ -750,7 +1577,32 @@ def amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr=1
 
 def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, momentum_buffer=None, grad_avg=None):
-    """One in-place step of torch.optim.RMSprop (centered when grad_avg is given)."""
+    """One in-place step of torch.optim.RMSprop (centered when grad_avg is given).
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    square_avg : ndarray
+        The running average of grad squared, of param's shape, updated in place.
+    lr : float
+        The learning rate, >= 0.
+    alpha : float
+        The smoothing constant, in [0, 1].
+    eps : float
+        Added to the denominator, >= 0.
+    weight_decay : float
+        L2 penalty >= 0 (``grad + weight_decay param``).
+    momentum : float
+        The momentum factor, >= 0.
+    momentum_buffer : ndarray or None
+        The momentum state, of param's shape, updated in place; needed when momentum > 0.
+    grad_avg : ndarray or None
+        The running average of grad, of param's shape, updated in place; given: the centered
+        variant.
+    """
     g = grad + weight_decay * param if weight_decay else grad
     square_avg *= alpha
     square_avg += (1 - alpha) * g * g
@@ -771,7 +1623,27 @@ def rmsprop_step(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8, weig
 
 def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, eps=1e-10,
                  weight_decay=0.0):
-    """One in-place step of torch.optim.Adagrad; step counts from 1."""
+    """One in-place step of torch.optim.Adagrad; step counts from 1.
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameters, updated in place.
+    grad : ndarray
+        The gradient, of param's shape.
+    state_sum : ndarray
+        The sum of grad squared, of param's shape, updated in place.
+    step : int
+        This update's 1-based count.
+    lr : float
+        The learning rate, >= 0.
+    lr_decay : float
+        The step size is ``lr / (1 + (step - 1) lr_decay)``; >= 0.
+    eps : float
+        Added to the denominator, >= 0.
+    weight_decay : float
+        L2 penalty >= 0 (``grad + weight_decay param``).
+    """
     if step < 1:
         raise ValueError(f"step is 1-based, got {step}")
     g = grad + weight_decay * param if weight_decay else grad
@@ -785,6 +1657,26 @@ def mlp_forward(x, weights, biases, activation="relu", **act_params):
     """Forward pass of an MLP (hidden layers use ``activation``, the last layer is linear).
 
     Returns ``(out, cache)``; ``weights[i]`` is (out_i, in_i) and ``biases`` may be None.
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, in_0) inputs.
+    weights : list of ndarray
+        Layer i's (out_i, in_i) weights.
+    biases : list or None
+        Layer i's (out_i,) biases or None; None: no biases.
+    activation : str
+        The hidden layers' activation (the last layer is linear).
+    **act_params
+        The activation's keyword arguments (negative_slope, beta, threshold).
+
+    Returns
+    -------
+    out : ndarray
+        (B, out_last) outputs.
+    cache : dict
+        What mlp_backward needs: each layer's inputs, pre-activations, outputs.
     """
     n_layers = len(weights)
     if biases is None:
@@ -807,6 +1699,26 @@ def mlp_backward(grad_out, cache, weights, **act_params):
 
     Returns ``(grad_x, grad_weights, grad_biases)``; ``act_params`` default to those of the
     forward pass.
+
+    Parameters
+    ----------
+    grad_out : ndarray
+        (B, out_last) gradient of the output.
+    cache : dict
+        mlp_forward's cache.
+    weights : list of ndarray
+        The forward's weights.
+    **act_params
+        The activation's keyword arguments; default: the forward's.
+
+    Returns
+    -------
+    grad_x : ndarray
+        (B, in_0) the input's gradient.
+    grad_weights : list of ndarray
+        Each layer's weight gradient.
+    grad_biases : list
+        Each layer's bias gradient, None for a layer without bias.
     """
     params = {**cache["act_params"], **act_params}
     n_layers = len(weights)
@@ -828,6 +1740,21 @@ class NumpyMLPTrainer:
 
     All activation, gradient and optimiser buffers are allocated once for ``batch_size``;
     ``step`` then works with ``out=`` arguments and in-place ufuncs.
+
+    Parameters
+    ----------
+    sizes : list of int
+        The layer widths, input first (at least two).
+    batch_size : int
+        The rows of every batch ``step`` takes.
+    lr : float
+        The learning rate.
+    momentum : float
+        The SGD momentum.
+    dtype : numpy.dtype
+        The dtype of the weights and buffers.
+    seed : int
+        Seed of the weights' initialization.
     """
 
     def __init__(self, sizes, batch_size, lr=0.01, momentum=0.9, dtype=np.float32, seed=0):
@@ -957,7 +1884,30 @@ def _philox_words(n, key, counter):
 
 
 def dropout_forward(x, p, key, counter, *, out=None, mask_out=None):
-    """(x·mask/(1 − p), mask) with mask = word < (1 − p)·2³² of the Philox stream."""
+    """(x·mask/(1 − p), mask) with mask = word < (1 − p)·2³² of the Philox stream.
+
+    Parameters
+    ----------
+    x : ndarray
+        The inputs, any shape.
+    p : float
+        The drop probability, in [0, 1].
+    key : int
+        The Philox key of the random stream.
+    counter : int
+        The stream's first counter; a call uses ``64 ceil(x.size / 256)`` counter values.
+    out : ndarray or None
+        Buffer for the result, of x's shape (may be x itself); allocated when None.
+    mask_out : ndarray or None
+        uint8 buffer for the mask, of x's shape; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        ``x / (1 - p)`` where kept, else 0.
+    mask : ndarray
+        uint8, of x's shape: 1 where kept.
+    """
     x = np.asarray(x)
     if p == 1:
         mask = np.zeros(x.shape, np.uint8)
@@ -970,7 +1920,24 @@ def dropout_forward(x, p, key, counter, *, out=None, mask_out=None):
 
 
 def dropout_backward(grad, mask, p, *, out=None):
-    """grad·mask/(1 − p), the forward's mask."""
+    """grad·mask/(1 − p), the forward's mask.
+
+    Parameters
+    ----------
+    grad : ndarray
+        The gradient of the output, any shape.
+    mask : ndarray
+        The forward's uint8 mask, of grad's shape.
+    p : float
+        The forward's drop probability, in [0, 1].
+    out : ndarray or None
+        Buffer for the result, of grad's shape (may be grad itself); allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        ``grad / (1 - p)`` where kept, else 0.
+    """
     grad = np.asarray(grad)
     scale = grad.dtype.type(1) / grad.dtype.type(1 - p) if p < 1 else 0
     return _into(out, np.where(np.asarray(mask) == 1, grad * scale, 0).astype(grad.dtype))
@@ -983,7 +1950,34 @@ def _row_stats(x, eps):
 
 def layernorm_forward(x, weight=None, bias=None, *, eps=1e-5, out=None, mean_out=None,
                       rstd_out=None):
-    """((x − μ)·rstd·weight + bias per row, μ, rstd) with the biased variance."""
+    """((x − μ)·rstd·weight + bias per row, μ, rstd) with the biased variance.
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, n) inputs, normalized over each row.
+    weight : ndarray or None
+        (n,) scale; None: 1.
+    bias : ndarray or None
+        (n,) shift; None: 0.
+    eps : float
+        Added to the variance, > 0.
+    out : ndarray or None
+        Buffer for the result, (B, n) (may be x itself); allocated when None.
+    mean_out : ndarray or None
+        (B,) buffer for the rows' means; allocated when None.
+    rstd_out : ndarray or None
+        (B,) buffer for the rows' ``1 / sqrt(var + eps)``; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, n): ``(x - mean) rstd weight + bias``.
+    mean : ndarray
+        (B,) the rows' means.
+    rstd : ndarray
+        (B,) the rows' ``1 / sqrt(var + eps)`` (biased variance).
+    """
     x = np.asarray(x)
     mean, rstd = _row_stats(x, eps)
     y = (x - mean[:, None]) * rstd[:, None]
@@ -993,7 +1987,40 @@ def layernorm_forward(x, weight=None, bias=None, *, eps=1e-5, out=None, mean_out
 
 def layernorm_backward(grad, x, mean, rstd, weight=None, *, input_grad=True, out=None,
                        grad_weight=None, grad_bias=None, accumulate=False):
-    """(rstd (d − mean(d) − x̂ mean(d x̂)) with d = grad·weight, Σ grad x̂, Σ grad)."""
+    """(rstd (d − mean(d) − x̂ mean(d x̂)) with d = grad·weight, Σ grad x̂, Σ grad).
+
+    Parameters
+    ----------
+    grad : ndarray
+        (B, n) gradient of the output.
+    x : ndarray
+        (B, n) the forward's inputs.
+    mean : ndarray
+        (B,) the forward's row means.
+    rstd : ndarray
+        (B,) the forward's row ``1 / sqrt(var + eps)``.
+    weight : ndarray or None
+        (n,) scale; None: 1.
+    input_grad : bool
+        Compute the input's gradient (else None is returned for it).
+    out : ndarray or None
+        (B, n) buffer for the input's gradient (may be grad itself); allocated when None.
+    grad_weight : ndarray or None
+        (n,) buffer for weight's gradient; only written when given.
+    grad_bias : ndarray or None
+        (n,) buffer for bias's gradient; only written when given.
+    accumulate : bool
+        Add into grad_weight and grad_bias instead of overwriting them.
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, n) the input's gradient; None without input_grad.
+    grad_weight : ndarray or None
+        (n,): the sum over the rows of ``grad xhat``; None when not given.
+    grad_bias : ndarray or None
+        (n,): the sum over the rows of grad; None when not given.
+    """
     grad, x = np.asarray(grad), np.asarray(x)
     xh = (x - mean[:, None]) * rstd[:, None]
     d = grad * (1 if weight is None else weight)
@@ -1014,7 +2041,36 @@ def _layernorm_rxh(x, rx, eps):
 
 def layernorm_rforward(x, rx, weight=None, bias=None, v_weight=None, v_bias=None, *, eps=1e-5,
                        out=None, rout=None):
-    """(y, R{y} = R{x̂} weight + x̂ v_weight + v_bias)."""
+    """(y, R{y} = R{x̂} weight + x̂ v_weight + v_bias).
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, n) inputs.
+    rx : ndarray or None
+        (B, n) R{x}, the input's direction; None for a fixed input.
+    weight : ndarray or None
+        (n,) scale; None: 1.
+    bias : ndarray or None
+        (n,) shift; None: 0.
+    v_weight : ndarray or None
+        (n,) weight's direction; None: 0.
+    v_bias : ndarray or None
+        (n,) bias's direction; None: 0.
+    eps : float
+        Added to the variance, > 0.
+    out : ndarray or None
+        Buffer for the result, (B, n); allocated when None.
+    rout : ndarray or None
+        (B, n) buffer for R{y}; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, n) y, as layernorm_forward's.
+    rout : ndarray
+        (B, n) R{y}: ``R{xhat} weight + xhat v_weight + v_bias``.
+    """
     x = np.asarray(x)
     xh, _, rxh, _ = _layernorm_rxh(x, rx, eps)
     w = 1 if weight is None else weight
@@ -1026,7 +2082,48 @@ def layernorm_rforward(x, rx, weight=None, bias=None, v_weight=None, v_bias=None
 def layernorm_rbackward(grad, rgrad, x, rx=None, weight=None, v_weight=None, *, eps=1e-5,
                         input_grad=True, out=None, rout=None, hv_weight=None, hv_bias=None,
                         accumulate=False):
-    """LayerNorm's R-backward: the derivative along (R{x}, v) of its backward (csrc/norm.c)."""
+    """LayerNorm's R-backward: the derivative along (R{x}, v) of its backward (csrc/norm.c).
+
+    Parameters
+    ----------
+    grad : ndarray or None
+        (B, n) The gradient of the output; None (the Gauss-Newton pass) drops its terms.
+    rgrad : ndarray
+        (B, n) R{grad}, the gradient's directional derivative.
+    x : ndarray
+        (B, n) the forward's inputs.
+    rx : ndarray or None
+        (B, n) R{x}, the input's direction; None for a fixed input.
+    weight : ndarray or None
+        (n,) scale; None: 1.
+    v_weight : ndarray or None
+        (n,) weight's direction; None: 0.
+    eps : float
+        Added to the variance, > 0.
+    input_grad : bool
+        Compute the input's gradient (else None is returned for it).
+    out : ndarray or None
+        (B, n) buffer for the input's gradient (may be grad itself); allocated when None.
+    rout : ndarray or None
+        (B, n) buffer for R{input's gradient} (may be rgrad itself); allocated when None.
+    hv_weight : ndarray or None
+        (n,) buffer for R{weight's gradient}; only written when given.
+    hv_bias : ndarray or None
+        (n,) buffer for R{bias's gradient}; only written when given.
+    accumulate : bool
+        Add into hv_weight and hv_bias instead of overwriting them.
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, n) the input's gradient; None when grad is None or without input_grad.
+    rout : ndarray or None
+        (B, n) R{input's gradient}; None without input_grad.
+    hv_weight : ndarray or None
+        (n,) R{weight's gradient}; None when not given.
+    hv_bias : ndarray or None
+        (n,) R{bias's gradient}: the sum over the rows of rgrad; None when not given.
+    """
     x, rg = np.asarray(x), np.asarray(rgrad)
     g = np.zeros_like(rg) if grad is None else np.asarray(grad)
     xh, rstd, rxh, s = _layernorm_rxh(x, rx, eps)
@@ -1046,7 +2143,44 @@ def layernorm_rbackward(grad, rgrad, x, rx=None, weight=None, v_weight=None, *, 
 def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *,
                       batch_stats=True, eps=1e-5, momentum=0.1, out=None, mean_out=None,
                       rstd_out=None):
-    """torch's batch_norm over the batch; moves the running statistics in place."""
+    """torch's batch_norm over the batch; moves the running statistics in place.
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, C) inputs, normalized over the batch per feature.
+    weight : ndarray or None
+        (C,) scale; None: 1.
+    bias : ndarray or None
+        (C,) shift; None: 0.
+    running_mean : ndarray or None
+        (C,) running mean, updated in place with batch_stats; both running statistics or
+        neither.
+    running_var : ndarray or None
+        (C,) running variance (unbiased), updated in place with batch_stats.
+    batch_stats : bool
+        Normalize by the batch's mean and biased variance and move the running statistics (B >=
+        2); else normalize by the running statistics.
+    eps : float
+        Added to the variance, > 0.
+    momentum : float
+        ``running = (1 - momentum) running + momentum batch_statistic``.
+    out : ndarray or None
+        Buffer for the result, (B, C); allocated when None.
+    mean_out : ndarray or None
+        (C,) buffer for the mean used; allocated when None.
+    rstd_out : ndarray or None
+        (C,) buffer for the ``1 / sqrt(var + eps)`` used; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C): ``(x - mean) rstd weight + bias``.
+    mean : ndarray
+        (C,) the mean used.
+    rstd : ndarray
+        (C,) the ``1 / sqrt(var + eps)`` used.
+    """
     x = np.asarray(x)
     if batch_stats:
         mean, var = x.mean(0), x.var(0)
@@ -1064,7 +2198,44 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
 def batchnorm_backward(grad, x, mean, rstd, weight=None, *, batch_stats=True, input_grad=True,
                        out=None, grad_weight=None, grad_bias=None, accumulate=False,
                        workspace=None):
-    """(grad_input, Σ grad x̂, Σ grad) of batch_norm with the forward's statistics."""
+    """(grad_input, Σ grad x̂, Σ grad) of batch_norm with the forward's statistics.
+
+    Parameters
+    ----------
+    grad : ndarray
+        (B, C) gradient of the output.
+    x : ndarray
+        (B, C) the forward's inputs.
+    mean : ndarray
+        (C,) the forward's mean (the statistics used).
+    rstd : ndarray
+        (C,) the forward's ``1 / sqrt(var + eps)``.
+    weight : ndarray or None
+        (C,) scale; None: 1.
+    batch_stats : bool
+        As the forward's: the statistics depend on x (True) or are fixed.
+    input_grad : bool
+        Compute the input's gradient (else None is returned for it).
+    out : ndarray or None
+        (B, C) buffer for the input's gradient (may be grad itself); allocated when None.
+    grad_weight : ndarray or None
+        (C,) buffer for weight's gradient; only written when given.
+    grad_bias : ndarray or None
+        (C,) buffer for bias's gradient; only written when given.
+    accumulate : bool
+        Add into grad_weight and grad_bias instead of overwriting them.
+    workspace : ndarray or None
+        Ignored here (the C kernel's (2C,) scratch buffer).
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, C) the input's gradient; None without input_grad.
+    grad_weight : ndarray or None
+        (C,): the sum over the rows of ``grad xhat``; None when not given.
+    grad_bias : ndarray or None
+        (C,): the sum over the rows of grad; None when not given.
+    """
     grad, x = np.asarray(grad), np.asarray(x)
     xh = (x - mean) * rstd
     sg, sgx = grad.sum(0), (grad * xh).sum(0)
@@ -1077,7 +2248,38 @@ def batchnorm_backward(grad, x, mean, rstd, weight=None, *, batch_stats=True, in
 
 def batchnorm_rforward(x, rx, mean, rstd, weight=None, bias=None, v_weight=None, v_bias=None, *,
                        out=None, rout=None):
-    """(y, R{y} = R{x} rstd w + x̂ v_weight + v_bias) with fixed statistics."""
+    """(y, R{y} = R{x} rstd w + x̂ v_weight + v_bias) with fixed statistics.
+
+    Parameters
+    ----------
+    x : ndarray
+        (B, C) inputs.
+    rx : ndarray or None
+        (B, C) R{x}, the input's direction; None for a fixed input.
+    mean : ndarray
+        (C,) the fixed mean.
+    rstd : ndarray
+        (C,) the fixed ``1 / sqrt(var + eps)``.
+    weight : ndarray or None
+        (C,) scale; None: 1.
+    bias : ndarray or None
+        (C,) shift; None: 0.
+    v_weight : ndarray or None
+        (C,) weight's direction; None: 0.
+    v_bias : ndarray or None
+        (C,) bias's direction; None: 0.
+    out : ndarray or None
+        Buffer for the result, (B, C); allocated when None.
+    rout : ndarray or None
+        (B, C) buffer for R{y}; allocated when None.
+
+    Returns
+    -------
+    out : ndarray
+        (B, C) y, with the fixed statistics.
+    rout : ndarray
+        (B, C) R{y}: ``rx rstd weight + xhat v_weight + v_bias``.
+    """
     x = np.asarray(x)
     xh, w = (x - mean) * rstd, 1 if weight is None else weight
     y = xh * w + (0 if bias is None else bias)
@@ -1089,7 +2291,50 @@ def batchnorm_rforward(x, rx, mean, rstd, weight=None, bias=None, v_weight=None,
 def batchnorm_rbackward(grad, rgrad, x, rx, mean, rstd, weight=None, v_weight=None, *,
                         input_grad=True, out=None, rout=None, hv_weight=None, hv_bias=None,
                         accumulate=False):
-    """BatchNorm's R-backward with fixed statistics (eval mode: an affine map per feature)."""
+    """BatchNorm's R-backward with fixed statistics (eval mode: an affine map per feature).
+
+    Parameters
+    ----------
+    grad : ndarray or None
+        (B, C) The gradient of the output; None (the Gauss-Newton pass) drops its terms.
+    rgrad : ndarray
+        (B, C) R{grad}, the gradient's directional derivative.
+    x : ndarray
+        (B, C) the forward's inputs.
+    rx : ndarray or None
+        (B, C) R{x}, the input's direction; None for a fixed input.
+    mean : ndarray
+        (C,) the fixed mean.
+    rstd : ndarray
+        (C,) the fixed ``1 / sqrt(var + eps)``.
+    weight : ndarray or None
+        (C,) scale; None: 1.
+    v_weight : ndarray or None
+        (C,) weight's direction; None: 0.
+    input_grad : bool
+        Compute the input's gradient (else None is returned for it).
+    out : ndarray or None
+        (B, C) buffer for the input's gradient (may be grad itself); allocated when None.
+    rout : ndarray or None
+        (B, C) buffer for R{input's gradient} (may be rgrad itself); allocated when None.
+    hv_weight : ndarray or None
+        (C,) buffer for R{weight's gradient}; only written when given.
+    hv_bias : ndarray or None
+        (C,) buffer for R{bias's gradient}; only written when given.
+    accumulate : bool
+        Add into hv_weight and hv_bias instead of overwriting them.
+
+    Returns
+    -------
+    out : ndarray or None
+        (B, C) the input's gradient; None when grad is None or without input_grad.
+    rout : ndarray or None
+        (B, C) R{input's gradient}; None without input_grad.
+    hv_weight : ndarray or None
+        (C,) R{weight's gradient}; None when not given.
+    hv_bias : ndarray or None
+        (C,) R{bias's gradient}: the sum over the rows of rgrad; None when not given.
+    """
     x, rg = np.asarray(x), np.asarray(rgrad)
     g = np.zeros_like(rg) if grad is None else np.asarray(grad)
     xh, w = (x - mean) * rstd, 1 if weight is None else weight
