@@ -176,6 +176,9 @@ def build_dag(width0, nodes, seed, dtype, n_out=2):
             h, wd = g.add(fp.PReLU(1 if extra == 1 else w[srcs[0]], 0.2, dtype), *ins), w[srcs[0]]
         elif kind == "layernorm":
             m = fp.LayerNorm(w[srcs[0]], elementwise_affine=extra == 1, dtype=dtype)
+            if m.weight is not None:   # a trained one's: at width 1 the output is the bias
+                r = np.random.default_rng(seed + n)   # alone, and 0 would sit on ReLU's kink
+                m.weight.data, m.bias.data = 1 + 0.5 * r.standard_normal((2, w[srcs[0]]))
             h, wd = g.add(m, *ins), w[srcs[0]]
         elif kind in ("add", "mul", "concat"):
             m = {"add": fp.Add, "mul": fp.Mul, "concat": fp.Concat}[kind]()
