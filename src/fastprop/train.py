@@ -730,8 +730,9 @@ def fit(model: Module, X: ArrayLike, y: ArrayLike, loss: Loss, optimizer: Optimi
 class _CEpoch:
     """fit's batches in C (``_kernels.network_fit``, or ``tape_fit`` for a tape of C ops with
     one input), each C call ~0.1 s of steps: softmax cross-entropy on int labels or MSE
-    (their default options), SGD or Adam / AdamW (no amsgrad) with one group over one flat run. The same bits as TrainStep's loop:
-    the same kernels in the same order, the sums made as fit makes them. ``ready()`` is False
+    (their default options), SGD or Adam / AdamW (no amsgrad) with one group over one flat
+    run. The same bits as TrainStep's loop: the same kernels in the same order, the sums made
+    as fit makes them. ``ready()`` is False
     where a step must go through TrainStep (the optimizer's first step, moved parameters, ...)."""
 
     def __init__(self, step: Any, optimizer: Any, labels: Any) -> None:
