@@ -205,3 +205,38 @@ def test_network_fit_checks_its_arguments():
         _kernels.network_fit(step._net, upd, {"kind": 7, "lr": 0.1, "weight_decay": 0.0}, X, y,
                              None, 0, 8, 4, 2, True, 0.0, 0.0)
     assert all(np.array_equal(p.data, q) for p, q in zip(model.parameters(), before))
+
+
+def test_tape_fit_checks_its_arguments():
+    """tape_fit takes network_fit's checks, and refuses a tape with a Python op or two
+    inputs; a refused call changes no parameter."""
+    from fastprop import _kernels
+    model = residual(np.float32)
+    opt = fp.SGD(model.parameters(), lr=0.1)
+    step = fp.TrainStep(model, fp.SoftmaxCrossEntropy(), opt)
+    assert step.path == "tape"
+    X, y = np.ones((8, 6), np.float32), np.zeros(8, np.int64)
+    step(X, y)
+    upd, o = opt._slots[0].calls[0], {"kind": 0, "lr": 0.1, "weight_decay": 0.0}
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="labels"):
+        _kernels.tape_fit(step._tape, upd, o, X, np.full(8, 9), None, 0, 8, 4, 2, True, 0.0, 0.0)
+    with pytest.raises(ValueError, match="rows"):
+        _kernels.tape_fit(step._tape, upd, o, X, y, None, 0, 9, 4, 2, True, 0.0, 0.0)
+    with pytest.raises(ValueError, match="X"):
+        _kernels.tape_fit(step._tape, upd, o, X[:, :5], y, None, 0, 8, 4, 2, True, 0.0, 0.0)
+    with pytest.raises(ValueError, match="kind"):
+        _kernels.tape_fit(step._tape, upd, {"kind": 7, "lr": 0.1, "weight_decay": 0.0}, X, y,
+                          None, 0, 8, 4, 2, True, 0.0, 0.0)
+    with pytest.raises(TypeError, match="dtypes"):
+        other = residual(np.float64)
+        s64 = fp.TrainStep(other, fp.SoftmaxCrossEntropy(), fp.SGD(other.parameters(), lr=0.1))
+        _kernels.tape_fit(s64._tape, upd, o, X.astype(np.float64), y, None, 0, 8, 4, 2, True,
+                          0.0, 0.0)
+    assert all(np.array_equal(p.data, q) for p, q in zip(model.parameters(), before))
+    g = fp.Graph()
+    u, v = g.input("u", 3), g.input("v", 3)
+    two = g.build(g.add(fp.Linear(6, 2, rng=0), g.add(fp.Concat(), u, v)))
+    s2 = fp.TrainStep(two, fp.MSE(), fp.SGD(two.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="one input"):
+        _kernels.tape_fit(s2._tape, upd, o, X, y, None, 0, 8, 4, 2, True, 0.0, 0.0)
