@@ -175,3 +175,14 @@ def test_info_names_backend():
     facts = info()
     assert fp.get_blas() in facts["gemm backend"]
     assert str(blas.small_gemm_threshold()) in facts["small gemm"]
+
+
+@pytest.mark.skipif("blis" not in AVAILABLE, reason="blis is not installed")
+def test_blis_probe_rejects_a_wrong_gemm():
+    """The load-time probe passes BLIS's sgemm and refuses a function that is not the dtype's
+    gemm (sgemm's address asked to multiply doubles): a wrong dgemm leaves float64 on OpenBLAS."""
+    import blis.cy
+    capi = blis.cy.__pyx_capi__
+    sgemm = _kernels._capsule_address(capi["sgemm"])
+    assert blas._blis_gemm_agrees(sgemm, np.float32)
+    assert not blas._blis_gemm_agrees(sgemm, np.float64)

@@ -11,6 +11,8 @@ at import) selects another:
                 ``dnnl_sgemm``; oneDNN has no double gemm, float64 stays on OpenBLAS.
 ``"blis"``      the ``blis`` wheel (cython-blis): ``blis.cy``'s C ``sgemm``/``dgemm``, one
                 thread a call; fastprop cuts large products into row blocks over its threads.
+                Each is checked against NumPy when it loads; a dgemm that fails (the 1.3.4
+                wheel's, on AVX-512 CPUs) leaves float64 on OpenBLAS.
 
 The libraries are loaded by fastprop alone (dlopen, no link-time dependency); NumPy's and
 SciPy's own BLAS, their threads and the process environment are left as they are. The choice
@@ -80,11 +82,45 @@ def _load(name: str) -> None:
         import blis.cy
         lib = blis.cy
         capi = blis.cy.__pyx_capi__
-        _kernels._blas_register(_SLOT[name], "blis", _kernels._capsule_address(capi["sgemm"]),
-                                "blis", _kernels._capsule_address(capi["dgemm"]))
+        s, d = (_kernels._capsule_address(capi[f]) for f in ("sgemm", "dgemm"))
+        # the blis 1.3.4 wheel's dgemm is wrong on AVX-512 CPUs at some edge sizes with B
+        # transposed (n = 29, 65, ...): a dtype whose products fail the probe stays on OpenBLAS
+        if not _blis_gemm_agrees(s, np.float32):
+            raise OSError("the blis wheel's sgemm fails fastprop's known-answer probe")
+        if _blis_gemm_agrees(d, np.float64):
+            _kernels._blas_register(_SLOT[name], "blis", s, "blis", d)
+        else:
+            _kernels._blas_register(_SLOT[name], "blis", s, "fortran", openblas_d)
     else:
         lib = None
     _loaded[name] = lib
+
+
+# (m, n, k) of the probe: edges of the micro-kernels' tiles, where the wheel's dgemm failed
+_BLIS_PROBE = ((8, 29, 1), (33, 65, 7), (16, 65, 64), (7, 33, 65), (1, 7, 33))
+
+
+def _blis_gemm_agrees(address: int, dtype: Any) -> bool:
+    """Whether blis.cy's C gemm at address (sgemm for float32, dgemm for float64) gives
+    NumPy's products at every transpose combination on _BLIS_PROBE's sizes."""
+    import ctypes
+    P, I = ctypes.c_void_p, ctypes.c_int
+    real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    fn = ctypes.CFUNCTYPE(None, I, I, I, I, I, real, P, I, P, I, real, P, I)(address)
+    rng = np.random.default_rng(0)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for m, n, k in _BLIS_PROBE:
+        for ta in (0, 1):
+            for tb in (0, 1):
+                a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+                b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+                c = np.zeros((m, n), dtype)
+                fn(ta, tb, m, n, k, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1],
+                   0.0, c.ctypes.data, n)
+                want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+                if not np.allclose(c, want, rtol=tol, atol=tol * k):
+                    return False
+    return True
 
 
 def available_blas() -> list[str]:
