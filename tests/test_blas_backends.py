@@ -117,7 +117,8 @@ def test_absent_backend(monkeypatch):
 
 
 def _in_subprocess(code, **env):
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith("FASTPROP_")}
+    run_env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("FASTPROP_", "KMP_", "MKL_"))}   # KMP_: scikit-learn's
     run_env.update(env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=run_env, timeout=120)
@@ -186,3 +187,62 @@ def test_blis_probe_rejects_a_wrong_gemm():
     sgemm = _kernels._capsule_address(capi["sgemm"])
     assert blas._blis_gemm_agrees(sgemm, np.float32)
     assert not blas._blis_gemm_agrees(sgemm, np.float64)
+
+
+def test_default_blas_rule(monkeypatch):
+    """MKL on an Intel x86-64 CPU where it loads; OpenBLAS on another vendor, another
+    architecture, or without the mkl wheel; "auto" selects that default."""
+    monkeypatch.setattr(blas.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(blas, "_cpu_vendor", lambda: "AuthenticAMD")
+    assert blas.default_blas() == "openblas"
+    monkeypatch.setattr(blas, "_cpu_vendor", lambda: "GenuineIntel")
+    assert blas.default_blas() == ("mkl" if "mkl" in AVAILABLE else "openblas")
+    monkeypatch.setattr(blas.platform, "machine", lambda: "aarch64")
+    assert blas.default_blas() == "openblas"
+    monkeypatch.setattr(blas.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(blas, "_libraries", lambda pattern: [])
+    monkeypatch.setattr(blas, "_loaded", {"openblas": None})
+    assert blas.default_blas() == "openblas"
+    before = fp.set_blas("auto")
+    try:
+        assert fp.get_blas() == "openblas"
+    finally:
+        monkeypatch.undo()
+        fp.set_blas(before)
+
+
+def test_import_selects_the_default():
+    """With no FASTPROP_BLAS, import selects default_blas(); FASTPROP_BLAS=openblas overrides."""
+    code = "import fastprop as fp; print(fp.get_blas(), fp.blas.default_blas())"
+    r = _in_subprocess(code)
+    assert r.returncode == 0, r.stderr
+    active, default = r.stdout.split()
+    assert active == default
+    r = _in_subprocess(code, FASTPROP_BLAS="openblas")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "openblas"
+
+
+@pytest.mark.skipif("mkl" not in AVAILABLE or not hasattr(os, "fork"), reason="mkl is not installed")
+@pytest.mark.parametrize("init_at_fork", [None, "FALSE"])
+def test_mkl_gemm_in_a_forked_child(init_at_fork):
+    """A forked child's threaded GEMM after the parent's returns: MKL runs on Intel's OpenMP (under
+    GNU's it hung), and where KMP_INIT_AT_FORK=FALSE (scikit-learn's import sets it), under which
+    Intel's OpenMP hangs too, the child goes on with OpenBLAS."""
+    code = """
+import os, numpy as np, fastprop as fp
+from fastprop import ops
+fp.set_blas("mkl")
+a = np.ones((512, 512), np.float32); c = np.empty_like(a)
+ops.gemm(a, a, out=c)
+pid = os.fork()
+if pid == 0:
+    ops.gemm(a, a, out=c)
+    os._exit(0 if c[0, 0] != 512 else 10 + fp.blas.BACKENDS.index(fp.get_blas()))
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+    env = {} if init_at_fork is None else {"KMP_INIT_AT_FORK": init_at_fork}
+    r = _in_subprocess(code, **env)
+    child_blas = "openblas" if init_at_fork else "mkl"
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(10 + blas.BACKENDS.index(child_blas))], (r.stdout, r.stderr)
