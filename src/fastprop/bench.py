@@ -606,9 +606,7 @@ def _ctypes_sgemm(kind: Any) -> Any:
         return None
     P, F, L = ctypes.c_void_p, ctypes.c_float, ctypes.c_int64
     if kind == "mkl":
-        if "MKL_THREADING_LAYER" not in os.environ:
-            # GNU OpenMP: the default (Intel's) needs libiomp5, a separate wheel (intel-openmp)
-            lib.MKL_Set_Threading_Layer(3)
+        # the library fastprop.blas loaded, on the threading layer it chose
         fn = lib.cblas_sgemm   # (layout, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), LP64
         I = ctypes.c_int
         fn.argtypes = [I, I, I, I, I, I, F, P, I, P, I, F, P, I]
