@@ -2,12 +2,52 @@
  * Each update is elementwise, so a large buffer is cut into pieces updated on several
  * threads (fp_parallel_for, parallel.c): the same bits as one pass. */
 #ifndef R
-#define FP_TEMPLATE "optim.c"
-#include "template.h"
+#include "fastprop.h"
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
+/* The updates run with denormals flushed to zero (FTZ and DAZ, this thread's MXCSR or FPCR,
+ * restored after): a momentum or second moment decaying through the denormal range (a dead
+ * unit's, whose gradient is 0) otherwise costs ~45x per element (SGD over 8,906 floats:
+ * 1.5 us, 67.5 us with denormal buffers). A value below the smallest normal becomes 0. */
+typedef struct {
+    fp_range_fn fn;
+    void *ctx;
+} optim_flushed;
+
+static void optim_run_flushed(void *ctx, int64_t lo, int64_t hi)
+{
+    const optim_flushed *f = ctx;
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned int saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8040);   /* FTZ (bit 15) and DAZ (bit 6) */
+    f->fn(f->ctx, lo, hi);
+    _mm_setcsr(saved);
+#elif defined(__aarch64__)
+    uint64_t saved;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(saved));
+    __asm__ volatile("msr fpcr, %0" : : "r"(saved | ((uint64_t)1 << 24)));   /* FZ */
+    f->fn(f->ctx, lo, hi);
+    __asm__ volatile("msr fpcr, %0" : : "r"(saved));
 #else
+    f->fn(f->ctx, lo, hi);
+#endif
+}
 
 /* below this many elements per piece an update stays on the calling thread */
 #define FP_OPTIM_MIN_PIECE ((int64_t)1 << 19)
+
+/* fp_parallel_for of an update's pieces, each with denormals flushed */
+static void optim_for(int64_t n, fp_range_fn fn, void *ctx)
+{
+    optim_flushed f = {fn, ctx};
+    fp_parallel_for(n, FP_OPTIM_MIN_PIECE, optim_run_flushed, &f);
+}
+
+#define FP_TEMPLATE "optim.c"
+#include "template.h"
+#else
 
 typedef struct {
     R *param, *buf, *m, *v;
@@ -43,7 +83,7 @@ int F(sgd_step)(R *param, const R *grad, R *buf, int64_t n, double lr, double mo
     F(optim_args) a = {.param = param, .grad = grad, .buf = momentum != 0 ? buf : NULL,
                        .eps = (R)lr, .mu = (R)momentum, .damp = (R)(1 - dampening),
                        .wd = (R)weight_decay, .nesterov = nesterov, .first_step = first_step};
-    fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(sgd_piece), &a);
+    optim_for(n, F(sgd_piece), &a);
     return FP_OK;
 }
 
@@ -92,7 +132,7 @@ int F(adam_step)(R *param, const R *grad, R *m, R *v, int64_t n, double lr, doub
     if (!param || !grad || !m || !v || n < 0 || step < 1) return FP_ERR_ARG;
     F(optim_args) a = F(adam_args)(param, grad, m, v, NULL, lr, beta1, beta2, eps, weight_decay,
                                    decoupled, step);
-    fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(adam_piece), &a);
+    optim_for(n, F(adam_piece), &a);
     return FP_OK;
 }
 
@@ -124,7 +164,7 @@ int F(amsgrad_step)(R *param, const R *grad, R *m, R *v, R *vmax, int64_t n, dou
     if (!param || !grad || !m || !v || !vmax || n < 0 || step < 1) return FP_ERR_ARG;
     F(optim_args) a = F(adam_args)(param, grad, m, v, vmax, lr, beta1, beta2, eps, weight_decay,
                                    decoupled, step);
-    fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(amsgrad_piece), &a);
+    optim_for(n, F(amsgrad_piece), &a);
     return FP_OK;
 }
 
@@ -171,7 +211,7 @@ int F(rmsprop_step)(R *param, const R *grad, R *square_avg, R *momentum_buf, R *
                        .eps = (R)lr, .b2 = (R)alpha, .one_b2 = (R)(1 - alpha), .delta = (R)eps,
                        .wd = (R)weight_decay, .mu = (R)momentum,
                        .near_g = (R)(1 - alpha) >= (R)0.5};  /* torch's lerp, as in adam */
-    fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(rmsprop_piece), &a);
+    optim_for(n, F(rmsprop_piece), &a);
     return FP_OK;
 }
 
@@ -196,7 +236,7 @@ int F(adagrad_step)(R *param, const R *grad, R *sum, int64_t n, double clr, doub
     if (!param || !grad || !sum || n < 0) return FP_ERR_ARG;
     F(optim_args) a = {.param = param, .grad = grad, .v = sum, .eps = (R)clr, .delta = (R)eps,
                        .wd = (R)weight_decay};
-    fp_parallel_for(n, FP_OPTIM_MIN_PIECE, F(adagrad_piece), &a);
+    optim_for(n, F(adagrad_piece), &a);
     return FP_OK;
 }
 
@@ -250,5 +290,4 @@ FP_SIMD int F(grad_clamp)(R *g, int64_t n, double c)
     return FP_OK;
 }
 
-#undef FP_OPTIM_MIN_PIECE
 #endif
