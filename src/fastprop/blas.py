@@ -162,14 +162,22 @@ def _check_name(name: object, what: str) -> str:
     return key
 
 
-def _cpu_vendor() -> str:
-    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...; "" where unknown)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first value of field in /proc/cpuinfo ("model name", "vendor_id"), None without one."""
     try:
         with open("/proc/cpuinfo") as f:
             return next((line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("vendor_id")), "")
+                         if line.startswith(field)), None)
     except OSError:
+        return None
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...; "" where unknown)."""
+    vendor = _cpuinfo("vendor_id")
+    if vendor is None:
         return "GenuineIntel" if "Intel" in platform.processor() else ""
+    return vendor
 
 
 def default_blas() -> str:
@@ -307,13 +315,7 @@ def _cache_path() -> str:
 
 
 def _cpu_key() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), model)
-    except OSError:
-        pass
+    model = _cpuinfo("model name") or platform.processor() or platform.machine()
     from ._version import __version__
     return f"{model} | {_kernels.build_info()['simd']} | {os.cpu_count()} cpus | {_active} | {__version__}"
 
