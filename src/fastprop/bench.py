@@ -468,6 +468,9 @@ def torch_step(weights: Any, x: NDArray[Any], y: NDArray[Any], lr: float = 1e-3,
 
     update = opt.step
     if compiled:
+        # a fresh cache per workload: the last one's guards would count toward dynamo's
+        # recompile limit, after which the optimizer step falls back to eager
+        torch._dynamo.reset()
         loss_fn, update = torch.compile(loss_fn), torch.compile(opt.step)
 
     def step() -> Any:
