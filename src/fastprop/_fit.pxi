@@ -62,8 +62,7 @@ def tape_fit(Tape tape, FlatUpdate update, dict opt, X, labels, target, int64_t 
         a = bad if bad >= 0 else first + max(steps - 1, 0) * batch
         tape.values[in_v] = Xa[a:min(a + batch, n_rows)]
         tape.val[in_v] = _ptr(tape.values[in_v])
-        for s, m in enumerate(tape.drops):
-            m._counter = (<uint64_t*>_ptr(tape.rng))[2 * s + 1]
+        tape._save_streams()
     _check(rc, "tape_fit")
     return loss_sum, correct, steps, bad, u.step
 

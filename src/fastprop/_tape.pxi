@@ -210,6 +210,12 @@ cdef class Tape:
             k.mask = <uint8_t*>_ptr(mask)
         self.batch = batch
 
+    cdef _save_streams(self):
+        """Each Dropout's stream position back from the run, as its own forward leaves it."""
+        cdef uint64_t *rng = <uint64_t*>_ptr(self.rng)
+        for s, m in enumerate(self.drops):
+            m._counter = rng[2 * s + 1]
+
     cdef _sync(self, int64_t batch):
         """Each Dropout, LayerNorm and BatchNorm1d op takes its module's mode and settings
         for this run, each Dropout stream its position. Raises (nothing written) where the
@@ -271,9 +277,8 @@ cdef class Tape:
                     o = self.program.ops[run]
                     y = o.module._forward(self.values[o.ins[0]])
                     np.copyto(self.values[o.out], y)
-        finally:   # the streams' new positions, as the modules' own forwards leave them
-            for s, m in enumerate(self.drops):
-                m._counter = (<uint64_t*>_ptr(self.rng))[2 * s + 1]
+        finally:
+            self._save_streams()
 
     @property
     def output(self):
@@ -396,8 +401,7 @@ cdef class Tape:
                     else:
                         np.copyto(self.rvalues[o.out], ry)
         finally:
-            for s, m in enumerate(self.drops):
-                m._counter = (<uint64_t*>_ptr(self.rng))[2 * s + 1]
+            self._save_streams()
         self.rdone = batch
         return self.values[self.out], self.rvalues[self.out]
 
