@@ -180,27 +180,7 @@ cdef class Network:
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
         cdef int kind = LOSSES.index(loss)
-        out_shape = (batch, self.n_out)
-        labels = None
-        T = None
-        cdef int64_t bad
-        t = np.asarray(target)
-        if kind == FP_LOSS_SOFTMAX_XENT and t.ndim == 1:
-            if t.dtype.kind not in "iu":
-                raise TypeError(f"labels must be integers, got dtype {t.dtype}")
-            if t.shape[0] != batch:
-                raise ValueError(f"got {t.shape[0]} labels for {batch} rows of x")
-            labels = np.ascontiguousarray(t, dtype=np.int64)
-            if t.dtype.kind == "u" and labels.size and t.max() >= self.n_out:
-                bad = int(np.argmax(t >= self.n_out))
-            else:
-                bad = _first_bad_label(labels, self.n_out)
-            if bad >= 0:
-                raise ValueError(f"label {t[bad]} at index {bad} is outside [0, {self.n_out})")
-        else:
-            T = _target(t, "target", out_shape, self.dtype, "the network's output")
-            if kind == FP_LOSS_SIGMOID_BCE:
-                _check_range(T, "target", 0, 1, "is outside [0, 1] (BCE targets are probabilities)")
+        labels, T = _loss_target(kind, target, batch, self.n_out, self.dtype)
         if kind == FP_LOSS_HUBER and not self.opts.delta > 0:
             raise ValueError(f"delta must be > 0 for huber_loss, got {self.opts.delta}")
         S = _weights(sample_weight, "sample_weight", batch, X, "one weight per row of x")
